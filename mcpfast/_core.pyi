@@ -1,0 +1,273 @@
+"""Type stub and contract of the protocol core.
+
+Both ``mcpfast._core`` (Cython) and ``mcpfast._core_py`` (pure Python) implement exactly
+this API; ``mcpfast.core`` picks one.  Everything raised for bad input is
+``mcpfast.errors.ProtocolError`` (with ``.status`` and ``.code``); exceptions raised by
+a handler callback propagate out of ``feed`` unchanged and leave the parser unusable.
+
+Byte-valued results are ``bytes`` unless a field says "bytes-like": those may be a
+``memoryview`` over an immutable ``bytes`` object the caller passed in (never over a
+mutable internal buffer), so they stay valid after ``feed`` returns.  Compare them with
+``bytes(x)``.  Both implementations produce the same events at the same boundaries for
+the same sequence of ``feed`` calls.
+"""
+
+from typing import Protocol, Sequence
+
+from .errors import ProtocolError as ProtocolError
+
+# ---------------------------------------------------------------------------------
+# HTTP/1.1 (RFC 9110, RFC 9112)
+# ---------------------------------------------------------------------------------
+
+class RequestHead:
+    """A parsed request line and header section (RFC 9112 §3, §5)."""
+
+    method: bytes  # b"POST" (token chars, case kept)
+    target: bytes  # request-target as sent: b"/mcp?x=1"
+    version: int  # 10 or 11
+    headers: list[tuple[bytes, bytes]]  # in order, names case kept, values OWS-stripped
+    keep_alive: bool  # 1.1 unless "Connection: close"; 1.0 only with "keep-alive"
+    content_length: int  # -1 when absent
+    chunked: bool  # Transfer-Encoding: chunked
+    expect_continue: bool  # "Expect: 100-continue" (case-insensitive)
+    # Fast access, ``None`` when absent.  List-valued headers (Accept, Connection,
+    # Transfer-Encoding) seen on several lines are joined with b", ".  All others here
+    # are singletons: a second occurrence is a 400 (Content-Length: see parser rules).
+    host: bytes | None
+    content_type: bytes | None
+    accept: bytes | None
+    authorization: bytes | None
+    origin: bytes | None
+    connection: bytes | None
+    transfer_encoding: bytes | None
+    session_id: bytes | None  # Mcp-Session-Id
+    protocol_version: bytes | None  # MCP-Protocol-Version
+    mcp_method: bytes | None  # Mcp-Method
+    mcp_name: bytes | None  # Mcp-Name
+    last_event_id: bytes | None  # Last-Event-ID
+
+class ResponseHead:
+    """A parsed status line and header section (RFC 9112 §4)."""
+
+    version: int  # 10 or 11
+    status: int  # 100..999
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]
+    keep_alive: bool  # False for read-until-close bodies, 1.0 without keep-alive, "close"
+    content_length: int  # -1 when absent or not applicable
+    chunked: bool
+    content_type: bytes | None
+    session_id: bytes | None  # Mcp-Session-Id
+    connection: bytes | None
+    transfer_encoding: bytes | None
+
+class RequestHandler(Protocol):
+    def on_request(self, head: RequestHead) -> None: ...
+    def on_body(self, chunk: bytes) -> None: ...  # bytes-like, see module doc
+    def on_request_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
+
+class ResponseHandler(Protocol):
+    def on_interim(self, head: ResponseHead) -> None: ...  # 1xx other than 101
+    def on_response(self, head: ResponseHead) -> None: ...
+    def on_body(self, chunk: bytes) -> None: ...  # bytes-like
+    def on_response_end(self, trailers: list[tuple[bytes, bytes]] | None) -> None: ...
+
+class RequestParser:
+    """Incremental HTTP/1.1 request parser for one client connection.
+
+    ``feed(data)`` consumes all of ``data`` (bytes, bytearray or memoryview; it is not
+    retained unless it is ``bytes``), calling the handler as parts complete:
+    ``on_request(head)`` once per request, ``on_body(chunk)`` zero or more times (each
+    maximal run of body bytes inside one ``feed`` call -- one chunk-data run for chunked
+    bodies -- is one call; an empty body gives no call), ``on_request_end(trailers)``
+    (trailers: list for chunked bodies, possibly empty; ``None`` otherwise).  Pipelined
+    requests in the same data are parsed one after another.  ``feed_eof()`` says the
+    client closed: fine between requests, ``ProtocolError(400)`` inside one.
+
+    Rules (each a ``ProtocolError`` with the status shown):
+    - request-line ``method SP target SP HTTP/x.y CRLF``; method a token (RFC 9110 §5.6.2);
+      target visible ASCII 0x21-0x7E, non-empty (400); target longer than
+      ``max_target_bytes`` (414); version HTTP/1.0 or HTTP/1.1, any other well-formed
+      ``HTTP/d.d`` (505), anything else (400).  Empty lines (CRLF) before the request
+      line are skipped (RFC 9112 §2.2).  Lines end with CRLF; a bare CR or bare LF is 400.
+    - header field ``name ":" OWS value OWS CRLF``; name a non-empty token, no whitespace
+      before the colon (400); value bytes HTAB, SP, 0x21-0x7E, 0x80-0xFF only (400);
+      obs-fold, i.e. a line starting with SP/HTAB (400) (RFC 9112 §5.1-5.2).
+    - header section larger than ``max_header_bytes`` (request line included) or with more
+      than ``max_headers`` fields (431); same limits for a trailer section.
+    - Content-Length: 1*DIGIT; repeated or comma-listed identical values are accepted,
+      differing ones or a non-number are 400 (RFC 9110 §8.6).
+    - Transfer-Encoding: only ``chunked`` (case-insensitive) is supported; anything else
+      501; chunked not final 400; TE with Content-Length 400 (RFC 9112 §6.1, §6.3);
+      TE in an HTTP/1.0 request 400.
+    - Host: more than one 400 (RFC 9112 §3.2); an HTTP/1.1 request without Host 400.
+    - ``Expect`` other than 100-continue: 417.
+    - body larger than ``max_body_bytes`` (declared, or counted for chunked): 413, raised
+      before any byte of that body is handed out when the length is declared.
+    - chunked framing (RFC 9112 §7.1): hex chunk-size (at most 16 digits), optional
+      chunk-ext (token chars, ``=``, quoted strings; at most 4096 bytes), CRLF after
+      data; violations 400.
+    """
+
+    def __init__(
+        self,
+        handler: RequestHandler,
+        *,
+        max_header_bytes: int = 65536,
+        max_headers: int = 128,
+        max_target_bytes: int = 8192,
+        max_body_bytes: int = 4 * 1024 * 1024,
+    ) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+    def feed_eof(self) -> None: ...
+    @property
+    def in_message(self) -> bool: ...  # a request has started and not ended
+
+class ResponseParser:
+    """Incremental HTTP/1.1 response parser for one upstream connection.
+
+    Same shape as ``RequestParser``.  Before each request is sent the owner may call
+    ``expect_head_response()`` so that the next response is read without a body.
+    Framing (RFC 9112 §6.3): 1xx, 204, 304 and responses to HEAD have no body; chunked
+    when TE's final coding is chunked; read-until-close when TE is present but not
+    chunked, or when neither TE nor Content-Length is present -- such a body ends at
+    ``feed_eof()`` (``keep_alive`` is False).  TE together with Content-Length, a bad or
+    conflicting Content-Length, bad chunk framing, a malformed status line or header:
+    ``ProtocolError`` (the owner answers 502).  ``101`` is a ``ProtocolError``.  A 1xx
+    head goes to ``on_interim`` and parsing continues with the final response.
+    ``feed_eof()`` inside a Content-Length or chunked body is a ``ProtocolError``.
+    """
+
+    def __init__(
+        self,
+        handler: ResponseHandler,
+        *,
+        max_header_bytes: int = 65536,
+        max_headers: int = 128,
+    ) -> None: ...
+    def expect_head_response(self) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> None: ...
+    def feed_eof(self) -> None: ...
+    @property
+    def in_message(self) -> bool: ...
+
+# ---------------------------------------------------------------------------------
+# Server-Sent Events (WHATWG HTML §9.2 "Server-sent events", event stream format)
+# ---------------------------------------------------------------------------------
+
+class SSEEvent:
+    """One block of an event stream: the lines up to and including a blank line.
+
+    ``raw`` is the exact bytes of the block as received -- including any empty lines
+    that preceded it, the leading BOM for the first block, comments, and the terminating
+    blank line -- so that concatenating ``raw`` of every event reproduces the stream.
+    ``start``/``end`` are the absolute stream offsets of ``raw``.
+    """
+
+    raw: bytes
+    start: int
+    end: int
+    event: bytes | None  # last ``event`` field value; None when absent
+    data: bytes | None  # ``data`` values joined with b"\n"; None when no data line
+    id: bytes | None  # last ``id`` field value (ids containing NUL are ignored per spec)
+    retry: int | None  # last valid ``retry`` value (ASCII digits only)
+    comments: int  # number of comment lines (``:``-prefixed)
+
+class SSEParser:
+    """Incremental event-stream parser.
+
+    ``feed(data)`` returns the list of blocks completed by this data (possibly empty).
+    Field lines ``name[:[ SP]value]`` with any of CRLF, LF or CR as line end; a CR that
+    ends the buffered data is held until the next byte shows whether LF follows.  A block
+    made only of empty lines is not reported; its bytes go to the next block's ``raw``.
+    Unknown field names are ignored (still part of ``raw``).  A block that grows past
+    ``max_event_bytes`` before its blank line raises ``ProtocolError(502)``.
+    ``feed_eof()`` returns the final block if the stream ended after at least one field
+    line but before its blank line (it is *not* dispatched by browsers, but a gateway
+    must see it), else an empty list.
+    """
+
+    def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[SSEEvent]: ...
+    def feed_eof(self) -> list[SSEEvent]: ...
+    @property
+    def offset(self) -> int: ...  # stream bytes consumed into reported blocks
+
+def encode_sse_event(
+    data: bytes | None = None,
+    *,
+    event: bytes | None = None,
+    id: bytes | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """One event block: ``event``, ``id``, ``retry`` then one ``data:`` line per line of
+    data (split on CRLF, LF or CR), each ``name: value\\n``, ended by ``\\n``.  ``id`` or
+    ``event`` containing CR/LF, or ``id`` containing NUL, raise ``ValueError``."""
+
+# ---------------------------------------------------------------------------------
+# JSON-RPC 2.0 envelopes (RFC 8259 JSON; JSON-RPC 2.0 §4-§6)
+# ---------------------------------------------------------------------------------
+
+KIND_REQUEST: int  # 1: has method and id
+KIND_NOTIFICATION: int  # 2: has method, no id
+KIND_RESPONSE: int  # 3: has result
+KIND_ERROR: int  # 4: has error
+
+Span = tuple[int, int]  # [start, end) offsets into the scanned body
+
+class Envelope:
+    """What the scanner found in one JSON-RPC message.
+
+    Spans cover the whole JSON value token (strings include their quotes).  Decoded
+    values are given where a caller decides on them: strings unescaped to ``str``,
+    integers to ``int``.  When a key appears twice the last one wins, as in ``orjson``.
+    """
+
+    kind: int
+    start: int  # span of the whole message value within the body
+    end: int
+    method: str | None
+    id: int | str | None  # None when absent or null
+    id_span: Span | None  # None when absent
+    params_span: Span | None
+    name: str | None  # params.name when a string
+    name_span: Span | None
+    uri: str | None  # params.uri when a string
+    uri_span: Span | None
+    cursor: str | None  # params.cursor when a string
+    cursor_span: Span | None
+    progress_token: int | str | None  # params._meta.progressToken (string or integer)
+    progress_token_span: Span | None
+    request_id: int | str | None  # params.requestId (notifications/cancelled)
+    request_id_span: Span | None
+    protocol_version: str | None  # params._meta["io.modelcontextprotocol/protocolVersion"]
+    result_span: Span | None
+    error_span: Span | None
+    error_code: int | None  # error.code when an integer
+
+def scan_jsonrpc(body: bytes | bytearray | memoryview) -> Envelope | list[Envelope]:
+    """Scan one JSON text holding a JSON-RPC message (an object) or a batch (a non-empty
+    array of objects; each element gives one Envelope, spans relative to ``body``).
+
+    The whole text is validated as JSON while it is walked (RFC 8259: grammar, string
+    escapes, no raw control characters in strings, valid UTF-8, number syntax, nesting
+    at most 512 deep, only whitespace around the value): any fault raises
+    ``ProtocolError(status=400, code=-32700)``.  A valid JSON text that is not a JSON-RPC
+    message raises ``ProtocolError(status=400, code=-32600)``: not an object (or empty
+    batch / non-object element), ``"jsonrpc"`` not exactly ``"2.0"``, ``method`` not a
+    string, ``id`` not a string, an integer or null, neither ``method`` nor ``result``
+    nor ``error``, both ``result`` and ``error``, a request/notification that also has
+    ``result``/``error``, or a response/error without ``id``.  Wrong-typed optional
+    fields of interest (``params.name`` a number, say) are reported as absent, not errors.
+    Integers are exact (any size).  ``params`` is descended into only for the keys
+    listed in ``Envelope``; everything else is skipped (but validated).
+    """
+
+def splice(body: bytes | bytearray | memoryview, start: int, end: int, replacement: bytes) -> bytes:
+    """``body[:start] + replacement + body[end:]`` built with one copy.  ``0 <= start <=
+    end <= len(body)`` else ``ValueError``."""
+
+def splice_many(body: bytes | bytearray | memoryview, edits: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """Apply several non-overlapping edits (any order given; applied by position) in one
+    copy.  Overlapping or out-of-range edits raise ``ValueError``."""

@@ -1,0 +1,1 @@
+# (the http component goes here)

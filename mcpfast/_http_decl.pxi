@@ -1,0 +1,1 @@
+# (declarations for the http component go here)

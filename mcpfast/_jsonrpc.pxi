@@ -1,0 +1,1 @@
+# (the jsonrpc component goes here)

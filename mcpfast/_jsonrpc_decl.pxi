@@ -1,0 +1,1 @@
+# (declarations for the jsonrpc component go here)

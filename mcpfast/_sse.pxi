@@ -1,0 +1,1 @@
+# (the sse component goes here)

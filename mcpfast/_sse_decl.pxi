@@ -1,0 +1,1 @@
+# (declarations for the sse component go here)

@@ -1,0 +1,46 @@
+"""Shared fixtures.
+
+``core`` runs a test once over each implementation of the protocol core: ids ``py``
+(the pure-Python twin, the reference) and ``c`` (the compiled extension).  A test that
+needs the compiled core and does not find it fails -- the suite is run on a build.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/feeding.py and friends
+
+from feeding import MODES  # noqa: E402
+
+
+def _load(impl: str):
+    if impl == "py":
+        return importlib.import_module("mcpfast._core_py")
+    return importlib.import_module("mcpfast._core")
+
+
+@pytest.fixture(params=["py", "c"])
+def core(request):
+    """The protocol core module under test (``mcpfast._core_py`` or ``mcpfast._core``)."""
+    return _load(request.param)
+
+
+@pytest.fixture
+def py_core():
+    return _load("py")
+
+
+@pytest.fixture
+def c_core():
+    return _load("c")
+
+
+@pytest.fixture(params=MODES)
+def feed_mode(request):
+    """How input is split across ``feed`` calls: whole, bytewise or random."""
+    return request.param
