@@ -21,7 +21,9 @@ from feeding import MODES  # noqa: E402
 def _load(impl: str):
     if impl == "py":
         return importlib.import_module("mcpfast._core_py")
-    return importlib.import_module("mcpfast._core")
+    # MCPFAST_CORE_MODULE names a stand-in compiled module (tools/build_part.py builds
+    # one component alone during development); the default is the real extension.
+    return importlib.import_module(os.environ.get("MCPFAST_CORE_MODULE", "mcpfast._core"))
 
 
 @pytest.fixture(params=["py", "c"])
