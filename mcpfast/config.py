@@ -1,0 +1,454 @@
+"""Configuration: a TOML file (and CLI flags over it) turned into frozen dataclasses.
+
+Everything the hot path consults is decided here, once: listen addresses, limits,
+timeouts, routes and their backends.  Validation happens at load time and every error
+names the key that is wrong (``backends.weather.url: ...``) so ``mcpfast check-config``
+can point a user at the line to fix.  The gateway never reads raw TOML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "ServerConfig",
+    "LimitsConfig",
+    "TimeoutsConfig",
+    "LogConfig",
+    "BackendConfig",
+    "RouteConfig",
+    "load_config",
+    "build_config",
+    "parse_hostport",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem; ``key`` is the dotted path of the offending setting."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+# Tool names may use [A-Za-z0-9_.-] (MCP spec, "Tool names"); backend names become
+# namespace prefixes later, so they obey the same alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` → (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(key, f"expected [IPv6]:PORT, got {value!r}")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = value.rpartition(":")
+        if not sep:
+            raise ConfigError(key, f"expected HOST:PORT, got {value!r}")
+    if not host:
+        raise ConfigError(key, f"missing host in {value!r}")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ConfigError(key, f"port is not a number in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(key, f"port out of range in {value!r}")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    admin_listen: tuple[str, int] | None = None
+    mcp_path: str = "/mcp"
+    backlog: int = 1024
+    workers: int = 1
+    # Origins allowed to call the MCP endpoint (DNS-rebinding defence, MCP transports
+    # "Security Warning").  Entries are exact origins ("https://app.example") or with a
+    # port wildcard ("http://localhost:*").  A request without Origin is allowed: it is
+    # not a browser.
+    allowed_origins: tuple[str, ...] = (
+        "http://localhost:*",
+        "http://127.0.0.1:*",
+        "http://[::1]:*",
+        "https://localhost:*",
+        "https://127.0.0.1:*",
+        "https://[::1]:*",
+    )
+    forwarded_headers: bool = True  # add X-Forwarded-For / X-Forwarded-Proto upstream
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_header_bytes: int = 65536
+    max_headers: int = 128
+    max_target_bytes: int = 8192
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_sse_event_bytes: int = 16 * 1024 * 1024
+    max_connections: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutsConfig:
+    header_read: float = 10.0  # first byte of a request to the end of its head
+    idle: float = 75.0  # keep-alive connection with no request in flight
+    body_read: float = 30.0  # end of head to end of body
+    upstream_connect: float = 5.0
+    upstream_response: float = 60.0  # request sent to upstream response head
+    drain: float = 20.0  # graceful shutdown: how long in-flight requests may finish
+    session_idle: float = 3600.0  # a session unseen this long no longer counts as open (metrics)
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "json"  # json | text
+    access_log: str = "-"  # "-" stdout, a path, or "off"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str
+    url: str
+    host: str
+    port: int
+    path: str
+    pool_size: int = 64
+    pool_idle_timeout: float = 30.0
+    connect_timeout: float | None = None  # None: timeouts.upstream_connect
+    response_timeout: float | None = None  # None: timeouts.upstream_response
+    headers: tuple[tuple[str, str], ...] = ()  # added to every upstream request
+
+    @property
+    def host_header(self) -> bytes:
+        default = 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    path: str
+    backends: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    source: str | None = None  # the file it came from, for messages
+
+    def backend(self, name: str) -> BackendConfig:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise KeyError(name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The effective configuration as plain data (for ``check-config``)."""
+
+        def conv(v: Any) -> Any:
+            if dataclasses.is_dataclass(v):
+                return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            if isinstance(v, tuple):
+                return [conv(x) for x in v]
+            return v
+
+        d = conv(self)
+        d["server"]["listen"] = _fmt_hostport(self.server.listen)
+        if self.server.admin_listen:
+            d["server"]["admin_listen"] = _fmt_hostport(self.server.admin_listen)
+        d["backends"] = {
+            b.name: {k: v for k, v in conv(b).items() if k not in ("name", "host", "port", "path")}
+            for b in self.backends
+        }
+        for b in d["backends"].values():
+            b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
+        d.pop("source", None)
+        return d
+
+
+def _fmt_hostport(hp: tuple[str, int]) -> str:
+    host, port = hp
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# ---------------------------------------------------------------------------------
+# Validation helpers: each takes the dotted key so errors name it.
+
+
+def _expect(section: dict, key: str, prefix: str, typ, default):
+    if key not in section:
+        return default
+    v = section[key]
+    full = f"{prefix}.{key}" if prefix else key
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if typ is int and isinstance(v, bool):
+        raise ConfigError(full, f"expected an integer, got {v!r}")
+    if not isinstance(v, typ):
+        raise ConfigError(full, f"expected {typ.__name__}, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _positive(v, key: str, allow_zero: bool = False):
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return v
+
+
+def _unknown_keys(section: dict, known: set[str], prefix: str) -> None:
+    for k in section:
+        if k not in known:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(where, f"unknown setting (known: {', '.join(sorted(known))})")
+
+
+def _section(raw: dict, name: str) -> dict:
+    v = raw.get(name, {})
+    if not isinstance(v, dict):
+        raise ConfigError(name, "expected a table")
+    return v
+
+
+def _parse_origin_pattern(p: str, key: str) -> str:
+    parts = urlsplit(p)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(key, f"expected an origin like https://host[:port] or http://host:*, got {p!r}")
+    return p.rstrip("/").lower()
+
+
+def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        # TLS to backends is a later feature; refuse rather than silently send plaintext.
+        raise ConfigError(key, f"only http:// backend URLs are supported, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(key, f"missing host in {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError:
+        raise ConfigError(key, f"bad port in {url!r}") from None
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return parts.hostname, port, path
+
+
+def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
+    """Validate a TOML-shaped dict into a ``Config``."""
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes"}, "")
+
+    s = _section(raw, "server")
+    _unknown_keys(
+        s,
+        {"listen", "admin_listen", "mcp_path", "backlog", "workers", "allowed_origins", "forwarded_headers"},
+        "server",
+    )
+    dflt = ServerConfig()
+    listen = parse_hostport(_expect(s, "listen", "server", str, "127.0.0.1:8080"), "server.listen")
+    admin = s.get("admin_listen")
+    admin_listen = None
+    if admin not in (None, "", "off"):
+        admin_listen = parse_hostport(_expect(s, "admin_listen", "server", str, ""), "server.admin_listen")
+    mcp_path = _expect(s, "mcp_path", "server", str, dflt.mcp_path)
+    if not mcp_path.startswith("/") or "?" in mcp_path or len(mcp_path) > 1024:
+        raise ConfigError("server.mcp_path", f"must be an absolute path without query, got {mcp_path!r}")
+    origins = s.get("allowed_origins", None)
+    if origins is None:
+        allowed = dflt.allowed_origins
+    else:
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise ConfigError("server.allowed_origins", "expected a list of strings")
+        allowed = tuple(
+            "*" if o == "*" else _parse_origin_pattern(o, f"server.allowed_origins[{i}]")
+            for i, o in enumerate(origins)
+        )
+    server = ServerConfig(
+        listen=listen,
+        admin_listen=admin_listen,
+        mcp_path=mcp_path.rstrip("/") or "/",
+        backlog=_positive(_expect(s, "backlog", "server", int, dflt.backlog), "server.backlog"),
+        workers=_positive(_expect(s, "workers", "server", int, dflt.workers), "server.workers"),
+        allowed_origins=allowed,
+        forwarded_headers=_expect(s, "forwarded_headers", "server", bool, dflt.forwarded_headers),
+    )
+
+    lim = _section(raw, "limits")
+    _unknown_keys(lim, {f.name for f in dataclasses.fields(LimitsConfig)}, "limits")
+    ld = LimitsConfig()
+    limits = LimitsConfig(
+        **{
+            f.name: _positive(_expect(lim, f.name, "limits", int, getattr(ld, f.name)), f"limits.{f.name}")
+            for f in dataclasses.fields(LimitsConfig)
+        }
+    )
+    if limits.max_header_bytes < 256:
+        raise ConfigError("limits.max_header_bytes", "must be at least 256")
+
+    t = _section(raw, "timeouts")
+    _unknown_keys(t, {f.name for f in dataclasses.fields(TimeoutsConfig)}, "timeouts")
+    td = TimeoutsConfig()
+    timeouts = TimeoutsConfig(
+        **{
+            f.name: _positive(_expect(t, f.name, "timeouts", float, getattr(td, f.name)), f"timeouts.{f.name}")
+            for f in dataclasses.fields(TimeoutsConfig)
+        }
+    )
+
+    lg = _section(raw, "log")
+    _unknown_keys(lg, {"level", "format", "access_log"}, "log")
+    level = _expect(lg, "level", "log", str, "info").lower()
+    if level not in _LOG_LEVELS:
+        raise ConfigError("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
+    fmt = _expect(lg, "format", "log", str, "json").lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError("log.format", f"expected json or text, got {fmt!r}")
+    log = LogConfig(level=level, format=fmt, access_log=_expect(lg, "access_log", "log", str, "-"))
+
+    bsec = _section(raw, "backends")
+    backends = []
+    for name, b in bsec.items():
+        key = f"backends.{name}"
+        if not _NAME_RE.match(name):
+            raise ConfigError(key, "backend names use 1-64 characters of [A-Za-z0-9_.-]")
+        if not isinstance(b, dict):
+            raise ConfigError(key, "expected a table")
+        _unknown_keys(
+            b, {"url", "pool_size", "pool_idle_timeout", "connect_timeout", "response_timeout", "headers"}, key
+        )
+        if "url" not in b:
+            raise ConfigError(f"{key}.url", "missing")
+        url = _expect(b, "url", key, str, "")
+        host, port, path = parse_backend_url(url, f"{key}.url")
+        hdrs = b.get("headers", {})
+        if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
+            raise ConfigError(f"{key}.headers", "expected a table of strings")
+        for hk, hv in hdrs.items():
+            if not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", hk):
+                raise ConfigError(f"{key}.headers.{hk}", "not a valid header name")
+            if any(c in hv for c in "\r\n\0"):
+                raise ConfigError(f"{key}.headers.{hk}", "value contains CR, LF or NUL")
+        ct = b.get("connect_timeout")
+        rt = b.get("response_timeout")
+        backends.append(
+            BackendConfig(
+                name=name,
+                url=url,
+                host=host,
+                port=port,
+                path=path,
+                pool_size=_positive(_expect(b, "pool_size", key, int, 64), f"{key}.pool_size"),
+                pool_idle_timeout=_positive(
+                    _expect(b, "pool_idle_timeout", key, float, 30.0), f"{key}.pool_idle_timeout"
+                ),
+                connect_timeout=None
+                if ct is None
+                else _positive(_expect(b, "connect_timeout", key, float, 0.0), f"{key}.connect_timeout"),
+                response_timeout=None
+                if rt is None
+                else _positive(_expect(b, "response_timeout", key, float, 0.0), f"{key}.response_timeout"),
+                headers=tuple(hdrs.items()),
+            )
+        )
+
+    names = {b.name for b in backends}
+    rsec = raw.get("routes", [])
+    if not isinstance(rsec, list):
+        raise ConfigError("routes", "expected an array of tables ([[routes]])")
+    routes = []
+    seen_paths = set()
+    for i, r in enumerate(rsec):
+        key = f"routes[{i}]"
+        if not isinstance(r, dict):
+            raise ConfigError(key, "expected a table")
+        _unknown_keys(r, {"path", "backends", "backend"}, key)
+        path = _expect(r, "path", key, str, server.mcp_path)
+        if not path.startswith("/"):
+            raise ConfigError(f"{key}.path", f"must start with '/', got {path!r}")
+        path = path.rstrip("/") or "/"
+        if "backend" in r:
+            blist = [_expect(r, "backend", key, str, "")]
+        else:
+            blist = r.get("backends")
+            if not isinstance(blist, list) or not blist or not all(isinstance(x, str) for x in blist):
+                raise ConfigError(f"{key}.backends", "expected a non-empty list of backend names")
+        for bn in blist:
+            if bn not in names:
+                raise ConfigError(f"{key}.backends", f"unknown backend {bn!r}")
+        if len(blist) > 1:
+            # TODO(#5): a route over several backends is the multiplexed virtual server.
+            raise ConfigError(f"{key}.backends", "a route over several backends needs multiplexing (not yet built)")
+        if path in seen_paths:
+            raise ConfigError(f"{key}.path", f"duplicate route path {path!r}")
+        seen_paths.add(path)
+        routes.append(RouteConfig(path=path, backends=tuple(blist)))
+
+    if not routes and backends:
+        # Without explicit routes: one backend is served at the MCP path; several are
+        # each served at <mcp_path>/<name>.
+        if len(backends) == 1:
+            routes.append(RouteConfig(path=server.mcp_path, backends=(backends[0].name,)))
+        else:
+            for b in backends:
+                routes.append(RouteConfig(path=f"{server.mcp_path.rstrip('/')}/{b.name}", backends=(b.name,)))
+
+    return Config(
+        server=server,
+        limits=limits,
+        timeouts=timeouts,
+        log=log,
+        backends=tuple(backends),
+        routes=tuple(routes),
+        source=source,
+    )
+
+
+def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read ``path`` (TOML) if given, apply ``overrides`` (dotted keys → values, from CLI
+    flags, which win over the file), validate."""
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(dotted, "conflicts with a non-table value in the file")
+            node = nxt
+        node[parts[-1]] = value
+    return build_config(raw, source=path)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

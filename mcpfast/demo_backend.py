@@ -1,0 +1,106 @@
+"""A small MCP server for ``mcpfast demo`` and the quick start: a few tools (one that
+reports progress and logs while it runs), a resource and a prompt, served by the
+official Python SDK over Streamable HTTP on loopback.
+
+Run alone: ``python -m mcpfast.demo_backend --port 0`` prints ``READY <url>`` once it
+listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import socket
+import sys
+
+
+def build_server():
+    from mcp.server.mcpserver import Context, MCPServer
+
+    mcp = MCPServer(
+        name="mcpfast-demo",
+        instructions="A demo backend behind mcpfast: echo, add, now, countdown; resource demo://about; prompt review.",
+    )
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @mcp.tool()
+    def add(a: float, b: float) -> float:
+        """Add two numbers."""
+        return a + b
+
+    @mcp.tool()
+    def now() -> str:
+        """The current UTC time (ISO 8601)."""
+        return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+    @mcp.tool()
+    async def countdown(start: int, ctx: Context) -> str:
+        """Count down from ``start`` (at most 20), reporting progress and logging each step."""
+        start = max(0, min(int(start), 20))
+        for i in range(start, 0, -1):
+            await ctx.report_progress(start - i + 1, start, f"{i}…")
+            await ctx.info(f"countdown at {i}")
+            await asyncio.sleep(0.05)
+        return "liftoff"
+
+    @mcp.resource("demo://about", mime_type="text/plain")
+    def about() -> str:
+        """What this server is."""
+        return "This is the mcpfast demo backend, reached through the mcpfast gateway."
+
+    @mcp.prompt()
+    def review(code: str) -> str:
+        """Ask for a code review."""
+        return f"Please review this code and list concrete problems:\n\n{code}"
+
+    return mcp
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, ready=None) -> None:
+    """Serve until interrupted; ``ready(url)`` is called once listening."""
+    import uvicorn
+
+    mcp = build_server()
+    app = mcp.streamable_http_app(host=host)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    url = f"http://{host}:{sock.getsockname()[1]}/mcp"
+    config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        if ready is not None:
+            ready(url)
+        await task
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+
+    def ready(url: str) -> None:
+        print(f"READY {url}", flush=True)
+
+    try:
+        serve(args.host, args.port, ready)
+    except KeyboardInterrupt:
+        pass
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,621 @@
+"""The per-request pipeline: route → check → scan → forward → relay → observe.
+
+Theory of operation.  ``ClientProtocol`` hands over an ``Exchange`` whose request is
+complete.  The exchange finds its route by path (a dict lookup decided at config load),
+checks method and ``Origin``, and for a POST asks the envelope scanner for the JSON-RPC
+method, id and tool name -- byte spans only, no JSON objects.  It then takes a pooled
+upstream connection and writes the request head and the *same body object* it received
+in one ``writelines`` call.
+
+The answer is relayed as it comes: the upstream response head becomes the client head
+(hop-by-hop fields dropped per RFC 9110 §7.6.1, framing re-decided for the client), and
+each body chunk -- JSON or SSE events, byte-identical -- is written the moment the
+upstream parser hands it over.  The client head is held back only until the first body
+bytes of the same read, so a small JSON answer leaves in one write.  When the answer is
+complete the exchange records metrics and one access-log line and tells the connection,
+which starts the next pipelined request or waits for one.
+
+Failures map to answers the client can act on: an unreachable backend or garbage from it
+gives 502, a slow one 504, always with a JSON-RPC error body on MCP routes; a failure
+after the answer started cuts the client connection (an incomplete stream is visible to
+the client, a fake end is not); a client that leaves closes its upstream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from typing import Any
+
+from .config import BackendConfig, Config, RouteConfig
+from .core import KIND_ERROR, ProtocolError, scan_jsonrpc
+from .observe import AccessLog, BackendMetrics, Metrics
+from .server import ClientProtocol, jsonrpc_error_body, status_reason
+from .upstream import UpstreamError, UpstreamPool
+
+__all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
+
+log = logging.getLogger("mcpfast.gateway")
+
+_perf = time.perf_counter
+
+# Request header fields that are not forwarded (RFC 9110 §7.6.1 hop-by-hop, plus the
+# framing and Host fields we write ourselves).
+_DROP_REQUEST = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"host", b"content-length", b"expect", b"proxy-authorization")
+)  # fmt: skip
+_DROP_RESPONSE = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+     b"upgrade", b"content-length")
+)  # fmt: skip
+_XFF = b"x-forwarded-for"
+_FORWARDED_METHODS = frozenset((b"POST", b"GET", b"DELETE", b"OPTIONS", b"HEAD"))
+_ALLOW = b"GET, POST, DELETE, OPTIONS"
+_SSE = b"text/event-stream"
+
+# Exchange phases.
+NEW, WAIT_CONN, WAIT_HEAD, RELAYING, DONE = range(5)
+
+
+class OriginPolicy:
+    """Allowed ``Origin`` values, compiled once: exact origins and host wildcards
+    (``http://localhost:*`` allows any port of that scheme and host)."""
+
+    __slots__ = ("any", "exact", "wild")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.any = "*" in patterns
+        self.exact = frozenset(p.encode() for p in patterns if not p.endswith(":*"))
+        self.wild = frozenset(p[:-2].encode() for p in patterns if p.endswith(":*"))
+
+    def allows(self, origin: bytes) -> bool:
+        if self.any:
+            return True
+        o = origin.lower().rstrip(b"/")
+        if o in self.exact or o in self.wild:
+            return True
+        # strip the port: "http://localhost:3000" → "http://localhost"
+        scheme_end = o.find(b"://")
+        colon = o.rfind(b":")
+        if colon > scheme_end + 2 and not o.endswith(b"]"):
+            return o[:colon] in self.wild
+        return False
+
+
+class Route:
+    """One MCP endpoint path and the backend behind it, with everything the hot path
+    needs precomputed."""
+
+    __slots__ = ("path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout")
+
+    def __init__(self, rc: RouteConfig, backend: BackendConfig, pool: UpstreamPool, bm: BackendMetrics, cfg: Config):
+        self.path = rc.path
+        self.name = rc.path
+        self.backend = backend
+        self.pool = pool
+        self.bm = bm
+        path, _, query = backend.path.partition("?")
+        self.target = path.encode()
+        self.prefix = b"?" + query.encode() + b"&" if query else b"?"
+        self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
+        self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
+
+
+class Exchange:
+    """One request and its answer."""
+
+    __slots__ = (
+        "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
+        "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
+        "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out",
+    )  # fmt: skip
+
+    def __init__(self, gw: "Gateway", conn: ClientProtocol, head) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.head = head
+        self.chunks: list = []
+        self.route: Route | None = None
+        self.body: Any = b""
+        self.t0 = _perf()
+        self.t_sent = 0.0
+        self.t_up_end = 0.0
+        self.method = "-"
+        self.tool = ""
+        self.rpc_id: Any = None
+        self.status = 0
+        self.bytes_out = 0
+        self.upstream = None
+        self.phase = NEW
+        self.deadline = 0.0
+        self.pending: bytes | None = None  # client head not yet written
+        self.chunked = False
+        self.keep_alive = head.keep_alive
+        self.sse = False
+        self.outcome = ""
+        self.retried = False
+        self.is_head = head.method == b"HEAD"
+        self.out = None
+
+    # --- request side -------------------------------------------------------------
+    def start(self) -> None:
+        gw = self.gw
+        head = self.head
+        target = head.target
+        q = target.find(b"?")
+        path = target if q < 0 else target[:q]
+        route = gw.routes.get(path)
+        if route is None:
+            self.respond_error(404, -32601, "no MCP endpoint at this path", mcp=False)
+            return
+        self.route = route
+        refusal = gw.check_request(head)
+        if refusal is not None:
+            self.respond_error(*refusal)
+            return
+        chunks = self.chunks
+        if chunks:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if type(body) is not bytes:
+                body = bytes(body)
+            self.body = body
+            if head.method == b"POST":
+                try:
+                    env = scan_jsonrpc(body)
+                except ProtocolError as exc:
+                    self.method = "invalid"
+                    self.respond_error(400, exc.code or -32700, f"{'Parse error' if exc.code == -32700 else 'Invalid Request'}: {exc}")
+                    return
+                if type(env) is list:
+                    self.method = "batch"
+                else:
+                    m = env.method
+                    if m is not None:
+                        self.method = m
+                        if env.name is not None:
+                            self.tool = env.name
+                        self.rpc_id = env.id
+                    elif env.kind == KIND_ERROR:
+                        self.method = "response:error"
+                    else:
+                        self.method = "response"
+        elif head.method == b"POST":
+            self.respond_error(400, -32700, "Parse error: empty body")
+            return
+        else:
+            self.method = head.method.decode("latin-1")
+        self.forward()
+
+    def forward(self) -> None:
+        route = self.route
+        head = self.head
+        gw = self.gw
+        target = head.target
+        q = target.find(b"?")
+        utarget = route.target if q < 0 else route.target + route.prefix + target[q + 1 :]
+        parts = [head.method, b" ", utarget, b" HTTP/1.1\r\nHost: ", route.backend.host_header, b"\r\n"]
+        add = parts.extend
+        xff = None
+        conn_listed = _connection_listed(head.connection) if head.connection else None
+        for name, value in head.headers:
+            ln = name.lower()
+            if ln in _DROP_REQUEST or (conn_listed and ln in conn_listed):
+                continue
+            if ln == _XFF and gw.forwarded:
+                xff = value
+                continue
+            add((name, b": ", value, b"\r\n"))
+        if gw.forwarded:
+            peer = self.conn.peer.encode()
+            add((b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n"))
+        if route.extra:
+            parts.append(route.extra)
+        body = self.body
+        if body or head.method in (b"POST", b"PUT", b"PATCH"):
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        else:
+            parts.append(b"\r\n")
+        data = b"".join(parts)
+        self.phase = WAIT_CONN
+        self.deadline = time.monotonic() + route.response_timeout
+        self.t_sent = _perf()
+        self.out = [data, body] if body else [data]
+        route.pool.acquire(self._got_upstream)
+
+    def _got_upstream(self, conn, err) -> None:
+        if self.phase != WAIT_CONN:  # timed out or client left while we waited
+            if conn is not None:
+                self.route.pool.release(conn)
+            return
+        if err is not None:
+            self.gw.metrics.error(err.kind)
+            self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
+            return
+        self.upstream = conn
+        self.phase = WAIT_HEAD
+        if self.conn.write_paused:
+            conn.pause_reading()
+        conn.send(self, self.out, self.is_head)
+
+    # --- upstream side (called by UpstreamProtocol) --------------------------------------
+    def upstream_head(self, head) -> None:
+        self.phase = RELAYING
+        status = head.status
+        self.status = status
+        self.upstream.keep_alive = head.keep_alive
+        parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n"]
+        add = parts.extend
+        conn_listed = _connection_listed(head.connection) if head.connection else None
+        for name, value in head.headers:
+            ln = name.lower()
+            if ln in _DROP_RESPONSE or (conn_listed and ln in conn_listed):
+                continue
+            add((name, b": ", value, b"\r\n"))
+        keep = self.keep_alive and self.conn.keep_alive
+        if status < 200 or status in (204, 304):
+            pass
+        elif self.is_head:
+            if head.content_length >= 0:
+                parts.append(b"Content-Length: %d\r\n" % head.content_length)
+        elif head.content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n" % head.content_length)
+        elif self.head.version == 11:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+            self.chunked = True
+        else:
+            keep = False  # HTTP/1.0 client: the end of the body is the end of the connection
+        if not keep:
+            parts.append(b"Connection: close\r\n")
+        elif self.head.version == 10:
+            parts.append(b"Connection: keep-alive\r\n")
+        self.keep_alive = keep
+        parts.append(b"\r\n")
+        self.pending = b"".join(parts)
+        ct = head.content_type
+        if ct is not None and ct.startswith(_SSE):
+            self.sse = True
+            self.route.bm.sse.inc()
+        route = self.route
+        gw = self.gw
+        # Session bookkeeping (metrics only; the backend owns the session).
+        if head.session_id is not None and self.method == "initialize" and 200 <= status < 300:
+            gw.session_opened(route, head.session_id)
+        elif self.head.session_id is not None and (
+            status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)
+        ):
+            gw.session_closed(route, self.head.session_id)
+
+    def flush_head(self) -> None:
+        """End of an upstream read: the client head must not wait for more body."""
+        p = self.pending
+        if p is not None:
+            self.pending = None
+            self.conn.send(p)
+
+    def upstream_body(self, chunk) -> None:
+        n = len(chunk)
+        self.bytes_out += n
+        p = self.pending
+        if self.chunked:
+            parts = [b"%x\r\n" % n, chunk, b"\r\n"]
+            if p is not None:
+                parts.insert(0, p)
+                self.pending = None
+            self.conn.send_many(parts)
+        elif p is not None:
+            self.pending = None
+            self.conn.send_many((p, chunk))
+        else:
+            self.conn.send(chunk)
+
+    def upstream_end(self) -> None:
+        self.t_up_end = _perf()
+        p = self.pending
+        self.pending = None
+        if self.chunked:
+            self.conn.send(p + b"0\r\n\r\n" if p is not None else b"0\r\n\r\n")
+        elif p is not None:
+            self.conn.send(p)
+        self.upstream = None
+        self.finish("ok" if self.status < 400 else ("client_error" if self.status < 500 else "upstream_error"))
+
+    def upstream_failed(self, err: UpstreamError) -> None:
+        self.upstream = None
+        if self.phase == DONE:
+            return
+        if self.phase == WAIT_HEAD:
+            if getattr(err, "retryable", False) and not self.retried:
+                # A reused keep-alive connection closed before answering: the backend
+                # dropped it as idle, so the request was never processed.  One retry
+                # on a fresh connection.
+                self.retried = True
+                self.phase = WAIT_CONN
+                self.route.pool.acquire(self._got_upstream)
+                return
+            self.gw.metrics.error(err.kind)
+            self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
+            return
+        # Mid-answer: cut the client connection so it sees an incomplete stream.
+        self.gw.metrics.error(err.kind)
+        self.t_up_end = _perf()
+        self.keep_alive = False
+        self.conn.abort()
+        self.finish("upstream_cut")
+
+    # --- flow control and lifetimes -----------------------------------------------------
+    def pause_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def client_gone(self) -> None:
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.detach()
+        if self.phase != DONE:
+            self.keep_alive = False
+            self.t_up_end = self.t_up_end or _perf()
+            self.phase_done("client_gone")
+
+    def check_deadline(self, now: float) -> None:
+        if self.phase in (WAIT_CONN, WAIT_HEAD) and now >= self.deadline:
+            up = self.upstream
+            self.upstream = None
+            if up is not None:
+                up.detach()
+            self.gw.metrics.error("upstream_timeout")
+            self.respond_error(
+                504, -32000, f"backend {self.route.backend.name} did not answer within {self.route.response_timeout:g}s"
+            )
+
+    # --- answers made here --------------------------------------------------------------
+    def respond_error(self, status: int, code: int, message: str, mcp: bool = True, headers: bytes = b"") -> None:
+        """Answer with a JSON-RPC error body (the MCP transport's way of saying no)."""
+        body = jsonrpc_error_body(code, message, self.rpc_id)
+        self.status = status
+        if status == 405:
+            headers += b"Allow: " + _ALLOW + b"\r\n"
+        keep = self.keep_alive and self.conn.keep_alive and status not in (408,)
+        self.keep_alive = keep
+        self.bytes_out = len(body)
+        self.conn.send(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
+            % (status, status_reason(status), len(body), headers, b"" if keep else b"Connection: close\r\n", body)
+        )
+        self.t_up_end = self.t_up_end or _perf()
+        self.finish("refused" if status < 500 else "gateway_error")
+
+    def finish(self, outcome: str) -> None:
+        if self.phase == DONE:
+            return
+        self.phase_done(outcome)
+        self.conn.exchange_done(self, self.keep_alive)
+
+    def phase_done(self, outcome: str) -> None:
+        self.phase = DONE
+        self.outcome = outcome
+        t_end = _perf()
+        route = self.route
+        gw = self.gw
+        if route is not None:
+            bm = route.bm
+            if self.sse:
+                bm.sse.dec()
+            bm.count(self.method, self.tool, outcome)
+            if self.t_sent:
+                up = self.t_up_end - self.t_sent
+                own = (self.t_sent - self.t0) + (t_end - self.t_up_end)
+                bm.upstream.observe(up)
+            else:
+                up = 0.0
+                own = t_end - self.t0
+            bm.gateway.observe(own)
+        else:
+            up = 0.0
+            own = t_end - self.t0
+        if gw.access.enabled:
+            head = self.head
+            sid = head.session_id
+            gw.access.write(
+                {
+                    "time": gw.clock(),
+                    "client": self.conn.peer,
+                    "http": head.method.decode("latin-1"),
+                    "path": head.target.decode("latin-1"),
+                    "session": sid.decode("latin-1") if sid is not None else None,
+                    "method": self.method,
+                    "tool": self.tool or None,
+                    "backend": route.backend.name if route is not None else None,
+                    "status": self.status,
+                    "outcome": outcome,
+                    "bytes": self.bytes_out,
+                    "gateway_us": int(own * 1e6),
+                    "upstream_us": int(up * 1e6),
+                }
+            )
+
+
+def _connection_listed(value: bytes) -> frozenset:
+    """Field names listed in a Connection header are hop-by-hop too (RFC 9110 §7.6.1)."""
+    return frozenset(x.strip().lower() for x in value.split(b",") if x.strip())
+
+
+class _Clock:
+    """ISO-8601 UTC timestamps for log lines, formatted once per second."""
+
+    __slots__ = ("_sec", "_prefix")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = ""
+
+    def __call__(self) -> str:
+        now = time.time()
+        sec = int(now)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{int((now - sec) * 1000):03d}Z"
+
+
+class Gateway:
+    """One gateway process: listeners, routes, pools, metrics, the tick."""
+
+    def __init__(self, config: Config, *, metrics: Metrics | None = None, access_log: AccessLog | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.access = access_log or AccessLog(config.log.access_log)
+        self.clock = _Clock()
+        self.origins = OriginPolicy(config.server.allowed_origins)
+        self.forwarded = config.server.forwarded_headers
+        self.connections: set[ClientProtocol] = set()
+        self.sessions: dict[bytes, tuple[Route, float]] = {}
+        self.pools: dict[str, UpstreamPool] = {}
+        self.routes: dict[bytes, Route] = {}
+        self.servers: list[asyncio.AbstractServer] = []
+        self.admin = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.draining = False
+        self.ready = False
+        self._build_routes()
+
+    def _build_routes(self) -> None:
+        cfg = self.config
+        for rc in cfg.routes:
+            b = cfg.backend(rc.backends[0])
+            bm = self.metrics.for_backend(rc.path, b.name)
+            pool = self.pools.get(b.name)
+            if pool is None:
+                pool = self.pools[b.name] = UpstreamPool(
+                    b,
+                    bm,
+                    connect_timeout=cfg.timeouts.upstream_connect,
+                    max_header_bytes=cfg.limits.max_header_bytes,
+                )
+            route = Route(rc, b, pool, bm, cfg)
+            p = rc.path.encode()
+            self.routes[p] = route
+            if p != b"/":
+                self.routes[p + b"/"] = route
+
+    # --- pipeline hooks -------------------------------------------------------------
+    def new_exchange(self, conn: ClientProtocol, head) -> Exchange:
+        return Exchange(self, conn, head)
+
+    def check_request(self, head) -> tuple[int, int, str] | None:
+        """Cheap refusals that need no body: method, Origin."""
+        if head.method not in _FORWARDED_METHODS:
+            return (405, -32600, f"method {head.method.decode('latin-1')} not allowed on an MCP endpoint")
+        origin = head.origin
+        if origin is not None and not self.origins.allows(origin):
+            # MCP transports: servers MUST validate Origin; an invalid one gets 403.
+            self.metrics.error("origin_refused")
+            return (403, -32600, "Origin not allowed")
+        if self.draining:
+            return (503, -32000, "gateway is shutting down")
+        return None
+
+    def early_refusal(self, ex: Exchange) -> tuple[int, str] | None:
+        """For ``Expect: 100-continue``: refuse before the body is sent, or None."""
+        head = ex.head
+        target = head.target
+        q = target.find(b"?")
+        if (target if q < 0 else target[:q]) not in self.routes:
+            return (404, "no MCP endpoint at this path")
+        r = self.check_request(head)
+        return None if r is None else (r[0], r[2])
+
+    def session_opened(self, route: Route, sid: bytes) -> None:
+        if sid not in self.sessions:
+            route.bm.sessions.inc()
+        self.sessions[sid] = (route, time.monotonic())
+
+    def session_closed(self, route: Route, sid: bytes) -> None:
+        if self.sessions.pop(sid, None) is not None:
+            route.bm.sessions.dec()
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        for pool in self.pools.values():
+            pool._loop = loop
+        s = self.config.server
+        if sock is not None:
+            srv = await loop.create_server(lambda: ClientProtocol(self), sock=sock, backlog=s.backlog)
+        else:
+            host, port = s.listen
+            srv = await loop.create_server(
+                lambda: ClientProtocol(self), host, port, backlog=s.backlog, reuse_port=s.workers > 1
+            )
+        self.servers.append(srv)
+        if s.admin_listen is not None:
+            from .admin import AdminServer
+
+            self.admin = AdminServer(self)
+            await self.admin.start(*s.admin_listen)
+        self._tick_handle = loop.call_later(1.0, self._tick)
+        self.ready = True
+
+    @property
+    def port(self) -> int:
+        return self.servers[0].sockets[0].getsockname()[1]
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_deadline(now)
+        for pool in self.pools.values():
+            pool.sweep(now)
+        if self.sessions:
+            stale = now - self.config.timeouts.session_idle
+            for sid, (route, seen) in list(self.sessions.items()):
+                if seen < stale:
+                    self.session_closed(route, sid)
+        self.access.flush()
+        self._tick_handle = self._loop.call_later(1.0, self._tick)
+
+    async def stop(self, drain: float | None = None) -> None:
+        """Stop accepting, let answers in flight finish (up to ``drain`` seconds), close."""
+        self.draining = True
+        self.ready = False
+        for srv in self.servers:
+            srv.close()
+        for conn in list(self.connections):
+            if conn.active is None and not conn.parser.in_message:
+                conn.close()
+            else:
+                conn.keep_alive = False
+        deadline = time.monotonic() + (self.config.timeouts.drain if drain is None else drain)
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        for pool in self.pools.values():
+            pool.close()
+        if self.admin is not None:
+            await self.admin.stop()
+        for srv in self.servers:
+            await srv.wait_closed()
+        self.access.close()
+
+    async def run_until_signal(self) -> None:
+        """Serve until SIGTERM/SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("draining", extra={"fields": {"connections": len(self.connections)}})
+        await self.stop()

@@ -1,0 +1,197 @@
+"""Prometheus collectors, the JSON access log and the process log.
+
+The hot path never calls ``labels()``: each backend gets a ``BackendMetrics`` whose
+children are resolved when the route is built, and request counters are cached per
+(method, tool, outcome) in a bounded dict, so counting a request is one dict lookup and
+one ``inc``.  Tool names come from clients, so the number of distinct tool label values
+is capped (the rest count as ``other``): a client inventing names cannot grow the
+metrics without bound.
+
+The access log is JSON lines, buffered in memory and written when the buffer passes
+64 KiB or on the gateway's once-a-second tick, so a request never waits on a write.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import IO, Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "BackendMetrics", "AccessLog", "setup_logging"]
+
+# Latency buckets in seconds, dense where a proxy lives (tens of µs to tens of ms).
+_GATEWAY_BUCKETS = (
+    0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0,
+)  # fmt: skip
+_UPSTREAM_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+MAX_TOOL_LABELS = 512
+
+
+class Metrics:
+    """All collectors of one gateway, in their own registry (tests run several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "mcpfast_requests",
+            "Requests to MCP routes by backend, JSON-RPC method, tool and outcome.",
+            ["route", "backend", "method", "tool", "outcome"],
+            registry=r,
+        )
+        self.gateway_seconds = Histogram(
+            "mcpfast_gateway_duration_seconds",
+            "Time a request spent inside the gateway itself (total minus upstream).",
+            ["backend"],
+            buckets=_GATEWAY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "mcpfast_upstream_duration_seconds",
+            "Time from sending a request upstream to the end of the upstream response head "
+            "(JSON answers: to the end of the body).",
+            ["backend"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.sessions_open = Gauge(
+            "mcpfast_sessions_open", "MCP sessions seen and not ended or expired.", ["backend"], registry=r
+        )
+        self.sse_streams_open = Gauge(
+            "mcpfast_sse_streams_open", "SSE responses being relayed right now.", ["backend"], registry=r
+        )
+        self.upstream_connections = Gauge(
+            "mcpfast_upstream_connections", "Open connections to a backend.", ["backend"], registry=r
+        )
+        self.client_connections = Gauge(
+            "mcpfast_client_connections", "Open client connections.", registry=r
+        )
+        self.errors = Counter(
+            "mcpfast_errors", "Errors by kind (client protocol, upstream, timeouts...).", ["kind"], registry=r
+        )
+        self._errors: dict[str, Any] = {}
+
+    def error(self, kind: str) -> None:
+        child = self._errors.get(kind)
+        if child is None:
+            child = self._errors[kind] = self.errors.labels(kind)
+        child.inc()
+
+    def for_backend(self, route: str, backend: str) -> "BackendMetrics":
+        return BackendMetrics(self, route, backend)
+
+
+class BackendMetrics:
+    """Children of every collector for one (route, backend), resolved once."""
+
+    __slots__ = (
+        "_metrics", "route", "backend", "gateway", "upstream", "sessions", "sse", "connections", "_req",
+    )  # fmt: skip
+
+    def __init__(self, m: Metrics, route: str, backend: str) -> None:
+        self._metrics = m
+        self.route = route
+        self.backend = backend
+        self.gateway = m.gateway_seconds.labels(backend)
+        self.upstream = m.upstream_seconds.labels(backend)
+        self.sessions = m.sessions_open.labels(backend)
+        self.sse = m.sse_streams_open.labels(backend)
+        self.connections = m.upstream_connections.labels(backend)
+        self._req: dict[tuple, Any] = {}
+
+    def count(self, method: str, tool: str, outcome: str) -> None:
+        key = (method, tool, outcome)
+        child = self._req.get(key)
+        if child is None:
+            if len(self._req) >= MAX_TOOL_LABELS:
+                key = (method if len(self._req) < 2 * MAX_TOOL_LABELS else "other", "other", outcome)
+                child = self._req.get(key)
+            if child is None:
+                child = self._metrics.requests.labels(self.route, self.backend, key[0], key[1], outcome)
+                self._req[key] = child
+        child.inc()
+
+
+class AccessLog:
+    """Buffered JSON-lines writer.  ``sink`` is "-" (stdout), a file path, or "off"."""
+
+    __slots__ = ("_out", "_buf", "_size", "enabled", "_own")
+
+    FLUSH_AT = 65536
+
+    def __init__(self, sink: str) -> None:
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._own = False
+        self.enabled = sink not in ("off", "", None)
+        self._out: IO[bytes] | None = None
+        if self.enabled:
+            if sink == "-":
+                self._out = sys.stdout.buffer
+            else:
+                self._out = open(sink, "ab")
+                self._own = True
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record) + b"\n"
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= self.FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf or self._out is None:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        try:
+            self._out.write(data)
+            self._out.flush()
+        except (OSError, ValueError):  # a closed stdout must not take the gateway down
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._own and self._out is not None:
+            self._out.close()
+        self._out = None
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        d: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": os.getpid(),
+        }
+        extra = getattr(record, "fields", None)
+        if extra:
+            d.update(extra)
+        if record.exc_info:
+            d["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(d, default=str).decode()
+
+
+def setup_logging(level: str = "info", fmt: str = "json") -> None:
+    """Configure the ``mcpfast`` logger on stderr (stdout carries the access log)."""
+    logger = logging.getLogger("mcpfast")
+    logger.handlers.clear()
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(
+        _JSONFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logger.addHandler(h)
+    logger.setLevel(level.upper())
+    logger.propagate = False

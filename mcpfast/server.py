@@ -1,0 +1,284 @@
+"""The client side: one ``asyncio.Protocol`` per client connection, speaking HTTP/1.1.
+
+Theory of operation.  ``data_received`` feeds the compiled request parser; its callbacks
+build an ``Exchange`` (head, then body chunks) and hand it to the application (the
+gateway pipeline) once the body is complete.  Exchanges are answered strictly in order;
+pipelined requests wait in a short queue, and reading pauses if that queue grows, so a
+client cannot make us buffer without bound.  The connection owns its timers as one
+deadline checked by the gateway's once-a-second tick: idle keep-alive, header read, body
+read.  Upstream waits are the exchange's business.
+
+Writing goes through ``send``/``send_many`` (one transport call each).  When the client's
+socket buffer fills, ``pause_writing`` tells the exchange so it pauses its upstream, and
+``resume_writing`` undoes it: a slow reader slows its backend instead of growing our
+memory (CONVENTIONS §9).  A client that disconnects mid-answer is reported to the
+exchange at once so the upstream stream is closed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .core import ProtocolError, RequestParser
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+__all__ = ["ClientProtocol", "status_reason", "jsonrpc_error_body"]
+
+log = logging.getLogger("mcpfast.server")
+
+# Connection states, for the deadline sweep.
+IDLE, HEAD, BODY, BUSY, CLOSING = range(5)
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    406: b"Not Acceptable", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    415: b"Unsupported Media Type", 417: b"Expectation Failed", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}  # fmt: skip
+
+CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_PIPELINE = 8
+
+
+def status_reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None, data: Any = None) -> bytes:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": err})
+
+
+class ClientProtocol(asyncio.Protocol):
+    __slots__ = (
+        "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
+        "closed", "write_paused", "read_paused", "keep_alive",
+    )  # fmt: skip
+
+    def __init__(self, gateway: "Gateway") -> None:
+        self.gateway = gateway
+        lim = gateway.config.limits
+        self.parser = RequestParser(
+            self,
+            max_header_bytes=lim.max_header_bytes,
+            max_headers=lim.max_headers,
+            max_target_bytes=lim.max_target_bytes,
+            max_body_bytes=lim.max_body_bytes,
+        )
+        self.transport: asyncio.Transport | None = None
+        self.peer = "-"
+        self.state = IDLE
+        self.deadline = 0.0
+        self.reading: Any = None  # exchange whose request is being read
+        self.active: Any = None  # exchange being answered
+        self.queue: collections.deque = collections.deque()
+        self.closed = False
+        self.write_paused = False
+        self.read_paused = False
+        self.keep_alive = True
+
+    # --- asyncio.Protocol ---------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = peer[0]
+        gw = self.gateway
+        if len(gw.connections) >= gw.config.limits.max_connections:
+            # Over the connection cap: refuse cheaply rather than degrade everyone.
+            gw.metrics.error("connection_limit")
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            transport.close()
+            self.closed = True
+            return
+        gw.connections.add(self)
+        gw.metrics.client_connections.inc()
+        self.state = HEAD  # a fresh connection must send its head in time (slowloris)
+        self.deadline = time.monotonic() + gw.config.timeouts.header_read
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.state == IDLE:
+            self.state = HEAD
+            self.deadline = time.monotonic() + self.gateway.config.timeouts.header_read
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            self.gateway.metrics.error("client_protocol")
+            self.fail_request(exc.status, str(exc))
+
+    def eof_received(self):
+        try:
+            self.parser.feed_eof()
+        except ProtocolError:
+            pass  # a half-sent request: nobody to answer
+        # Keep the write side open while an answer is still being written (half-close).
+        return self.active is not None
+
+    def connection_lost(self, exc) -> None:
+        was_open = not self.closed
+        self.closed = True
+        self.state = CLOSING
+        gw = self.gateway
+        if self in gw.connections:
+            gw.connections.discard(self)
+            gw.metrics.client_connections.dec()
+        active, self.active = self.active, None
+        self.queue.clear()
+        self.reading = None
+        if active is not None and was_open:
+            active.client_gone()
+        elif active is not None:
+            active.client_gone()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.active is not None:
+            self.active.pause_upstream()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.active is not None:
+            self.active.resume_upstream()
+
+    # --- RequestParser handler --------------------------------------------------------
+    def on_request(self, head) -> None:
+        ex = self.gateway.new_exchange(self, head)
+        self.reading = ex
+        self.state = BODY
+        self.deadline = time.monotonic() + self.gateway.config.timeouts.body_read
+        if head.expect_continue:
+            # Answer early when the request is going to be refused anyway; otherwise
+            # invite the body (RFC 9110 §10.1.1).
+            early = self.gateway.early_refusal(ex)
+            if early is not None:
+                self.reading = None
+                status, msg = early
+                self.fail_request(status, msg)
+                return
+            if head.version == 11:
+                self.transport.write(CONTINUE_100)
+
+    def on_body(self, chunk) -> None:
+        ex = self.reading
+        if ex is not None:
+            ex.chunks.append(chunk)
+
+    def on_request_end(self, trailers) -> None:
+        ex = self.reading
+        self.reading = None
+        if ex is None:
+            return
+        if self.active is None:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= MAX_PIPELINE and not self.read_paused:
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    # --- exchange lifecycle -----------------------------------------------------------
+    def _start(self, ex) -> None:
+        self.active = ex
+        self.state = BUSY
+        ex.start()
+
+    def exchange_done(self, ex, keep_alive: bool) -> None:
+        """Called by the exchange once its answer is completely written."""
+        if self.active is not ex:
+            return
+        self.active = None
+        if not keep_alive or self.closed:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if self.read_paused and len(self.queue) < MAX_PIPELINE // 2:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self._start(nxt)
+            return
+        if self.reading is not None or self.parser.in_message:
+            self.state = BODY if self.reading is not None else HEAD
+        else:
+            self.state = IDLE
+        t = self.gateway.config.timeouts
+        self.deadline = time.monotonic() + (t.idle if self.state == IDLE else t.header_read)
+
+    # --- writing ---------------------------------------------------------------------
+    def send(self, data) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def send_many(self, parts) -> None:
+        if not self.closed:
+            self.transport.writelines(parts)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.state = CLOSING
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close without finishing the answer: the client sees a cut stream, not a
+        complete one (used when an upstream dies mid-stream)."""
+        if not self.closed:
+            self.closed = True
+            self.state = CLOSING
+            self.transport.abort()
+
+    def fail_request(self, status: int, message: str) -> None:
+        """Answer a request that could not be read (or was refused before its body) and
+        close: after a framing error the byte stream cannot be trusted."""
+        if self.closed:
+            return
+        if self.active is not None:
+            # An answer is in progress; we cannot interleave another.  Drop the
+            # connection after the current answer by refusing keep-alive.
+            self.keep_alive = False
+            self.queue.clear()
+            self.transport.pause_reading()
+            return
+        body = jsonrpc_error_body(-32700 if status == 400 else -32600, message)
+        self.send(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (status, status_reason(status), len(body), body)
+        )
+        self.close()
+
+    # --- deadlines --------------------------------------------------------------------
+    def check_deadline(self, now: float) -> None:
+        if self.closed:
+            return
+        st = self.state
+        if st == BUSY:
+            if self.active is not None:
+                self.active.check_deadline(now)
+            return
+        if now < self.deadline:
+            return
+        if st == IDLE:
+            self.close()
+        elif st in (HEAD, BODY):
+            self.gateway.metrics.error("client_timeout")
+            if self.parser.in_message or st == BODY:
+                self.fail_request(408, "request not received in time")
+            else:
+                self.close()  # connected and said nothing: no answer owed

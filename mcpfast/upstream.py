@@ -1,0 +1,316 @@
+"""Upstream connections: one ``asyncio.Protocol`` per backend connection and a
+keep-alive pool per backend.
+
+Theory of operation.  A client-side exchange asks the pool for a connection; an idle one
+is handed over synchronously (the common case costs no task and no await), otherwise a
+new connection is opened in a task bounded by the connect timeout.  The exchange writes
+its request with one ``writelines`` call and becomes the connection's *sink*: the
+response parser's callbacks go straight to it (``upstream_head``, ``upstream_body``,
+``upstream_end``, ``upstream_failed``).  When a response ends cleanly on a keep-alive
+connection the connection returns to the pool's idle stack (LIFO, so hot connections
+stay hot and surplus ones age out); anything unusual -- an error, an unread body, a
+client that left -- closes it instead, because a half-read connection cannot be reused.
+
+Flow control runs both ways through the sink: the client side pauses this transport's
+reading when the client's socket buffer fills (a slow SSE reader), and resumes it later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .core import ProtocolError, ResponseParser
+
+if TYPE_CHECKING:
+    from .config import BackendConfig
+    from .observe import BackendMetrics
+
+__all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError"]
+
+log = logging.getLogger("mcpfast.upstream")
+
+
+class UpstreamError(Exception):
+    """A backend could not be reached or misbehaved; ``kind`` names it for metrics and
+    ``status`` is what the client gets (502 unreachable/garbage, 504 timeout)."""
+
+    def __init__(self, kind: str, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """One connection to a backend.  ``sink`` is the exchange being answered, or None
+    while the connection is idle in the pool."""
+
+    __slots__ = (
+        "pool", "transport", "parser", "sink", "closed", "reused", "got_bytes", "idle_since",
+        "keep_alive", "_paused", "_write_paused", "_forgotten",
+    )  # fmt: skip
+
+    def __init__(self, pool: "UpstreamPool", max_header_bytes: int) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = ResponseParser(self, max_header_bytes=max_header_bytes)
+        self.sink: Any = None
+        self.closed = False
+        self.reused = False  # served a request before: a failure may be a keep-alive race
+        self.got_bytes = False  # any byte of the current response seen
+        self.idle_since = 0.0
+        self.keep_alive = True  # the current response leaves the connection reusable
+        self._paused = False
+        self._write_paused = False
+        self._forgotten = False
+
+    # --- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.pool._open += 1
+        self.pool.metrics.connections.inc()
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        sink = self.sink
+        if sink is None:
+            # Bytes on an idle connection: the backend is confused; never reuse it.
+            self.close()
+            return
+        try:
+            self.parser.feed(data)
+        except ProtocolError as exc:
+            self.sink = None
+            self.close()
+            sink.upstream_failed(UpstreamError("upstream_protocol", f"backend sent invalid HTTP: {exc}"))
+            return
+        if sink.pending is not None:
+            sink.flush_head()
+
+    def eof_received(self):
+        sink = self.sink
+        if sink is not None:
+            try:
+                self.parser.feed_eof()  # ends a read-until-close body
+            except ProtocolError as exc:
+                self.sink = None
+                self.close()
+                sink.upstream_failed(self._lost_error(exc))
+                return False
+        return False  # close the transport
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.pool._forget(self)
+        sink = self.sink
+        if sink is not None:
+            self.sink = None
+            sink.upstream_failed(self._lost_error(exc))
+
+    def _lost_error(self, exc) -> UpstreamError:
+        if not self.got_bytes:
+            err = UpstreamError("upstream_closed", "backend closed the connection before answering")
+            err.retryable = self.reused  # type: ignore[attr-defined]
+            return err
+        return UpstreamError("upstream_closed", "backend closed the connection mid-response")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+
+    # --- ResponseParser handler ---------------------------------------------------
+    def on_interim(self, head) -> None:
+        pass  # 100 Continue and friends are for us, not the client
+
+    def on_response(self, head) -> None:
+        self.sink.upstream_head(head)
+
+    def on_body(self, chunk) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.upstream_body(chunk)
+
+    def on_response_end(self, trailers) -> None:
+        sink = self.sink
+        self.sink = None
+        keep = self.keep_alive
+        if sink is not None:
+            sink.upstream_end()
+        if keep and not self.closed:
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # --- used by the exchange -----------------------------------------------------
+    def send(self, sink, data: list, head_request: bool = False) -> None:
+        self.sink = sink
+        self.got_bytes = False
+        self.keep_alive = True
+        if head_request:
+            self.parser.expect_head_response()
+        self.transport.writelines(data)
+
+    def pause_reading(self) -> None:
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def detach(self) -> None:
+        """The client went away mid-exchange: this connection holds a partial response."""
+        self.sink = None
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool._forget(self)
+            if self.transport is not None:
+                self.transport.abort() if self.got_bytes else self.transport.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend.
+
+    ``pool_size`` idle connections are kept (LIFO); more may be open while busy, up to
+    ``max_connections``; beyond that requests wait their turn.  Idle connections older
+    than ``idle_timeout`` are closed by ``sweep`` -- keep that below the backend's own
+    keep-alive timeout (uvicorn closes after 5 s) so we rarely reuse a connection the
+    backend is closing.
+    """
+
+    def __init__(
+        self,
+        backend: "BackendConfig",
+        metrics: "BackendMetrics",
+        *,
+        connect_timeout: float,
+        max_header_bytes: int = 65536,
+        max_connections: int = 1024,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.backend = backend
+        self.metrics = metrics
+        self.host = backend.host
+        self.port = backend.port
+        self.size = backend.pool_size
+        self.idle_timeout = backend.pool_idle_timeout
+        self.connect_timeout = backend.connect_timeout or connect_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_connections = max_connections
+        self._idle: list[UpstreamProtocol] = []
+        self._open = 0
+        self._connecting = 0
+        self._waiters: collections.deque[Callable] = collections.deque()
+        self._loop = loop
+        self.closed = False
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    def acquire(self, callback: Callable[[UpstreamProtocol | None, UpstreamError | None], None]) -> None:
+        """Call ``callback(conn, None)`` with a connection -- right away when one is idle --
+        or ``callback(None, error)`` when none can be had."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.resume_reading()
+                callback(conn, None)
+                return
+        if self.closed:
+            callback(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))
+            return
+        if self._open + self._connecting >= self.max_connections:
+            self._waiters.append(callback)
+            return
+        self._connect(callback)
+
+    def cancel_wait(self, callback) -> None:
+        try:
+            self._waiters.remove(callback)
+        except ValueError:
+            pass
+
+    def _connect(self, callback) -> None:
+        self._connecting += 1
+        loop = self._loop or asyncio.get_running_loop()
+        loop.create_task(self._open_connection(callback))
+
+    async def _open_connection(self, callback) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        try:
+            try:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: UpstreamProtocol(self, self.max_header_bytes), self.host, self.port),
+                    self.connect_timeout,
+                )
+            finally:
+                self._connecting -= 1
+        except asyncio.TimeoutError:
+            callback(None, UpstreamError("upstream_connect_timeout", f"connecting to backend {self.backend.name} timed out", 504))
+            return
+        except OSError as exc:
+            callback(
+                None,
+                UpstreamError("upstream_unreachable", f"backend {self.backend.name} unreachable: {exc.strerror or exc}"),
+            )
+            return
+        if self.closed:
+            conn.close()
+            callback(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))
+            return
+        callback(conn, None)
+
+    def release(self, conn: UpstreamProtocol) -> None:
+        """A clean keep-alive connection is free again."""
+        conn.reused = True
+        if self._waiters:
+            cb = self._waiters.popleft()
+            conn.resume_reading()
+            cb(conn, None)
+            return
+        if len(self._idle) >= self.size or self.closed:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def _forget(self, conn: UpstreamProtocol) -> None:
+        """Account for a closed connection (once, whichever side closed first)."""
+        if conn._forgotten:
+            return
+        conn._forgotten = True
+        if conn in self._idle:
+            self._idle.remove(conn)
+        if conn.transport is not None:
+            self._open -= 1
+            self.metrics.connections.dec()
+        if self._waiters and not self.closed and self._open + self._connecting < self.max_connections:
+            self._connect(self._waiters.popleft())
+
+    def sweep(self, now: float) -> None:
+        """Close idle connections past their idle timeout (called by the gateway's tick)."""
+        if not self._idle:
+            return
+        limit = now - self.idle_timeout
+        for conn in [c for c in self._idle if c.idle_since < limit]:
+            conn.close()
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self._idle):
+            conn.close()
+        self._idle.clear()
+        while self._waiters:
+            self._waiters.popleft()(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))

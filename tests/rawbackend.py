@@ -1,0 +1,178 @@
+"""Misbehaving HTTP backends for failure tests: plain sockets in threads, each with one
+behaviour.  They speak just enough HTTP/1.1 to be a backend and record what happened
+to them (requests seen, bytes written, when the gateway closed the connection)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import orjson
+
+OK_BODY = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
+
+
+def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """Read one request (head and Content-Length body); None on EOF."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = conn.recv(65536)
+        if not d:
+            return None
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+    while len(rest) < n:
+        d = conn.recv(65536)
+        if not d:
+            return None
+        rest += d
+    return head, rest[:n]
+
+
+class RawBackend:
+    """``behaviour`` is one of: ok, garbage, die_mid_stream, silent, stream_forever,
+    stream_until_closed."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/mcp"
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.bytes_sent = 0
+        self.closed_at: float | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                while not self.stop.is_set():
+                    req = read_request(conn)
+                    if req is None:
+                        return
+                    self.requests.append(req)
+                    getattr(self, "_" + self.behaviour)(conn, req)
+        except OSError:
+            self.closed_at = self.closed_at or time.monotonic()
+
+    def _ok(self, conn, req) -> None:
+        body = OK_BODY
+        try:
+            rid = orjson.loads(req[1]).get("id", 1)
+            body = orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"ok": True}})
+        except Exception:
+            pass
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def _garbage(self, conn, req) -> None:
+        conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+
+    def _die_mid_stream(self, conn, req) -> None:
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"1c\r\nevent: message\ndata: {\"a\":1}\n\n\r\n"
+        )
+        time.sleep(0.2)
+        conn.shutdown(socket.SHUT_RDWR)
+        raise OSError("died")
+
+    def _silent(self, conn, req) -> None:
+        self.stop.wait(30)
+
+    def _stream_forever(self, conn, req) -> None:
+        """Write SSE events as fast as the peer takes them, up to 64 MiB."""
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        event = b"event: message\ndata: " + b"x" * 16000 + b"\n\n"
+        chunk = b"%x\r\n%s\r\n" % (len(event), event)
+        conn.settimeout(0.5)
+        while self.bytes_sent < 64 * 1024 * 1024 and not self.stop.is_set():
+            try:
+                conn.sendall(chunk)
+            except socket.timeout:
+                continue  # blocked: the gateway stopped reading
+            self.bytes_sent += len(chunk)
+        raise OSError("done")
+
+    def _stream_until_closed(self, conn, req) -> None:
+        """An SSE stream sending a small event every 50 ms until the peer goes away."""
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        event = b"event: message\ndata: {}\n\n"
+        try:
+            while not self.stop.is_set():
+                conn.sendall(b"%x\r\n%s\r\n" % (len(event), event))
+                self.bytes_sent += len(event)
+                time.sleep(0.05)
+        except OSError:
+            self.closed_at = time.monotonic()
+            raise
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(2)
+
+
+def http_request(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes, read until the server closes or a full response arrives."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(raw)
+        return read_response(s)
+
+
+def read_response(s: socket.socket) -> bytes:
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            return buf
+        buf += d
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    n = None
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            n = int(v)
+    if n is None:
+        return buf
+    while len(rest) < n:
+        d = s.recv(65536)
+        if not d:
+            break
+        rest += d
+    return head + b"\r\n\r\n" + rest
+
+
+def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"Accept: application/json, text/event-stream\r\n%sContent-Length: %d\r\n\r\n%s"
+        % (path.encode(), extra, len(body), body)
+    )
+
+
+def status_of(resp: bytes) -> int:
+    return int(resp.split(b" ", 2)[1])
+
+
+def body_of(resp: bytes) -> bytes:
+    return resp.partition(b"\r\n\r\n")[2]
