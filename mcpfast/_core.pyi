@@ -163,6 +163,11 @@ class SSEEvent:
     that preceded it, the leading BOM for the first block, comments, and the terminating
     blank line -- so that concatenating ``raw`` of every event reproduces the stream.
     ``start``/``end`` are the absolute stream offsets of ``raw``.
+
+    Fields describe this block only (a browser's "last event ID" carries over between
+    events; ``id`` here does not).  Only lines ended by a line end are interpreted: the
+    final block ``feed_eof`` may report can end in an unterminated line that is part of
+    ``raw`` but of no field.  Field values are bytes as sent (not UTF-8 decoded).
     """
 
     raw: bytes
@@ -171,7 +176,7 @@ class SSEEvent:
     event: bytes | None  # last ``event`` field value; None when absent
     data: bytes | None  # ``data`` values joined with b"\n"; None when no data line
     id: bytes | None  # last ``id`` field value (ids containing NUL are ignored per spec)
-    retry: int | None  # last valid ``retry`` value (ASCII digits only)
+    retry: int | None  # last valid ``retry`` value: 1+ ASCII digits, value < 10**18
     comments: int  # number of comment lines (``:``-prefixed)
 
 class SSEParser:
@@ -179,13 +184,26 @@ class SSEParser:
 
     ``feed(data)`` returns the list of blocks completed by this data (possibly empty).
     Field lines ``name[:[ SP]value]`` with any of CRLF, LF or CR as line end; a CR that
-    ends the buffered data is held until the next byte shows whether LF follows.  A block
-    made only of empty lines is not reported; its bytes go to the next block's ``raw``.
-    Unknown field names are ignored (still part of ``raw``).  A block that grows past
-    ``max_event_bytes`` before its blank line raises ``ProtocolError(502)``.
-    ``feed_eof()`` returns the final block if the stream ended after at least one field
-    line but before its blank line (it is *not* dispatched by browsers, but a gateway
-    must see it), else an empty list.
+    ends the buffered data is held until the next byte shows whether LF follows (so a
+    block ended by a bare-CR blank line is reported one ``feed`` later, or at EOF).  A
+    block made only of empty lines is not reported; its bytes go to the next block's
+    ``raw``.  Unknown field names are ignored (still part of ``raw``).  A ``retry``
+    value of 10**18 or more is ignored like an invalid one.
+
+    ``max_event_bytes`` bounds a block's bytes before its terminating blank line
+    (leading empty lines and BOM included; for the final block of ``feed_eof``, all of
+    it).  A block that grows past it raises ``ProtocolError(502)`` as soon as that is
+    known.  Blocks completed before the fault are returned first: the error is raised
+    by the same call if it completed no block, else by the next call; after that every
+    call raises it.  So events and error do not depend on how the stream is split.
+
+    ``feed_eof()`` returns the final block if the stream ended after at least one
+    non-empty line (field or comment) or inside a line, but before its blank line (it
+    is *not* dispatched by browsers, but a gateway must see it), else an empty list; a
+    held CR counts as a line end.  Empty lines after the last block are in no block:
+    after ``feed_eof`` the concatenated ``raw`` is the stream up to ``offset``, and only
+    line ends (and a lone BOM) follow.  ``feed`` after ``feed_eof`` is a RuntimeError;
+    a second ``feed_eof`` returns ``[]``.
     """
 
     def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024) -> None: ...
@@ -203,7 +221,11 @@ def encode_sse_event(
 ) -> bytes:
     """One event block: ``event``, ``id``, ``retry`` then one ``data:`` line per line of
     data (split on CRLF, LF or CR), each ``name: value\\n``, ended by ``\\n``.  ``id`` or
-    ``event`` containing CR/LF, or ``id`` containing NUL, raise ``ValueError``."""
+    ``event`` containing CR/LF, or ``id`` containing NUL, raise ``ValueError``; so do a
+    ``retry`` outside ``0 <= retry < 10**18`` and a call with no field at all (a lone
+    blank line is not an event).  ``data`` may be any bytes-like object; ``data=b""``
+    gives one empty data line.  ``parse(encode(...))`` gives back the fields, with
+    line ends inside ``data`` normalised to LF."""
 
 # ---------------------------------------------------------------------------------
 # JSON-RPC 2.0 envelopes (RFC 8259 JSON; JSON-RPC 2.0 §4-§6)

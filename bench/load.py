@@ -1,0 +1,689 @@
+"""Whole-gateway load harness: one backend, measured directly and through mcpfast in the same run.
+
+Theory of operation.  The harness starts ``bench/fast_backend.py`` (the baseline: a
+minimal uvloop MCP server), then for each *target* — ``direct`` (the backend itself)
+and each selected gateway *variant* (a named command line that starts a gateway in
+front of that backend) — it:
+
+1. opens an MCP session the way a client does (``initialize``,
+   ``notifications/initialized``, ``tools/list``) and keeps the ``Mcp-Session-Id`` and
+   the tool names the target exposes (a multiplexing gateway may namespace them);
+2. per scenario, sends one checked request (status, content type, id echoed back)
+   — the load generator counts answers but does not read them;
+3. runs a short warm-up, then the measured closed-loop load: N keep-alive
+   connections, each writes one ``tools/call`` and reads the whole answer before the
+   next (MCP clients do not pipeline); ids are unique within the run;
+4. samples the CPU time of the backend and the gateway (``/proc``) around the
+   measured run, so cost per request can be read beside throughput.
+
+The load generator is ``wrk`` (Debian package; installed with apt-get when missing
+and we are root) driven by a generated Lua script, or ``bench/loadgen.py`` (uvloop,
+own process) as the fallback; see ``bench/README.md`` for why wrk is the default.
+The machine has 2 cores shared by generator, backend and gateway, so absolute numbers
+are only comparable inside one run: that is why the baseline is always measured
+beside the gateway.
+
+Every process started here is ended by its PID in a ``finally`` block.  Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import http.client
+import json
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+HOST = "127.0.0.1"
+MCP_PATH = "/mcp"
+PROTOCOL_VERSION = "2025-06-18"
+
+
+# --- what is measured ---------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    key: str  # short id used on the command line and in JSON
+    title: str  # row label in the table
+    tool: str  # backend tool name (before any namespacing by a gateway)
+    connections: int
+    sse: bool = False  # answer is text/event-stream
+    bulk: bool = False  # report bytes/s
+
+
+SCENARIOS: tuple[Scenario, ...] = (
+    Scenario("json-c1", "tools/call JSON, 1 conn", "echo", 1),
+    Scenario("json-c32", "tools/call JSON, 32 conn", "echo", 32),
+    Scenario("sse-c1", "tools/call SSE, 1 conn", "echo_sse", 1, sse=True),
+    Scenario("sse-c32", "tools/call SSE, 32 conn", "echo_sse", 32, sse=True),
+    Scenario("blob-c1", "1 MB result, 1 conn", "blob", 1, bulk=True),
+)
+
+
+# --- gateway variants -----------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class GatewayVariant:
+    """A named way to start a gateway in front of the bench backend.
+
+    ``argv`` items are formatted with ``python`` (this interpreter), ``port`` (the
+    gateway's listen port, chosen here), ``backend_url`` (``http://127.0.0.1:P/mcp``),
+    ``backend_port``, ``bench_dir`` and ``repo``.  ``env`` is added to the environment.
+    Variants with ``default=False`` run only when named with ``--variants``.
+    """
+
+    name: str
+    argv: tuple[str, ...]
+    description: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+    default: bool = True
+
+
+_MCPFAST_SERVE = (
+    "{python}", "-m", "mcpfast", "serve",
+    "--listen", "127.0.0.1:{port}",
+    "--backend", "bench={backend_url}",
+    "--log-level", "warning",
+)  # fmt: skip
+
+# To add a variant (e.g. "policy-on", "multiplexed"), append a GatewayVariant here;
+# a multiplexed gateway may namespace tool names: the harness finds them by tools/list.
+GATEWAY_VARIANTS: list[GatewayVariant] = [
+    GatewayVariant("mcpfast", _MCPFAST_SERVE, "mcpfast serve, one backend, default settings"),
+]
+
+
+def _format_argv(variant: GatewayVariant, **values) -> list[str]:
+    return [a.format(**values) for a in variant.argv]
+
+
+# --- processes ------------------------------------------------------------------
+class Proc:
+    """A child process we started, its output captured in files (no pipe can fill up)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict | None = None, cwd: Path = REPO):
+        self.name = name
+        self.argv = argv
+        self.out = tempfile.TemporaryFile()
+        self.err = tempfile.TemporaryFile()
+        self.p = subprocess.Popen(
+            argv, stdout=self.out, stderr=self.err, stdin=subprocess.DEVNULL, env=env, cwd=str(cwd),
+            start_new_session=True,  # a terminal ^C reaches only us; we end the child in finally
+        )
+        self.pid = self.p.pid
+
+    def output(self, which: str = "err", tail: int = 2000) -> str:
+        f = self.err if which == "err" else self.out
+        f.seek(0)
+        data = f.read()
+        return data[-tail:].decode("utf-8", "replace")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self.out.close()
+        self.err.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def start_backend() -> tuple[Proc, int]:
+    proc = Proc("backend", [sys.executable, str(HERE / "fast_backend.py"), "--port", "0"])
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline:
+            if proc.p.poll() is not None:
+                raise RuntimeError(f"fast_backend exited with {proc.p.returncode}:\n{proc.output()}")
+            line = proc.output("out", 200).strip()
+            if line.startswith("READY "):
+                return proc, int(line.split()[1])
+            time.sleep(0.05)
+        raise RuntimeError("fast_backend did not print READY within 15 s")
+    except BaseException:
+        proc.stop()
+        raise
+
+
+class GatewayStartError(RuntimeError):
+    pass
+
+
+def start_gateway(variant: GatewayVariant, backend_port: int, timeout: float) -> tuple[Proc, int]:
+    port = _free_port()
+    argv = _format_argv(
+        variant, python=sys.executable, port=port, backend_port=backend_port,
+        backend_url=f"http://{HOST}:{backend_port}{MCP_PATH}", bench_dir=str(HERE), repo=str(REPO),
+    )  # fmt: skip
+    env = dict(os.environ)
+    env.update(dict(variant.env))
+    try:
+        proc = Proc(variant.name, argv, env=env)
+    except OSError as exc:
+        raise GatewayStartError(f"gateway variant {variant.name!r}: cannot execute {shlex.join(argv)}: {exc}")
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            rc = proc.p.poll()
+            if rc is not None:
+                raise GatewayStartError(
+                    f"gateway variant {variant.name!r} exited with code {rc} before accepting connections.\n"
+                    f"  command: {shlex.join(argv)}\n  stderr (tail):\n"
+                    + _indent(proc.output() or "(empty)")
+                )
+            try:
+                with socket.create_connection((HOST, port), timeout=0.5):
+                    return proc, port
+            except OSError:
+                time.sleep(0.05)
+        raise GatewayStartError(
+            f"gateway variant {variant.name!r} did not accept connections on {HOST}:{port} within {timeout:.0f} s.\n"
+            f"  command: {shlex.join(argv)}\n  stderr (tail):\n" + _indent(proc.output() or "(empty)")
+        )
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def _indent(text: str) -> str:
+    return "".join("    " + line + "\n" for line in text.rstrip().splitlines())
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_tree_cpu(root_pid: int) -> float:
+    """CPU seconds (user+system) of ``root_pid`` and its live descendants."""
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK)
+    total, todo, seen = 0.0, [root_pid], set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo.extend(p for p, (ppid, _) in stats.items() if ppid == pid)
+    return total
+
+
+# --- MCP client bits (setup and checks only; never on the measured path) -----------
+class CheckError(RuntimeError):
+    pass
+
+
+def _post(port: int, body: dict, headers: dict[str, str], timeout: float = 10.0):
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        h = {"content-type": "application/json", "accept": "application/json, text/event-stream", **headers}
+        conn.request("POST", MCP_PATH, body=json.dumps(body).encode(), headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def _jsonrpc_from(headers: dict, data: bytes) -> dict:
+    ctype = headers.get("content-type", "")
+    if ctype.startswith("text/event-stream"):
+        # The response is the last `message` event's data (MCP Streamable HTTP; HTML SSE §9.2).
+        msgs, buf = [], []
+        for line in data.decode("utf-8").splitlines() + [""]:
+            if line == "":
+                if buf:
+                    msgs.append("\n".join(buf))
+                buf = []
+            elif line.startswith("data:"):
+                buf.append(line[5:].removeprefix(" "))
+        if not msgs:
+            raise CheckError("SSE answer carried no data event")
+        return json.loads(msgs[-1])
+    if ctype.startswith("application/json"):
+        return json.loads(data)
+    raise CheckError(f"unexpected content-type {ctype!r}")
+
+
+@dataclasses.dataclass
+class Session:
+    headers: dict[str, str]  # sent on every measured request
+    tools: dict[str, str]  # backend tool name -> name as exposed by the target
+
+
+def open_session(port: int) -> Session:
+    status, headers, data = _post(port, {
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                   "clientInfo": {"name": "mcpfast-bench", "version": "0.1"}},
+    }, {})  # fmt: skip
+    if status != 200:
+        raise CheckError(f"initialize answered HTTP {status}: {data[:300]!r}")
+    init = _jsonrpc_from(headers, data)
+    if "result" not in init:
+        raise CheckError(f"initialize failed: {init}")
+    h = {"mcp-protocol-version": init["result"].get("protocolVersion", PROTOCOL_VERSION)}
+    if "mcp-session-id" in headers:
+        h["mcp-session-id"] = headers["mcp-session-id"]
+    status, _, data = _post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
+    if status not in (200, 202, 204):
+        raise CheckError(f"notifications/initialized answered HTTP {status}: {data[:300]!r}")
+    tools = {s.tool: s.tool for s in SCENARIOS}
+    status, rh, data = _post(port, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, h)
+    if status == 200:
+        listed = [t["name"] for t in _jsonrpc_from(rh, data).get("result", {}).get("tools", [])]
+        for want in tools:
+            if want in listed:
+                continue
+            # A namespacing gateway exposes e.g. "bench.echo" / "bench__echo": same tail.
+            cands = [n for n in listed if n.endswith(want) and not n[-len(want) - 1].isalnum()]
+            if len(cands) == 1:
+                tools[want] = cands[0]
+    return Session(h, tools)
+
+
+def check_scenario(port: int, session: Session, sc: Scenario) -> None:
+    rid = 424242
+    status, headers, data = _post(port, {
+        "jsonrpc": "2.0", "id": rid, "method": "tools/call",
+        "params": {"name": session.tools[sc.tool], "arguments": {"text": "hello"}},
+    }, session.headers, timeout=30)  # fmt: skip
+    if status != 200:
+        raise CheckError(f"{sc.key}: HTTP {status}: {data[:300]!r}")
+    want = "text/event-stream" if sc.sse else "application/json"
+    if not headers.get("content-type", "").startswith(want):
+        raise CheckError(f"{sc.key}: content-type {headers.get('content-type')!r}, expected {want}")
+    msg = _jsonrpc_from(headers, data)
+    if msg.get("id") != rid or "result" not in msg:
+        raise CheckError(f"{sc.key}: answer does not carry id {rid} and a result: {str(msg)[:300]}")
+    if sc.bulk and len(data) < 1_000_000:
+        raise CheckError(f"{sc.key}: expected a ~1 MB answer, got {len(data)} bytes")
+
+
+# --- load generators --------------------------------------------------------------
+_WRK_LUA = r"""
+-- generated by bench/load.py: closed-loop MCP tools/call, unique ids, results as JSON
+local OUT = "%(out)s"
+local MAXR = %(max_requests)d
+local pre = '{"jsonrpc":"2.0","id":'
+local post = ',"method":"tools/call","params":{"name":"%(tool)s","arguments":{"text":"hello"}}}'
+wrk.method = "POST"
+wrk.path = "%(path)s"
+wrk.headers["content-type"] = "application/json"
+wrk.headers["accept"] = "application/json, text/event-stream"
+%(headers)s
+local threads = {}
+local counter = 0
+local base = 0
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+function init(args)
+  base = (wrk.thread:get("tid") or 1) * 1000000000
+end
+-- A response() function would make wrk hand every body to Lua: none is defined.
+function request()
+  counter = counter + 1
+  if counter > MAXR then wrk.thread:stop() end
+  return wrk.format(nil, nil, nil, pre .. (base + counter) .. post)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  local f = io.open(OUT, "w")
+  f:write(string.format('{"requests":%%d,"duration_us":%%d,"bytes":%%d,"p50_us":%%d,"p90_us":%%d,' ..
+    '"p99_us":%%d,"max_us":%%d,"mean_us":%%f,"errors":{"connect":%%d,"read":%%d,"write":%%d,"status":%%d,"timeout":%%d}}\n',
+    summary.requests, summary.duration, summary.bytes, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write, e.status, e.timeout))
+  f:close()
+end
+"""
+
+
+def _lua_str(s: str) -> str:
+    if any(c in s for c in "\"'\\\r\n") or not s.isprintable():
+        raise ValueError(f"refusing to put {s!r} into a Lua string")
+    return s
+
+
+def run_wrk(port: int, tool: str, headers: dict, connections: int, duration: float, max_requests: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mcpfast-bench-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        script = os.path.join(tmp, "mcp.lua")
+        hdr_lines = "\n".join(f'wrk.headers["{_lua_str(k)}"] = "{_lua_str(v)}"' for k, v in headers.items())
+        with open(script, "w") as f:
+            f.write(_WRK_LUA % {
+                "out": out, "max_requests": max_requests, "tool": _lua_str(tool), "path": MCP_PATH,
+                "headers": hdr_lines,
+            })  # fmt: skip
+        secs = max(1, round(duration))  # wrk takes whole seconds
+        # One thread: on 2 shared cores a second generator thread only steals from the measured processes.
+        argv = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "10s", "-s", script,
+                f"http://{HOST}:{port}{MCP_PATH}"]  # fmt: skip
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
+        if r.returncode != 0 or not os.path.exists(out):
+            raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+        with open(out) as f:
+            res = json.load(f)
+    dur = res.pop("duration_us") / 1e6
+    res.update(
+        generator="wrk", connections=connections, duration_s=dur,
+        rps=res["requests"] / dur, bytes_per_s=res["bytes"] / dur, capped=res["requests"] >= max_requests,
+    )  # fmt: skip
+    return res
+
+
+def run_pygen(port: int, tool: str, headers: dict, connections: int, duration: float, max_requests: int) -> dict:
+    argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--path", MCP_PATH, "--tool", tool,
+            "-c", str(connections), "-d", str(duration), "--max-requests", str(max_requests)]  # fmt: skip
+    for k, v in headers.items():
+        argv += ["--header", f"{k}: {v}"]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
+    if r.returncode != 0:
+        raise RuntimeError(f"loadgen.py failed ({r.returncode}): {r.stderr.strip()[-1000:]}")
+    res = json.loads(r.stdout)
+    res["capped"] = res["requests"] >= max_requests
+    return res
+
+
+def ensure_wrk(allow_install: bool) -> bool:
+    if shutil.which("wrk"):
+        return True
+    if not allow_install:
+        return False
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    print("[bench] wrk not found: installing the Debian package (apt-get install -y wrk) ...", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "install", "-y", "-qq", "wrk"], ["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "wrk"]):  # fmt: skip
+        try:
+            subprocess.run(cmd, env=env, capture_output=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        if cmd[1] == "install" and shutil.which("wrk"):
+            return True
+    return bool(shutil.which("wrk"))
+
+
+def _loud(msg: str) -> None:
+    bar = "!" * 78
+    print(f"\n{bar}\n{msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# --- one target ----------------------------------------------------------------------
+def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Proc | None) -> dict:
+    results: dict[str, dict] = {}
+    try:
+        session = open_session(port)
+    except (CheckError, OSError, ValueError) as exc:
+        msg = f"[bench] {name}: MCP session setup failed: {exc}"
+        print(msg, file=sys.stderr)
+        return {s.key: {"error": msg} for s in scenarios}
+    for sc in scenarios:
+        tool = session.tools[sc.tool]
+        try:
+            check_scenario(port, session, sc)
+            if args.warmup > 0:
+                gen(port, tool, session.headers, sc.connections, args.warmup, args.max_requests)
+            b0 = _proc_tree_cpu(backend.pid)
+            g0 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
+            res = gen(port, tool, session.headers, sc.connections, args.duration, args.max_requests)
+            b1 = _proc_tree_cpu(backend.pid)
+            g1 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
+        except (CheckError, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
+            msg = f"[bench] {name} / {sc.key}: {exc}"
+            print(msg, file=sys.stderr)
+            results[sc.key] = {"error": msg}
+            continue
+        n = max(res["requests"], 1)
+        res["backend_cpu_us_per_req"] = (b1 - b0) / n * 1e6
+        if gateway:
+            res["gateway_cpu_us_per_req"] = (g1 - g0) / n * 1e6
+        errs = sum(res["errors"].values())
+        if errs:
+            print(f"[bench] {name} / {sc.key}: {errs} errors {res['errors']}", file=sys.stderr)
+        if res.get("capped"):
+            print(f"[bench] {name} / {sc.key}: hit --max-requests; rate is a lower bound", file=sys.stderr)
+        results[sc.key] = res
+        print(
+            f"[bench] {name:>12} {sc.key:9} {res['rps']:9.0f} req/s  p50 {res['p50_us']:6} µs  "
+            f"p99 {res['p99_us']:6} µs  {res['bytes_per_s'] / 1e6:8.1f} MB/s",
+            file=sys.stderr, flush=True,
+        )  # fmt: skip
+    return results
+
+
+# --- report -----------------------------------------------------------------------------
+def _ok(r: dict | None) -> bool:
+    return bool(r) and "error" not in r
+
+
+def _errnote(r: dict) -> str:
+    n = sum(r["errors"].values())
+    return f" ⚠{n} err" if n else ""
+
+
+def table_direct(scenarios, direct: dict) -> str:
+    rows = ["| scenario | req/s | p50 µs | p99 µs | MB/s | backend CPU µs/req |", "|---|---:|---:|---:|---:|---:|"]
+    for sc in scenarios:
+        r = direct.get(sc.key)
+        if not _ok(r):
+            rows.append(f"| {sc.title} | failed | | | | |")
+            continue
+        rows.append(
+            f"| {sc.title} | {r['rps']:,.0f}{_errnote(r)} | {r['p50_us']} | {r['p99_us']} | "
+            f"{r['bytes_per_s'] / 1e6:,.1f} | {r['backend_cpu_us_per_req']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def table_compare(scenarios, direct: dict, through: dict, variant: str) -> str:
+    rows = [
+        f"| scenario | direct req/s | {variant} req/s | ratio | direct p50/p99 µs | {variant} p50/p99 µs "
+        "| added p50 µs | gateway CPU µs/req |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    bulk_lines = []
+    for sc in scenarios:
+        d, t = direct.get(sc.key), through.get(sc.key)
+        if not (_ok(d) and _ok(t)):
+            why = "direct failed" if not _ok(d) else "through failed"
+            rows.append(f"| {sc.title} | {why} | | | | | | |")
+            continue
+        rows.append(
+            f"| {sc.title} | {d['rps']:,.0f}{_errnote(d)} | {t['rps']:,.0f}{_errnote(t)} | "
+            f"{t['rps'] / d['rps']:.2f} | {d['p50_us']} / {d['p99_us']} | {t['p50_us']} / {t['p99_us']} | "
+            f"{t['p50_us'] - d['p50_us']:+d} | {t.get('gateway_cpu_us_per_req', 0):.1f} |"
+        )
+        if sc.bulk:
+            bulk_lines.append(
+                f"{sc.title}: direct {d['bytes_per_s'] / 1e6:,.1f} MB/s, {variant} {t['bytes_per_s'] / 1e6:,.1f} MB/s, "
+                f"bytes/s ratio {t['bytes_per_s'] / d['bytes_per_s']:.2f}"
+            )
+    return "\n".join(rows) + ("\n\n" + "\n".join(bulk_lines) if bulk_lines else "")
+
+
+# --- main ---------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(
+        description="mcpfast load harness: the bench backend measured directly and through gateway variants",
+    )
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per scenario (default 5)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="discarded warm-up seconds per scenario (default 1)")
+    ap.add_argument("--max-requests", type=int, default=10_000_000, help="request cap per scenario run")
+    ap.add_argument("--only", choices=["direct"], help="'direct': measure the backend alone, start no gateway")
+    ap.add_argument(
+        "--variants", default=None,
+        help="comma-separated gateway variants to run, or 'all' (default: the variants marked default; "
+        f"known: {', '.join(v.name for v in GATEWAY_VARIANTS)})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--gateway-cmd", default=None,
+        help="replace the 'mcpfast' variant's command line (shell words; placeholders {python} {port} "
+        "{backend_url} {backend_port} {bench_dir} {repo})",
+    )  # fmt: skip
+    ap.add_argument(
+        "--variant", action="append", default=[], metavar="NAME=CMD",
+        help="add a gateway variant from the command line (same placeholders); repeatable; it is run",
+    )  # fmt: skip
+    ap.add_argument("--scenarios", default=None, help=f"comma-separated subset of: {', '.join(s.key for s in SCENARIOS)}")
+    ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
+                    help="load generator (auto: wrk, installed if missing, else the Python one)")  # fmt: skip
+    ap.add_argument("--no-install", action="store_true", help="never run apt-get to install wrk")
+    ap.add_argument("--startup-timeout", type=float, default=15.0, help="seconds to wait for a gateway to listen")
+    ap.add_argument("--json", metavar="FILE", help="write machine-readable results here")
+    args = ap.parse_args(argv)
+
+    scenarios = list(SCENARIOS)
+    if args.scenarios:
+        want = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+        unknown = set(want) - {s.key for s in SCENARIOS}
+        if unknown:
+            ap.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        scenarios = [s for s in SCENARIOS if s.key in want]
+
+    variants = {v.name: v for v in GATEWAY_VARIANTS}
+    if args.gateway_cmd:
+        variants["mcpfast"] = dataclasses.replace(variants["mcpfast"], argv=tuple(shlex.split(args.gateway_cmd)))
+    added = []
+    for spec in args.variant:
+        name, sep, cmd = spec.partition("=")
+        if not sep or not name or not cmd:
+            ap.error(f"--variant wants NAME=CMD, got {spec!r}")
+        variants[name] = GatewayVariant(name, tuple(shlex.split(cmd)), "from --variant")
+        added.append(name)
+    if args.only == "direct":
+        selected: list[GatewayVariant] = []
+    elif args.variants == "all":
+        selected = list(variants.values())
+    elif args.variants:
+        names = [n.strip() for n in args.variants.split(",") if n.strip()]
+        missing = [n for n in names if n not in variants]
+        if missing:
+            ap.error(f"unknown variant(s): {', '.join(missing)}; known: {', '.join(variants)}")
+        selected = [variants[n] for n in names] + [variants[n] for n in added if n not in names]
+    else:
+        selected = [v for v in variants.values() if v.default and v.name not in added] + [variants[n] for n in added]
+
+    # Generator choice.
+    if args.generator == "python":
+        gen, gen_name = run_pygen, "python-uvloop (bench/loadgen.py)"
+    elif ensure_wrk(allow_install=not args.no_install):
+        gen, gen_name = run_wrk, "wrk (1 thread, Lua request generator)"
+    elif args.generator == "wrk":
+        print("[bench] wrk is not installed and could not be installed", file=sys.stderr)
+        return 2
+    else:
+        _loud(
+            "[bench] NOTICE: wrk is not available (and could not be installed with apt-get).\n"
+            "[bench] Falling back to the Python load generator bench/loadgen.py: it spends ~2-3x the\n"
+            "[bench] user CPU per request of wrk, on cores the measured processes need. Numbers are\n"
+            "[bench] comparable only within this run."
+        )
+        gen, gen_name = run_pygen, "python-uvloop (bench/loadgen.py) [FALLBACK]"
+
+    meta = {
+        "generator": gen_name,
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "cpus": os.cpu_count(),
+        "loadavg_at_start": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "git": _git_rev(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    print(f"[bench] generator: {gen_name}; {len(scenarios)} scenarios x {args.duration:g} s "
+          f"(+{args.warmup:g} s warm-up); targets: direct{''.join(', ' + v.name for v in selected)}",
+          file=sys.stderr, flush=True)  # fmt: skip
+
+    results: dict[str, dict] = {}
+    failures: dict[str, str] = {}
+    backend = None
+    t_start = time.monotonic()
+    try:
+        backend, bport = start_backend()
+        results["direct"] = measure_target("direct", bport, scenarios, gen, args, backend, None)
+        for variant in selected:
+            gw = None
+            try:
+                gw, gport = start_gateway(variant, bport, args.startup_timeout)
+                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args, backend, gw)
+                if gw.p.poll() is not None:
+                    print(f"[bench] gateway {variant.name!r} died during the run (code {gw.p.returncode}):\n"
+                          + _indent(gw.output()), file=sys.stderr)  # fmt: skip
+            except GatewayStartError as exc:
+                failures[variant.name] = str(exc)
+                print(f"\n[bench] ERROR: {exc}", file=sys.stderr, flush=True)
+            finally:
+                if gw is not None:
+                    gw.stop()
+    finally:
+        if backend is not None:
+            backend.stop()
+
+    # Report.
+    out = [f"\n## mcpfast load harness — {meta['time']}\n",
+           f"generator: {gen_name}; {args.duration:g} s per scenario after {args.warmup:g} s warm-up; "
+           f"{meta['cpus']} CPUs shared by generator, backend and gateway; git {meta['git']}\n"]  # fmt: skip
+    out.append("### direct (bench/fast_backend.py)\n")
+    out.append(table_direct(scenarios, results.get("direct", {})))
+    for variant in selected:
+        out.append(f"\n### direct vs {variant.name} — {variant.description}\n")
+        if variant.name in failures:
+            out.append(f"**not measured**: gateway failed to start.\n\n```\n{failures[variant.name]}\n```")
+        else:
+            out.append(table_compare(scenarios, results.get("direct", {}), results.get(variant.name, {}),
+                                     variant.name))  # fmt: skip
+    out.append(f"\n(total wall time {time.monotonic() - t_start:.0f} s)")
+    print("\n".join(out))
+
+    if args.json:
+        doc = {"meta": meta, "scenarios": [dataclasses.asdict(s) for s in scenarios],
+               "variants": {v.name: {"argv": list(v.argv), "env": dict(v.env), "description": v.description}
+                            for v in selected},
+               "results": results, "failures": failures}  # fmt: skip
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"[bench] JSON results written to {args.json}", file=sys.stderr)
+
+    any_failed = bool(failures) or any(
+        not _ok(r) for target in results.values() for r in target.values()
+    )
+    return 1 if any_failed else 0
+
+
+def _git_rev() -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                           capture_output=True, text=True, timeout=5)  # fmt: skip
+        return r.stdout.strip() or "?"
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
