@@ -14,10 +14,10 @@ import datetime
 import socket
 import sys
 
+from mcp.server.mcpserver import Context, MCPServer
+
 
 def build_server():
-    from mcp.server.mcpserver import Context, MCPServer
-
     mcp = MCPServer(
         name="mcpfast-demo",
         instructions="A demo backend behind mcpfast: echo, add, now, countdown; resource demo://about; prompt review.",

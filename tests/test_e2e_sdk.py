@@ -20,10 +20,23 @@ SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
 
 
 @pytest.fixture(scope="module", params=["sse", "json"])
-def backend(request):
-    args = ["--port", "0"] + (["--json-response"] if request.param == "json" else [])
+def backend_kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def backend(backend_kind):
+    args = ["--port", "0"] + (["--json-response"] if backend_kind == "json" else [])
     with backend_process(SERVER, *args) as (_, url):
         yield url
+
+
+def _needs_back_channel(backend_kind):
+    # An SDK server in JSON-response mode answers each POST with one JSON body, so it has
+    # nowhere to put progress, log or sampling messages mid-call; the SDK refuses them and
+    # the scenario fails directly as well.  Only SSE-answering backends can show it.
+    if backend_kind == "json":
+        pytest.skip("SDK json-response backend has no mid-call back-channel (fails directly too)")
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +94,9 @@ def test_lists_and_calls(url, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_progress_relayed_live_and_in_order(url, mode):
+def test_progress_relayed_live_and_in_order(url, mode, backend_kind):
+    _needs_back_channel(backend_kind)
+
     async def run():
         seen: list[tuple[float, float | None, str | None]] = []
         logs: list[str] = []
@@ -103,7 +118,9 @@ def test_progress_relayed_live_and_in_order(url, mode):
     anyio.run(run)
 
 
-def test_sampling_and_elicitation_round_trip_legacy(url):
+def test_sampling_and_elicitation_round_trip_legacy(url, backend_kind):
+    _needs_back_channel(backend_kind)
+
     async def run():
         async with _client(url, "legacy") as c:
             assert _text(await c.call_tool("ask_model", {"question": "2+2?"})) == "model said: answer to 2+2?"
@@ -124,8 +141,10 @@ def test_input_required_round_trip_stateless(url):
 def test_large_result_streams_through(url):
     async def run():
         async with _client(url, "legacy") as c:
-            res = await c.call_tool("big", {"size": 1_000_000})
-            assert len(_text(res)) == 1_000_000
+            # The SDK client refuses SSE events over 1 MiB and the SDK server sends the
+            # text twice (content and structuredContent), so stay under half of that.
+            res = await c.call_tool("big", {"size": 450_000})
+            assert len(_text(res)) == 450_000
 
     anyio.run(run)
 

@@ -203,12 +203,13 @@ def test_body_too_large_413_and_head_too_large_431(backends):
     "raw,status",
     [
         (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
         (b"GARBAGE\r\n\r\n", 400),
         (b"POST /mcp HTTP/2.0\r\nHost: gw\r\n\r\n", 505),
         (b"POST /mcp HTTP/1.1\r\nHost : gw\r\n\r\n", 400),
     ],
-    ids=["cl+te", "unknown-coding", "garbage", "http2", "space-before-colon"],
+    ids=["cl+te", "unknown-coding", "chunked-not-last", "garbage", "http2", "space-before-colon"],
 )
 def test_malformed_requests_get_their_status(backends, raw, status):
     good = backends("ok")
