@@ -11,6 +11,7 @@ import time
 import orjson
 
 OK_BODY = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
+VERBATIM_ANSWER = b'{ "id" :1 ,"jsonrpc":"2.0",\n "result": {"text":"caf\\u00e9 \\"q\\"", "n": 1.50e+2 } }'
 
 
 def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
@@ -37,7 +38,7 @@ def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
 
 class RawBackend:
     """``behaviour`` is one of: ok, garbage, die_mid_stream, silent, stream_forever,
-    stream_until_closed."""
+    stream_until_closed, headers, gated_stream, verbatim."""
 
     def __init__(self, behaviour: str) -> None:
         self.behaviour = behaviour
@@ -51,6 +52,8 @@ class RawBackend:
         self.bytes_sent = 0
         self.closed_at: float | None = None
         self.stop = threading.Event()
+        self.release = threading.Event()  # gated_stream: send the second event
+        self.accepted = 0
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -61,6 +64,7 @@ class RawBackend:
                 conn, _ = self.sock.accept()
             except OSError:
                 continue
+            self.accepted += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -83,6 +87,31 @@ class RawBackend:
         except Exception:
             pass
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def _headers(self, conn, req) -> None:
+        """A JSON answer with a session id and hop-by-hop fields the gateway must drop."""
+        body = OK_BODY
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: sess-1\r\n"
+            b"Connection: X-Backend-Hop\r\nX-Backend-Hop: secret\r\nKeep-Alive: timeout=5\r\n"
+            b"X-Backend-End: kept\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    def _verbatim(self, conn, req) -> None:
+        """Answer with a JSON body full of odd whitespace and escapes, to check that the
+        gateway forwards bytes, not re-encoded JSON."""
+        body = VERBATIM_ANSWER
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    def _gated_stream(self, conn, req) -> None:
+        """One SSE event, then wait for ``release`` before the second and the end: a
+        gateway that buffers the stream never shows the first event in time."""
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i, ev in enumerate((b"id: 1\nevent: message\ndata: {\"n\":1}\n\n", b"id: 2\nevent: message\ndata: {\"n\":2}\n\n")):
+            if i == 1 and not self.release.wait(20):
+                raise OSError("never released")
+            conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+        conn.sendall(b"0\r\n\r\n")
 
     def _garbage(self, conn, req) -> None:
         conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
