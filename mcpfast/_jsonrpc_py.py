@@ -63,7 +63,9 @@ _PARAMS_FIELDS = ("name", "uri", "cursor", "request_id", "progress_token", "prot
 _WS = re.compile(rb"[ \t\n\r]*")  # RFC 8259 §2: ws = *( %x20 / %x09 / %x0A / %x0D )
 _STRING_STOP = re.compile(rb'["\\\x00-\x1f]')  # RFC 8259 §7: quote, escape, or a forbidden raw control char
 # RFC 8259 §6: number = [ minus ] int [ frac ] [ exp ];  int = zero / ( digit1-9 *DIGIT )
-_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+# The fraction and exponent digits are matched as optional so that "1." and "1e+" are
+# refused here as a bad number (as the compiled scanner does), not at the next byte.
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]*)?([eE][+-]?[0-9]*)?")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _SIMPLE_ESCAPES = {0x22: '"', 0x5C: "\\", 0x2F: "/", 0x62: "\b", 0x66: "\f", 0x6E: "\n", 0x72: "\r", 0x74: "\t"}
 
@@ -148,28 +150,43 @@ class _Walker:
             raise _parse_error(j, "lone surrogate escape")
         return j + 6
 
+    def utf8(self, a: int, b: int) -> None:
+        """Raise if ``buf[a:b]`` (string contents) is not valid UTF-8 (RFC 8259 §8.1)."""
+        raw = self.buf[a:b]
+        if not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _parse_error(a + exc.start, "invalid UTF-8") from None
+
     def string(self, i: int) -> tuple[int, bool]:
-        """``i`` at an opening quote; return (offset after the closing quote, had escapes)."""
+        """``i`` at an opening quote; return (offset after the closing quote, had escapes).
+
+        Faults are reported in text order, as the compiled scanner finds them: before a
+        complaint about a byte at ``j`` (control char, bad escape, missing quote) the
+        contents before ``j`` are checked for bad UTF-8.  Escapes are ASCII, so checking
+        the whole prefix at once finds the same first fault as a byte-by-byte walk."""
         buf, j, escaped = self.buf, i + 1, False
         while True:
             m = _STRING_STOP.search(buf, j)
             if m is None:
+                self.utf8(i + 1, self.n)
                 raise _parse_error(self.n, "unterminated string")
             j = m.start()
             c = buf[j]
             if c == 0x22:
                 break
             if c == 0x5C:
-                j = self.escape(j)
+                try:
+                    j = self.escape(j)
+                except ProtocolError:
+                    self.utf8(i + 1, j)
+                    raise
                 escaped = True
                 continue
+            self.utf8(i + 1, j)
             raise _parse_error(j, "raw control character in string")  # RFC 8259 §7
-        raw = buf[i + 1 : j]
-        if not raw.isascii():  # RFC 8259 §8.1: JSON text exchanged between systems is UTF-8
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _parse_error(i + 1 + exc.start, "invalid UTF-8") from None
+        self.utf8(i + 1, j)
         return j + 1, escaped
 
     def number(self, i: int) -> tuple[int, bool]:
@@ -177,7 +194,10 @@ class _Walker:
         m = _NUMBER.match(self.buf, i)
         if m is None:
             raise _parse_error(i, "bad number")
-        is_int = m.group(1) is None and m.group(2) is None
+        frac, exp = m.group(1), m.group(2)
+        if (frac is not None and len(frac) == 1) or (exp is not None and not exp[-1:].isdigit()):
+            raise _parse_error(i, "bad number")
+        is_int = frac is None and exp is None
         end = m.end()
         # RFC 8259 §6 lets an implementation limit the range of numbers.  orjson refuses
         # any number that is infinite as a double (1e400, a 310-digit integer), so we do

@@ -159,9 +159,10 @@ class Exchange:
             return
         chunks = self.chunks
         if chunks:
+            # One chunk (the usual case) is forwarded as the object the parser handed
+            # out -- the received bytes or a view of them, never a copy; several are
+            # joined once.
             body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            if type(body) is not bytes:
-                body = bytes(body)
             self.body = body
             if head.method == b"POST":
                 try:
