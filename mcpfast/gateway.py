@@ -612,11 +612,13 @@ class Gateway:
         self.access.close()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGTERM/SIGINT, then drain."""
+        """Serve until SIGTERM/SIGINT, then drain.  SIGHUP reopens the access log file
+        (for logrotate)."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.access.reopen)
         await stop.wait()
         log.info("draining", extra={"fields": {"connections": len(self.connections)}})
         await self.stop()

@@ -123,7 +123,7 @@ class BackendMetrics:
 class AccessLog:
     """Buffered JSON-lines writer.  ``sink`` is "-" (stdout), a file path, or "off"."""
 
-    __slots__ = ("_out", "_buf", "_size", "enabled", "_own")
+    __slots__ = ("_out", "_buf", "_size", "enabled", "_own", "_path")
 
     FLUSH_AT = 65536
 
@@ -131,6 +131,7 @@ class AccessLog:
         self._buf: list[bytes] = []
         self._size = 0
         self._own = False
+        self._path = None
         self.enabled = sink not in ("off", "", None)
         self._out: IO[bytes] | None = None
         if self.enabled:
@@ -139,6 +140,7 @@ class AccessLog:
             else:
                 self._out = open(sink, "ab")
                 self._own = True
+                self._path = sink
 
     def write(self, record: dict[str, Any]) -> None:
         line = orjson.dumps(record) + b"\n"
@@ -158,6 +160,18 @@ class AccessLog:
             self._out.flush()
         except (OSError, ValueError):  # a closed stdout must not take the gateway down
             pass
+
+    def reopen(self) -> None:
+        """Flush and reopen the log file by name (after logrotate moved it away)."""
+        if not self._own or self._out is None:
+            return
+        self.flush()
+        try:
+            new = open(self._path, "ab")
+        except OSError:
+            return  # keep writing to the old file rather than lose lines
+        old, self._out = self._out, new
+        old.close()
 
     def close(self) -> None:
         self.flush()

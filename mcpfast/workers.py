@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import uvloop
 
@@ -41,27 +42,48 @@ def _serve_one(cfg: Config, on_ready=None) -> None:
     uvloop.run(main())
 
 
+def _fork_worker(cfg: Config, i: int, on_ready) -> int:
+    wcfg = cfg
+    if cfg.server.admin_listen is not None:
+        h, p = cfg.server.admin_listen
+        wcfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, admin_listen=(h, p + i if p else 0)))
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            _serve_one(wcfg, on_ready)
+        except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
+            log.exception("worker failed", extra={"fields": {"worker": i}})
+            code = 1
+        finally:
+            os._exit(code)
+    return pid
+
+
 def run_workers(cfg: Config, on_ready=None) -> None:
+    """Serve with ``cfg.server.workers`` processes.
+
+    The parent supervises: SIGTERM/SIGINT are passed to every worker (each drains and
+    exits) and end the parent once all have; SIGHUP is passed on (workers reopen their
+    access log).  A worker that dies while the parent is not stopping is forked again,
+    at most once a second per slot, so a crash costs capacity for a moment, not for good.
+    """
     n = cfg.server.workers
     if n <= 1:
         _serve_one(cfg, on_ready)
         return
-    children = []
+    slots: dict[int, int] = {}  # pid -> worker index
     for i in range(n):
-        wcfg = cfg
-        if cfg.server.admin_listen is not None:
-            h, p = cfg.server.admin_listen
-            wcfg = dataclasses.replace(cfg, server=dataclasses.replace(cfg.server, admin_listen=(h, p + i if p else 0)))
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _serve_one(wcfg, on_ready if i == 0 else None)
-            finally:
-                os._exit(0)
-        children.append(pid)
+        slots[_fork_worker(cfg, i, on_ready if i == 0 else None)] = i
+    stopping = False
 
     def forward(sig, _frame):
-        for pid in children:
+        nonlocal stopping
+        if sig != signal.SIGHUP:
+            stopping = True
+        for pid in list(slots):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -70,13 +92,27 @@ def run_workers(cfg: Config, on_ready=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     status = 0
-    for pid in children:
-        while True:
-            try:
-                _, st = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        if os.waitstatus_to_exitcode(st) != 0:
-            status = 1
+    last_fork: dict[int, float] = {}
+    while slots:
+        try:
+            pid, st = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+        i = slots.pop(pid, None)
+        if i is None:
+            continue
+        code = os.waitstatus_to_exitcode(st)
+        if stopping:
+            if code != 0:
+                status = 1
+            continue
+        log.warning("worker exited; starting another", extra={"fields": {"worker": i, "pid": pid, "exit": code}})
+        wait = last_fork.get(i, 0.0) + 1.0 - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        last_fork[i] = time.monotonic()
+        if not stopping:
+            slots[_fork_worker(cfg, i, None)] = i
     sys.exit(status)

@@ -189,3 +189,61 @@ def test_demo_starts_and_serves_an_sdk_client():
             proc.wait(15)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
+    backend = RawBackend("ok")
+    port = _free_port()
+    log_path = tmp_path / "access.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcpfast", "serve", "--listen", f"127.0.0.1:{port}", "--backend", f"b1={backend.url}",
+         "--workers", "2", "--access-log", str(log_path), "--log-level", "warning"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_port(port)
+        deadline = time.monotonic() + 10
+        while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = _children(proc.pid)
+        assert len(first) == 2
+        with httpx.Client(timeout=5) as h:
+            for _ in range(4):
+                assert h.post(f"http://127.0.0.1:{port}/mcp", json=CALL).json()["result"] == {"ok": True}
+        os.kill(first[0], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            now = _children(proc.pid)
+            if len(now) == 2 and first[0] not in now:
+                break
+            time.sleep(0.05)
+        now = _children(proc.pid)
+        assert len(now) == 2 and first[0] not in now and first[1] in now
+        time.sleep(0.5)  # let the replacement bind its socket
+        for _ in range(6):  # a new connection each: the kernel spreads them over both workers
+            with httpx.Client(timeout=5) as h:
+                assert h.post(f"http://127.0.0.1:{port}/mcp", json=CALL).json()["result"] == {"ok": True}
+        # SIGHUP is passed on and reopens the log: the workers survive it.
+        rotated = tmp_path / "access.log.1"
+        log_path.rename(rotated)
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert sorted(_children(proc.pid)) == sorted(now)
+        with httpx.Client(timeout=5) as h:
+            assert h.post(f"http://127.0.0.1:{port}/mcp", json=CALL).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+        backend.close()
+    assert proc.returncode == 0
+    assert log_path.exists()  # written after the reopen
+    assert len(log_path.read_text().splitlines()) >= 1
