@@ -5,37 +5,84 @@
 # few params/_meta/error members a gateway routes on, as decoded values plus byte spans
 # into the body.  The walk is a single left-to-right pass that validates every byte as
 # JSON (RFC 8259) while building no Python object: it only records, in a JrFound
-# struct, where the interesting values are.  Most of a tools/call body is the inside of
-# long strings, so strings are skipped eight bytes at a time (SWAR: one 64-bit word is
-# checked at once for '"', '\\', control bytes and bytes >= 0x80); only escapes and
-# non-ASCII UTF-8 sequences leave that loop.  Containers we do not look into are skipped
-# by an iterative state machine (JrSkip) with a byte stack of open brackets.  Once the
-# whole text has proved to be JSON, each JrFound is judged against JSON-RPC 2.0 and only
-# then are the handful of reported strings and integers decoded -- so broken JSON always
-# gives -32700, never a -32600 that depends on where the damage was.  A value the gateway
-# must rewrite is replaced with splice(): one allocation, three memcpys.
+# struct, where the interesting values are.
+#
+# Two layers.  The lexical layer and the skipper are plain C (the verbatim block below),
+# because they are the whole cost of a big body: most of a tools/call is the inside of
+# long strings and of nested `arguments` we never look at.  Strings are skipped 16/32
+# bytes at a time with SSE2 (x86-64 always has it) or 8 at a time with SWAR (one 64-bit
+# word checked for '"', '\\', control bytes and bytes >= 0x80) elsewhere; only escapes
+# and non-ASCII UTF-8 runs leave that loop.  Containers we do not look into are skipped
+# by one goto-driven state machine with a byte stack of open brackets, its state in
+# registers.  The Cython layer on top walks only the objects whose members matter (the
+# message, params, params._meta, error), records where those values are, and -- once
+# the whole text has proved to be JSON -- judges each message against JSON-RPC 2.0 and
+# decodes the handful of reported strings and integers.  So broken JSON always gives
+# -32700, never a -32600 that depends on where the damage was.  A value the gateway must
+# rewrite is replaced with splice(): one allocation, three memcpys.
+#
+# "Validated" means the same for skipped values as for walked ones: full RFC 8259
+# grammar, every string's escapes and UTF-8, every number's syntax and range, the
+# nesting limit.  Faults are reported at the same offset with the same text as the twin.
 
 cimport cython
-from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_Realloc
-from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.math cimport isinf
 from libc.string cimport memcmp, memset
-from libc.stdint cimport uint64_t
-
-cdef extern from "Python.h":
-    double PyOS_string_to_double(const char* s, char** endptr, PyObject* overflow_exception) except? -1.0
-    void PyErr_Clear()
 
 cdef extern from *:
     """
+    #include <math.h>
     #include <stdint.h>
     #include <string.h>
-    /* One unaligned 64-bit load (compilers turn the memcpy into a single mov). */
-    static inline uint64_t mcpfast_jr_load64(const unsigned char *p) {
-        uint64_t w; memcpy(&w, p, 8); return w;
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+
+    #define MCPFAST_JR_MAX_DEPTH 512
+
+    /* Every function reports a fault by storing a static text and an offset through
+       (why, pos) -- only the first one sticks -- and returning -1. */
+    static inline Py_ssize_t mcpfast_jr_fail(const char **why, Py_ssize_t *pos, Py_ssize_t at, const char *text) {
+        if (*why == NULL) { *why = text; *pos = at; }
+        return -1;
     }
-    /* Index, in memory order, of the first byte of a SWAR mask m != 0 whose bit 7 is set. */
+
+    /* First offset >= i that is not JSON whitespace (RFC 8259 §2: space, tab, LF, CR). */
+    static inline Py_ssize_t mcpfast_jr_ws(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) {
+        while (i < n) {
+            unsigned char c = p[i];
+            if (c > 0x20 || (c != 0x20 && c != 0x0A && c != 0x0D && c != 0x09)) break;
+            i++;
+        }
+        return i;
+    }
+    /* The common case (no whitespace at all) without a call. */
+    #define MCPFAST_JR_WS(p, i, n) (((i) < (n) && (p)[i] > 0x20) ? (i) : mcpfast_jr_ws((p), (i), (n)))
+
+    /* -- strings: RFC 8259 §7, UTF-8 per RFC 3629 §4 ------------------------------- */
+
+    #define MCPFAST_JR_LOW7  0x7F7F7F7F7F7F7F7FULL
+    #define MCPFAST_JR_HIGH  0x8080808080808080ULL
+    #define MCPFAST_JR_LT20  0x6060606060606060ULL  /* + this sets bit 7 iff a 7-bit byte >= 0x20 */
+    #define MCPFAST_JR_QUOTE 0x2222222222222222ULL
+    #define MCPFAST_JR_BSL   0x5C5C5C5C5C5C5C5CULL
+    /* A byte that ends a plain run inside a string: '"', '\\', a control, or non-ASCII. */
+    #define MCPFAST_JR_STOPS(c) ((c) < 0x20 || (c) >= 0x80 || (c) == 0x22 || (c) == 0x5C)
+
+    static inline uint64_t mcpfast_jr_load64(const unsigned char *p) {
+        uint64_t w; memcpy(&w, p, 8); return w;  /* one unaligned load */
+    }
+    /* Bit 7 set in each byte of w that STOPS, exactly: the low 7 bits are compared by an
+       addition that carries into bit 7 but never across bytes. */
+    static inline uint64_t mcpfast_jr_special8(uint64_t w) {
+        uint64_t low7 = w & MCPFAST_JR_LOW7;
+        uint64_t control = ~(low7 + MCPFAST_JR_LT20);
+        uint64_t quote = ~((low7 ^ MCPFAST_JR_QUOTE) + MCPFAST_JR_LOW7);
+        uint64_t backslash = ~((low7 ^ MCPFAST_JR_BSL) + MCPFAST_JR_LOW7);
+        return (w | control | quote | backslash) & MCPFAST_JR_HIGH;
+    }
+    /* Index, in memory order, of the first flagged byte of a SWAR mask m != 0. */
     static inline int mcpfast_jr_first_flag(uint64_t m) {
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         return __builtin_ctzll(m) >> 3;
@@ -47,53 +94,306 @@ cdef extern from *:
         return 8;
     #endif
     }
-    /* Length of the leading run of p[0:len) free of quote, backslash, bytes < 0x20 and bytes
-       >= 0x80, examined in whole 16-byte blocks: it stops at the first such byte, or where
-       fewer than 16 bytes remain (the caller's SWAR loop finishes).  SSE2 is part of
-       x86-64, so no runtime dispatch; elsewhere it returns 0 and SWAR does all the work.
-       The signed compare "< 0x20" catches both controls and bytes >= 0x80 (negative). */
     #if defined(__SSE2__)
-    #include <emmintrin.h>
-    static inline Py_ssize_t mcpfast_jr_block_run(const unsigned char *p, Py_ssize_t len) {
-        const __m128i quote = _mm_set1_epi8(0x22), bsl = _mm_set1_epi8(0x5C), low = _mm_set1_epi8(0x20);
-        Py_ssize_t j = 0;
-        __m128i a, b;
-        unsigned int m;
-        while (j + 32 <= len) {
-            a = _mm_loadu_si128((const __m128i *)(p + j));
-            b = _mm_loadu_si128((const __m128i *)(p + j + 16));
-            a = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(a, quote), _mm_cmpeq_epi8(a, bsl)), _mm_cmplt_epi8(a, low));
-            b = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, quote), _mm_cmpeq_epi8(b, bsl)), _mm_cmplt_epi8(b, low));
-            m = (unsigned int)_mm_movemask_epi8(a) | ((unsigned int)_mm_movemask_epi8(b) << 16);
-            if (m) return j + __builtin_ctz(m);
-            j += 32;
-        }
-        if (j + 16 <= len) {
-            a = _mm_loadu_si128((const __m128i *)(p + j));
-            a = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(a, quote), _mm_cmpeq_epi8(a, bsl)), _mm_cmplt_epi8(a, low));
-            m = (unsigned int)_mm_movemask_epi8(a);
-            if (m) return j + __builtin_ctz(m);
+    /* One bit per byte of p[0:16) that STOPS.  The signed compare "< 0x20" catches the
+       controls and, being signed, every byte >= 0x80 too. */
+    static inline unsigned int mcpfast_jr_stops16(const unsigned char *p) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x22)),
+                                                _mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C))),
+                                   _mm_cmplt_epi8(v, _mm_set1_epi8(0x20)));
+        return (unsigned int)_mm_movemask_epi8(hit);
+    }
+    #endif
+
+    /* First offset >= j in p[0:n) whose byte STOPS, or n. */
+    static inline Py_ssize_t mcpfast_jr_plain_run(const unsigned char *p, Py_ssize_t j, Py_ssize_t n) {
+        uint64_t m;
+    #if defined(__SSE2__)
+        unsigned int b;
+        if (j + 16 <= n) {  /* short strings end in the first block */
+            b = mcpfast_jr_stops16(p + j);
+            if (b) return j + __builtin_ctz(b);
             j += 16;
+            while (j + 32 <= n) {
+                b = mcpfast_jr_stops16(p + j) | (mcpfast_jr_stops16(p + j + 16) << 16);
+                if (b) return j + __builtin_ctz(b);
+                j += 32;
+            }
+            if (j + 16 <= n) {
+                b = mcpfast_jr_stops16(p + j);
+                if (b) return j + __builtin_ctz(b);
+                j += 16;
+            }
         }
+    #endif
+        while (j + 8 <= n) {
+            m = mcpfast_jr_special8(mcpfast_jr_load64(p + j));
+            if (m) return j + mcpfast_jr_first_flag(m);
+            j += 8;
+        }
+        while (j < n && !MCPFAST_JR_STOPS(p[j])) j++;
         return j;
     }
-    #else
-    static inline Py_ssize_t mcpfast_jr_block_run(const unsigned char *p, Py_ssize_t len) { (void)p; (void)len; return 0; }
-    #endif
-    #define MCPFAST_JR_LOW7  0x7F7F7F7F7F7F7F7FULL
-    #define MCPFAST_JR_HIGH  0x8080808080808080ULL
-    #define MCPFAST_JR_LT20  0x6060606060606060ULL  /* + this sets bit 7 iff a 7-bit byte >= 0x20 */
-    #define MCPFAST_JR_QUOTE 0x2222222222222222ULL
-    #define MCPFAST_JR_BSL   0x5C5C5C5C5C5C5C5CULL
+
+    /* p[i] >= 0x80: validate the run of multi-byte UTF-8 sequences from there (RFC 3629
+       §4: no overlongs C0/C1/E0 80-9F/F0 80-8F, no surrogates ED A0-BF, nothing above
+       U+10FFFF) up to the next ASCII byte; its offset, or -1 at the first bad sequence.
+       Three-byte sequences (most of CJK) are tested first. */
+    static inline Py_ssize_t mcpfast_jr_utf8_run(const unsigned char *p, Py_ssize_t i, Py_ssize_t n,
+                                                 const char **why, Py_ssize_t *pos) {
+        unsigned char c, c1, lo, hi;
+        while (i < n && (c = p[i]) >= 0x80) {
+            if (c >= 0xE0 && c < 0xF0) {
+                if (i + 2 >= n) break;
+                c1 = p[i + 1];
+                lo = c == 0xE0 ? 0xA0 : 0x80;
+                hi = c == 0xED ? 0x9F : 0xBF;
+                if (c1 < lo || c1 > hi || (p[i + 2] & 0xC0) != 0x80) break;
+                i += 3;
+            } else if (c >= 0xC2 && c < 0xE0) {
+                if (i + 1 >= n || (p[i + 1] & 0xC0) != 0x80) break;
+                i += 2;
+            } else if (c >= 0xF0 && c < 0xF5) {
+                if (i + 3 >= n) break;
+                c1 = p[i + 1];
+                lo = c == 0xF0 ? 0x90 : 0x80;
+                hi = c == 0xF4 ? 0x8F : 0xBF;
+                if (c1 < lo || c1 > hi || (p[i + 2] & 0xC0) != 0x80 || (p[i + 3] & 0xC0) != 0x80) break;
+                i += 4;
+            } else {
+                break;
+            }
+        }
+        if (i < n && p[i] >= 0x80) return mcpfast_jr_fail(why, pos, i, "invalid UTF-8");
+        return i;
+    }
+
+    /* The code unit of the 4 hex digits at p[i], or -1 if fewer than 4 or not hex. */
+    static inline long mcpfast_jr_hex4(const unsigned char *p, Py_ssize_t i, Py_ssize_t n) {
+        long v = 0;
+        int k;
+        unsigned char c;
+        if (i + 4 > n) return -1;
+        for (k = 0; k < 4; k++) {
+            c = p[i + k];
+            if ((unsigned char)(c - '0') < 10) v = (v << 4) | (c - '0');
+            else if ((unsigned char)((c | 0x20) - 'a') < 6) v = (v << 4) | ((c | 0x20) - 'a' + 10);
+            else return -1;
+        }
+        return v;
+    }
+
+    /* p[i] is a backslash inside a string: the offset after the escape, or -1. */
+    static Py_ssize_t mcpfast_jr_escape(const unsigned char *p, Py_ssize_t n, Py_ssize_t i,
+                                        const char **why, Py_ssize_t *pos) {
+        long unit, low;
+        if (i + 1 >= n) return mcpfast_jr_fail(why, pos, i, "bad escape");
+        switch (p[i + 1]) {
+        case '"': case '\\\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+            return i + 2;
+        case 'u':
+            break;
+        default:
+            return mcpfast_jr_fail(why, pos, i, "bad escape");
+        }
+        unit = mcpfast_jr_hex4(p, i + 2, n);
+        if (unit < 0) return mcpfast_jr_fail(why, pos, i + 2, "bad \\\\u escape");
+        /* RFC 8259 §7 admits a lone surrogate escape ("\\\\ud800") syntactically, but it
+           names no character; orjson refuses it, and so do we, so that what we pass the
+           next parser accepts: a high surrogate must be followed at once by an escaped
+           low one, and a low one never stands alone. */
+        if (unit >= 0xD800 && unit <= 0xDBFF) {
+            if (i + 7 < n && p[i + 6] == '\\\\' && p[i + 7] == 'u') {
+                low = mcpfast_jr_hex4(p, i + 8, n);
+                if (low >= 0xDC00 && low <= 0xDFFF) return i + 12;
+                if (low < 0) return mcpfast_jr_fail(why, pos, i + 8, "bad \\\\u escape");
+            }
+            return mcpfast_jr_fail(why, pos, i, "lone surrogate escape");
+        }
+        if (unit >= 0xDC00 && unit <= 0xDFFF) return mcpfast_jr_fail(why, pos, i, "lone surrogate escape");
+        return i + 6;
+    }
+
+    /* p[i] is '"': the offset after the closing quote of a valid string, or -1;
+       *escaped tells whether it held a backslash escape. */
+    static inline Py_ssize_t mcpfast_jr_string(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *escaped,
+                                               const char **why, Py_ssize_t *pos) {
+        Py_ssize_t j = i + 1;
+        int esc = 0;
+        unsigned char c;
+        for (;;) {
+            j = mcpfast_jr_plain_run(p, j, n);
+            if (j >= n) return mcpfast_jr_fail(why, pos, n, "unterminated string");
+            c = p[j];
+            if (c == '"') {
+                *escaped = esc;
+                return j + 1;
+            }
+            if (c == '\\\\') {
+                j = mcpfast_jr_escape(p, n, j, why, pos);
+                esc = 1;
+            } else if (c < 0x20) {
+                return mcpfast_jr_fail(why, pos, j, "raw control character in string");
+            } else {
+                j = mcpfast_jr_utf8_run(p, j, n, why, pos);
+            }
+            if (j < 0) return -1;
+        }
+    }
+
+    /* -- numbers: RFC 8259 §6 -------------------------------------------------------- */
+
+    /* 1 if the number text s[0:len) is infinite as a double (Python's own correctly
+       rounded conversion).  Only reached for magnitudes >= 1e308. */
+    static int mcpfast_jr_overflows(const unsigned char *s, Py_ssize_t len) {
+        char *text = (char *)PyMem_Malloc((size_t)len + 1);
+        double v;
+        if (text == NULL) return 1;  /* refuse rather than guess */
+        memcpy(text, s, (size_t)len);
+        text[len] = 0;
+        v = PyOS_string_to_double(text, NULL, NULL);
+        PyMem_Free(text);
+        if (v == -1.0 && PyErr_Occurred()) {  /* cannot happen for validated text */
+            PyErr_Clear();
+            return 1;
+        }
+        return isinf(v) != 0;
+    }
+
+    /* p[i] is '-' or a digit: the offset after a valid number, or -1; *is_int is 1 when
+       it has neither fraction nor exponent.  RFC 8259 §6 lets an implementation limit
+       the range; orjson refuses any number that is infinite as a double (1e400, a
+       310-digit integer), and so do we.  `magnitude` (the decimal exponent of the
+       leading digit) below 308 proves the value finite, so only the rare rest pays for
+       an exact conversion. */
+    static inline Py_ssize_t mcpfast_jr_number(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *is_int,
+                                               const char **why, Py_ssize_t *pos) {
+        Py_ssize_t j = i, first, int_digits = 0, frac_zeros = 0;
+        long long exponent = 0, magnitude;
+        int negative_exp = 0, frac_nonzero = 0;
+        if (p[j] == '-') j++;
+        if (j >= n) return mcpfast_jr_fail(why, pos, i, "bad number");
+        if (p[j] == '0') {
+            j++;
+        } else if ((unsigned char)(p[j] - '1') < 9) {
+            first = j++;
+            while (j < n && (unsigned char)(p[j] - '0') < 10) j++;
+            int_digits = j - first;
+        } else {
+            return mcpfast_jr_fail(why, pos, i, "bad number");
+        }
+        if (j >= n || (p[j] != '.' && (p[j] | 0x20) != 'e')) {  /* an integer: the common case */
+            *is_int = 1;
+            if (int_digits >= 309 && mcpfast_jr_overflows(p + i, j - i))
+                return mcpfast_jr_fail(why, pos, i, "number out of range");
+            return j;
+        }
+        *is_int = 0;
+        if (p[j] == '.') {
+            first = ++j;
+            while (j < n && (unsigned char)(p[j] - '0') < 10) j++;
+            if (j == first) return mcpfast_jr_fail(why, pos, i, "bad number");
+            if (int_digits == 0) {  /* 0.000ddd: count the zeros before the first digit */
+                frac_zeros = first;
+                while (frac_zeros < j && p[frac_zeros] == '0') frac_zeros++;
+                frac_nonzero = frac_zeros < j;
+                frac_zeros -= first;
+            }
+        }
+        if (j < n && (p[j] | 0x20) == 'e') {
+            j++;
+            if (j < n && (p[j] == '+' || p[j] == '-')) negative_exp = p[j++] == '-';
+            first = j;
+            while (j < n && (unsigned char)(p[j] - '0') < 10) {
+                if (exponent < 1000000000) exponent = exponent * 10 + (p[j] - '0');
+                j++;
+            }
+            if (j == first) return mcpfast_jr_fail(why, pos, i, "bad number");
+            if (negative_exp) exponent = -exponent;
+        }
+        if (int_digits > 0) magnitude = int_digits - 1 + exponent;
+        else if (frac_nonzero) magnitude = exponent - frac_zeros - 1;
+        else return j;  /* zero */
+        if (magnitude >= 308 && mcpfast_jr_overflows(p + i, j - i))
+            return mcpfast_jr_fail(why, pos, i, "number out of range");
+        return j;
+    }
+
+    /* -- containers we skip: RFC 8259 §4 objects, §5 arrays ------------------------------ */
+
+    /* p[i] is '{' or '[' whose own depth is `depth` (the top-level value is 1): the
+       offset after the whole container, or -1.  Iterative: `stack` holds the open
+       brackets, so 512 levels cost 512 bytes, not 512 C frames. */
+    static Py_ssize_t mcpfast_jr_skip(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int depth,
+                                      const char **why, Py_ssize_t *pos) {
+        unsigned char stack[MCPFAST_JR_MAX_DEPTH + 1];
+        int top = 0, flag;
+        unsigned char c;
+    open:  /* p[i] is '{' or '[' */
+        if (depth + top > MCPFAST_JR_MAX_DEPTH) return mcpfast_jr_fail(why, pos, i, "nesting deeper than 512");
+        c = p[i];
+        stack[top++] = c;
+        i = MCPFAST_JR_WS(p, i + 1, n);
+        if (i < n && p[i] == c + 2) {  /* '{' + 2 == '}', '[' + 2 == ']' */
+            i++;
+            if (--top == 0) return i;
+            goto after;
+        }
+        if (c == '[') goto value;
+    key:
+        if (i >= n || p[i] != '"') return mcpfast_jr_fail(why, pos, i, "expected a string key");
+        i = mcpfast_jr_string(p, n, i, &flag, why, pos);
+        if (i < 0) return -1;
+        i = MCPFAST_JR_WS(p, i, n);
+        if (i >= n || p[i] != ':') return mcpfast_jr_fail(why, pos, i, "expected ':'");
+        i = MCPFAST_JR_WS(p, i + 1, n);
+    value:
+        if (i >= n) return mcpfast_jr_fail(why, pos, i, "expected a value");
+        c = p[i];
+        if (c == '"') {
+            i = mcpfast_jr_string(p, n, i, &flag, why, pos);
+            if (i < 0) return -1;
+        } else if (c == '{' || c == '[') {
+            goto open;
+        } else if (c == '-' || (unsigned char)(c - '0') < 10) {
+            i = mcpfast_jr_number(p, n, i, &flag, why, pos);
+            if (i < 0) return -1;
+        } else if (c == 't' && n - i >= 4 && memcmp(p + i, "true", 4) == 0) {
+            i += 4;
+        } else if (c == 'f' && n - i >= 5 && memcmp(p + i, "false", 5) == 0) {
+            i += 5;
+        } else if (c == 'n' && n - i >= 4 && memcmp(p + i, "null", 4) == 0) {
+            i += 4;
+        } else {
+            return mcpfast_jr_fail(why, pos, i, "expected a value");
+        }
+    after:  /* a member or element is complete */
+        i = MCPFAST_JR_WS(p, i, n);
+        if (i < n) {
+            c = p[i];
+            if (c == ',') {
+                i = MCPFAST_JR_WS(p, i + 1, n);
+                if (stack[top - 1] == '{') goto key;
+                goto value;
+            }
+            if (c == stack[top - 1] + 2) {
+                i++;
+                if (--top == 0) return i;
+                goto after;
+            }
+        }
+        return mcpfast_jr_fail(why, pos, i, "expected ',' or a closing bracket");
+    }
     """
-    uint64_t mcpfast_jr_load64(const unsigned char* p) nogil
-    int mcpfast_jr_first_flag(uint64_t m) nogil
-    Py_ssize_t mcpfast_jr_block_run(const unsigned char* p, Py_ssize_t length) nogil
-    uint64_t MCPFAST_JR_LOW7
-    uint64_t MCPFAST_JR_HIGH
-    uint64_t MCPFAST_JR_LT20
-    uint64_t MCPFAST_JR_QUOTE
-    uint64_t MCPFAST_JR_BSL
+    Py_ssize_t mcpfast_jr_ws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
+    long mcpfast_jr_hex4(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
+    Py_ssize_t mcpfast_jr_string(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int* escaped,
+                                 const char** why, Py_ssize_t* pos) noexcept
+    Py_ssize_t mcpfast_jr_number(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int* is_int,
+                                 const char** why, Py_ssize_t* pos) noexcept
+    Py_ssize_t mcpfast_jr_skip(const unsigned char* p, Py_ssize_t n, Py_ssize_t i, int depth,
+                               const char** why, Py_ssize_t* pos) noexcept
 
 import operator
 
@@ -102,31 +402,9 @@ KIND_NOTIFICATION = 2
 KIND_RESPONSE = 3
 KIND_ERROR = 4
 
-# Byte classes, filled once at import.  _JR_STRING_STOP: bytes that end a plain run inside
-# a string (RFC 8259 §7: '"', '\\', raw controls < 0x20; plus >= 0x80 for UTF-8 checks).
-cdef unsigned char _JR_STRING_STOP[256]
-cdef signed char _JR_HEX[256]  # value of a hex digit, -1 for any other byte
-
-
-cdef void _jr_init_tables() noexcept:
-    cdef int c
-    for c in range(256):
-        _JR_STRING_STOP[c] = c < 0x20 or c >= 0x80 or c == 0x22 or c == 0x5C
-        if 0x30 <= c <= 0x39:
-            _JR_HEX[c] = c - 0x30
-        elif 0x61 <= c <= 0x66:
-            _JR_HEX[c] = c - 0x61 + 10
-        elif 0x41 <= c <= 0x46:
-            _JR_HEX[c] = c - 0x41 + 10
-        else:
-            _JR_HEX[c] = -1
-
-
-_jr_init_tables()
-
 
 # ---------------------------------------------------------------------------------------
-# Lexical level: whitespace, strings, numbers, literals (RFC 8259 §2, §6, §7)
+# The lexical layer, as the Cython walk uses it (the work is done in C above)
 # ---------------------------------------------------------------------------------------
 
 cdef inline Py_ssize_t _jr_fail(JrScan* s, Py_ssize_t pos, const char* why) noexcept:
@@ -137,223 +415,27 @@ cdef inline Py_ssize_t _jr_fail(JrScan* s, Py_ssize_t pos, const char* why) noex
 
 
 cdef inline Py_ssize_t _jr_ws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    # RFC 8259 §2: ws = *( %x20 / %x09 / %x0A / %x0D ) -- nothing else (no BOM, no \f).
-    cdef unsigned char c
-    while i < n:
-        c = p[i]
-        if c > 0x20 or (c != 0x20 and c != 0x0A and c != 0x0D and c != 0x09):
-            break
-        i += 1
-    return i
-
-
-cdef inline uint64_t _jr_special8(uint64_t w) noexcept nogil:
-    # Per byte, exactly (no carries cross bytes): the low 7 bits are compared by adding a
-    # constant that overflows into bit 7, and bytes >= 0x80 are flagged by their own bit 7.
-    cdef uint64_t low7 = w & MCPFAST_JR_LOW7
-    cdef uint64_t control = ~(low7 + MCPFAST_JR_LT20)
-    cdef uint64_t quote = ~((low7 ^ MCPFAST_JR_QUOTE) + MCPFAST_JR_LOW7)
-    cdef uint64_t backslash = ~((low7 ^ MCPFAST_JR_BSL) + MCPFAST_JR_LOW7)
-    return (w | control | quote | backslash) & MCPFAST_JR_HIGH
-
-
-cdef inline int _jr_utf8(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    # RFC 3629 §4 (UTF8-2/3/4): no overlongs (C0, C1, E0 80-9F, F0 80-8F), no surrogates
-    # (ED A0-BF), nothing above U+10FFFF (F4 90-BF, F5-FF).
-    cdef unsigned char c = p[i]
-    cdef unsigned char lo = 0x80, hi = 0xBF
-    if c < 0xC2:
-        return 0
-    if c < 0xE0:
-        return 2 if i + 1 < n and (p[i + 1] & 0xC0) == 0x80 else 0
-    if c < 0xF0:
-        if c == 0xE0:
-            lo = 0xA0
-        elif c == 0xED:
-            hi = 0x9F
-        if i + 2 < n and lo <= p[i + 1] <= hi and (p[i + 2] & 0xC0) == 0x80:
-            return 3
-        return 0
-    if c < 0xF5:
-        if c == 0xF0:
-            lo = 0x90
-        elif c == 0xF4:
-            hi = 0x8F
-        if (i + 3 < n and lo <= p[i + 1] <= hi and (p[i + 2] & 0xC0) == 0x80
-                and (p[i + 3] & 0xC0) == 0x80):
-            return 4
-    return 0
-
-
-cdef inline long _jr_hex4(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
-    cdef long a, b, c, d
-    if i + 4 > n:
-        return -1
-    a = _JR_HEX[p[i]]
-    b = _JR_HEX[p[i + 1]]
-    c = _JR_HEX[p[i + 2]]
-    d = _JR_HEX[p[i + 3]]
-    if (a | b | c | d) < 0:
-        return -1
-    return (a << 12) | (b << 8) | (c << 4) | d
-
-
-cdef inline Py_ssize_t _jr_escape(JrScan* s, Py_ssize_t i) noexcept:
-    # RFC 8259 §7: \" \\ \/ \b \f \n \r \t \uXXXX.
-    cdef const unsigned char* p = s.p
-    cdef Py_ssize_t n = s.n
-    cdef unsigned char c
-    cdef long unit, low
-    if i + 1 >= n:
-        return _jr_fail(s, i, "bad escape")
-    c = p[i + 1]
-    if c == c'"' or c == c'\\' or c == c'/' or c == c'b' or c == c'f' or c == c'n' or c == c'r' or c == c't':
-        return i + 2
-    if c != c'u':
-        return _jr_fail(s, i, "bad escape")
-    unit = _jr_hex4(p, i + 2, n)
-    if unit < 0:
-        return _jr_fail(s, i + 2, "bad \\u escape")
-    # RFC 8259 §7 admits a lone surrogate escape ("\ud800") syntactically, but it names no
-    # character.  orjson 3.x refuses it ("no low surrogate in string" / "invalid high
-    # surrogate"): a high surrogate must be followed at once by an escaped low one and a
-    # low one never stands alone.  We match orjson so that what we pass, it parses.
-    if 0xD800 <= unit <= 0xDBFF:
-        if i + 7 < n and p[i + 6] == c'\\' and p[i + 7] == c'u':
-            low = _jr_hex4(p, i + 8, n)
-            if 0xDC00 <= low <= 0xDFFF:
-                return i + 12
-            if low < 0:
-                return _jr_fail(s, i + 8, "bad \\u escape")
-        return _jr_fail(s, i, "lone surrogate escape")
-    if 0xDC00 <= unit <= 0xDFFF:
-        return _jr_fail(s, i, "lone surrogate escape")
-    return i + 6
+    if i < n and p[i] > 0x20:
+        return i
+    return mcpfast_jr_ws(p, i, n)
 
 
 cdef inline Py_ssize_t _jr_string(JrScan* s, Py_ssize_t i) noexcept:
-    cdef const unsigned char* p = s.p
-    cdef Py_ssize_t n = s.n
-    cdef Py_ssize_t j = i + 1
-    cdef uint64_t mask
-    cdef unsigned char c
-    cdef int k
-    s.escaped = 0
-    while True:
-        # Fast path: plain ASCII runs, 32 bytes per step with SSE2, then one 64-bit word
-        # per step (SWAR), then byte by byte for the last few.
-        j += mcpfast_jr_block_run(p + j, n - j)
-        while j + 8 <= n:
-            mask = _jr_special8(mcpfast_jr_load64(p + j))
-            if mask != 0:
-                j += mcpfast_jr_first_flag(mask)
-                break
-            j += 8
-        else:
-            while j < n and not _JR_STRING_STOP[p[j]]:
-                j += 1
-        if j >= n:
-            return _jr_fail(s, n, "unterminated string")
-        c = p[j]
-        if c == c'"':
-            return j + 1
-        if c == c'\\':
-            j = _jr_escape(s, j)
-            if j < 0:
-                return -1
-            s.escaped = 1
-        elif c < 0x20:
-            return _jr_fail(s, j, "raw control character in string")  # RFC 8259 §7
-        else:
-            k = _jr_utf8(p, j, n)  # RFC 8259 §8.1: UTF-8
-            if k == 0:
-                return _jr_fail(s, j, "invalid UTF-8")
-            j += k
-
-
-cdef int _jr_number_overflows(const unsigned char* p, Py_ssize_t start, Py_ssize_t end) noexcept:
-    # The same correctly rounded conversion as Python's float(), on a NUL-terminated copy.
-    cdef char* text = <char*>PyMem_Malloc(end - start + 1)
-    cdef double value
-    if text == NULL:
-        PyErr_Clear()
-        return 1
-    memcpy(text, p + start, end - start)
-    text[end - start] = 0
-    try:
-        value = PyOS_string_to_double(text, NULL, NULL)
-    except BaseException:
-        PyErr_Clear()
-        value = 1e308 * 10.0  # cannot happen for validated text; refuse rather than guess
-    finally:
-        PyMem_Free(text)
-    return isinf(value)
+    cdef int escaped = 0
+    i = mcpfast_jr_string(s.p, s.n, i, &escaped, &s.err, &s.err_pos)
+    s.escaped = escaped
+    return i
 
 
 cdef inline Py_ssize_t _jr_number(JrScan* s, Py_ssize_t i) noexcept:
-    # RFC 8259 §6: number = [ minus ] int [ frac ] [ exp ]; int = zero / ( digit1-9 *DIGIT ).
-    cdef const unsigned char* p = s.p
-    cdef Py_ssize_t n = s.n
-    cdef Py_ssize_t j = i, digits, int_digits = 0, frac_zeros = 0, frac_start
-    cdef long long exponent = 0, magnitude
-    cdef bint negative_exp = False, frac_nonzero = False
-    s.is_int = 1
-    if p[j] == c'-':
-        j += 1
-    if j >= n:
-        return _jr_fail(s, i, "bad number")
-    if p[j] == c'0':
-        j += 1
-    elif c'1' <= p[j] <= c'9':
-        digits = j
-        while j < n and <unsigned char>(p[j] - c'0') < 10:
-            j += 1
-        int_digits = j - digits
-    else:
-        return _jr_fail(s, i, "bad number")
-    if j < n and p[j] == c'.':
-        j += 1
-        frac_start = j
-        while j < n and <unsigned char>(p[j] - c'0') < 10:
-            j += 1
-        if j == frac_start:
-            return _jr_fail(s, i, "bad number")
-        s.is_int = 0
-        if int_digits == 0:
-            digits = frac_start
-            while digits < j and p[digits] == c'0':
-                digits += 1
-            frac_zeros = digits - frac_start
-            frac_nonzero = digits < j
-    if j < n and (p[j] == c'e' or p[j] == c'E'):
-        j += 1
-        if j < n and (p[j] == c'+' or p[j] == c'-'):
-            negative_exp = p[j] == c'-'
-            j += 1
-        digits = j
-        while j < n and <unsigned char>(p[j] - c'0') < 10:
-            if exponent < 1000000000:
-                exponent = exponent * 10 + (p[j] - c'0')
-            j += 1
-        if j == digits:
-            return _jr_fail(s, i, "bad number")
-        s.is_int = 0
-        if negative_exp:
-            exponent = -exponent
-    # RFC 8259 §6 lets an implementation limit the range of numbers.  orjson refuses any
-    # number that is infinite as a double (1e400, a 310-digit integer); we refuse the same
-    # ones, so what the scanner passes the next JSON parser accepts.  `magnitude` is the
-    # decimal exponent of the leading digit; below 308 the value is < 1e308 and finite,
-    # so only the rare rest pays for an exact conversion.
-    if int_digits > 0:
-        magnitude = int_digits - 1 + exponent
-    elif frac_nonzero:
-        magnitude = exponent - frac_zeros - 1
-    else:
-        return j  # zero
-    if magnitude >= 308 and _jr_number_overflows(p, i, j):
-        return _jr_fail(s, i, "number out of range")
-    return j
+    cdef int is_int = 0
+    i = mcpfast_jr_number(s.p, s.n, i, &is_int, &s.err, &s.err_pos)
+    s.is_int = is_int
+    return i
+
+
+cdef inline Py_ssize_t _jr_container(JrScan* s, Py_ssize_t i, int depth) noexcept:
+    return mcpfast_jr_skip(s.p, s.n, i, depth, &s.err, &s.err_pos)
 
 
 cdef inline Py_ssize_t _jr_value(JrScan* s, Py_ssize_t i, int depth, JrVal* out) noexcept:
@@ -394,79 +476,6 @@ cdef inline Py_ssize_t _jr_value(JrScan* s, Py_ssize_t i, int depth, JrVal* out)
 
 
 # ---------------------------------------------------------------------------------------
-# Structure we skip (RFC 8259 §4 objects, §5 arrays)
-# ---------------------------------------------------------------------------------------
-
-cdef Py_ssize_t _jr_container(JrScan* s, Py_ssize_t i, int depth) noexcept:
-    cdef const unsigned char* p = s.p
-    cdef Py_ssize_t n = s.n
-    cdef unsigned char stack[JR_MAX_DEPTH + 1]  # the open brackets; depth >= 1 keeps top < 512
-    cdef int top = 0
-    cdef int state = SK_OPEN
-    cdef unsigned char c
-    while True:
-        if state == SK_AFTER:
-            i = _jr_ws(p, i, n)
-            if i >= n:
-                return _jr_fail(s, i, "expected ',' or a closing bracket")
-            c = p[i]
-            if c == c',':
-                i = _jr_ws(p, i + 1, n)
-                state = SK_KEY if stack[top - 1] == c'{' else SK_VALUE
-            elif c == stack[top - 1] + 2:  # '{' + 2 == '}', '[' + 2 == ']'
-                i += 1
-                top -= 1
-                if top == 0:
-                    return i
-            else:
-                return _jr_fail(s, i, "expected ',' or a closing bracket")
-        elif state == SK_VALUE:
-            if i >= n:
-                return _jr_fail(s, i, "expected a value")
-            c = p[i]
-            if c == c'"':
-                i = _jr_string(s, i)
-            elif c == c'{' or c == c'[':
-                state = SK_OPEN
-                continue
-            elif c == c'-' or c'0' <= c <= c'9':
-                i = _jr_number(s, i)
-            else:
-                i = _jr_value(s, i, depth + top - 1, NULL)  # literals, or the fault
-            if i < 0:
-                return -1
-            state = SK_AFTER
-        elif state == SK_KEY:
-            if i >= n or p[i] != c'"':
-                return _jr_fail(s, i, "expected a string key")
-            i = _jr_string(s, i)
-            if i < 0:
-                return -1
-            i = _jr_ws(p, i, n)
-            if i >= n or p[i] != c':':
-                return _jr_fail(s, i, "expected ':'")
-            i = _jr_ws(p, i + 1, n)
-            state = SK_VALUE
-        else:  # SK_OPEN: p[i] is '{' or '['
-            if depth + top > JR_MAX_DEPTH:
-                return _jr_fail(s, i, "nesting deeper than 512")
-            c = p[i]
-            if MCPFAST_DEBUG:
-                assert c == c'{' or c == c'['
-            stack[top] = c
-            top += 1
-            i = _jr_ws(p, i + 1, n)
-            if i < n and p[i] == c + 2:
-                i += 1
-                top -= 1
-                if top == 0:
-                    return i
-                state = SK_AFTER
-            else:
-                state = SK_KEY if c == c'{' else SK_VALUE
-
-
-# ---------------------------------------------------------------------------------------
 # Objects we look into: the message, params, params._meta, error
 # ---------------------------------------------------------------------------------------
 
@@ -486,10 +495,10 @@ cdef Py_ssize_t _jr_unescape(const unsigned char* p, Py_ssize_t a, Py_ssize_t b,
         c = p[a + 1]
         a += 2
         if c == c'u':
-            unit = _jr_hex4(p, a, b)
+            unit = mcpfast_jr_hex4(p, a, b)
             a += 4
             if 0xD800 <= unit <= 0xDBFF:
-                unit = 0x10000 + ((unit - 0xD800) << 10) + (_jr_hex4(p, a + 2, b) - 0xDC00)
+                unit = 0x10000 + ((unit - 0xD800) << 10) + (mcpfast_jr_hex4(p, a + 2, b) - 0xDC00)
                 a += 6
             if unit < 0x80:
                 out[o] = <unsigned char>unit

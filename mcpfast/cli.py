@@ -7,12 +7,9 @@ and errors name the same keys.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
 import subprocess
 import sys
-import time
 from typing import Any
 
 import click
@@ -150,21 +147,15 @@ def check_config(config_file: str) -> None:
 @click.option("--admin-listen", default="127.0.0.1:9090", show_default=True, metavar="HOST:PORT")
 def demo(listen: str, admin_listen: str) -> None:
     """Start the gateway with an embedded demo MCP backend."""
+    from .demo_backend import wait_ready
+
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpfast.demo_backend", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
-        url = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("READY "):
-                url = line.split()[1]
-                break
+        url = wait_ready(proc, 30)
         if url is None:
             click.echo("demo backend failed to start", err=True)
             sys.exit(1)

@@ -17,6 +17,26 @@ import sys
 from mcp.server.mcpserver import Context, MCPServer
 
 
+def wait_ready(proc, timeout: float) -> str | None:
+    """Read ``proc``'s stdout (text mode) until its ``READY <url>`` line; the url, or
+    None if the process ends or stays silent past ``timeout`` seconds."""
+    import selectors
+    import time
+
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                return None
+            line = proc.stdout.readline()
+            if not line:
+                return None
+            if line.startswith("READY "):
+                return line.split()[1]
+
+
 def build_server():
     mcp = MCPServer(
         name="mcpfast-demo",

@@ -9,7 +9,6 @@ worker *i* is on the configured admin port + *i*.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os

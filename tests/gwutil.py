@@ -9,11 +9,11 @@ import os
 import subprocess
 import sys
 import threading
-import time
 
 import uvloop
 
 from mcpfast.config import build_config
+from mcpfast.demo_backend import wait_ready
 from mcpfast.gateway import Gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,15 +99,7 @@ def backend_process(script: str, *args: str, timeout: float = 30.0):
         cwd=ROOT,
     )
     try:
-        url = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith("READY "):
-                url = line.split()[1]
-                break
+        url = wait_ready(proc, timeout)
         if url is None:
             raise RuntimeError(f"{script} did not become ready")
         yield proc, url

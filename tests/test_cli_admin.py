@@ -15,7 +15,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from gwutil import ROOT, backend_process
+from gwutil import ROOT
 from mcpfast import __version__
 from mcpfast.cli import main
 from mcpfast.config import ConfigError, build_config, load_config
