@@ -131,6 +131,9 @@ class BackendConfig:
     connect_timeout: float | None = None  # None: timeouts.upstream_connect
     response_timeout: float | None = None  # None: timeouts.upstream_response
     headers: tuple[tuple[str, str], ...] = ()  # added to every upstream request
+    # Forward the client's own credentials (Authorization, the API-key header) to this
+    # backend.  Off by default: with auth on, a client's token is for the gateway.
+    forward_credentials: bool = False
 
     @property
     def host_header(self) -> bytes:
@@ -153,6 +156,7 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     backends: tuple[BackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    policy: Any = None  # mcpfast.policy.config.PolicyConfig (imported lazily: it imports us)
     source: str | None = None  # the file it came from, for messages
 
     def backend(self, name: str) -> BackendConfig:
@@ -182,6 +186,7 @@ class Config:
         for b in d["backends"].values():
             b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
         d.pop("source", None)
+        d["policy"] = self.policy.as_dict() if self.policy is not None else None
         return d
 
 
@@ -254,7 +259,7 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes"}, "")
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit"}, "")
 
     s = _section(raw, "server")
     _unknown_keys(
@@ -332,8 +337,11 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         if not isinstance(b, dict):
             raise ConfigError(key, "expected a table")
         _unknown_keys(
-            b, {"url", "pool_size", "pool_idle_timeout", "connect_timeout", "response_timeout", "headers"}, key
-        )
+            b,
+            {"url", "pool_size", "pool_idle_timeout", "connect_timeout", "response_timeout", "headers",
+             "bearer_token", "forward_credentials"},
+            key,
+        )  # fmt: skip
         if "url" not in b:
             raise ConfigError(f"{key}.url", "missing")
         url = _expect(b, "url", key, str, "")
@@ -346,6 +354,14 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
                 raise ConfigError(f"{key}.headers.{hk}", "not a valid header name")
             if any(c in hv for c in "\r\n\0"):
                 raise ConfigError(f"{key}.headers.{hk}", "value contains CR, LF or NUL")
+        hdrs = dict(hdrs)
+        bearer = b.get("bearer_token")
+        if bearer is not None:
+            if not isinstance(bearer, str) or not bearer or any(c in bearer for c in "\r\n\0 "):
+                raise ConfigError(f"{key}.bearer_token", "expected a non-empty token without spaces or line breaks")
+            if any(k.lower() == "authorization" for k in hdrs):
+                raise ConfigError(f"{key}.bearer_token", "conflicts with headers.Authorization")
+            hdrs["Authorization"] = f"Bearer {bearer}"
         ct = b.get("connect_timeout")
         rt = b.get("response_timeout")
         backends.append(
@@ -366,6 +382,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
                 if rt is None
                 else _positive(_expect(b, "response_timeout", key, float, 0.0), f"{key}.response_timeout"),
                 headers=tuple(hdrs.items()),
+                forward_credentials=_expect(b, "forward_credentials", key, bool, False),
             )
         )
 
@@ -410,7 +427,12 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
             for b in backends:
                 routes.append(RouteConfig(path=f"{server.mcp_path.rstrip('/')}/{b.name}", backends=(b.name,)))
 
+    from .policy.config import build_policy_config  # here: policy.config imports this module
+
+    policy = build_policy_config(raw)
+
     return Config(
+        policy=policy,
         server=server,
         limits=limits,
         timeouts=timeouts,

@@ -31,8 +31,9 @@ import time
 from typing import Any
 
 from .config import BackendConfig, Config, RouteConfig
-from .core import KIND_ERROR, ProtocolError, scan_jsonrpc
+from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, scan_jsonrpc
 from .observe import AccessLog, BackendMetrics, Metrics
+from .policy import AuthError, Policy, Principal
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
 from .upstream import UpstreamError, UpstreamPool
 
@@ -90,10 +91,23 @@ class Route:
     """One MCP endpoint path and the backend behind it, with everything the hot path
     needs precomputed."""
 
-    __slots__ = ("path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout")
+    __slots__ = (
+        "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
+        "virtual",
+    )  # fmt: skip
 
-    def __init__(self, rc: RouteConfig, backend: BackendConfig, pool: UpstreamPool, bm: BackendMetrics, cfg: Config):
+    def __init__(
+        self, rc: RouteConfig, backend: BackendConfig, pool: UpstreamPool, bm: BackendMetrics, cfg: Config, policy=None
+    ):
         self.path = rc.path
+        self.policy = policy  # RoutePolicy, or None when no policy section is configured
+        self.virtual = None  # the multiplexing handler of a route over several backends
+        # Request fields not forwarded: hop-by-hop ones, and the client's credentials
+        # when authentication is on (unless this backend is to receive them).
+        drop = _DROP_REQUEST
+        if policy is not None and policy.enabled and not backend.forward_credentials:
+            drop = drop | policy.drop_headers
+        self.drop = drop
         self.name = rc.path
         self.backend = backend
         self.pool = pool
@@ -111,7 +125,8 @@ class Exchange:
     __slots__ = (
         "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
         "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
-        "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out",
+        "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
+        "env", "lfilter",
     )  # fmt: skip
 
     def __init__(self, gw: "Gateway", conn: ClientProtocol, head) -> None:
@@ -140,6 +155,9 @@ class Exchange:
         self.retried = False
         self.is_head = head.method == b"HEAD"
         self.out = None
+        self.principal: Principal | None = None
+        self.env: Any = None
+        self.lfilter: _ListFilter | None = None
 
     # --- request side -------------------------------------------------------------
     def start(self) -> None:
@@ -150,6 +168,11 @@ class Exchange:
         path = target if q < 0 else target[:q]
         route = gw.routes.get(path)
         if route is None:
+            if gw.policy is not None and head.method in (b"GET", b"HEAD"):
+                doc = gw.policy.metadata(path)
+                if doc is not None:  # RFC 9728 protected-resource metadata
+                    self.respond(200, doc, b"Cache-Control: max-age=300\r\n")
+                    return
             self.respond_error(404, -32601, "no MCP endpoint at this path", mcp=False)
             return
         self.route = route
@@ -171,6 +194,7 @@ class Exchange:
                     self.method = "invalid"
                     self.respond_error(400, exc.code or -32700, f"{'Parse error' if exc.code == -32700 else 'Invalid Request'}: {exc}")
                     return
+                self.env = env
                 if type(env) is list:
                     self.method = "batch"
                 else:
@@ -189,7 +213,72 @@ class Exchange:
             return
         else:
             self.method = head.method.decode("latin-1")
+        rp = route.policy
+        if rp is not None and rp.enabled and head.method != b"OPTIONS":  # preflights carry no credentials
+            try:
+                p = rp.authenticate(head, self.conn.peer)
+            except AuthError as exc:
+                self.respond_error(exc.status, exc.code, exc.message, headers=exc.headers)
+                return
+            if type(p) is not Principal:
+                # A JWKS fetch is under way (unknown key id): continue when it ends.
+                self.phase = WAIT_CONN
+                self.deadline = time.monotonic() + route.response_timeout
+                p.add_done_callback(self._authenticated)
+                return
+            self.principal = p
+            if not self._admit(rp):
+                return
+        if route.virtual is not None:
+            route.virtual.handle(self)
+            return
         self.forward()
+
+    def _authenticated(self, fut) -> None:
+        if self.phase == DONE or fut.cancelled():
+            return
+        self.phase = NEW
+        exc = fut.exception()
+        if exc is not None:
+            if isinstance(exc, AuthError):
+                self.respond_error(exc.status, exc.code, exc.message, headers=exc.headers)
+            else:
+                log.error("authentication failed unexpectedly", exc_info=exc)
+                self.respond_error(500, -32603, "Internal error during authentication")
+            return
+        self.principal = fut.result()
+        route = self.route
+        if not self._admit(route.policy):
+            return
+        if route.virtual is not None:
+            route.virtual.handle(self)
+            return
+        self.forward()
+
+    def _admit(self, rp) -> bool:
+        """Session binding, authorization and rate limits; False when refused (answered)."""
+        p = self.principal
+        sid = self.head.session_id
+        backend = self.route.backend.name
+        env = self.env
+        refusal = None
+        if env is None:
+            refusal = rp.admit_transport(p, sid)
+        elif type(env) is list:
+            for e in env:
+                refusal = rp.admit(p, e.method, rp.target_name(e), backend, sid) if e.method is not None else rp.admit_transport(p, sid)
+                if refusal is not None:
+                    break
+        elif env.method is not None:
+            refusal = rp.admit(p, env.method, rp.target_name(env), backend, sid)
+            if refusal is None and rp.needs_filter(env.method):
+                self.lfilter = _ListFilter(self, rp, env.method)
+        else:
+            refusal = rp.admit_transport(p, sid)
+        if refusal is not None:
+            self.respond_error(refusal.status, refusal.code, refusal.message, headers=refusal.headers)
+            return False
+        return True
 
     def forward(self) -> None:
         route = self.route
@@ -201,10 +290,11 @@ class Exchange:
         parts = [head.method, b" ", utarget, b" HTTP/1.1\r\nHost: ", route.backend.host_header, b"\r\n"]
         add = parts.extend
         xff = None
+        drop = route.drop
         conn_listed = _connection_listed(head.connection) if head.connection else None
         for name, value in head.headers:
             ln = name.lower()
-            if ln in _DROP_REQUEST or (conn_listed and ln in conn_listed):
+            if ln in drop or (conn_listed and ln in conn_listed):
                 continue
             if ln == _XFF and gw.forwarded:
                 xff = value
@@ -256,14 +346,44 @@ class Exchange:
             if ln in _DROP_RESPONSE or (conn_listed and ln in conn_listed):
                 continue
             add((name, b": ", value, b"\r\n"))
+        ct = head.content_type
+        if ct is not None and ct.startswith(_SSE):
+            self.sse = True
+            self.route.bm.sse.inc()
+        lf = self.lfilter
+        if lf is not None and (status < 200 or status >= 300 or status == 204 or self.is_head):
+            self.lfilter = lf = None
+        if lf is not None:
+            lf.begin(parts)  # the answer is rewritten: framing decided when its size is known
+        else:
+            self.pending = self._framed(parts, head.content_length, status)
+        route = self.route
+        gw = self.gw
+        # Session bookkeeping: metrics, and the binding of a session to the principal
+        # that created it.  The backend owns the session itself.
+        rp = route.policy
+        p = self.principal
+        sid = self.head.session_id
+        if head.session_id is not None and self.method == "initialize" and 200 <= status < 300:
+            gw.session_opened(route, head.session_id)
+            if p is not None:
+                rp.session_created(head.session_id, p)
+        elif sid is not None and (status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)):
+            gw.session_closed(route, sid)
+            if p is not None:
+                rp.session_ended(sid)
+        elif sid is not None and p is not None and 200 <= status < 300:
+            rp.session_used(sid, p)
+
+    def _framed(self, parts: list, content_length: int, status: int) -> bytes:
+        """Finish a client response head: framing (RFC 9112 §6) and connection fields."""
         keep = self.keep_alive and self.conn.keep_alive
         if status < 200 or status in (204, 304):
             pass
+        elif content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n" % content_length)
         elif self.is_head:
-            if head.content_length >= 0:
-                parts.append(b"Content-Length: %d\r\n" % head.content_length)
-        elif head.content_length >= 0:
-            parts.append(b"Content-Length: %d\r\n" % head.content_length)
+            pass
         elif self.head.version == 11:
             parts.append(b"Transfer-Encoding: chunked\r\n")
             self.chunked = True
@@ -275,20 +395,7 @@ class Exchange:
             parts.append(b"Connection: keep-alive\r\n")
         self.keep_alive = keep
         parts.append(b"\r\n")
-        self.pending = b"".join(parts)
-        ct = head.content_type
-        if ct is not None and ct.startswith(_SSE):
-            self.sse = True
-            self.route.bm.sse.inc()
-        route = self.route
-        gw = self.gw
-        # Session bookkeeping (metrics only; the backend owns the session).
-        if head.session_id is not None and self.method == "initialize" and 200 <= status < 300:
-            gw.session_opened(route, head.session_id)
-        elif self.head.session_id is not None and (
-            status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)
-        ):
-            gw.session_closed(route, self.head.session_id)
+        return b"".join(parts)
 
     def flush_head(self) -> None:
         """End of an upstream read: the client head must not wait for more body."""
@@ -298,6 +405,13 @@ class Exchange:
             self.conn.send(p)
 
     def upstream_body(self, chunk) -> None:
+        lf = self.lfilter
+        if lf is not None:
+            lf.feed(chunk)
+            return
+        self._relay(chunk)
+
+    def _relay(self, chunk) -> None:
         n = len(chunk)
         self.bytes_out += n
         p = self.pending
@@ -315,6 +429,14 @@ class Exchange:
 
     def upstream_end(self) -> None:
         self.t_up_end = _perf()
+        lf = self.lfilter
+        if lf is not None:
+            try:
+                lf.end()
+            except ProtocolError as exc:
+                self.upstream = None
+                self.upstream_failed(UpstreamError("upstream_protocol", f"backend list answer unusable: {exc}"))
+                return
         p = self.pending
         self.pending = None
         if self.chunked:
@@ -339,6 +461,12 @@ class Exchange:
                 return
             self.gw.metrics.error(err.kind)
             self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
+            return
+        lf = self.lfilter
+        if lf is not None and lf.sse is None:
+            # A list answer being collected for filtering: nothing was sent yet.
+            self.gw.metrics.error(err.kind)
+            self.respond_error(502, -32000, f"{err} (backend {self.route.backend.name})")
             return
         # Mid-answer: cut the client connection so it sees an incomplete stream.
         self.gw.metrics.error(err.kind)
@@ -394,6 +522,20 @@ class Exchange:
         self.t_up_end = self.t_up_end or _perf()
         self.finish("refused" if status < 500 else "gateway_error")
 
+    def respond(self, status: int, body: bytes, headers: bytes = b"", content_type: bytes = b"application/json") -> None:
+        """A complete answer made by the gateway itself."""
+        self.status = status
+        keep = self.keep_alive and self.conn.keep_alive
+        self.keep_alive = keep
+        self.bytes_out = len(body)
+        self.conn.send(
+            b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n%s"
+            % (status, status_reason(status), content_type, len(body), headers,
+               b"" if keep else b"Connection: close\r\n", b"" if self.is_head else body)
+        )  # fmt: skip
+        self.t_up_end = self.t_up_end or _perf()
+        self.finish("ok")
+
     def finish(self, outcome: str) -> None:
         if self.phase == DONE:
             return
@@ -444,6 +586,67 @@ class Exchange:
             )
 
 
+class _ListFilter:
+    """Rewrites a list answer (``tools/list`` and friends) so the caller sees only what
+    policy lets them use.  A JSON answer is collected whole (bounded), filtered and sent
+    with its new length; an SSE answer is parsed event by event, and only an event whose
+    list lost items is re-encoded -- every other event leaves byte-identical."""
+
+    __slots__ = ("ex", "rp", "method", "parts", "buf", "size", "limit", "sse")
+
+    def __init__(self, ex: "Exchange", rp, method: str) -> None:
+        self.ex = ex
+        self.rp = rp
+        self.method = method
+        self.parts: list | None = None
+        self.buf: list = []
+        self.size = 0
+        self.limit = ex.gw.config.limits.max_sse_event_bytes
+        self.sse: Any = None
+
+    def begin(self, parts: list) -> None:
+        ex = self.ex
+        if ex.sse:
+            self.sse = SSEParser(max_event_bytes=self.limit)
+            ex.pending = ex._framed(parts, -1, ex.status)
+        else:
+            self.parts = parts
+
+    def _filter(self, data: bytes) -> bytes:
+        ex = self.ex
+        return self.rp.filter_list(ex.principal, self.method, data, ex.route.backend.name)
+
+    def feed(self, chunk) -> None:
+        if self.sse is None:
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise ProtocolError(f"list answer larger than {self.limit} bytes", 502)
+            self.buf.append(chunk)
+            return
+        self._events(self.sse.feed(chunk))
+
+    def _events(self, events) -> None:
+        ex = self.ex
+        for ev in events:
+            data = ev.data
+            if data is not None and ev.event in (None, b"message"):
+                new = self._filter(data)
+                if new is not data:
+                    ex._relay(encode_sse_event(data=new, event=ev.event, id=ev.id, retry=ev.retry))
+                    continue
+            ex._relay(ev.raw)
+
+    def end(self) -> None:
+        ex = self.ex
+        if self.sse is not None:
+            self._events(self.sse.feed_eof())
+            return
+        body = self.buf[0] if len(self.buf) == 1 else b"".join(self.buf)
+        new = self._filter(bytes(body))
+        ex.bytes_out += len(new)
+        ex.pending = ex._framed(self.parts, len(new), ex.status) + new
+
+
 def _connection_listed(value: bytes) -> frozenset:
     """Field names listed in a Connection header are hop-by-hop too (RFC 9110 §7.6.1)."""
     return frozenset(x.strip().lower() for x in value.split(b",") if x.strip())
@@ -487,6 +690,16 @@ class Gateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.draining = False
         self.ready = False
+        pc = config.policy
+        self.policy: Policy | None = None
+        if pc is not None and pc.enabled:
+            self.policy = Policy(
+                pc,
+                [r.path for r in config.routes],
+                registry=self.metrics.registry,
+                mcp_path=config.server.mcp_path,
+                session_idle=config.timeouts.session_idle,
+            )
         self._build_routes()
 
     def _build_routes(self) -> None:
@@ -502,7 +715,7 @@ class Gateway:
                     connect_timeout=cfg.timeouts.upstream_connect,
                     max_header_bytes=cfg.limits.max_header_bytes,
                 )
-            route = Route(rc, b, pool, bm, cfg)
+            route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
             p = rc.path.encode()
             self.routes[p] = route
             if p != b"/":
@@ -564,6 +777,8 @@ class Gateway:
 
             self.admin = AdminServer(self)
             await self.admin.start(*s.admin_listen)
+        if self.policy is not None:
+            await self.policy.start()
         self._tick_handle = loop.call_later(1.0, self._tick)
         self.ready = True
 
@@ -583,6 +798,8 @@ class Gateway:
                 if seen < stale:
                     self.session_closed(route, sid)
         self.access.flush()
+        if self.policy is not None:
+            self.policy.tick(now)
         self._tick_handle = self._loop.call_later(1.0, self._tick)
 
     async def stop(self, drain: float | None = None) -> None:
@@ -605,6 +822,8 @@ class Gateway:
             self._tick_handle.cancel()
         for pool in self.pools.values():
             pool.close()
+        if self.policy is not None:
+            self.policy.close()
         if self.admin is not None:
             await self.admin.stop()
         for srv in self.servers:
