@@ -85,6 +85,9 @@ class GatewayVariant:
     description: str = ""
     env: tuple[tuple[str, str], ...] = ()
     default: bool = True
+    # Sent with every request to this target (e.g. credentials); values are formatted
+    # like argv items, plus ``{bench_token}`` (a JWT ``policy-on.toml`` accepts).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 _MCPFAST_SERVE = (
@@ -98,7 +101,23 @@ _MCPFAST_SERVE = (
 # a multiplexed gateway may namespace tool names: the harness finds them by tools/list.
 GATEWAY_VARIANTS: list[GatewayVariant] = [
     GatewayVariant("mcpfast", _MCPFAST_SERVE, "mcpfast serve, one backend, default settings"),
+    GatewayVariant(
+        "policy-on",
+        _MCPFAST_SERVE + ("--config", "{bench_dir}/policy-on.toml"),
+        "mcpfast serve + policy: JWT (cached), 50 authz rules, a rate limit not hit, metrics, access log",
+        headers=(("authorization", "Bearer {bench_token}"),),
+    ),
 ]
+
+
+def bench_token() -> str:
+    """A JWT that ``bench/policy-on.toml`` accepts, valid for a day."""
+    import jwt
+
+    now = int(time.time())
+    claims = {"sub": "bench-client", "iss": "https://issuer.bench.invalid", "aud": "https://gateway.bench.invalid/mcp",
+              "iat": now, "exp": now + 86400, "groups": ["bench"]}  # fmt: skip
+    return jwt.encode(claims, "bench-secret-" + "0" * 51, algorithm="HS256", headers={"kid": "bench"})
 
 
 def _format_argv(variant: GatewayVariant, **values) -> list[str]:
@@ -274,18 +293,18 @@ class Session:
     tools: dict[str, str]  # backend tool name -> name as exposed by the target
 
 
-def open_session(port: int) -> Session:
+def open_session(port: int, extra: dict[str, str] | None = None) -> Session:
     status, headers, data = _post(port, {
         "jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                    "clientInfo": {"name": "mcpfast-bench", "version": "0.1"}},
-    }, {})  # fmt: skip
+    }, dict(extra or {}))  # fmt: skip
     if status != 200:
         raise CheckError(f"initialize answered HTTP {status}: {data[:300]!r}")
     init = _jsonrpc_from(headers, data)
     if "result" not in init:
         raise CheckError(f"initialize failed: {init}")
-    h = {"mcp-protocol-version": init["result"].get("protocolVersion", PROTOCOL_VERSION)}
+    h = {**(extra or {}), "mcp-protocol-version": init["result"].get("protocolVersion", PROTOCOL_VERSION)}
     if "mcp-session-id" in headers:
         h["mcp-session-id"] = headers["mcp-session-id"]
     status, _, data = _post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
@@ -435,10 +454,10 @@ def _loud(msg: str) -> None:
 
 
 # --- one target ----------------------------------------------------------------------
-def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Proc | None) -> dict:
+def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Proc | None, extra=None) -> dict:
     results: dict[str, dict] = {}
     try:
-        session = open_session(port)
+        session = open_session(port, extra)
     except (CheckError, OSError, ValueError) as exc:
         msg = f"[bench] {name}: MCP session setup failed: {exc}"
         print(msg, file=sys.stderr)
@@ -631,7 +650,8 @@ def main(argv=None) -> int:
             gw = None
             try:
                 gw, gport = start_gateway(variant, bport, args.startup_timeout)
-                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args, backend, gw)
+                extra = {k: v.format(bench_token=bench_token()) for k, v in variant.headers}
+                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args, backend, gw, extra)
                 if gw.p.poll() is not None:
                     print(f"[bench] gateway {variant.name!r} died during the run (code {gw.p.returncode}):\n"
                           + _indent(gw.output()), file=sys.stderr)  # fmt: skip
