@@ -12,6 +12,8 @@
 # Pinned versions (verified together with mcp 2.3.0 on 2026-11-24; override to try others):
 NODE_VERSION="${MCPFAST_NODE_VERSION:-22.23.3}"
 CONFORMANCE_VERSION="${MCPFAST_CONFORMANCE_VERSION:-0.1.16}"
+# Upper bound, in seconds, on each npm install (a first install takes ~10 s on a good link).
+INSTALL_TIMEOUT="${MCPFAST_INSTALL_TIMEOUT:-240}"
 
 set -euo pipefail
 
@@ -36,7 +38,12 @@ report() {
 
 mkdir -p "$prefix"
 exec 9>"$prefix/.install.lock"
-flock -w 600 9  # parallel test runs: one installs, the others wait and then find it done
+# Parallel test runs: one installs, the others wait (at most two installs' time) and then
+# find it done.
+if ! flock -w $((2 * INSTALL_TIMEOUT)) 9; then
+    echo "install-node.sh: another install still holds $prefix/.install.lock" >&2
+    exit 1
+fi
 
 if installed; then
     report
@@ -60,7 +67,16 @@ cat >"$prefix/package.json" <<EOF
   }
 }
 EOF
-npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error
+# Bounded: a stalled registry must not hang CI (npm's own retries can take many minutes).
+bounded() {
+    local rc=0
+    timeout --kill-after=10 "$INSTALL_TIMEOUT" "$@" || rc=$?
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "install-node.sh: '$*' did not finish within ${INSTALL_TIMEOUT}s" >&2
+    fi
+    return "$rc"
+}
+bounded npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error
 
 # The `node` package puts its binary in place from a preinstall script. Should a future npm
 # refuse to run install scripts, take the platform package it would have fetched instead.
@@ -69,7 +85,7 @@ if [ "$("$node" --version 2>/dev/null)" != "v$NODE_VERSION" ]; then
     case "$arch" in x86_64) arch=x64 ;; aarch64) arch=arm64 ;; esac
     platform_pkg="node-$(uname -s | tr '[:upper:]' '[:lower:]')-$arch"
     echo "node@$NODE_VERSION gave no working binary; installing $platform_pkg@$NODE_VERSION"
-    npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error --no-save "$platform_pkg@$NODE_VERSION"
+    bounded npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error --no-save "$platform_pkg@$NODE_VERSION"
     ln -sf "../$platform_pkg/bin/node" "$node"
 fi
 

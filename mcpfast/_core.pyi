@@ -241,18 +241,28 @@ Span = tuple[int, int]  # [start, end) offsets into the scanned body
 class Envelope:
     """What the scanner found in one JSON-RPC message.
 
-    Spans cover the whole JSON value token (strings include their quotes).  Decoded
-    values are given where a caller decides on them: strings unescaped to ``str``,
-    integers to ``int``.  When a key appears twice the last one wins, as in ``orjson``.
+    Spans cover the whole JSON value token (strings include their quotes) and are
+    offsets into the scanned body (for a batch too).  Decoded values are given where a
+    caller decides on them: strings unescaped to ``str``, integers to ``int`` (exact, any
+    size -- orjson would give a float beyond 64 bits).  Member names are matched by their
+    unescaped value, as a JSON parser reads them: ``"\u006dethod"`` is ``method`` and
+    ``"io.modelcontextprotocol\/protocolVersion"`` is the protocol version key.
+
+    When a key appears twice in one object the last one wins, as in ``orjson``: a later
+    ``params``, ``_meta`` or ``error`` replaces everything the earlier one reported (a
+    later ``"params": null`` leaves no ``name``), a later ``"name": 1`` makes ``name``
+    absent.  A field whose JSON type is not the one listed is reported as absent (value
+    and span ``None``); ``params_span`` is set only for an object or array (JSON-RPC
+    §4.2), ``result_span``/``error_span`` for any value.
     """
 
     kind: int
-    start: int  # span of the whole message value within the body
+    start: int  # span of the whole message object within the body
     end: int
     method: str | None
     id: int | str | None  # None when absent or null
-    id_span: Span | None  # None when absent
-    params_span: Span | None
+    id_span: Span | None  # None when absent (set for null)
+    params_span: Span | None  # params when an object or an array
     name: str | None  # params.name when a string
     name_span: Span | None
     uri: str | None  # params.uri when a string
@@ -264,32 +274,52 @@ class Envelope:
     request_id: int | str | None  # params.requestId (notifications/cancelled)
     request_id_span: Span | None
     protocol_version: str | None  # params._meta["io.modelcontextprotocol/protocolVersion"]
+    protocol_version_span: Span | None
     result_span: Span | None
     error_span: Span | None
-    error_code: int | None  # error.code when an integer
+    error_code: int | None  # error.code when error is an object and code an integer
 
 def scan_jsonrpc(body: bytes | bytearray | memoryview) -> Envelope | list[Envelope]:
     """Scan one JSON text holding a JSON-RPC message (an object) or a batch (a non-empty
-    array of objects; each element gives one Envelope, spans relative to ``body``).
+    array of objects; each element gives one Envelope, in order).  ``body`` is any
+    C-contiguous buffer (else ``BufferError``; ``str`` is a ``TypeError``); the Envelope
+    keeps no reference to it.
 
-    The whole text is validated as JSON while it is walked (RFC 8259: grammar, string
-    escapes, no raw control characters in strings, valid UTF-8, number syntax, nesting
-    at most 512 deep, only whitespace around the value): any fault raises
-    ``ProtocolError(status=400, code=-32700)``.  A valid JSON text that is not a JSON-RPC
-    message raises ``ProtocolError(status=400, code=-32600)``: not an object (or empty
-    batch / non-object element), ``"jsonrpc"`` not exactly ``"2.0"``, ``method`` not a
-    string, ``id`` not a string, an integer or null, neither ``method`` nor ``result``
-    nor ``error``, both ``result`` and ``error``, a request/notification that also has
-    ``result``/``error``, or a response/error without ``id``.  Wrong-typed optional
-    fields of interest (``params.name`` a number, say) are reported as absent, not errors.
-    Integers are exact (any size).  ``params`` is descended into only for the keys
-    listed in ``Envelope``; everything else is skipped (but validated).
+    The whole text is validated as JSON while it is walked -- RFC 8259 grammar; only
+    space, tab, LF and CR as whitespace (no BOM); only whitespace around the value;
+    strings with valid escapes, no raw control characters (< 0x20) and valid UTF-8 (RFC
+    3629: no overlongs, no encoded surrogates, nothing above U+10FFFF); numbers by the
+    §6 grammar; nesting at most 512 containers deep, counting the message object and a
+    batch array.  Like orjson (what we pass, the next parser accepts) it also refuses a
+    ``\u`` escape of a lone surrogate (a high one must be followed at once by an escaped
+    low one) and a number that is infinite as a double (``1e400``, a 310-digit integer).
+    "Validated" means exactly this for every byte, also inside values the scanner does
+    not report (``arguments``, ``result``, unknown keys): they are skipped without
+    building objects, not without checking.  Any fault raises ``ProtocolError(status=400,
+    code=-32700)`` whose message names the byte offset and the fault; it is the first
+    fault in text order, so both implementations report the same one.
+
+    A valid JSON text that is not a JSON-RPC message raises ``ProtocolError(status=400,
+    code=-32600)``: not an object (or empty batch / non-object element), ``"jsonrpc"`` not
+    exactly ``"2.0"``, ``method`` not a string, ``id`` not a string, an integer or null,
+    neither ``method`` nor ``result`` nor ``error``, both ``result`` and ``error``, a
+    request/notification that also has ``result``/``error``, or a response/error without
+    ``id``.  A JSON fault anywhere in the text takes precedence over these; in a batch
+    the first offending element (by position) is named.  Wrong-typed optional fields of
+    interest (``params.name`` a number, say) are reported as absent, not errors.
+    ``params`` is descended into only for the keys listed in ``Envelope``; everything
+    else is skipped (but validated).
     """
 
 def splice(body: bytes | bytearray | memoryview, start: int, end: int, replacement: bytes) -> bytes:
-    """``body[:start] + replacement + body[end:]`` built with one copy.  ``0 <= start <=
-    end <= len(body)`` else ``ValueError``."""
+    """``body[:start] + replacement + body[end:]`` built with one copy.  ``body`` and
+    ``replacement`` may be any C-contiguous buffers; ``start``/``end`` anything
+    ``operator.index`` takes (else ``TypeError``).  ``0 <= start <= end <= len(body)``
+    else ``ValueError``."""
 
 def splice_many(body: bytes | bytearray | memoryview, edits: Sequence[tuple[int, int, bytes]]) -> bytes:
-    """Apply several non-overlapping edits (any order given; applied by position) in one
-    copy.  Overlapping or out-of-range edits raise ``ValueError``."""
+    """Apply several non-overlapping edits ``(start, end, replacement)`` (any order given,
+    any iterable; applied by position) in one copy.  Out-of-range edits, edits that
+    overlap, and two edits starting at the same offset (two insertions there would have
+    no defined order) raise ``ValueError``; an edit may start where another ends.  No
+    edits gives a copy of ``body`` as ``bytes``."""

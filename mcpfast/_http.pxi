@@ -8,9 +8,11 @@
 # is copied, into ``_buf``, and the next ``feed`` searches just its own new bytes for
 # the LF that finishes it -- ``_buf`` never holds an LF, so its length is the
 # "searched up to" mark and no byte is searched twice.  A field line makes exactly one
-# ``bytes`` for its name and one for its value.  Body runs lying in a ``bytes`` given
-# to ``feed`` go out as that very object or a ``memoryview`` of it (never a view of
-# ``_buf``, which must stay resizable); other input is copied once per run.
+# ``bytes`` for its name and one for its value (names are interned, and a field equal
+# to the previous head's field at the same position is reused whole).  Body runs
+# lying in a ``bytes`` given to ``feed`` go out as that very object or, when at least
+# COPY_BELOW bytes long, a ``memoryview`` of it (never a view of ``_buf``, which must
+# stay resizable); shorter runs and runs from other input are copied.
 #
 # Errors are checked so that the outcome cannot depend on where input was cut: a
 # finished line is held to its size bound before anything else, an unfinished one
@@ -24,7 +26,17 @@
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_CheckExact
+from cpython.list cimport PyList_GET_SIZE
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcmp
+
+# Borrowed-reference access for the hot comparisons (no reference counting).
+cdef extern from "Python.h":
+    Py_ssize_t _size_of "PyBytes_GET_SIZE" (PyObject* b)
+    const char* _data_of "PyBytes_AS_STRING" (PyObject* b)
+    PyObject* _item_of "PyTuple_GET_ITEM" (PyObject* t, Py_ssize_t i)
+    PyObject* _list_item "PyList_GET_ITEM" (object l, Py_ssize_t i)
 
 # Character classes, one table lookup per byte.
 cdef enum:
@@ -86,6 +98,7 @@ cdef enum:
     MAX_CHUNK_EXT = 4096                                # bytes of chunk-ext
     MAX_CHUNK_LINE = MAX_CHUNK_HEX + MAX_CHUNK_EXT + 2  # longest valid chunk-size line, CRLF included
     MAX_LENGTH_DIGITS = 18                              # Content-Length digits that fit any limit we take
+    COPY_BELOW = 512                                    # body runs shorter than this are copied, not viewed
 
 # The response parser has no body limit; this keeps every size within 63 bits.
 cdef long long NO_BODY_LIMIT = (<long long>1) << 62
@@ -224,6 +237,78 @@ cdef inline bytes _joined(bytes old, bytes value):
     return old + b", " + value
 
 
+cdef inline bint _field_value_ok(const unsigned char* p, Py_ssize_t n) noexcept:
+    # Every byte a field-value byte (CC_FIELD)?  Eight bytes at a time: a word is
+    # checked byte by byte only when it holds a byte below 0x20 (HTAB is one, and is
+    # allowed) or a DEL.  Both word tests are exact as "is there any such byte": a
+    # borrow that could flag a neighbour only starts at a byte that is flagged itself.
+    cdef Py_ssize_t k = 0, j
+    cdef uint64_t w, x
+    while k + 8 <= n:
+        memcpy(&w, p + k, 8)
+        x = w ^ <uint64_t>0x7F7F7F7F7F7F7F7F
+        if (((w - <uint64_t>0x2020202020202020) & ~w) | ((x - <uint64_t>0x0101010101010101) & ~x)) & <uint64_t>0x8080808080808080:
+            for j in range(k, k + 8):
+                if not (_CC[p[j]] & CC_FIELD):
+                    return False
+        k += 8
+    for j in range(k, n):
+        if not (_CC[p[j]] & CC_FIELD):
+            return False
+    return True
+
+
+# Interned field names (and methods, reason phrases): the same few dozen names come in
+# every message, so a small direct-mapped cache of ``bytes`` objects, keyed by a hash
+# of the bytes and checked with memcmp, saves allocating and freeing one object per
+# field.  Process-wide and bounded (NAME_CACHE_SLOTS entries of at most
+# NAME_CACHE_MAX bytes); a slot that collides is simply replaced.  Only ever touched
+# with the GIL held.
+cdef enum:
+    NAME_CACHE_SLOTS = 512     # a power of two
+    NAME_CACHE_MAX = 32
+
+cdef PyObject* _name_cache[NAME_CACHE_SLOTS]
+
+
+cdef inline bytes _interned(const unsigned char* p, Py_ssize_t n):
+    # The slot comes from a hash of the length and the first and last (up to) eight
+    # bytes, loaded as words: one multiply chain instead of one per byte.  Names that
+    # agree there but differ in the middle just share a slot (memcmp tells them apart).
+    cdef uint64_t a = 0, b = 0
+    cdef uint32_t a4, b4
+    cdef size_t h
+    cdef PyObject* hit
+    cdef bytes obj
+    if n > NAME_CACHE_MAX or n < 1:
+        return PyBytes_FromStringAndSize(<const char*>p, n)
+    if n >= 8:
+        memcpy(&a, p, 8)
+        memcpy(&b, p + n - 8, 8)
+    elif n >= 4:
+        memcpy(&a4, p, 4)
+        memcpy(&b4, p + n - 4, 4)
+        a = a4
+        b = b4
+    else:
+        a = p[0] | (<uint64_t>p[n >> 1] << 8) | (<uint64_t>p[n - 1] << 16)
+    a = (a * <uint64_t>0x9E3779B97F4A7C15) ^ b ^ <uint64_t>n
+    a *= <uint64_t>0xC2B2AE3D27D4EB4F
+    h = <size_t>(a >> 55) & (NAME_CACHE_SLOTS - 1)  # the top 9 bits
+    hit = _name_cache[h]
+    if hit != NULL and _size_of(hit) == n and memcmp(_data_of(hit), p, n) == 0:
+        return <bytes>hit
+    obj = PyBytes_FromStringAndSize(<const char*>p, n)
+    Py_INCREF(obj)
+    _name_cache[h] = <PyObject*>obj
+    Py_XDECREF(hit)
+    return obj
+
+
+cdef inline bint _same_bytes(PyObject* b, const unsigned char* p, Py_ssize_t n) noexcept:
+    return _size_of(b) == n and memcmp(_data_of(b), p, n) == 0
+
+
 @cython.freelist(64)
 cdef class RequestHead:
     """A parsed request line and header section (RFC 9112 §3, §5)."""
@@ -249,6 +334,7 @@ cdef class _HTTPParser:
         self._buf = bytearray()
         self._state = HTTP_START
         self._fields = None
+        self._prev_fields = []
 
     cdef int _init_limits(self, Py_ssize_t max_header_bytes, Py_ssize_t max_headers,
                           long long max_body) except -1:
@@ -306,12 +392,16 @@ cdef class _HTTPParser:
 
     cdef object _chunk(self, object data, const unsigned char* p, Py_ssize_t n,
                        Py_ssize_t a, Py_ssize_t b, bint zero_copy):
+        # The whole fed ``bytes``: itself.  A long run inside one: a view of it.  A
+        # short run (under COPY_BELOW bytes, where a copy is cheaper than a view) or a
+        # run from a mutable buffer: a new ``bytes``.
         if zero_copy:
             if a == 0 and b == n:
                 return data
-            if self._view is None:
-                self._view = memoryview(data)
-            return self._view[a:b]
+            if b - a >= COPY_BELOW:
+                if self._view is None:
+                    self._view = memoryview(data)
+                return self._view[a:b]
         return PyBytes_FromStringAndSize(<const char*>p + a, b - a)
 
     cdef int _feed(self, object data, const unsigned char* p, Py_ssize_t n, bint zero_copy) except -1:
@@ -409,6 +499,8 @@ cdef class _HTTPParser:
                 self._fail(400, "line not ended by CRLF")
             if size == 2:
                 if st == HTTP_HEADERS:
+                    if PyList_GET_SIZE(self._prev_fields) > self._nfields:
+                        del self._prev_fields[self._nfields:]  # keep no field of an older head
                     self._head_done()
                 else:
                     trailers = self._fields
@@ -424,8 +516,11 @@ cdef class _HTTPParser:
         return 0
 
     cdef int _field_line(self, const unsigned char* p, Py_ssize_t n, bint in_head) except -1:
-        cdef Py_ssize_t i = 0, vs, ve, k
-        cdef bytes name, value
+        cdef Py_ssize_t i = 0, vs, ve, idx = 0, k
+        cdef PyObject* prev = NULL
+        cdef PyObject* prev_name
+        cdef object field
+        cdef bytes value
         cdef int fid
         # RFC 9112 §5.2: obs-fold is refused; RFC 9112 §2.2: so is whitespace between
         # the start line and the first field (same test: a line starting with SP/HTAB).
@@ -434,23 +529,51 @@ cdef class _HTTPParser:
         self._nfields += 1
         if self._nfields > self._max_headers:
             self._fail(431, "too many header fields")
-        # RFC 9112 §5.1: field-name ":" OWS field-value OWS; no whitespace before ":".
-        while i < n and (_CC[p[i]] & CC_TCHAR):
-            i += 1
-        if i == 0 or i == n or p[i] != 58:
-            self._fail(400, "bad field name")
+        if in_head:
+            # A client on a kept-alive connection sends mostly the same fields in the
+            # same order every time.  The previous head's field at this position tells
+            # what to expect: if this line starts with its name and a colon, the name is
+            # known to be a valid token without scanning it, and if the value is equal
+            # too, the field is that very (name, value) tuple again -- validated already
+            # and immutable, so sharing it is safe.
+            idx = self._nfields - 1
+            if idx < PyList_GET_SIZE(self._prev_fields):
+                prev = _list_item(self._prev_fields, idx)
+                prev_name = _item_of(prev, 0)
+                k = _size_of(prev_name)
+                if k < n and p[k] == 58 and memcmp(_data_of(prev_name), p, k) == 0:
+                    i = k
+                else:
+                    prev = NULL
+        if prev == NULL:
+            # RFC 9112 §5.1: field-name ":" OWS field-value OWS; no whitespace before ":".
+            while i < n and (_CC[p[i]] & CC_TCHAR):
+                i += 1
+            if i == 0 or i == n or p[i] != 58:
+                self._fail(400, "bad field name")
         vs = i + 1
         while vs < n and (p[vs] == 32 or p[vs] == 9):
             vs += 1
         ve = n
         while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
             ve -= 1
-        for k in range(vs, ve):
-            if not (_CC[p[k]] & CC_FIELD):
+        if prev != NULL and _same_bytes(_item_of(prev, 1), p + vs, ve - vs):
+            field = <object>prev
+            value = <bytes>_item_of(prev, 1)
+        else:
+            if not _field_value_ok(p + vs, ve - vs):
                 self._fail(400, "invalid character in field value")
-        name = PyBytes_FromStringAndSize(<const char*>p, i)
-        value = PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
-        self._fields.append((name, value))
+            value = PyBytes_FromStringAndSize(<const char*>p + vs, ve - vs)
+            if prev != NULL:
+                field = (<object>_item_of(prev, 0), value)
+            else:
+                field = (_interned(p, i), value)
+            if in_head:
+                if idx < PyList_GET_SIZE(self._prev_fields):
+                    self._prev_fields[idx] = field  # drops the tuple prev pointed to: not used below
+                else:
+                    self._prev_fields.append(field)
+        self._fields.append(field)
         if in_head:
             fid = _field_id(p, i)
             if fid != F_OTHER:
@@ -665,8 +788,12 @@ cdef class RequestParser(_HTTPParser):
         else:
             self._fail(505, "HTTP version not supported")
         head = RequestHead.__new__(RequestHead)
-        head.method = PyBytes_FromStringAndSize(<const char*>p, m_end)
-        head.target = PyBytes_FromStringAndSize(<const char*>p + t0, t_end - t0)
+        head.method = _interned(p, m_end)
+        # Same target as the previous request on this connection: the same object.
+        if self._prev_target is not None and _same_bytes(<PyObject*>self._prev_target, p + t0, t_end - t0):
+            head.target = self._prev_target
+        else:
+            head.target = self._prev_target = PyBytes_FromStringAndSize(<const char*>p + t0, t_end - t0)
         head.version = version
         head.headers = []
         head.content_length = -1
@@ -845,7 +972,7 @@ cdef class ResponseParser(_HTTPParser):
         head = ResponseHead.__new__(ResponseHead)
         head.version = 10 if p[7] == 48 else 11
         head.status = status
-        head.reason = PyBytes_FromStringAndSize(<const char*>p + 13, n - 13) if n > 13 else b""
+        head.reason = _interned(p + 13, n - 13) if n > 13 else b""
         head.headers = []
         head.content_length = -1
         self._head = head

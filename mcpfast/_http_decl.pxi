@@ -66,7 +66,11 @@ cdef class _HTTPParser:
     cdef Py_ssize_t _nfields            # fields in the current section so far
     cdef long long _remaining           # body or chunk-data bytes still to come
     cdef long long _body_count          # chunk-data bytes declared so far in this message
-    cdef list _fields                   # list receiving the current section's (name, value) pairs
+    cdef list _fields                   # the list the current section's (name, value) pairs go to:
+                                        # a trailer list as they come, a head's headers when it ends
+    cdef list _prev_fields              # the fields of the head being read (then of the latest head),
+                                        # by position; one equal to the next head's field at the same
+                                        # position is reused for it
     cdef int _fault_status              # 0: each rule's own status; else every error gets this one
     cdef object _on_body                # the handler's bound on_body
 
@@ -75,7 +79,8 @@ cdef class _HTTPParser:
     # Consume all of p[0:n]; `data` is the object p points into (handed out as body
     # when zero_copy, i.e. it is an immutable bytes).  Raises ProtocolError / handler errors.
     cdef int _feed(self, object data, const unsigned char* p, Py_ssize_t n, bint zero_copy) except -1
-    # One body run p[a:b] as an object that stays valid after feed returns.
+    # One body run p[a:b] as an object that stays valid after feed returns: data itself,
+    # a view of it (zero_copy and at least COPY_BELOW bytes) or a new bytes.
     cdef object _chunk(self, object data, const unsigned char* p, Py_ssize_t n, Py_ssize_t a, Py_ssize_t b, bint zero_copy)
     # Append p[0:k] to _buf (k may be 0).
     cdef int _append(self, const unsigned char* p, Py_ssize_t k) except -1
@@ -83,7 +88,8 @@ cdef class _HTTPParser:
     cdef int _check_partial_line(self) except -1
     # Handle one complete line p[0:size] (ends with LF, size >= 1) in the current line state.
     cdef int _line(self, const unsigned char* p, Py_ssize_t size) except -1
-    # Parse the field line p[0:n] (CRLF removed, n >= 1) into _fields; in_head: also _on_field.
+    # Parse the field line p[0:n] (CRLF removed, n >= 1): a head's into _prev_fields at its
+    # position, then _on_field for the names parsers look at; a trailer's onto _fields.
     cdef int _field_line(self, const unsigned char* p, Py_ssize_t n, bint in_head) except -1
     # Parse a Content-Length value into the head's content_length (RFC 9110 §8.6).
     cdef int _content_length(self, const unsigned char* v, Py_ssize_t n, long long* current) except -1
@@ -103,6 +109,7 @@ cdef class _HTTPParser:
 
 cdef class RequestParser(_HTTPParser):
     cdef Py_ssize_t _max_target         # limit on the request-target (414)
+    cdef bytes _prev_target             # the previous request's target, reused when equal
     cdef RequestHead _head              # the head being read; None outside a header section
     cdef bint _expect                   # an "Expect: 100-continue" field was seen
     cdef object _on_request             # the handler's bound callbacks

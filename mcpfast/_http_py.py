@@ -8,7 +8,8 @@ states consume counted runs of bytes.  Only an *unfinished line* is ever copied:
 only its own new bytes for the LF that finishes the line, so no byte is searched twice
 (the buffer's length is the "searched up to" mark, since it never holds an LF).
 Everything else is read in place, and body runs that lie in a ``bytes`` object handed
-to ``feed`` go out as that object or a ``memoryview`` of it.
+to ``feed`` go out as that object or, when at least ``_COPY_BELOW`` bytes long, a
+``memoryview`` of it; shorter runs, where a copy is cheaper than a view, are copied.
 
 Limits and errors are checked so that the outcome does not depend on where the input
 was cut: a finished line is checked for size before anything else, and an unfinished
@@ -75,6 +76,8 @@ _MAX_CHUNK_LINE = _MAX_CHUNK_HEX + _MAX_CHUNK_EXT + 2
 _MAX_LENGTH_DIGITS = 18
 #: the body limit of the response parser (which has none); keeps sizes in 63 bits.
 _NO_BODY_LIMIT = 1 << 62
+#: body runs shorter than this are handed out as copies (cheaper than a view).
+_COPY_BELOW = 512
 
 # Field names the parsers look at, matched case-insensitively (RFC 9110 §5.1).
 _F_OTHER = 0
@@ -258,13 +261,12 @@ class _Parser:
             st = self._state
             if st == _BODY or st == _CHUNK_DATA:
                 take = min(n - pos, self._remaining)
-                if zero_copy:
-                    if take == n:
-                        chunk = data
-                    else:
-                        if view is None:
-                            view = memoryview(data)
-                        chunk = view[pos : pos + take]
+                if zero_copy and take == n:
+                    chunk = data
+                elif zero_copy and take >= _COPY_BELOW:
+                    if view is None:
+                        view = memoryview(data)
+                    chunk = view[pos : pos + take]
                 else:
                     chunk = data[pos : pos + take]
                 pos += take
@@ -289,7 +291,7 @@ class _Parser:
             elif st == _UNTIL_CLOSE:
                 if pos == 0 and zero_copy:
                     chunk = data
-                elif zero_copy:
+                elif zero_copy and n - pos >= _COPY_BELOW:
                     chunk = memoryview(data)[pos:]
                 else:
                     chunk = data[pos:]
@@ -400,9 +402,12 @@ class _Parser:
             e = e.strip(b" \t")
             if not e.isdigit():
                 self._fail(400, "bad Content-Length")
-            if len(e.lstrip(b"0")) > _MAX_LENGTH_DIGITS:
+            significant = e.lstrip(b"0")
+            if len(significant) > _MAX_LENGTH_DIGITS:
                 self._fail(413, "Content-Length too large")
-            n = int(e)
+            # Only the significant digits: int() refuses strings over 4300 digits, and
+            # leading zeros may make up any part of a header line.
+            n = int(significant or b"0")
             if head.content_length >= 0 and n != head.content_length:
                 self._fail(400, "conflicting Content-Length values")
             head.content_length = n

@@ -9,17 +9,22 @@
 #
 # Two layers.  The lexical layer and the skipper are plain C (the verbatim block below),
 # because they are the whole cost of a big body: most of a tools/call is the inside of
-# long strings and of nested `arguments` we never look at.  Strings are skipped 16/32
-# bytes at a time with SSE2 (x86-64 always has it) or 8 at a time with SWAR (one 64-bit
-# word checked for '"', '\\', control bytes and bytes >= 0x80) elsewhere; only escapes
-# and non-ASCII UTF-8 runs leave that loop.  Containers we do not look into are skipped
-# by one goto-driven state machine with a byte stack of open brackets, its state in
-# registers.  The Cython layer on top walks only the objects whose members matter (the
-# message, params, params._meta, error), records where those values are, and -- once
-# the whole text has proved to be JSON -- judges each message against JSON-RPC 2.0 and
-# decodes the handful of reported strings and integers.  So broken JSON always gives
-# -32700, never a -32600 that depends on where the damage was.  A value the gateway must
-# rewrite is replaced with splice(): one allocation, three memcpys.
+# long strings and of nested `arguments` we never look at.  A string is read in 32-byte
+# blocks with SSE2 (x86-64 always has it; no runtime dispatch), one bit mask per block
+# of the bytes that need a look ('"', '\\', controls, bytes >= 0x80), and every stop in
+# the block is handled from that mask; elsewhere (ARM, or the last bytes) a 64-bit word
+# is checked at a time (SWAR).  Short strings -- keys, enum values -- end in the first
+# word and never reach the block loop.  Escapes and non-ASCII runs are validated in
+# place (RFC 3629 ranges).  Numbers take an inline path for plain integers and
+# decimals.  Containers we do not look into are skipped by one goto-driven state
+# machine with a byte stack of open brackets, its state in registers.
+#
+# The Cython layer on top walks only the objects whose members matter (the message,
+# params, params._meta, error), records where those values are, and -- once the whole
+# text has proved to be JSON -- judges each message against JSON-RPC 2.0 and decodes the
+# handful of reported strings and integers.  So broken JSON always gives -32700, never a
+# -32600 that depends on where the damage was.  A value the gateway must rewrite is
+# replaced with splice(): one allocation, three memcpys.
 #
 # "Validated" means the same for skipped values as for walked ones: full RFC 8259
 # grammar, every string's escapes and UTF-8, every number's syntax and range, the
@@ -40,6 +45,12 @@ cdef extern from *:
     #endif
 
     #define MCPFAST_JR_MAX_DEPTH 512
+    /* The per-token helpers must melt into the skipper's loop; -O2 alone does not. */
+    #if defined(__GNUC__)
+    #define MCPFAST_JR_HOT static inline __attribute__((always_inline))
+    #else
+    #define MCPFAST_JR_HOT static inline
+    #endif
 
     /* Every function reports a fault by storing a static text and an offset through
        (why, pos) -- only the first one sticks -- and returning -1. */
@@ -70,12 +81,12 @@ cdef extern from *:
     /* A byte that ends a plain run inside a string: '"', '\\', a control, or non-ASCII. */
     #define MCPFAST_JR_STOPS(c) ((c) < 0x20 || (c) >= 0x80 || (c) == 0x22 || (c) == 0x5C)
 
-    static inline uint64_t mcpfast_jr_load64(const unsigned char *p) {
+    MCPFAST_JR_HOT uint64_t mcpfast_jr_load64(const unsigned char *p) {
         uint64_t w; memcpy(&w, p, 8); return w;  /* one unaligned load */
     }
     /* Bit 7 set in each byte of w that STOPS, exactly: the low 7 bits are compared by an
        addition that carries into bit 7 but never across bytes. */
-    static inline uint64_t mcpfast_jr_special8(uint64_t w) {
+    MCPFAST_JR_HOT uint64_t mcpfast_jr_special8(uint64_t w) {
         uint64_t low7 = w & MCPFAST_JR_LOW7;
         uint64_t control = ~(low7 + MCPFAST_JR_LT20);
         uint64_t quote = ~((low7 ^ MCPFAST_JR_QUOTE) + MCPFAST_JR_LOW7);
@@ -83,7 +94,7 @@ cdef extern from *:
         return (w | control | quote | backslash) & MCPFAST_JR_HIGH;
     }
     /* Index, in memory order, of the first flagged byte of a SWAR mask m != 0. */
-    static inline int mcpfast_jr_first_flag(uint64_t m) {
+    MCPFAST_JR_HOT int mcpfast_jr_first_flag(uint64_t m) {
     #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
         return __builtin_ctzll(m) >> 3;
     #elif defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
@@ -97,7 +108,7 @@ cdef extern from *:
     #if defined(__SSE2__)
     /* One bit per byte of p[0:16) that STOPS.  The signed compare "< 0x20" catches the
        controls and, being signed, every byte >= 0x80 too. */
-    static inline unsigned int mcpfast_jr_stops16(const unsigned char *p) {
+    MCPFAST_JR_HOT unsigned int mcpfast_jr_stops16(const unsigned char *p) {
         __m128i v = _mm_loadu_si128((const __m128i *)p);
         __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(0x22)),
                                                 _mm_cmpeq_epi8(v, _mm_set1_epi8(0x5C))),
@@ -106,27 +117,9 @@ cdef extern from *:
     }
     #endif
 
-    /* First offset >= j in p[0:n) whose byte STOPS, or n. */
-    static inline Py_ssize_t mcpfast_jr_plain_run(const unsigned char *p, Py_ssize_t j, Py_ssize_t n) {
+    /* First offset >= j in p[0:n) whose byte STOPS, or n: a word at a time, then bytes. */
+    MCPFAST_JR_HOT Py_ssize_t mcpfast_jr_plain_run(const unsigned char *p, Py_ssize_t j, Py_ssize_t n) {
         uint64_t m;
-    #if defined(__SSE2__)
-        unsigned int b;
-        if (j + 16 <= n) {  /* short strings end in the first block */
-            b = mcpfast_jr_stops16(p + j);
-            if (b) return j + __builtin_ctz(b);
-            j += 16;
-            while (j + 32 <= n) {
-                b = mcpfast_jr_stops16(p + j) | (mcpfast_jr_stops16(p + j + 16) << 16);
-                if (b) return j + __builtin_ctz(b);
-                j += 32;
-            }
-            if (j + 16 <= n) {
-                b = mcpfast_jr_stops16(p + j);
-                if (b) return j + __builtin_ctz(b);
-                j += 16;
-            }
-        }
-    #endif
         while (j + 8 <= n) {
             m = mcpfast_jr_special8(mcpfast_jr_load64(p + j));
             if (m) return j + mcpfast_jr_first_flag(m);
@@ -215,31 +208,91 @@ cdef extern from *:
         return i + 6;
     }
 
+    /* p[j] STOPS a plain run inside a string and is not '"': step over it -- an escape,
+       or a whole run of non-ASCII UTF-8 -- and return the offset after it, or -1. */
+    static inline Py_ssize_t mcpfast_jr_step(const unsigned char *p, Py_ssize_t n, Py_ssize_t j,
+                                             const char **why, Py_ssize_t *pos) {
+        unsigned char c = p[j];
+        if (c == '\\\\') {
+            if (j + 1 < n) {  /* the two-byte escapes inline, \\uXXXX out of line */
+                c = p[j + 1];
+                if (c == 'n' || c == '"' || c == '\\\\' || c == 't' || c == '/' || c == 'r' || c == 'b' || c == 'f')
+                    return j + 2;
+            }
+            return mcpfast_jr_escape(p, n, j, why, pos);
+        }
+        if (c < 0x20) return mcpfast_jr_fail(why, pos, j, "raw control character in string");
+        return mcpfast_jr_utf8_run(p, j, n, why, pos);
+    }
+
     /* p[i] is '"': the offset after the closing quote of a valid string, or -1;
-       *escaped tells whether it held a backslash escape. */
-    static inline Py_ssize_t mcpfast_jr_string(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *escaped,
-                                               const char **why, Py_ssize_t *pos) {
-        Py_ssize_t j = i + 1;
+       *escaped tells whether it held a backslash escape.  With SSE2 the string is read in
+       32-byte blocks (16 near the end) and one bit mask per block; every stop in a block
+       is handled from that mask -- bits below the end of each step are cleared -- so text
+       dense with escapes and accents costs no reload per stop.  The last < 16 bytes, and
+       everything without SSE2, go a 64-bit word at a time. */
+    static Py_ssize_t mcpfast_jr_string_full(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *escaped,
+                                             const char **why, Py_ssize_t *pos) {
+        Py_ssize_t j = i + 1, k;
         int esc = 0;
-        unsigned char c;
+    #if defined(__SSE2__)
+        unsigned int m;
+        Py_ssize_t width;
+        while (j + 16 <= n) {
+            if (j + 32 <= n) {
+                m = mcpfast_jr_stops16(p + j) | (mcpfast_jr_stops16(p + j + 16) << 16);
+                width = 32;
+            } else {
+                m = mcpfast_jr_stops16(p + j);
+                width = 16;
+            }
+            k = j + width;
+            while (m) {
+                k = j + __builtin_ctz(m);
+                if (p[k] == '"') {
+                    *escaped = esc;
+                    return k + 1;
+                }
+                esc |= p[k] == '\\\\';
+                k = mcpfast_jr_step(p, n, k, why, pos);
+                if (k < 0) return -1;
+                if (k >= j + width) break;  /* the step left the block */
+                m &= ~0u << (k - j);
+                if (!m) k = j + width;
+            }
+            j = k;
+        }
+    #endif
         for (;;) {
             j = mcpfast_jr_plain_run(p, j, n);
             if (j >= n) return mcpfast_jr_fail(why, pos, n, "unterminated string");
-            c = p[j];
-            if (c == '"') {
+            if (p[j] == '"') {
                 *escaped = esc;
                 return j + 1;
             }
-            if (c == '\\\\') {
-                j = mcpfast_jr_escape(p, n, j, why, pos);
-                esc = 1;
-            } else if (c < 0x20) {
-                return mcpfast_jr_fail(why, pos, j, "raw control character in string");
-            } else {
-                j = mcpfast_jr_utf8_run(p, j, n, why, pos);
-            }
+            esc |= p[j] == '\\\\';
+            j = mcpfast_jr_step(p, n, j, why, pos);
             if (j < 0) return -1;
         }
+    }
+
+    /* The same, with the commonest case inline: a short plain string (a key, an enum
+       value) whose closing quote is the first stop in the 8 bytes after the opening one. */
+    MCPFAST_JR_HOT Py_ssize_t mcpfast_jr_string(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *escaped,
+                                               const char **why, Py_ssize_t *pos) {
+        uint64_t m;
+        Py_ssize_t k;
+        if (i + 9 <= n) {
+            m = mcpfast_jr_special8(mcpfast_jr_load64(p + i + 1));
+            if (m) {
+                k = i + 1 + mcpfast_jr_first_flag(m);
+                if (p[k] == '"') {
+                    *escaped = 0;
+                    return k + 1;
+                }
+            }
+        }
+        return mcpfast_jr_string_full(p, n, i, escaped, why, pos);
     }
 
     /* -- numbers: RFC 8259 §6 -------------------------------------------------------- */
@@ -267,8 +320,8 @@ cdef extern from *:
        310-digit integer), and so do we.  `magnitude` (the decimal exponent of the
        leading digit) below 308 proves the value finite, so only the rare rest pays for
        an exact conversion. */
-    static inline Py_ssize_t mcpfast_jr_number(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *is_int,
-                                               const char **why, Py_ssize_t *pos) {
+    static Py_ssize_t mcpfast_jr_number_full(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *is_int,
+                                             const char **why, Py_ssize_t *pos) {
         Py_ssize_t j = i, first, int_digits = 0, frac_zeros = 0;
         long long exponent = 0, magnitude;
         int negative_exp = 0, frac_nonzero = 0;
@@ -317,6 +370,26 @@ cdef extern from *:
         else return j;  /* zero */
         if (magnitude >= 308 && mcpfast_jr_overflows(p + i, j - i))
             return mcpfast_jr_fail(why, pos, i, "number out of range");
+        return j;
+    }
+
+    /* The same, with the common cases inline: an integer of fewer than 309 digits, with or
+       without a fraction (no exponent: such a value is below 1e308).  Anything else --
+       an exponent, a long integer part, a fault -- goes to the full version above. */
+    MCPFAST_JR_HOT Py_ssize_t mcpfast_jr_number(const unsigned char *p, Py_ssize_t n, Py_ssize_t i, int *is_int,
+                                               const char **why, Py_ssize_t *pos) {
+        Py_ssize_t first = i + (p[i] == '-'), j = first;
+        while (j < n && (unsigned char)(p[j] - '0') < 10) j++;  /* the integer part */
+        if (j == first || j - first >= 309) return mcpfast_jr_number_full(p, n, i, is_int, why, pos);
+        *is_int = 1;
+        if (p[first] == '0' && j - first > 1) return first + 1;  /* "01": the number is "0" */
+        if (j < n && p[j] == '.') {
+            first = ++j;
+            while (j < n && (unsigned char)(p[j] - '0') < 10) j++;
+            if (j == first) return mcpfast_jr_number_full(p, n, i, is_int, why, pos);
+            *is_int = 0;
+        }
+        if (j < n && (p[j] | 0x20) == 'e') return mcpfast_jr_number_full(p, n, i, is_int, why, pos);
         return j;
     }
 
@@ -994,6 +1067,16 @@ def splice(body, start, end, replacement):
         PyBuffer_Release(&view)
 
 
+cdef bytes _jr_copy(object obj):
+    # A bytes copy of any C-contiguous buffer (BufferError otherwise, as in splice()).
+    cdef Py_buffer view
+    PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE)
+    try:
+        return PyBytes_FromStringAndSize(<const char*>view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+
+
 def splice_many(body, edits):
     """Apply non-overlapping edits (any order; two edits may not overlap or start at the
     same offset) in one allocation and one copy per piece."""
@@ -1007,7 +1090,7 @@ def splice_many(body, edits):
         for start, end, replacement in edits:
             start, end = _jr_range(start, end, view.len)
             if type(replacement) is not bytes:
-                replacement = memoryview(replacement).tobytes()
+                replacement = _jr_copy(replacement)
             checked.append((start, end, replacement))
         checked.sort(key=_jr_first)
         total = view.len

@@ -4,9 +4,9 @@
 # Offsets are Py_ssize_t indexes into the scanned body.  Every scanning helper takes the
 # offset of the first byte of its token and returns the offset just past it, or -1 after
 # recording the first fault in JrScan (the caller turns that into ProtocolError -32700).
-# They never raise and never touch Python objects, so the walk is plain C.
-
-from libc.stdint cimport uint64_t
+# They never raise and never touch Python objects, so the walk is plain C.  The lexical
+# layer and the skipper of uninteresting containers are C functions (mcpfast_jr_*) in the
+# verbatim block of _jsonrpc.pxi; the cdef helpers below wrap them for the walk.
 
 cdef enum:
     JR_MAX_DEPTH = 512  # containers open at once; the top-level value counts as 1
@@ -45,12 +45,6 @@ cdef enum JrLevel:  # which object of a message is being walked: decides which k
     LV_PARAMS  # params: name, uri, cursor, requestId, _meta
     LV_META  # params._meta: progressToken, io.modelcontextprotocol/protocolVersion
     LV_ERROR  # error: code
-
-cdef enum JrSkip:  # states of the iterative container skipper
-    SK_OPEN  # at '{' or '[': push it
-    SK_KEY  # expecting a member name
-    SK_VALUE  # expecting a value
-    SK_AFTER  # a value ended: expecting ',' or the closing bracket
 
 cdef enum JrSpan:  # slot of each reported span in Envelope._span (pairs start, end)
     SP_ID
@@ -117,20 +111,10 @@ cdef class Envelope:
 cdef Py_ssize_t _jr_fail(JrScan* s, Py_ssize_t pos, const char* why) noexcept
 # First offset >= i that is not JSON whitespace (RFC 8259 §2), or n.
 cdef Py_ssize_t _jr_ws(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
-# Nonzero flag bits (0x80 of a byte) for each byte of w that is '"', '\\', < 0x20 or >= 0x80.
-cdef uint64_t _jr_special8(uint64_t w) noexcept nogil
-# Length (2..4) of the valid UTF-8 sequence at p[i] (a byte >= 0x80), 0 if invalid (RFC 3629 §4).
-cdef int _jr_utf8(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
-# The code unit of the 4 hex digits at p[i], or -1 if fewer than 4 or not hex.
-cdef long _jr_hex4(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil
-# p[i] is a backslash inside a string: offset after the (valid) escape, or -1 (RFC 8259 §7).
-cdef Py_ssize_t _jr_escape(JrScan* s, Py_ssize_t i) noexcept
 # p[i] is '"': offset after the closing quote of a valid string, or -1; sets s.escaped.
 cdef Py_ssize_t _jr_string(JrScan* s, Py_ssize_t i) noexcept
 # p[i] is '-' or a digit: offset after a valid number (RFC 8259 §6), or -1; sets s.is_int.
 cdef Py_ssize_t _jr_number(JrScan* s, Py_ssize_t i) noexcept
-# 1 if the number text p[start:end] is infinite when read as a double (rare slow path).
-cdef int _jr_number_overflows(const unsigned char* p, Py_ssize_t start, Py_ssize_t end) noexcept
 # p[i] is '{' or '[' whose own depth is `depth`: offset after the whole container, or -1.
 cdef Py_ssize_t _jr_container(JrScan* s, Py_ssize_t i, int depth) noexcept
 # Skip any value at p[i] inside a container of depth `depth`; fill *out (if not NULL).
@@ -163,5 +147,7 @@ cdef object _jr_parse_error(JrScan* s)
 cdef tuple _jr_range(object start, object end, Py_ssize_t n)
 # The span tuple in slot (a JrSpan) of env, or None when absent.
 cdef object _jr_span(Envelope env, int slot)
+# A bytes copy of the C-contiguous buffer obj (BufferError if it is not contiguous).
+cdef bytes _jr_copy(object obj)
 # Scan a whole body (one message or a batch): Envelope or list; raises ProtocolError.
 cdef object _jr_scan(const unsigned char* p, Py_ssize_t n)

@@ -507,7 +507,7 @@ def scan_jsonrpc(body) -> Envelope | list[Envelope]:
 def _byte_view(obj) -> memoryview:
     view = memoryview(obj)
     if not view.c_contiguous:
-        raise BufferError("body must be a C-contiguous buffer")
+        raise BufferError("a C-contiguous buffer is required")
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
