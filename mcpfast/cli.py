@@ -48,6 +48,8 @@ def _overrides(**kw: Any) -> dict[str, Any]:
             out[key] = v
     if kw.get("allowed_origin"):
         out["server.allowed_origins"] = list(kw["allowed_origin"])
+    if kw.get("allowed_host"):
+        out["server.allowed_hosts"] = list(kw["allowed_host"])
     for spec in kw.get("backend") or ():
         name, sep, url = spec.partition("=")
         if not sep or not name or not url:
@@ -91,6 +93,7 @@ def _tuning(f):
         click.option("--pool-size", type=int, help="Idle keep-alive connections kept per backend."),
         click.option("--pool-idle-timeout", type=float, help="Seconds an idle backend connection is kept."),
         click.option("--allowed-origin", multiple=True, help="Allowed Origin (repeatable; 'http://host:*' for any port; '*' for any)."),
+        click.option("--allowed-host", multiple=True, help="Allowed Host header: name or name:port (repeatable; '*' for any). Default: loopback names when listening on loopback, else any."),
         click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error", "critical"])),
         click.option("--log-format", type=click.Choice(["json", "text"])),
         click.option("--access-log", metavar="PATH|-|off", help="Access log sink: '-' stdout, a file, or off."),

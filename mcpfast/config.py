@@ -89,6 +89,21 @@ class ServerConfig:
         "https://[::1]:*",
     )
     forwarded_headers: bool = True  # add X-Forwarded-For / X-Forwarded-Proto upstream
+    # Host header values accepted (DNS-rebinding defence for a gateway on loopback:
+    # a page on evil.example resolving to 127.0.0.1 still sends "Host: evil.example").
+    # Entries are "name" (any port) or "name:port"; "*" accepts any.  None means: the
+    # loopback names when listening on a loopback address, else any.
+    allowed_hosts: tuple[str, ...] | None = None
+
+    def effective_allowed_hosts(self) -> tuple[str, ...]:
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        host = self.listen[0]
+        try:
+            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        return ("localhost", "127.0.0.1", "[::1]") if loopback else ("*",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +279,8 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     s = _section(raw, "server")
     _unknown_keys(
         s,
-        {"listen", "admin_listen", "mcp_path", "backlog", "workers", "allowed_origins", "forwarded_headers"},
+        {"listen", "admin_listen", "mcp_path", "backlog", "workers", "allowed_origins", "forwarded_headers",
+         "allowed_hosts"},
         "server",
     )
     dflt = ServerConfig()
@@ -286,7 +302,16 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
             "*" if o == "*" else _parse_origin_pattern(o, f"server.allowed_origins[{i}]")
             for i, o in enumerate(origins)
         )
+    hosts = s.get("allowed_hosts", None)
+    if hosts is not None:
+        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
+            raise ConfigError("server.allowed_hosts", "expected a list of non-empty strings")
+        for i, h in enumerate(hosts):
+            if h != "*" and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$", h):
+                raise ConfigError(f"server.allowed_hosts[{i}]", f"expected host or host:port, got {h!r}")
+        hosts = tuple(h.lower() for h in hosts)
     server = ServerConfig(
+        allowed_hosts=hosts,
         listen=listen,
         admin_listen=admin_listen,
         mcp_path=mcp_path.rstrip("/") or "/",

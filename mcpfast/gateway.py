@@ -87,6 +87,35 @@ class OriginPolicy:
         return False
 
 
+class HostPolicy:
+    """Allowed ``Host`` values: names (any port) and name:port pairs, compiled once."""
+
+    __slots__ = ("any", "names", "exact")
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.any = "*" in patterns
+        self.names = frozenset(p.encode() for p in patterns if not _has_port(p))
+        self.exact = frozenset(p.encode() for p in patterns if _has_port(p))
+
+    def allows(self, host: bytes | None) -> bool:
+        if self.any:
+            return True
+        if host is None:
+            return False
+        h = host.lower()
+        if h in self.exact or h in self.names:
+            return True
+        colon = h.rfind(b":")
+        if colon > 0 and h.rfind(b"]") < colon:
+            return h[:colon] in self.names
+        return False
+
+
+def _has_port(p: str) -> bool:
+    colon = p.rfind(":")
+    return colon > 0 and p.rfind("]") < colon
+
+
 class Route:
     """One MCP endpoint path and the backend behind it, with everything the hot path
     needs precomputed."""
@@ -679,6 +708,7 @@ class Gateway:
         self.access = access_log or AccessLog(config.log.access_log)
         self.clock = _Clock()
         self.origins = OriginPolicy(config.server.allowed_origins)
+        self.hosts = HostPolicy(config.server.effective_allowed_hosts())
         self.forwarded = config.server.forwarded_headers
         self.connections: set[ClientProtocol] = set()
         self.sessions: dict[bytes, tuple[Route, float]] = {}
@@ -729,6 +759,10 @@ class Gateway:
         """Cheap refusals that need no body: method, Origin."""
         if head.method not in _FORWARDED_METHODS:
             return (405, -32600, f"method {head.method.decode('latin-1')} not allowed on an MCP endpoint")
+        if not self.hosts.allows(head.host):
+            # A name we do not serve under: a DNS-rebinding page, or a misrouted request.
+            self.metrics.error("host_refused")
+            return (421, -32600, "Host not allowed")
         origin = head.origin
         if origin is not None and not self.origins.allows(origin):
             # MCP transports: servers MUST validate Origin; an invalid one gets 403.

@@ -39,7 +39,7 @@ IDLE, HEAD, BODY, BUSY, CLOSING = range(5)
 
 _REASONS = {
     100: b"Continue", 200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
-    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 421: b"Misdirected Request",
     406: b"Not Acceptable", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
     415: b"Unsupported Media Type", 417: b"Expectation Failed", 429: b"Too Many Requests",
     431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",

@@ -193,7 +193,7 @@ def read_response(s: socket.socket) -> bytes:
 
 def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
     return (
-        b"POST %s HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Accept: application/json, text/event-stream\r\n%sContent-Length: %d\r\n\r\n%s"
         % (path.encode(), extra, len(body), body)
     )

@@ -118,7 +118,7 @@ def test_client_vanishing_mid_stream_closes_upstream(backends):
     gt = _gateway({"good": good.url, "stream": streaming.url})
     try:
         s = socket.create_connection(("127.0.0.1", gt.port), timeout=5)
-        s.sendall(b"GET /mcp/stream HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n")
+        s.sendall(b"GET /mcp/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         got = b""
         while got.count(b"event: message") < 2:
             got += s.recv(65536)
@@ -141,7 +141,7 @@ def test_slow_client_pauses_upstream_and_memory_stays_bounded(backends):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         s.connect(("127.0.0.1", gt.port))
-        s.sendall(b"GET /mcp/hose HTTP/1.1\r\nHost: gw\r\nAccept: text/event-stream\r\n\r\n")
+        s.sendall(b"GET /mcp/hose HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
         s.recv(4096)  # the head and a little data, then we stop reading
         time.sleep(1.5)
         sent_a = firehose.bytes_sent
@@ -172,7 +172,7 @@ def test_header_read_timeout_gives_408(backends):
     gt = _gateway({"good": good.url}, timeouts={"header_read": 1.0})
     try:
         with socket.create_connection(("127.0.0.1", gt.port), timeout=5) as s:
-            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: gw\r\n")  # and never finish the head
+            s.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never finish the head
             t0 = time.monotonic()
             resp = read_response(s)
             assert status_of(resp) == 408
@@ -202,11 +202,11 @@ def test_body_too_large_413_and_head_too_large_431(backends):
 @pytest.mark.parametrize(
     "raw,status",
     [
-        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        (b"POST /mcp HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
         (b"GARBAGE\r\n\r\n", 400),
-        (b"POST /mcp HTTP/2.0\r\nHost: gw\r\n\r\n", 505),
+        (b"POST /mcp HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505),
         (b"POST /mcp HTTP/1.1\r\nHost : gw\r\n\r\n", 400),
     ],
     ids=["cl+te", "unknown-coding", "chunked-not-last", "garbage", "http2", "space-before-colon"],
@@ -259,7 +259,7 @@ def test_unknown_path_and_method(backends):
     gt = _gateway({"good": good.url})
     try:
         assert status_of(http_request(gt.port, post("/nope", CALL))) == 404
-        resp = http_request(gt.port, b"PUT /mcp HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n")
+        resp = http_request(gt.port, b"PUT /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n")
         assert status_of(resp) == 405
         assert b"Allow: " in resp
         assert good.requests == []
@@ -282,7 +282,7 @@ def test_keep_alive_pipelining_and_expect_continue(backends):
             assert orjson.loads(body_of(r2))["id"] == 8
             # Expect: 100-continue gets the interim answer before the body is sent.
             s.sendall(
-                b"POST /mcp HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                 b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(b1)
             )
             assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")

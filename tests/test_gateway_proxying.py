@@ -183,3 +183,36 @@ def test_idle_upstream_connections_are_closed_after_pool_idle_timeout(backend):
         assert backend.accepted == 2
     finally:
         gt.stop()
+
+
+@pytest.mark.parametrize("backend", ["ok"], indirect=True)
+def test_host_check_on_loopback(backend):
+    """On a loopback listener only loopback names are served: a DNS-rebinding page
+    (evil.example resolving to 127.0.0.1) sends its own name as Host and gets 421,
+    whether or not it sends an Origin."""
+    gt = _gateway(backend.url)
+    try:
+        for host in (b"127.0.0.1", b"localhost:8080", b"[::1]:1", b"LOCALHOST"):
+            req = post("/mcp", CALL).replace(b"Host: 127.0.0.1", b"Host: " + host)
+            assert status_of(http_request(gt.port, req)) == 200, host
+        n = len(backend.requests)
+        for host in (b"evil.example", b"evil.example:80", b"127.0.0.1.evil.example"):
+            req = post("/mcp", CALL).replace(b"Host: 127.0.0.1", b"Host: " + host)
+            resp = http_request(gt.port, req)
+            assert status_of(resp) == 421, host
+            assert orjson.loads(body_of(resp))["error"]["message"] == "Host not allowed"
+        assert len(backend.requests) == n  # none reached the backend
+    finally:
+        gt.stop()
+    # Configured names replace the loopback default.
+    gt = _gateway(backend.url, server={"allowed_hosts": ["mcp.example.com", "alt.example:8443"]})
+    try:
+        ok = post("/mcp", CALL).replace(b"Host: 127.0.0.1", b"Host: mcp.example.com:443")
+        assert status_of(http_request(gt.port, ok)) == 200
+        ok = post("/mcp", CALL).replace(b"Host: 127.0.0.1", b"Host: alt.example:8443")
+        assert status_of(http_request(gt.port, ok)) == 200
+        bad = post("/mcp", CALL).replace(b"Host: 127.0.0.1", b"Host: alt.example:9")
+        assert status_of(http_request(gt.port, bad)) == 421
+        assert status_of(http_request(gt.port, post("/mcp", CALL))) == 421
+    finally:
+        gt.stop()
