@@ -96,18 +96,24 @@ class RequestParser:
       obs-fold, i.e. a line starting with SP/HTAB (400) (RFC 9112 §5.1-5.2).
     - header section larger than ``max_header_bytes`` (request line included) or with more
       than ``max_headers`` fields (431); same limits for a trailer section.
-    - Content-Length: 1*DIGIT; repeated or comma-listed identical values are accepted,
-      differing ones or a non-number are 400 (RFC 9110 §8.6).
-    - Transfer-Encoding: only ``chunked`` (case-insensitive) is supported; anything else
-      501; chunked not final 400; TE with Content-Length 400 (RFC 9112 §6.1, §6.3);
-      TE in an HTTP/1.0 request 400.
+    - Content-Length: 1*DIGIT (leading zeros allowed, OWS around list elements);
+      repeated or comma-listed identical values are accepted, differing ones or a
+      non-number (sign, empty element, ...) are 400 (RFC 9110 §8.6); more than 18
+      significant digits is a declared body over any limit: 413.
+    - Transfer-Encoding: only ``chunked`` (case-insensitive) is supported.  The final
+      coding not chunked (``gzip`` alone, ``chunked, gzip``, an empty list) 400, since
+      the length cannot be known (RFC 9112 §6.3); chunked listed twice 400 (§7.1); any
+      other coding before the final chunked 501 (§6.1); TE with Content-Length 400
+      (§6.1, §6.3); TE in an HTTP/1.0 request 400.  Values of fields repeated on
+      several lines are joined first.
     - Host: more than one 400 (RFC 9112 §3.2); an HTTP/1.1 request without Host 400.
     - ``Expect`` other than 100-continue: 417.
     - body larger than ``max_body_bytes`` (declared, or counted for chunked): 413, raised
       before any byte of that body is handed out when the length is declared.
     - chunked framing (RFC 9112 §7.1): hex chunk-size (at most 16 digits), optional
-      chunk-ext (token chars, ``=``, quoted strings; at most 4096 bytes), CRLF after
-      data; violations 400.
+      chunk-ext (``;name[=token|quoted-string]`` repeated, BWS allowed before ``;`` and
+      around ``=``, none at the end; at most 4096 bytes), CRLF after data; violations
+      400.  Trailer fields are listed as sent, not interpreted.
     """
 
     def __init__(
@@ -133,9 +139,12 @@ class ResponseParser:
     when TE's final coding is chunked; read-until-close when TE is present but not
     chunked, or when neither TE nor Content-Length is present -- such a body ends at
     ``feed_eof()`` (``keep_alive`` is False).  TE together with Content-Length, a bad or
-    conflicting Content-Length, bad chunk framing, a malformed status line or header:
-    ``ProtocolError`` (the owner answers 502).  ``101`` is a ``ProtocolError``.  A 1xx
-    head goes to ``on_interim`` and parsing continues with the final response.
+    conflicting Content-Length, bad chunk framing, a malformed status line or header,
+    an exceeded limit: ``ProtocolError`` with status 502 whatever the rule (the owner
+    answers 502).  ``101`` is a ``ProtocolError``.  The status line is ``HTTP/1.x SP
+    3DIGIT [SP reason]`` (100..999; the SP before an empty reason may be missing), with
+    no empty lines before it.  A 1xx head goes to ``on_interim`` (its framing fields are
+    ignored, ``content_length`` -1) and parsing continues with the final response.
     ``feed_eof()`` inside a Content-Length or chunked body is a ``ProtocolError``.
     """
 

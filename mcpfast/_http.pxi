@@ -258,9 +258,43 @@ cdef inline bint _field_value_ok(const unsigned char* p, Py_ssize_t n) noexcept:
     return True
 
 
+cdef inline bint _equal(const char* a, const unsigned char* b, Py_ssize_t n) noexcept:
+    # a[0:n] == b[0:n] for the short strings compared per field line, inline: word
+    # compares (the last one overlapping) rather than a call into memcmp.
+    cdef uint64_t x, y
+    cdef uint32_t u, v
+    cdef Py_ssize_t k = 0
+    if n >= 8:
+        while k + 8 < n:
+            memcpy(&x, a + k, 8)
+            memcpy(&y, b + k, 8)
+            if x != y:
+                return False
+            k += 8
+        memcpy(&x, a + n - 8, 8)
+        memcpy(&y, b + n - 8, 8)
+        return x == y
+    if n >= 4:
+        memcpy(&u, a, 4)
+        memcpy(&v, b, 4)
+        if u != v:
+            return False
+        memcpy(&u, a + n - 4, 4)
+        memcpy(&v, b + n - 4, 4)
+        return u == v
+    for k in range(n):
+        if <unsigned char>a[k] != b[k]:
+            return False
+    return True
+
+
+cdef inline bint _same_bytes(PyObject* b, const unsigned char* p, Py_ssize_t n) noexcept:
+    return _size_of(b) == n and _equal(_data_of(b), p, n)
+
+
 # Interned field names (and methods, reason phrases): the same few dozen names come in
 # every message, so a small direct-mapped cache of ``bytes`` objects, keyed by a hash
-# of the bytes and checked with memcmp, saves allocating and freeing one object per
+# of the bytes and compared in full on a hit, saves allocating and freeing one object per
 # field.  Process-wide and bounded (NAME_CACHE_SLOTS entries of at most
 # NAME_CACHE_MAX bytes); a slot that collides is simply replaced.  Only ever touched
 # with the GIL held.
@@ -274,7 +308,7 @@ cdef PyObject* _name_cache[NAME_CACHE_SLOTS]
 cdef inline bytes _interned(const unsigned char* p, Py_ssize_t n):
     # The slot comes from a hash of the length and the first and last (up to) eight
     # bytes, loaded as words: one multiply chain instead of one per byte.  Names that
-    # agree there but differ in the middle just share a slot (memcmp tells them apart).
+    # agree there but differ in the middle just share a slot (the full compare tells).
     cdef uint64_t a = 0, b = 0
     cdef uint32_t a4, b4
     cdef size_t h
@@ -296,17 +330,13 @@ cdef inline bytes _interned(const unsigned char* p, Py_ssize_t n):
     a *= <uint64_t>0xC2B2AE3D27D4EB4F
     h = <size_t>(a >> 55) & (NAME_CACHE_SLOTS - 1)  # the top 9 bits
     hit = _name_cache[h]
-    if hit != NULL and _size_of(hit) == n and memcmp(_data_of(hit), p, n) == 0:
+    if hit != NULL and _same_bytes(hit, p, n):
         return <bytes>hit
     obj = PyBytes_FromStringAndSize(<const char*>p, n)
     Py_INCREF(obj)
     _name_cache[h] = <PyObject*>obj
     Py_XDECREF(hit)
     return obj
-
-
-cdef inline bint _same_bytes(PyObject* b, const unsigned char* p, Py_ssize_t n) noexcept:
-    return _size_of(b) == n and memcmp(_data_of(b), p, n) == 0
 
 
 @cython.freelist(64)
@@ -541,7 +571,7 @@ cdef class _HTTPParser:
                 prev = _list_item(self._prev_fields, idx)
                 prev_name = _item_of(prev, 0)
                 k = _size_of(prev_name)
-                if k < n and p[k] == 58 and memcmp(_data_of(prev_name), p, k) == 0:
+                if k < n and p[k] == 58 and _equal(_data_of(prev_name), p, k):
                     i = k
                 else:
                     prev = NULL

@@ -122,7 +122,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
-        "virtual",
+        "virtual", "host_line",
     )  # fmt: skip
 
     def __init__(
@@ -130,6 +130,7 @@ class Route:
     ):
         self.path = rc.path
         self.policy = policy  # RoutePolicy, or None when no policy section is configured
+        self.host_line = b" HTTP/1.1\r\nHost: " + backend.host_header + b"\r\n"
         self.virtual = None  # the multiplexing handler of a route over several backends
         # Request fields not forwarded: hop-by-hop ones, and the client's credentials
         # when authentication is on (unless this backend is to receive them).
@@ -316,7 +317,7 @@ class Exchange:
         target = head.target
         q = target.find(b"?")
         utarget = route.target if q < 0 else route.target + route.prefix + target[q + 1 :]
-        parts = [head.method, b" ", utarget, b" HTTP/1.1\r\nHost: ", route.backend.host_header, b"\r\n"]
+        parts = [head.method, b" ", utarget, route.host_line]
         add = parts.extend
         xff = None
         drop = route.drop
