@@ -7,9 +7,10 @@
 # Input is read in place through ``const unsigned char*``; only an *unfinished line*
 # is copied, into ``_buf``, and the next ``feed`` searches just its own new bytes for
 # the LF that finishes it -- ``_buf`` never holds an LF, so its length is the
-# "searched up to" mark and no byte is searched twice.  A field line makes exactly one
-# ``bytes`` for its name and one for its value (names are interned, and a field equal
-# to the previous head's field at the same position is reused whole).  Body runs
+# "searched up to" mark and no byte is searched twice.  A field line makes at most one
+# ``bytes`` for its value and one (name, value) tuple: names come from a small intern
+# cache, and a field equal to the previous head's field at the same position (the
+# common case on a kept-alive connection) is that previous tuple again.  Body runs
 # lying in a ``bytes`` given to ``feed`` go out as that very object or, when at least
 # COPY_BELOW bytes long, a ``memoryview`` of it (never a view of ``_buf``, which must
 # stay resizable); shorter runs and runs from other input are copied.
@@ -529,8 +530,12 @@ cdef class _HTTPParser:
                 self._fail(400, "line not ended by CRLF")
             if size == 2:
                 if st == HTTP_HEADERS:
+                    # _prev_fields holds exactly this head's fields, in order (see
+                    # _field_line), once an older head's extra ones are dropped: the
+                    # head's list is made from it in one go.
                     if PyList_GET_SIZE(self._prev_fields) > self._nfields:
-                        del self._prev_fields[self._nfields:]  # keep no field of an older head
+                        del self._prev_fields[self._nfields:]
+                    self._fields = self._prev_fields[:]
                     self._head_done()
                 else:
                     trailers = self._fields
@@ -565,7 +570,8 @@ cdef class _HTTPParser:
             # what to expect: if this line starts with its name and a colon, the name is
             # known to be a valid token without scanning it, and if the value is equal
             # too, the field is that very (name, value) tuple again -- validated already
-            # and immutable, so sharing it is safe.
+            # and immutable, so sharing it is safe.  Either way the field ends up at this
+            # position of _prev_fields, where a head's fields are collected.
             idx = self._nfields - 1
             if idx < PyList_GET_SIZE(self._prev_fields):
                 prev = _list_item(self._prev_fields, idx)
@@ -603,11 +609,12 @@ cdef class _HTTPParser:
                     self._prev_fields[idx] = field  # drops the tuple prev pointed to: not used below
                 else:
                     self._prev_fields.append(field)
-        self._fields.append(field)
         if in_head:
             fid = _field_id(p, i)
             if fid != F_OTHER:
                 self._on_field(fid, value, p + vs, ve - vs)
+        else:
+            self._fields.append(field)  # a trailer
         return 0
 
     cdef int _content_length(self, const unsigned char* v, Py_ssize_t n, long long* current) except -1:
@@ -825,10 +832,8 @@ cdef class RequestParser(_HTTPParser):
         else:
             head.target = self._prev_target = PyBytes_FromStringAndSize(<const char*>p + t0, t_end - t0)
         head.version = version
-        head.headers = []
         head.content_length = -1
         self._head = head
-        self._fields = head.headers
         self._section_bytes = size
         self._nfields = 0
         self._expect = False
@@ -893,6 +898,7 @@ cdef class RequestParser(_HTTPParser):
     cdef int _head_done(self) except -1:
         cdef RequestHead head = self._head
         cdef int flags
+        head.headers = self._fields
         if head.version == 11 and head.host is None:
             self._fail(400, "missing Host")  # RFC 9112 §3.2
         if head.transfer_encoding is not None:
@@ -1003,10 +1009,8 @@ cdef class ResponseParser(_HTTPParser):
         head.version = 10 if p[7] == 48 else 11
         head.status = status
         head.reason = _interned(p + 13, n - 13) if n > 13 else b""
-        head.headers = []
         head.content_length = -1
         self._head = head
-        self._fields = head.headers
         self._section_bytes = size
         self._nfields = 0
         self._state = HTTP_HEADERS
@@ -1033,6 +1037,7 @@ cdef class ResponseParser(_HTTPParser):
     cdef int _head_done(self) except -1:
         cdef ResponseHead head = self._head
         cdef int status = head.status
+        head.headers = self._fields
         self._head = None
         head.keep_alive = _keep_alive(head.version, head.connection)
         if status < 200:

@@ -1,0 +1,73 @@
+"""Which protocol core ``mcpfast.core`` loads.
+
+A normal install must run the compiled core: if the extension failed to build or
+import, ``mcpfast.core`` would quietly fall back to the pure-Python twin (with only a
+warning) and everything would still pass -- just many times slower.  These tests make
+that fallback a failure.  ``MCPFAST_NO_EXTENSIONS=1`` must select the twin, without
+even importing the extension.  Each case runs in a fresh interpreter so that no
+earlier import in the test process decides the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPORTS = ["RequestParser", "ResponseParser", "RequestHead", "ResponseHead", "SSEParser", "SSEEvent",
+           "encode_sse_event", "scan_jsonrpc", "Envelope", "splice", "splice_many"]  # fmt: skip
+
+PROBE = f"""
+import json, sys, warnings
+warnings.simplefilter("error")  # the fallback warning would fail the import
+import mcpfast.core as core
+impl = sys.modules["mcpfast._core" if core.IMPLEMENTATION == "c" else "mcpfast._core_py"]
+print(json.dumps({{
+    "implementation": core.IMPLEMENTATION,
+    "same": {{name: getattr(core, name) is getattr(impl, name) for name in {EXPORTS!r}}},
+    "extension_imported": "mcpfast._core" in sys.modules,
+    "extension_file": getattr(sys.modules.get("mcpfast._core"), "__file__", None),
+}}))
+"""
+
+
+def probe(no_extensions: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MCPFAST_NO_EXTENSIONS"}
+    if no_extensions is not None:
+        env["MCPFAST_NO_EXTENSIONS"] = no_extensions
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("value", [None, "", "0"])
+def test_compiled_core_is_the_default(value):
+    got = probe(value)
+    assert got["implementation"] == "c"
+    assert all(got["same"].values()), got["same"]
+    assert got["extension_file"].endswith((".so", ".pyd"))
+
+
+@pytest.mark.parametrize("value", ["1", "yes"])
+def test_no_extensions_selects_the_python_twin(value):
+    got = probe(value)
+    assert got["implementation"] == "py"
+    assert all(got["same"].values()), got["same"]
+    assert not got["extension_imported"]
+
+
+@pytest.mark.skipif(
+    os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0"), reason="this run asked for the Python core"
+)
+def test_compiled_core_in_this_process():
+    import mcpfast._core
+    import mcpfast.core
+
+    assert mcpfast.core.IMPLEMENTATION == "c"
+    assert mcpfast.core.RequestParser is mcpfast._core.RequestParser
+    assert mcpfast.core.ResponseParser is mcpfast._core.ResponseParser
+    assert mcpfast.core.ProtocolError is mcpfast._core.ProtocolError
