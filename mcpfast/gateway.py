@@ -177,7 +177,10 @@ class Exchange:
         self.upstream = None
         self.phase = NEW
         self.deadline = 0.0
-        self.pending: bytes | None = None  # client head not yet written
+        # Bytes for the client produced by the current upstream read, written in one call
+        # when the read has been parsed (flush_head): a small answer's head, body and
+        # chunked terminator leave in one write.
+        self.pending: list | None = None
         self.chunked = False
         self.keep_alive = head.keep_alive
         self.sse = False
@@ -386,7 +389,7 @@ class Exchange:
         if lf is not None:
             lf.begin(parts)  # the answer is rewritten: framing decided when its size is known
         else:
-            self.pending = self._framed(parts, head.content_length, status)
+            self.pending = [self._framed(parts, head.content_length, status)]
         route = self.route
         gw = self.gw
         # Session bookkeeping: metrics, and the binding of a session to the principal
@@ -428,11 +431,14 @@ class Exchange:
         return b"".join(parts)
 
     def flush_head(self) -> None:
-        """End of an upstream read: the client head must not wait for more body."""
+        """End of an upstream read: write what it produced, in one call."""
         p = self.pending
         if p is not None:
             self.pending = None
-            self.conn.send(p)
+            if len(p) == 1:
+                self.conn.send(p[0])
+            else:
+                self.conn.send_many(p)
 
     def upstream_body(self, chunk) -> None:
         lf = self.lfilter
@@ -445,17 +451,12 @@ class Exchange:
         n = len(chunk)
         self.bytes_out += n
         p = self.pending
+        if p is None:
+            p = self.pending = []
         if self.chunked:
-            parts = [b"%x\r\n" % n, chunk, b"\r\n"]
-            if p is not None:
-                parts.insert(0, p)
-                self.pending = None
-            self.conn.send_many(parts)
-        elif p is not None:
-            self.pending = None
-            self.conn.send_many((p, chunk))
+            p += (b"%x\r\n" % n, chunk, b"\r\n")
         else:
-            self.conn.send(chunk)
+            p.append(chunk)
 
     def upstream_end(self) -> None:
         self.t_up_end = _perf()
@@ -467,12 +468,13 @@ class Exchange:
                 self.upstream = None
                 self.upstream_failed(UpstreamError("upstream_protocol", f"backend list answer unusable: {exc}"))
                 return
-        p = self.pending
-        self.pending = None
         if self.chunked:
-            self.conn.send(p + b"0\r\n\r\n" if p is not None else b"0\r\n\r\n")
-        elif p is not None:
-            self.conn.send(p)
+            p = self.pending
+            if p is None:
+                self.pending = [b"0\r\n\r\n"]
+            else:
+                p.append(b"0\r\n\r\n")
+        self.flush_head()
         self.upstream = None
         self.finish("ok" if self.status < 400 else ("client_error" if self.status < 500 else "upstream_error"))
 
@@ -498,7 +500,9 @@ class Exchange:
             self.gw.metrics.error(err.kind)
             self.respond_error(502, -32000, f"{err} (backend {self.route.backend.name})")
             return
-        # Mid-answer: cut the client connection so it sees an incomplete stream.
+        # Mid-answer: pass on what arrived intact, then cut the client connection so
+        # it sees an incomplete stream.
+        self.flush_head()
         self.gw.metrics.error(err.kind)
         self.t_up_end = _perf()
         self.keep_alive = False
@@ -638,7 +642,7 @@ class _ListFilter:
         ex = self.ex
         if ex.sse:
             self.sse = SSEParser(max_event_bytes=self.limit)
-            ex.pending = ex._framed(parts, -1, ex.status)
+            ex.pending = [ex._framed(parts, -1, ex.status)]
         else:
             self.parts = parts
 
@@ -674,7 +678,7 @@ class _ListFilter:
         body = self.buf[0] if len(self.buf) == 1 else b"".join(self.buf)
         new = self._filter(bytes(body))
         ex.bytes_out += len(new)
-        ex.pending = ex._framed(self.parts, len(new), ex.status) + new
+        ex.pending = [ex._framed(self.parts, len(new), ex.status), new]
 
 
 def _connection_listed(value: bytes) -> frozenset:

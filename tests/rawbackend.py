@@ -119,7 +119,7 @@ class RawBackend:
     def _die_mid_stream(self, conn, req) -> None:
         conn.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"1c\r\nevent: message\ndata: {\"a\":1}\n\n\r\n"
+            b"1e\r\nevent: message\ndata: {\"a\":1}\n\n\r\n"
         )
         time.sleep(0.2)
         conn.shutdown(socket.SHUT_RDWR)
