@@ -29,6 +29,7 @@ Every process started here is ended by its PID in a ``finally`` block.  Loopback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import http.client
 import json
@@ -454,6 +455,46 @@ def _loud(msg: str) -> None:
 
 
 # --- one target ----------------------------------------------------------------------
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (gateway workers), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def _pinned(cpu: int | None, procs: list):
+    """Run the block with the harness (hence the load generator it starts), the backend
+    and the gateway all on one CPU; restore their affinity afterwards.  ``cpu`` None:
+    no change."""
+    if cpu is None:
+        yield
+        return
+    saved: dict[int, set] = {}
+    pids = [0] + [q for pr in procs if pr is not None for q in _tree_pids(pr.pid)]
+    try:
+        for pid in pids:
+            try:
+                saved[pid] = os.sched_getaffinity(pid)
+                os.sched_setaffinity(pid, {cpu})
+            except OSError:
+                pass
+        yield
+    finally:
+        for pid, cpus in saved.items():
+            try:
+                os.sched_setaffinity(pid, cpus)
+            except OSError:
+                pass
+
+
 def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Proc | None, extra=None) -> dict:
     results: dict[str, dict] = {}
     try:
@@ -466,13 +507,16 @@ def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Pro
         tool = session.tools[sc.tool]
         try:
             check_scenario(port, session, sc)
-            if args.warmup > 0:
-                gen(port, tool, session.headers, sc.connections, args.warmup, args.max_requests)
-            b0 = _proc_tree_cpu(backend.pid)
-            g0 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
-            res = gen(port, tool, session.headers, sc.connections, args.duration, args.max_requests)
-            b1 = _proc_tree_cpu(backend.pid)
-            g1 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
+            pin = args.pin_single_conn if sc.connections == 1 else None
+            with _pinned(pin, [backend, gateway]):
+                if args.warmup > 0:
+                    gen(port, tool, session.headers, sc.connections, args.warmup, args.max_requests)
+                b0 = _proc_tree_cpu(backend.pid)
+                g0 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
+                res = gen(port, tool, session.headers, sc.connections, args.duration, args.max_requests)
+                b1 = _proc_tree_cpu(backend.pid)
+                g1 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
+            res["pinned_cpu"] = pin
         except (CheckError, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
             msg = f"[bench] {name} / {sc.key}: {exc}"
             print(msg, file=sys.stderr)
@@ -575,6 +619,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-install", action="store_true", help="never run apt-get to install wrk")
     ap.add_argument("--startup-timeout", type=float, default=15.0, help="seconds to wait for a gateway to listen")
     ap.add_argument("--json", metavar="FILE", help="write machine-readable results here")
+    ap.add_argument(
+        "--pin-single-conn", type=int, metavar="CPU", default=None,
+        help="run the 1-connection scenarios with generator, backend and gateway all on this CPU "
+             "(isolates the gateway's own latency from cross-CPU wake-ups; same for every target)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
 
     scenarios = list(SCENARIOS)
@@ -669,6 +718,9 @@ def main(argv=None) -> int:
     out = [f"\n## mcpfast load harness — {meta['time']}\n",
            f"generator: {gen_name}; {args.duration:g} s per scenario after {args.warmup:g} s warm-up; "
            f"{meta['cpus']} CPUs shared by generator, backend and gateway; git {meta['git']}\n"]  # fmt: skip
+    if args.pin_single_conn is not None:
+        out.append(f"1-connection scenarios: generator, backend and gateway all pinned to CPU {args.pin_single_conn} "
+                   "(every target alike); the others unpinned.\n")  # fmt: skip
     out.append("### direct (bench/fast_backend.py)\n")
     out.append(table_direct(scenarios, results.get("direct", {})))
     for variant in selected:

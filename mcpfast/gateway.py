@@ -87,21 +87,70 @@ class OriginPolicy:
         return False
 
 
+class _FieldClass(dict):
+    """Field name → what to do with it when forwarding: ``KEEP``, ``DROP`` or ``XFF``.
+
+    Names come from the parser's name cache as the same bytes objects request after
+    request, so after the first sight a name costs one dict lookup (bytes cache their
+    hash) instead of a ``lower()`` and a set test.  Bounded: names are client-chosen."""
+
+    __slots__ = ("dropped", "xff")
+    MAX = 1024
+
+    def __init__(self, dropped: frozenset, xff: bool) -> None:
+        super().__init__()
+        self.dropped = dropped
+        self.xff = xff
+
+    def __missing__(self, name: bytes) -> int:
+        ln = name.lower()
+        code = _DROP if ln in self.dropped else (_XFF_CODE if self.xff and ln == _XFF else _KEEP)
+        if len(self) < self.MAX:
+            self[name] = code
+        return code
+
+
+_KEEP, _DROP, _XFF_CODE = 0, 1, 2
+_CONN_CACHE: dict[bytes, frozenset] = {}
+
+
+def _connection_listed(value: bytes) -> frozenset:
+    """Field names listed in a Connection header are hop-by-hop too (RFC 9110 §7.6.1)."""
+    r = _CONN_CACHE.get(value)
+    if r is None:
+        r = frozenset(x.strip().lower() for x in value.split(b",") if x.strip())
+        if len(_CONN_CACHE) < 256:
+            _CONN_CACHE[value] = r
+    return r
+
+
+# "Connection: keep-alive" / "close" name no field beyond the ones always dropped.
+_PLAIN_CONNECTION = frozenset((frozenset((b"keep-alive",)), frozenset((b"close",)), frozenset()))
+
+
 class HostPolicy:
     """Allowed ``Host`` values: names (any port) and name:port pairs, compiled once."""
 
-    __slots__ = ("any", "names", "exact")
+    __slots__ = ("any", "names", "exact", "seen")
 
     def __init__(self, patterns: tuple[str, ...]) -> None:
         self.any = "*" in patterns
         self.names = frozenset(p.encode() for p in patterns if not _has_port(p))
         self.exact = frozenset(p.encode() for p in patterns if _has_port(p))
+        self.seen: set[bytes] = set()  # Host values already allowed (bounded)
 
     def allows(self, host: bytes | None) -> bool:
-        if self.any:
+        if self.any or host in self.seen:
             return True
         if host is None:
             return False
+        if self._check(host):
+            if len(self.seen) < 256:
+                self.seen.add(host)
+            return True
+        return False
+
+    def _check(self, host: bytes) -> bool:
         h = host.lower()
         if h in self.exact or h in self.names:
             return True
@@ -122,7 +171,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
-        "virtual", "host_line",
+        "virtual", "host_line", "fields",
     )  # fmt: skip
 
     def __init__(
@@ -138,6 +187,7 @@ class Route:
         if policy is not None and policy.enabled and not backend.forward_credentials:
             drop = drop | policy.drop_headers
         self.drop = drop
+        self.fields = _FieldClass(drop, cfg.server.forwarded_headers)
         self.name = rc.path
         self.backend = backend
         self.pool = pool
@@ -147,6 +197,9 @@ class Route:
         self.prefix = b"?" + query.encode() + b"&" if query else b"?"
         self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
         self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
+
+
+_RESPONSE_FIELDS = _FieldClass(_DROP_RESPONSE, False)
 
 
 class Exchange:
@@ -323,14 +376,17 @@ class Exchange:
         parts = [head.method, b" ", utarget, route.host_line]
         add = parts.extend
         xff = None
-        drop = route.drop
+        fields = route.fields
         conn_listed = _connection_listed(head.connection) if head.connection else None
+        if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
+            conn_listed = None
         for name, value in head.headers:
-            ln = name.lower()
-            if ln in drop or (conn_listed and ln in conn_listed):
+            code = fields[name]
+            if code:
+                if code == _XFF_CODE:
+                    xff = value
                 continue
-            if ln == _XFF and gw.forwarded:
-                xff = value
+            if conn_listed is not None and name.lower() in conn_listed:
                 continue
             add((name, b": ", value, b"\r\n"))
         if gw.forwarded:
@@ -374,9 +430,13 @@ class Exchange:
         parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n"]
         add = parts.extend
         conn_listed = _connection_listed(head.connection) if head.connection else None
+        if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
+            conn_listed = None
+        fields = _RESPONSE_FIELDS
         for name, value in head.headers:
-            ln = name.lower()
-            if ln in _DROP_RESPONSE or (conn_listed and ln in conn_listed):
+            if fields[name]:
+                continue
+            if conn_listed is not None and name.lower() in conn_listed:
                 continue
             add((name, b": ", value, b"\r\n"))
         ct = head.content_type
@@ -681,9 +741,6 @@ class _ListFilter:
         ex.pending = [ex._framed(self.parts, len(new), ex.status), new]
 
 
-def _connection_listed(value: bytes) -> frozenset:
-    """Field names listed in a Connection header are hop-by-hop too (RFC 9110 §7.6.1)."""
-    return frozenset(x.strip().lower() for x in value.split(b",") if x.strip())
 
 
 class _Clock:
@@ -751,6 +808,10 @@ class Gateway:
                     max_header_bytes=cfg.limits.max_header_bytes,
                 )
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
+            if rc.mux is not None:  # several backends: the virtual server (issue #5)
+                from .mux.virtual import VirtualRoute
+
+                route.virtual = VirtualRoute(self, rc, route)
             p = rc.path.encode()
             self.routes[p] = route
             if p != b"/":
