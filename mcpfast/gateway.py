@@ -808,7 +808,7 @@ class Gateway:
                     max_header_bytes=cfg.limits.max_header_bytes,
                 )
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
-            if rc.mux is not None:  # several backends: the virtual server (issue #5)
+            if getattr(rc, "mux", None) is not None:  # several backends: the virtual server (issue #5)
                 from .mux.virtual import VirtualRoute
 
                 route.virtual = VirtualRoute(self, rc, route)
