@@ -25,6 +25,7 @@ __all__ = [
     "LogConfig",
     "BackendConfig",
     "RouteConfig",
+    "MuxConfig",
     "load_config",
     "build_config",
     "parse_hostport",
@@ -158,9 +159,32 @@ class BackendConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MuxConfig:
+    """Settings of a route over several backends: the virtual server (issue #5,
+    docs/multiplexing.md).  Keys are the raw 32 bytes, already parsed."""
+
+    namespacing: str = "multi"  # always | multi | never
+    separator: str = "__"
+    uri_scheme: str = "mcpfast"
+    server_name: str = "mcpfast"
+    server_version: str = "0.1.0"
+    instructions: str | None = None
+    fail_mode: str = "open"  # open | closed
+    list_cache: str = "shared"  # shared | session | off
+    list_cache_ttl: float = 300.0  # 0: until list_changed only
+    session_key: bytes = b""
+    old_keys: tuple[bytes, ...] = ()
+    max_age: float = 86400.0  # 0: unlimited
+    # True when no key was configured: one was made up at load, so sessions survive
+    # neither a restart nor a second gateway process (forked workers share it).
+    ephemeral_key: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     path: str
     backends: tuple[str, ...]
+    mux: MuxConfig | None = None  # set for a route over several backends
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +224,12 @@ class Config:
         }
         for b in d["backends"].values():
             b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
+        for r in d["routes"]:
+            m = r.pop("mux", None)  # shown only for multiplexed routes
+            if m is not None:
+                r["mux"] = m
+                m["session_key"] = "<redacted>"
+                m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
         d.pop("source", None)
         d["policy"] = self.policy.as_dict() if self.policy is not None else None
         return d
@@ -274,7 +304,7 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit"}, "")
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions"}, "")
 
     s = _section(raw, "server")
     _unknown_keys(
@@ -412,6 +442,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         )
 
     names = {b.name for b in backends}
+    sessions = _sessions_defaults(_section(raw, "sessions"))
     rsec = raw.get("routes", [])
     if not isinstance(rsec, list):
         raise ConfigError("routes", "expected an array of tables ([[routes]])")
@@ -421,7 +452,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         key = f"routes[{i}]"
         if not isinstance(r, dict):
             raise ConfigError(key, "expected a table")
-        _unknown_keys(r, {"path", "backends", "backend"}, key)
+        _unknown_keys(r, {"path", "backends", "backend", *_MUX_ROUTE_KEYS}, key)
         path = _expect(r, "path", key, str, server.mcp_path)
         if not path.startswith("/"):
             raise ConfigError(f"{key}.path", f"must start with '/', got {path!r}")
@@ -435,13 +466,19 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         for bn in blist:
             if bn not in names:
                 raise ConfigError(f"{key}.backends", f"unknown backend {bn!r}")
+        if len(set(blist)) != len(blist):
+            raise ConfigError(f"{key}.backends", "a backend is listed twice")
+        mux = None
         if len(blist) > 1:
-            # TODO(#5): a route over several backends is the multiplexed virtual server.
-            raise ConfigError(f"{key}.backends", "a route over several backends needs multiplexing (not yet built)")
+            mux = _mux_route(r, key, blist, sessions)
+        else:
+            for k in _MUX_ROUTE_KEYS:
+                if k in r:
+                    raise ConfigError(f"{key}.{k}", "only applies to a route over several backends")
         if path in seen_paths:
             raise ConfigError(f"{key}.path", f"duplicate route path {path!r}")
         seen_paths.add(path)
-        routes.append(RouteConfig(path=path, backends=tuple(blist)))
+        routes.append(RouteConfig(path=path, backends=tuple(blist), mux=mux))
 
     if not routes and backends:
         # Without explicit routes: one backend is served at the MCP path; several are
@@ -465,6 +502,132 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         backends=tuple(backends),
         routes=tuple(routes),
         source=source,
+    )
+
+
+# ---------------------------------------------------------------------------------
+# Multiplexed routes (issue #5): [sessions] defaults and per-route keys.
+
+_MUX_ROUTE_KEYS = (
+    "namespacing", "separator", "uri_scheme", "server_name", "server_version", "instructions", "fail_mode",
+    "list_cache", "list_cache_ttl", "session_key", "session_key_file", "old_keys", "old_key_files", "max_age",
+)  # fmt: skip
+
+
+def _key_text(value, key: str) -> bytes:
+    from .mux.token import parse_key
+
+    if not isinstance(value, str):
+        raise ConfigError(key, "expected a key as text (64 hex digits or base64 of 32 bytes)")
+    try:
+        return parse_key(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _key_file(value, key: str) -> bytes:
+    from .mux.token import load_key_file
+
+    if not isinstance(value, str) or not value:
+        raise ConfigError(key, "expected a file path")
+    try:
+        return load_key_file(value)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot read {value}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
+def _str_list(section: dict, name: str, key: str) -> list:
+    v = section.get(name, [])
+    if not isinstance(v, list):
+        raise ConfigError(key, "expected a list")
+    return v
+
+
+def _keys_of(section: dict, prefix: str, key_name: str, file_name: str) -> tuple[bytes | None, list[bytes]]:
+    """(current key or None, old keys) from ``section``'s key settings."""
+    current = None
+    if key_name in section and file_name in section:
+        raise ConfigError(f"{prefix}.{file_name}", f"give either {key_name} or {file_name}, not both")
+    if key_name in section:
+        current = _key_text(section[key_name], f"{prefix}.{key_name}")
+    elif file_name in section:
+        current = _key_file(section[file_name], f"{prefix}.{file_name}")
+    old = [_key_text(v, f"{prefix}.old_keys[{i}]") for i, v in enumerate(_str_list(section, "old_keys", f"{prefix}.old_keys"))]
+    old += [
+        _key_file(v, f"{prefix}.old_key_files[{i}]")
+        for i, v in enumerate(_str_list(section, "old_key_files", f"{prefix}.old_key_files"))
+    ]
+    return current, old
+
+
+def _sessions_defaults(s: dict) -> dict:
+    _unknown_keys(s, {"key", "key_file", "old_keys", "old_key_files", "max_age"}, "sessions")
+    current, old = _keys_of(s, "sessions", "key", "key_file")
+    max_age = _positive(_expect(s, "max_age", "sessions", float, 86400.0), "sessions.max_age", allow_zero=True)
+    return {"key": current, "old_keys": old, "max_age": max_age, "given": bool(s)}
+
+
+_EPHEMERAL: list[bytes] = []
+
+
+def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig:
+    from .mux.names import MODES, Namespace, check_backend_names, validate_separator
+
+    d = MuxConfig()
+    mode = _expect(r, "namespacing", key, str, d.namespacing)
+    if mode not in MODES:
+        raise ConfigError(f"{key}.namespacing", f"expected one of {', '.join(MODES)}, got {mode!r}")
+    sep = _expect(r, "separator", key, str, d.separator)
+    scheme = _expect(r, "uri_scheme", key, str, d.uri_scheme)
+    for where, check in (
+        ("separator", lambda: validate_separator(sep)),
+        ("backends", lambda: check_backend_names(blist, sep)),
+        ("uri_scheme", lambda: Namespace(blist, separator=sep, mode=mode, uri_scheme=scheme)),
+    ):
+        try:
+            check()
+        except ValueError as exc:
+            raise ConfigError(f"{key}.{where}", str(exc)) from None
+    fail = _expect(r, "fail_mode", key, str, d.fail_mode)
+    if fail not in ("open", "closed"):
+        raise ConfigError(f"{key}.fail_mode", f"expected open or closed, got {fail!r}")
+    lc = _expect(r, "list_cache", key, str, d.list_cache)
+    if lc not in ("shared", "session", "off"):
+        raise ConfigError(f"{key}.list_cache", f"expected shared, session or off, got {lc!r}")
+    server_name = _expect(r, "server_name", key, str, d.server_name)
+    if not server_name:
+        raise ConfigError(f"{key}.server_name", "must not be empty")
+    current, old = _keys_of(r, key, "session_key", "session_key_file")
+    if "old_keys" not in r and "old_key_files" not in r:
+        old = list(sessions["old_keys"])
+    ephemeral = False
+    if current is None:
+        current = sessions["key"]
+    if current is None:
+        # No key anywhere: make one up (shared by every route and forked worker of this
+        # configuration).  Sessions then end with the process.
+        if not _EPHEMERAL:
+            import os
+
+            _EPHEMERAL.append(os.urandom(32))
+        current = _EPHEMERAL[0]
+        ephemeral = True
+    return MuxConfig(
+        namespacing=mode,
+        separator=sep,
+        uri_scheme=scheme,
+        server_name=server_name,
+        server_version=_expect(r, "server_version", key, str, d.server_version),
+        instructions=_expect(r, "instructions", key, str, "") or None,
+        fail_mode=fail,
+        list_cache=lc,
+        list_cache_ttl=_positive(_expect(r, "list_cache_ttl", key, float, d.list_cache_ttl), f"{key}.list_cache_ttl", allow_zero=True),
+        session_key=current,
+        old_keys=tuple(old),
+        max_age=_positive(_expect(r, "max_age", key, float, sessions["max_age"]), f"{key}.max_age", allow_zero=True),
+        ephemeral_key=ephemeral,
     )
 
 

@@ -1,0 +1,368 @@
+"""Gateway-originated requests to one backend, over that backend's connection pool.
+
+Theory of operation.  A multiplexed route talks to its backends on its own behalf: it
+opens their sessions (``initialize``), asks each for its lists, ends sessions, and it
+forwards client requests whose answers it must rewrite on the way back.  ``BackendLink``
+knows how to address one backend (request line, Host, the configured extra headers)
+and ``Call`` is one HTTP exchange with it: it takes a pooled connection, writes head and
+body in one call, and becomes the connection's *sink* -- the same callback interface a
+client ``Exchange`` offers (``upstream_head``/``upstream_body``/``upstream_end``/
+``upstream_failed``/``flush_head`` and ``pending``).  What it receives goes to a handler:
+``on_head(call, head)``, ``on_event(call, ev)`` for each SSE event of a
+``text/event-stream`` answer, ``on_end(call, body)`` (``body`` is the collected JSON
+answer, None for SSE), ``on_error(call, err)``, and ``on_flush(call)`` after each read
+(so a handler can write everything one read produced in one call).
+
+``request()`` wraps a ``Call`` in a future for the control traffic: it returns a
+``Reply`` holding the status, the backend's ``Mcp-Session-Id`` and the JSON-RPC answer
+-- the JSON body, or the first response event of an SSE answer (Streamable HTTP: the
+server may send related requests and notifications before the response; those go to
+``on_message`` or are dropped).
+
+A ``Call`` also stands in for the client exchange's upstream connection
+(``pause_reading``/``resume_reading``/``detach``), so back-pressure and a client that
+leaves reach the backend connection as they do for a passthrough route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc
+from ..upstream import UpstreamError, UpstreamPool
+
+__all__ = ["BackendLink", "Call", "Reply", "request"]
+
+log = logging.getLogger("mcpfast.mux")
+
+_SSE = b"text/event-stream"
+_ACCEPT_POST = b"Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
+_ACCEPT_GET = b"Accept: text/event-stream\r\n"
+
+
+class BackendLink:
+    """How to reach one backend of a multiplexed route: its pool, its request line
+    prefix, its timeouts.  Built once per route and backend at startup."""
+
+    __slots__ = ("name", "pool", "target", "host_line", "extra", "response_timeout", "max_body")
+
+    def __init__(self, backend, pool: UpstreamPool, response_timeout: float, max_body: int) -> None:
+        self.name = backend.name
+        self.pool = pool
+        self.target = backend.path.encode()
+        self.host_line = b" HTTP/1.1\r\nHost: " + backend.host_header + b"\r\n"
+        self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
+        self.response_timeout = response_timeout
+        self.max_body = max_body
+
+    def head(
+        self,
+        method: bytes,
+        session_id: str | None,
+        version: str | None,
+        body_length: int = -1,
+        more: bytes = b"",
+    ) -> bytes:
+        parts = [method, b" ", self.target, self.host_line, self.extra, _ACCEPT_GET if method == b"GET" else _ACCEPT_POST]
+        if session_id is not None:
+            parts += (b"Mcp-Session-Id: ", session_id.encode("ascii"), b"\r\n")
+        if version is not None:
+            parts += (b"MCP-Protocol-Version: ", version.encode("ascii"), b"\r\n")
+        if more:
+            parts.append(more)
+        if body_length >= 0:
+            parts.append(b"Content-Length: %d\r\n" % body_length)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def post(self, body: bytes, session_id: str | None, version: str | None, more: bytes = b"") -> list:
+        return [self.head(b"POST", session_id, version, len(body), more), body]
+
+
+class Call:
+    """One HTTP request to a backend and its answer, delivered to ``handler``."""
+
+    __slots__ = (
+        "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
+        "retried", "pending", "timer", "status", "paused",
+    )  # fmt: skip
+
+    def __init__(self, link: BackendLink, data: list, handler, timeout: float | None = None, whole: bool = False):
+        self.link = link
+        self.data = data
+        self.handler = handler
+        # ``timeout`` bounds the wait for the response head, or (``whole``) for the
+        # complete answer -- control requests are not meant to stream.
+        self.timeout = link.response_timeout if timeout is None else timeout
+        self.whole = whole
+        self.conn = None
+        self.head = None
+        self.sse: Any = None
+        self.buf: list = []
+        self.size = 0
+        self.done = False
+        self.retried = False
+        self.pending: Any = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.paused = False
+
+    def start(self) -> "Call":
+        if self.timeout:
+            loop = self.link.pool._loop or asyncio.get_running_loop()
+            self.timer = loop.call_later(self.timeout, self._timed_out)
+        self.link.pool.acquire(self._got)
+        return self
+
+    def _got(self, conn, err) -> None:
+        if self.done:
+            if conn is not None:
+                self.link.pool.release(conn)
+            return
+        if err is not None:
+            self._fail(err)
+            return
+        self.conn = conn
+        if self.paused:
+            conn.pause_reading()
+        conn.send(self, self.data)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.detach()
+        self._fail(UpstreamError("upstream_timeout", f"backend {self.link.name} did not answer within {self.timeout:g}s", 504))
+
+    def _fail(self, err: UpstreamError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        try:
+            self.handler.on_error(self, err)
+        except Exception:
+            log.exception("multiplexer: error handler failed")
+
+    def _cancel_timer(self) -> None:
+        t = self.timer
+        if t is not None:
+            self.timer = None
+            t.cancel()
+
+    # --- sink interface (called by UpstreamProtocol) --------------------------------
+    def upstream_head(self, head) -> None:
+        self.head = head
+        self.status = head.status
+        if self.conn is not None:
+            self.conn.keep_alive = head.keep_alive
+        if not self.whole:
+            self._cancel_timer()
+        ct = head.content_type
+        if ct is not None and ct.startswith(_SSE):
+            self.sse = SSEParser(max_event_bytes=self.link.max_body)
+        self._guard(self.handler.on_head, head)
+
+    def upstream_body(self, chunk) -> None:
+        if self.done:
+            return
+        if self.sse is not None:
+            try:
+                events = self.sse.feed(chunk)
+            except ProtocolError as exc:
+                self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} sent invalid SSE: {exc}"))
+                return
+            on_event = self.handler.on_event
+            for ev in events:
+                if self.done:
+                    return
+                self._guard(on_event, ev)
+            return
+        self.size += len(chunk)
+        if self.size > self.link.max_body:
+            self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} answer too large"))
+            return
+        self.buf.append(bytes(chunk))
+
+    def upstream_end(self) -> None:
+        self.conn = None  # the connection goes back to the pool by itself
+        if self.done:
+            return
+        if self.sse is not None:
+            try:
+                events = self.sse.feed_eof()
+            except ProtocolError:
+                events = []
+            for ev in events:
+                self._guard(self.handler.on_event, ev)
+            body = None
+        else:
+            body = self.buf[0] if len(self.buf) == 1 else b"".join(self.buf)
+            self.buf = []
+        if self.done:
+            return
+        self.done = True
+        self._cancel_timer()
+        self._guard(self.handler.on_end, body)
+
+    def upstream_failed(self, err: UpstreamError) -> None:
+        self.conn = None
+        if self.done:
+            return
+        if self.head is None and getattr(err, "retryable", False) and not self.retried:
+            # A pooled keep-alive connection the backend had already closed: the request
+            # was never processed; one retry on a fresh connection.
+            self.retried = True
+            self.link.pool.acquire(self._got)
+            return
+        self._fail(err)
+
+    def flush_head(self) -> None:
+        self.pending = None
+        self._guard(self.handler.on_flush)
+
+    # --- used by the client side ----------------------------------------------------
+    def pause_reading(self) -> None:
+        self.paused = True
+        if self.conn is not None:
+            self.conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        if self.conn is not None:
+            self.conn.resume_reading()
+
+    def detach(self) -> None:
+        """Abandon the answer (the client left): the connection holds a partial
+        response, so it is closed, not reused.  No handler callback follows."""
+        self.done = True
+        self._cancel_timer()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.detach()
+
+    def _abandon(self, err: UpstreamError) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.detach()
+        self._fail(err)
+
+    def _guard(self, fn, *args) -> None:
+        # Handler code runs inside the response parser's callbacks; an exception must not
+        # unwind through the parser (CONVENTIONS 10): log it and give up on this call.
+        try:
+            fn(self, *args)
+        except Exception as exc:
+            log.exception("multiplexer: handler failed")
+            if not self.done:
+                self._abandon(UpstreamError("gateway_error", f"internal error: {exc}"))
+
+
+class Reply:
+    """A backend's answer to a control request."""
+
+    __slots__ = ("status", "session_id", "message", "env", "content_type")
+
+    def __init__(self, status: int, session_id: str | None, message: bytes | None, env, content_type: bytes | None):
+        self.status = status
+        self.session_id = session_id
+        self.message = message  # the JSON-RPC answer (bytes) or None
+        self.env = env  # its scan_jsonrpc envelope
+        self.content_type = content_type
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def error_text(self) -> str | None:
+        """None when this is a JSON-RPC result, else a short description."""
+        if not self.ok:
+            return f"HTTP {self.status}"
+        env = self.env
+        if env is None or type(env) is list:
+            return "no JSON-RPC answer"
+        if env.kind == KIND_ERROR:
+            return f"JSON-RPC error {env.error_code}"
+        if env.kind != KIND_RESPONSE or env.result_span is None:
+            return "not a JSON-RPC response"
+        return None
+
+    def result_bytes(self) -> memoryview:
+        s, e = self.env.result_span
+        return memoryview(self.message)[s:e]
+
+
+class _Collect:
+    __slots__ = ("fut", "on_message", "message", "env")
+
+    def __init__(self, fut: asyncio.Future, on_message: Callable | None) -> None:
+        self.fut = fut
+        self.on_message = on_message
+        self.message = None
+        self.env = None
+
+    def on_head(self, call, head) -> None:
+        pass
+
+    def on_event(self, call, ev) -> None:
+        data = ev.data
+        if not data:
+            return
+        try:
+            env = scan_jsonrpc(data)
+        except ProtocolError:
+            return
+        if type(env) is not list and env.kind in (KIND_RESPONSE, KIND_ERROR) and self.message is None:
+            self.message = bytes(data)
+            self.env = env
+        elif self.on_message is not None:
+            self.on_message(bytes(data), env)
+
+    def on_flush(self, call) -> None:
+        pass
+
+    def on_end(self, call, body) -> None:
+        if body:
+            try:
+                self.env = scan_jsonrpc(body)
+                self.message = bytes(body)
+            except ProtocolError:
+                self.env = None
+        head = call.head
+        sid = head.session_id
+        reply = Reply(
+            head.status,
+            sid.decode("ascii", "replace") if sid is not None else None,
+            self.message,
+            self.env,
+            head.content_type,
+        )
+        if not self.fut.done():
+            self.fut.set_result(reply)
+
+    def on_error(self, call, err) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(err)
+
+
+async def request(
+    link: BackendLink,
+    data: list,
+    *,
+    timeout: float | None = None,
+    on_message: Callable[[bytes, Any], None] | None = None,
+) -> Reply:
+    """Send one request (``data``: head and body, see ``BackendLink.post``) and wait
+    for the whole answer.  Raises ``UpstreamError`` when the backend cannot be reached,
+    breaks the answer, or takes longer than ``timeout`` (default: its response timeout)."""
+    fut = asyncio.get_running_loop().create_future()
+    call = Call(link, data, _Collect(fut, on_message), timeout, whole=True).start()
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        call.detach()
+        raise
