@@ -254,8 +254,8 @@ class Envelope:
     offsets into the scanned body (for a batch too).  Decoded values are given where a
     caller decides on them: strings unescaped to ``str``, integers to ``int`` (exact, any
     size -- orjson would give a float beyond 64 bits).  Member names are matched by their
-    unescaped value, as a JSON parser reads them: ``"\u006dethod"`` is ``method`` and
-    ``"io.modelcontextprotocol\/protocolVersion"`` is the protocol version key.
+    unescaped value, as a JSON parser reads them: ``"\\u006dethod"`` is ``method`` and
+    ``"io.modelcontextprotocol\\/protocolVersion"`` is the protocol version key.
 
     When a key appears twice in one object the last one wins, as in ``orjson``: a later
     ``params``, ``_meta`` or ``error`` replaces everything the earlier one reported (a
@@ -300,7 +300,7 @@ def scan_jsonrpc(body: bytes | bytearray | memoryview) -> Envelope | list[Envelo
     3629: no overlongs, no encoded surrogates, nothing above U+10FFFF); numbers by the
     §6 grammar; nesting at most 512 containers deep, counting the message object and a
     batch array.  Like orjson (what we pass, the next parser accepts) it also refuses a
-    ``\u`` escape of a lone surrogate (a high one must be followed at once by an escaped
+    ``\\u`` escape of a lone surrogate (a high one must be followed at once by an escaped
     low one) and a number that is infinite as a double (``1e400``, a 310-digit integer).
     "Validated" means exactly this for every byte, also inside values the scanner does
     not report (``arguments``, ``result``, unknown keys): they are skipped without

@@ -202,17 +202,25 @@ class BackendMetrics:
 
 
 class AccessLog:
-    """Buffered JSON-lines writer.  ``sink`` is "-" (stdout), a file path, or "off"."""
+    """JSON-lines access log.  ``sink`` is "-" (stdout), a file path, or "off".
 
-    __slots__ = ("_out", "_buf", "_size", "enabled", "_own", "_path")
+    The request path only appends a tuple to ``rows`` (see ``FIELDS``); ``flush`` -- on
+    the gateway's tick, or when ``FLUSH_ROWS`` are waiting -- turns them into JSON lines
+    and writes them in one call.  Formatting in a batch costs a fraction of formatting
+    per request, and a request never waits on the log."""
 
-    FLUSH_AT = 65536
+    __slots__ = ("_out", "rows", "enabled", "_own", "_path", "_sec", "_prefix")
+
+    FLUSH_ROWS = 2048
+    FIELDS = ("time", "client", "http", "path", "session", "method", "tool", "backend", "status", "outcome",
+              "bytes", "gateway_us", "upstream_us")  # fmt: skip
 
     def __init__(self, sink: str) -> None:
-        self._buf: list[bytes] = []
-        self._size = 0
+        self.rows: list[tuple] = []
         self._own = False
         self._path = None
+        self._sec = -1
+        self._prefix = ""
         self.enabled = sink not in ("off", "", None)
         self._out: IO[bytes] | None = None
         if self.enabled:
@@ -223,19 +231,35 @@ class AccessLog:
                 self._own = True
                 self._path = sink
 
-    def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record) + b"\n"
-        self._buf.append(line)
-        self._size += len(line)
-        if self._size >= self.FLUSH_AT:
-            self.flush()
+    def _time(self, t: float) -> str:
+        sec = int(t)
+        if sec != self._sec:
+            self._sec = sec
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
+
+    def format(self, rows: list[tuple]) -> bytes:
+        """The JSON lines of ``rows``."""
+        tm = self._time
+        dumps = orjson.dumps
+        out = []
+        for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows:
+            out.append(dumps({
+                "time": tm(t), "client": client, "http": http.decode("latin-1"), "path": path.decode("latin-1"),
+                "session": sid.decode("latin-1") if sid is not None else None, "method": method,
+                "tool": tool or None, "backend": backend, "status": status, "outcome": outcome, "bytes": nbytes,
+                "gateway_us": g_us, "upstream_us": u_us,
+            }))  # fmt: skip
+        out.append(b"")
+        return b"\n".join(out)
 
     def flush(self) -> None:
-        if not self._buf or self._out is None:
+        rows = self.rows
+        if not rows or self._out is None:
+            rows.clear()
             return
-        data = b"".join(self._buf)
-        self._buf.clear()
-        self._size = 0
+        self.rows = []
+        data = self.format(rows)
         try:
             self._out.write(data)
             self._out.flush()

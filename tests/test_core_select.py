@@ -71,3 +71,27 @@ def test_compiled_core_in_this_process():
     assert mcpfast.core.RequestParser is mcpfast._core.RequestParser
     assert mcpfast.core.ResponseParser is mcpfast._core.ResponseParser
     assert mcpfast.core.ProtocolError is mcpfast._core.ProtocolError
+
+
+def test_stub_is_valid_python_and_both_cores_implement_it():
+    """The contract ``_core.pyi`` parses, and every public class and function it names
+    exists in the compiled core and in the twin."""
+    import ast
+    import pathlib
+    import warnings
+
+    import mcpfast._core as c_core
+    import mcpfast._core_py as py_core
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an invalid escape in a docstring is a defect too
+        tree = ast.parse(pathlib.Path(c_core.__file__).with_name("_core.pyi").read_text())
+    names = [
+        n.name for n in tree.body
+        if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_")
+        and not (isinstance(n, ast.ClassDef) and any(getattr(b, "id", "") == "Protocol" for b in n.bases))
+    ]  # fmt: skip
+    assert {"RequestParser", "ResponseParser", "SSEParser", "scan_jsonrpc", "splice"} <= set(names)
+    for name in names:
+        assert hasattr(c_core, name), f"compiled core lacks {name}"
+        assert hasattr(py_core, name), f"twin lacks {name}"
