@@ -201,6 +201,30 @@ class BackendMetrics:
         child.inc()
 
 
+_LINE = (
+    b'{"time":"%s","client":%s,"http":%s,"path":%s,"session":%s,"method":%s,"tool":%s,"backend":%s,'
+    b'"status":%d,"outcome":%s,"bytes":%d,"gateway_us":%d,"upstream_us":%d}'
+)
+# Bytes that need no escaping in a JSON string: printable ASCII but '"' and '\\'.
+_PLAIN = bytes(sorted(set(range(0x20, 0x7F)) - {0x22, 0x5C}))
+
+
+def _json_str(v: Any) -> bytes:
+    """A JSON string (or null) for ``v``; bytes are read as latin-1 text.  Printable
+    ASCII without quote or backslash -- nearly every value -- is quoted as it is;
+    anything else goes through orjson, which escapes it."""
+    if v is None:
+        return b"null"
+    if type(v) is str:
+        b = v.encode("latin-1") if v.isascii() else None
+        if b is not None and not b.translate(None, _PLAIN):
+            return b'"%s"' % b
+        return orjson.dumps(v)
+    if not v.translate(None, _PLAIN):
+        return b'"%s"' % v
+    return orjson.dumps(v.decode("latin-1"))
+
+
 class AccessLog:
     """JSON-lines access log.  ``sink`` is "-" (stdout), a file path, or "off".
 
@@ -211,7 +235,7 @@ class AccessLog:
 
     __slots__ = ("_out", "rows", "enabled", "_own", "_path", "_sec", "_prefix")
 
-    FLUSH_ROWS = 2048
+    FLUSH_ROWS = 256  # a batch costs ~0.2 ms: short enough not to show in p99
     FIELDS = ("time", "client", "http", "path", "session", "method", "tool", "backend", "status", "outcome",
               "bytes", "gateway_us", "upstream_us")  # fmt: skip
 
@@ -231,25 +255,22 @@ class AccessLog:
                 self._own = True
                 self._path = sink
 
-    def _time(self, t: float) -> str:
+    def _time(self, t: float) -> bytes:
         sec = int(t)
         if sec != self._sec:
             self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{int((t - sec) * 1000):03d}Z"
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return b"%s.%03dZ" % (self._prefix, int((t - sec) * 1000))
 
     def format(self, rows: list[tuple]) -> bytes:
-        """The JSON lines of ``rows``."""
+        """The JSON lines of ``rows``: one object per row, keys in ``FIELDS`` order."""
         tm = self._time
-        dumps = orjson.dumps
-        out = []
-        for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows:
-            out.append(dumps({
-                "time": tm(t), "client": client, "http": http.decode("latin-1"), "path": path.decode("latin-1"),
-                "session": sid.decode("latin-1") if sid is not None else None, "method": method,
-                "tool": tool or None, "backend": backend, "status": status, "outcome": outcome, "bytes": nbytes,
-                "gateway_us": g_us, "upstream_us": u_us,
-            }))  # fmt: skip
+        js = _json_str
+        out = [
+            _LINE % (tm(t), js(client), js(http), js(path), js(sid), js(method), js(tool or None), js(backend),
+                     status, js(outcome), nbytes, g_us, u_us)
+            for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows
+        ]  # fmt: skip
         out.append(b"")
         return b"\n".join(out)
 

@@ -3,6 +3,7 @@ must expose exactly what prometheus_client's own classes would."""
 
 from __future__ import annotations
 
+import orjson
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from mcpfast.observe import _GATEWAY_BUCKETS, Metrics
@@ -44,3 +45,37 @@ def test_request_counter_labels_and_cap():
     lines = _samples(generate_latest(m.registry).decode(), "mcpfast_requests_total")
     assert len(lines) <= 2 * 512 + 2
     assert sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 2003.0
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mcpfast.observe import AccessLog  # noqa: E402
+
+_text = st.text(max_size=40)
+_raw = st.binary(max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    t=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+    client=_text, http=_raw, path=_raw, sid=st.none() | _raw, method=_text, tool=_text,
+    backend=st.none() | _text, status=st.integers(0, 999), nbytes=st.integers(0, 2**40),
+)  # fmt: skip
+def test_access_log_lines_are_json_with_every_field(t, client, http, path, sid, method, tool, backend, status, nbytes):
+    """Whatever a client puts in a path, a session id or a tool name, each row becomes
+    exactly one line of valid JSON that reads back to the values logged."""
+    log = AccessLog("off")
+    row = (t, client, http, path, sid, method, tool, backend, status, "ok", nbytes, 12, 34)
+    data = log.format([row, row])
+    lines = data.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 3
+    rec = orjson.loads(lines[0])
+    assert list(rec) == list(AccessLog.FIELDS)
+    assert rec["client"] == client and rec["http"] == http.decode("latin-1") and rec["path"] == path.decode("latin-1")
+    assert rec["session"] == (sid.decode("latin-1") if sid is not None else None)
+    assert rec["method"] == method and rec["tool"] == (tool or None) and rec["backend"] == backend
+    assert (rec["status"], rec["outcome"], rec["bytes"], rec["gateway_us"], rec["upstream_us"]) == (
+        status, "ok", nbytes, 12, 34,
+    )  # fmt: skip
+    assert rec["time"].endswith("Z") and rec["time"][:4].isdigit()
