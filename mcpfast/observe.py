@@ -233,7 +233,7 @@ class AccessLog:
     and writes them in one call.  Formatting in a batch costs a fraction of formatting
     per request, and a request never waits on the log."""
 
-    __slots__ = ("_out", "rows", "enabled", "_own", "_path", "_sec", "_prefix")
+    __slots__ = ("_out", "rows", "enabled", "_own", "_path", "_sec", "_prefix", "_strings")
 
     FLUSH_ROWS = 256  # a batch costs ~0.2 ms: short enough not to show in p99
     FIELDS = ("time", "client", "http", "path", "session", "method", "tool", "backend", "status", "outcome",
@@ -245,6 +245,7 @@ class AccessLog:
         self._path = None
         self._sec = -1
         self._prefix = ""
+        self._strings: dict[Any, bytes] = {}
         self.enabled = sink not in ("off", "", None)
         self._out: IO[bytes] | None = None
         if self.enabled:
@@ -266,11 +267,31 @@ class AccessLog:
         """The JSON lines of ``rows``: one object per row, keys in ``FIELDS`` order."""
         tm = self._time
         js = _json_str
-        out = [
-            _LINE % (tm(t), js(client), js(http), js(path), js(sid), js(method), js(tool or None), js(backend),
-                     status, js(outcome), nbytes, g_us, u_us)
-            for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows
-        ]  # fmt: skip
+        cache = self._strings
+        if len(cache) > 4096:  # client-chosen names must not grow it without bound
+            cache.clear()
+        out = []
+        for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows:
+            # Strings repeat (peers, methods, tools, backends): each is escaped once.
+            c = cache.get(client)
+            if c is None:
+                c = cache[client] = js(client)
+            m = cache.get(method)
+            if m is None:
+                m = cache[method] = js(method)
+            tool = tool or None  # "" (no tool) is logged as null
+            tl = cache.get(tool)
+            if tl is None:
+                tl = cache[tool] = js(tool)
+            b = cache.get(backend)
+            if b is None:
+                b = cache[backend] = js(backend)
+            o = cache.get(outcome)
+            if o is None:
+                o = cache[outcome] = js(outcome)
+            out.append(
+                _LINE % (tm(t), c, js(http), js(path), js(sid), m, tl, b, status, o, nbytes, g_us, u_us)
+            )  # fmt: skip
         out.append(b"")
         return b"\n".join(out)
 
