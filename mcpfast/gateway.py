@@ -404,6 +404,14 @@ class Exchange:
         self.deadline = time.monotonic() + route.response_timeout
         self.t_sent = _perf()
         self.out = [data, body] if body else [data]
+        conn = route.pool.take_idle()
+        if conn is not None:  # the usual case: a kept-alive connection is free
+            self.upstream = conn
+            self.phase = WAIT_HEAD
+            if self.conn.write_paused:
+                conn.pause_reading()
+            conn.send(self, self.out, self.is_head)
+            return
         route.pool.acquire(self._got_upstream)
 
     def _got_upstream(self, conn, err) -> None:
@@ -505,7 +513,16 @@ class Exchange:
         if lf is not None:
             lf.feed(chunk)
             return
-        self._relay(chunk)
+        # _relay, inlined: this runs for every piece of every answer.
+        n = len(chunk)
+        self.bytes_out += n
+        p = self.pending
+        if p is None:
+            p = self.pending = []
+        if self.chunked:
+            p += (b"%x\r\n" % n, chunk, b"\r\n")
+        else:
+            p.append(chunk)
 
     def _relay(self, chunk) -> None:
         n = len(chunk)

@@ -186,7 +186,9 @@ class ClientProtocol(asyncio.Protocol):
         if ex is None:
             return
         if self.active is None:
-            self._start(ex)
+            self.active = ex
+            self.state = BUSY
+            ex.start()
         else:
             self.queue.append(ex)
             if len(self.queue) >= MAX_PIPELINE and not self.read_paused:

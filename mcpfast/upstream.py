@@ -236,6 +236,17 @@ class UpstreamPool:
             return
         self._connect(callback)
 
+    def take_idle(self) -> "UpstreamProtocol | None":
+        """An idle kept-alive connection, or None (then use ``acquire``)."""
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                if conn._paused:
+                    conn.resume_reading()
+                return conn
+        return None
+
     def cancel_wait(self, callback) -> None:
         try:
             self._waiters.remove(callback)
