@@ -814,7 +814,8 @@ class Gateway:
         """Cheap refusals that need no body: method, Origin."""
         if head.method not in _FORWARDED_METHODS:
             return (405, -32600, f"method {head.method.decode('latin-1')} not allowed on an MCP endpoint")
-        if not self.hosts.allows(head.host):
+        hosts = self.hosts
+        if head.host not in hosts.seen and not hosts.allows(head.host):
             # A name we do not serve under: a DNS-rebinding page, or a misrouted request.
             self.metrics.error("host_refused")
             return (421, -32600, "Host not allowed")
