@@ -81,29 +81,42 @@ def build_server():
     return mcp
 
 
-def serve(host: str = "127.0.0.1", port: int = 0, ready=None) -> None:
-    """Serve until interrupted; ``ready(url)`` is called once listening."""
+def serve_asgi(app, host: str = "127.0.0.1", port: int = 0, ready=None, path: str = "/mcp") -> None:
+    """Serve an ASGI app with uvicorn on ``host:port`` (0: any free port) until the
+    process is stopped; ``ready(url)`` is called once it accepts connections.  Used by
+    the demo and by the test fixtures' SDK servers."""
     import uvicorn
 
-    mcp = build_server()
-    app = mcp.streamable_http_app(host=host)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
-    url = f"http://{host}:{sock.getsockname()[1]}/mcp"
-    config = uvicorn.Config(app, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}{path}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
 
-    async def main() -> None:
+    async def run() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
+            if task.done():
+                await task  # startup failed: raise its error
+                return
             await asyncio.sleep(0.01)
         if ready is not None:
             ready(url)
         await task
 
-    asyncio.run(main())
+    asyncio.run(run())
+
+
+def print_ready(url: str) -> None:
+    """The ``READY <url>`` line that ``wait_ready`` looks for."""
+    print(f"READY {url}", flush=True)
+
+
+def serve(host: str = "127.0.0.1", port: int = 0, ready=None) -> None:
+    """Serve the demo backend until interrupted; ``ready(url)`` is called once listening."""
+    serve_asgi(build_server().streamable_http_app(host=host), host, port, ready)
 
 
 def main() -> None:
@@ -112,11 +125,8 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     args = ap.parse_args()
 
-    def ready(url: str) -> None:
-        print(f"READY {url}", flush=True)
-
     try:
-        serve(args.host, args.port, ready)
+        serve(args.host, args.port, print_ready)
     except KeyboardInterrupt:
         pass
     sys.exit(0)
