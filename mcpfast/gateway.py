@@ -315,10 +315,14 @@ class Exchange:
             self.principal = p
             if not self._admit(rp):
                 return
+        self._dispatch(route)
+
+    def _dispatch(self, route: "Route") -> None:
+        """The request is admitted: the virtual server answers it, or it is forwarded."""
         if route.virtual is not None:
             route.virtual.handle(self)
-            return
-        self.forward()
+        else:
+            self.forward()
 
     def _authenticated(self, fut) -> None:
         if self.phase == DONE or fut.cancelled():
@@ -334,12 +338,8 @@ class Exchange:
             return
         self.principal = fut.result()
         route = self.route
-        if not self._admit(route.policy):
-            return
-        if route.virtual is not None:
-            route.virtual.handle(self)
-            return
-        self.forward()
+        if self._admit(route.policy):
+            self._dispatch(route)
 
     def _admit(self, rp) -> bool:
         """Session binding, authorization and rate limits; False when refused (answered)."""
