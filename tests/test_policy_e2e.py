@@ -267,3 +267,43 @@ def test_list_filtering_with_a_json_answering_backend():
                     assert len((await c.list_tools()).tools) > 5
 
             anyio.run(run)
+
+
+def test_jwks_key_rotation_through_the_gateway():
+    """RS256 tokens verified with keys from a JWKS URL served on 127.0.0.1.  A token
+    signed with a key the gateway has not fetched yet makes it fetch the JWKS again
+    without blocking the loop (the request waits on the fetch); a kid the issuer does
+    not publish is refused.  (The fetch rate limit is shown in test_policy_jwks.py.)"""
+    from policyutil import ISSUER as P_ISSUER
+    from policyutil import RESOURCE as P_RESOURCE
+    from policyutil import JwksServer, make_rsa, sign
+
+    old, new = make_rsa("old"), make_rsa("new")
+    public = P_RESOURCE.rsplit("/", 1)[0]
+    raw = RawBackend("ok")
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "echo", "arguments": {}}}
+    try:
+        with JwksServer() as jwks:
+            jwks.set_keys(old)
+            cfg = {
+                "backends": {"b": {"url": raw.url}},
+                "auth": {"mode": "required", "public_url": public,
+                         "jwt": {"issuer": P_ISSUER, "jwks_url": jwks.url, "algorithms": ["RS256"],
+                                 "jwks_min_refresh_seconds": 0}},
+            }  # fmt: skip
+            with GatewayThread(cfg) as gt:
+                url = gt.url(P_RESOURCE[len(public):])
+
+                def post_with(tok: str) -> httpx.Response:
+                    return httpx.post(url, json=call, timeout=10, headers={"Authorization": f"Bearer {tok}"})
+
+                assert post_with(sign(old)).status_code == 200
+                hits = jwks.hits
+                jwks.set_keys(old, new)  # the issuer rotates in a new key
+                assert post_with(sign(new)).status_code == 200  # fetched on the unknown kid
+                assert jwks.hits == hits + 1
+                r = post_with(sign(make_rsa("never-published")))
+                assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
+                assert len(raw.requests) == 2  # the refused one never reached the backend
+    finally:
+        raw.close()
