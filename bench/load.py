@@ -55,10 +55,14 @@ PROTOCOL_VERSION = "2025-06-18"
 class Scenario:
     key: str  # short id used on the command line and in JSON
     title: str  # row label in the table
-    tool: str  # backend tool name (before any namespacing by a gateway)
+    tool: str  # backend tool name (before any namespacing by a gateway); "" for a list
     connections: int
     sse: bool = False  # answer is text/event-stream
     bulk: bool = False  # report bytes/s
+    method: str = "tools/call"  # or "tools/list" (sent without params)
+    # A named route of the target ("" = its MCP path).  A variant maps names to paths
+    # (``GatewayVariant.paths``); a target without that name serves it at its MCP path.
+    route: str = ""
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -67,6 +71,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("sse-c1", "tools/call SSE, 1 conn", "echo_sse", 1, sse=True),
     Scenario("sse-c32", "tools/call SSE, 32 conn", "echo_sse", 32, sse=True),
     Scenario("blob-c1", "1 MB result, 1 conn", "blob", 1, bulk=True),
+    # tools/list: a multiplexed target merges every backend's list; "list-c32" is served
+    # from its list cache, "list-nocache-c32" from a route with list_cache = "off" (every
+    # request asks every backend).  Direct and passthrough targets answer both alike.
+    Scenario("list-c32", "tools/list, 32 conn (list cache on)", "", 32, method="tools/list"),
+    Scenario("list-nocache-c32", "tools/list, 32 conn (list cache off)", "", 32, method="tools/list", route="nocache"),
 )
 
 
@@ -77,8 +86,12 @@ class GatewayVariant:
 
     ``argv`` items are formatted with ``python`` (this interpreter), ``port`` (the
     gateway's listen port, chosen here), ``backend_url`` (``http://127.0.0.1:P/mcp``),
-    ``backend_port``, ``bench_dir`` and ``repo``.  ``env`` is added to the environment.
-    Variants with ``default=False`` run only when named with ``--variants``.
+    ``backend_url2``, ``backend_url3`` (further bench backends, started when some
+    selected variant has ``backends`` > 1), ``backend_port``, ``bench_dir``, ``repo``
+    and ``config`` (the path of ``config_toml`` written to a temporary file, itself
+    formatted with the same values plus ``session_key``, 64 fresh hex digits).  ``env``
+    is added to the environment.  Variants with ``default=False`` run only when named
+    with ``--variants``.
     """
 
     name: str
@@ -89,6 +102,14 @@ class GatewayVariant:
     # Sent with every request to this target (e.g. credentials); values are formatted
     # like argv items, plus ``{bench_token}`` (a JWT ``policy-on.toml`` accepts).
     headers: tuple[tuple[str, str], ...] = ()
+    backends: int = 1  # bench backends this variant is put in front of
+    config_toml: str = ""  # written to a temp file, its path given as {config}
+    paths: tuple[tuple[str, str], ...] = ()  # Scenario.route name -> request path
+    # Tool names exposed by several backends (all bench backends offer the same tools):
+    # use the one whose namespace prefix is this, i.e. route tools/call to this backend.
+    prefer_prefix: str = ""
+    # Compare with this variant's figures of the same run (table "X vs baseline").
+    baseline: str = ""
 
 
 _MCPFAST_SERVE = (
@@ -98,8 +119,31 @@ _MCPFAST_SERVE = (
     "--log-level", "warning",
 )  # fmt: skip
 
-# To add a variant (e.g. "policy-on", "multiplexed"), append a GatewayVariant here;
-# a multiplexed gateway may namespace tool names: the harness finds them by tools/list.
+# One virtual server over three bench backends (issue #5): tools are exposed as
+# b1__echo, b2__echo, b3__echo; the harness calls b2's.  Two routes over the same
+# backends so that one gateway serves the cached and the uncached tools/list.
+_MUX_TOML = """
+[backends.b1]
+url = "{backend_url}"
+[backends.b2]
+url = "{backend_url2}"
+[backends.b3]
+url = "{backend_url3}"
+
+[[routes]]
+path = "/mcp"
+backends = ["b1", "b2", "b3"]
+session_key = "{session_key}"
+
+[[routes]]
+path = "/mcp-nocache"
+backends = ["b1", "b2", "b3"]
+list_cache = "off"
+session_key = "{session_key}"
+"""
+
+# To add a variant, append a GatewayVariant here; a multiplexed gateway may namespace
+# tool names: the harness finds them by tools/list.
 GATEWAY_VARIANTS: list[GatewayVariant] = [
     GatewayVariant("mcpfast", _MCPFAST_SERVE, "mcpfast serve, one backend, default settings"),
     GatewayVariant(
@@ -108,7 +152,21 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         "mcpfast serve + policy: JWT (cached), 50 authz rules, a rate limit not hit, metrics, access log",
         headers=(("authorization", "Bearer {bench_token}"),),
     ),
+    GatewayVariant(
+        "multiplexed",
+        ("{python}", "-m", "mcpfast", "serve", "--listen", "127.0.0.1:{port}", "--config", "{config}",
+         "--log-level", "warning"),
+        "mcpfast serve, one multiplexed route over 3 backends (namespaced; tools/call routed to b2)",
+        default=False,
+        backends=3,
+        config_toml=_MUX_TOML,
+        paths=(("nocache", "/mcp-nocache"),),
+        prefer_prefix="b2",
+        baseline="mcpfast",
+    ),
 ]
+# Routed tools/call through a multiplexed variant vs single-backend passthrough (issue #5).
+MUX_TARGET_RATIO = 0.85
 
 
 def bench_token() -> str:
@@ -185,12 +243,21 @@ class GatewayStartError(RuntimeError):
     pass
 
 
-def start_gateway(variant: GatewayVariant, backend_port: int, timeout: float) -> tuple[Proc, int]:
+def start_gateway(variant: GatewayVariant, backend_ports: list[int], timeout: float, tmpdir: str) -> tuple[Proc, int]:
     port = _free_port()
-    argv = _format_argv(
-        variant, python=sys.executable, port=port, backend_port=backend_port,
-        backend_url=f"http://{HOST}:{backend_port}{MCP_PATH}", bench_dir=str(HERE), repo=str(REPO),
-    )  # fmt: skip
+    if len(backend_ports) < variant.backends:
+        raise GatewayStartError(f"gateway variant {variant.name!r} needs {variant.backends} backends")
+    urls = [f"http://{HOST}:{p}{MCP_PATH}" for p in backend_ports]
+    values = {
+        "python": sys.executable, "port": port, "backend_port": backend_ports[0], "backend_url": urls[0],
+        "backend_url2": urls[1] if len(urls) > 1 else "", "backend_url3": urls[2] if len(urls) > 2 else "",
+        "bench_dir": str(HERE), "repo": str(REPO), "config": "",
+    }  # fmt: skip
+    if variant.config_toml:
+        values["config"] = os.path.join(tmpdir, f"{variant.name}.toml")
+        with open(values["config"], "w") as f:
+            f.write(variant.config_toml.format(session_key=os.urandom(32).hex(), **values))
+    argv = _format_argv(variant, **values)
     env = dict(os.environ)
     env.update(dict(variant.env))
     try:
@@ -256,11 +323,11 @@ class CheckError(RuntimeError):
     pass
 
 
-def _post(port: int, body: dict, headers: dict[str, str], timeout: float = 10.0):
+def _post(port: int, body: dict, headers: dict[str, str], timeout: float = 10.0, path: str = MCP_PATH):
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         h = {"content-type": "application/json", "accept": "application/json, text/event-stream", **headers}
-        conn.request("POST", MCP_PATH, body=json.dumps(body).encode(), headers=h)
+        conn.request("POST", path, body=json.dumps(body).encode(), headers=h)
         resp = conn.getresponse()
         data = resp.read()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
@@ -292,14 +359,17 @@ def _jsonrpc_from(headers: dict, data: bytes) -> dict:
 class Session:
     headers: dict[str, str]  # sent on every measured request
     tools: dict[str, str]  # backend tool name -> name as exposed by the target
+    path: str = MCP_PATH
+    listed: int = 0  # how many tools the target's tools/list named
 
 
-def open_session(port: int, extra: dict[str, str] | None = None) -> Session:
+def open_session(port: int, extra: dict[str, str] | None = None, path: str = MCP_PATH,
+                 prefer_prefix: str = "") -> Session:  # fmt: skip
     status, headers, data = _post(port, {
         "jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
                    "clientInfo": {"name": "mcpfast-bench", "version": "0.1"}},
-    }, dict(extra or {}))  # fmt: skip
+    }, dict(extra or {}), path=path)  # fmt: skip
     if status != 200:
         raise CheckError(f"initialize answered HTTP {status}: {data[:300]!r}")
     init = _jsonrpc_from(headers, data)
@@ -308,11 +378,12 @@ def open_session(port: int, extra: dict[str, str] | None = None) -> Session:
     h = {**(extra or {}), "mcp-protocol-version": init["result"].get("protocolVersion", PROTOCOL_VERSION)}
     if "mcp-session-id" in headers:
         h["mcp-session-id"] = headers["mcp-session-id"]
-    status, _, data = _post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h)
+    status, _, data = _post(port, {"jsonrpc": "2.0", "method": "notifications/initialized"}, h, path=path)
     if status not in (200, 202, 204):
         raise CheckError(f"notifications/initialized answered HTTP {status}: {data[:300]!r}")
-    tools = {s.tool: s.tool for s in SCENARIOS}
-    status, rh, data = _post(port, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, h)
+    tools = {s.tool: s.tool for s in SCENARIOS if s.tool}
+    listed: list[str] = []
+    status, rh, data = _post(port, {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, h, path=path)
     if status == 200:
         listed = [t["name"] for t in _jsonrpc_from(rh, data).get("result", {}).get("tools", [])]
         for want in tools:
@@ -320,17 +391,20 @@ def open_session(port: int, extra: dict[str, str] | None = None) -> Session:
                 continue
             # A namespacing gateway exposes e.g. "bench.echo" / "bench__echo": same tail.
             cands = [n for n in listed if n.endswith(want) and not n[-len(want) - 1].isalnum()]
+            if len(cands) > 1 and prefer_prefix:
+                # Several backends offer it (a multiplexed route): take the preferred one's.
+                cands = [n for n in cands if n.startswith(prefer_prefix) and not n[len(prefer_prefix)].isalnum()]
             if len(cands) == 1:
                 tools[want] = cands[0]
-    return Session(h, tools)
+    return Session(h, tools, path, len(listed))
 
 
 def check_scenario(port: int, session: Session, sc: Scenario) -> None:
     rid = 424242
-    status, headers, data = _post(port, {
-        "jsonrpc": "2.0", "id": rid, "method": "tools/call",
-        "params": {"name": session.tools[sc.tool], "arguments": {"text": "hello"}},
-    }, session.headers, timeout=30)  # fmt: skip
+    msg: dict = {"jsonrpc": "2.0", "id": rid, "method": sc.method}
+    if sc.method == "tools/call":
+        msg["params"] = {"name": session.tools[sc.tool], "arguments": {"text": "hello"}}
+    status, headers, data = _post(port, msg, session.headers, timeout=30, path=session.path)
     if status != 200:
         raise CheckError(f"{sc.key}: HTTP {status}: {data[:300]!r}")
     want = "text/event-stream" if sc.sse else "application/json"
@@ -341,15 +415,19 @@ def check_scenario(port: int, session: Session, sc: Scenario) -> None:
         raise CheckError(f"{sc.key}: answer does not carry id {rid} and a result: {str(msg)[:300]}")
     if sc.bulk and len(data) < 1_000_000:
         raise CheckError(f"{sc.key}: expected a ~1 MB answer, got {len(data)} bytes")
+    if sc.method == "tools/list":
+        n = len(msg["result"].get("tools") or ())
+        if n < 3:
+            raise CheckError(f"{sc.key}: tools/list named {n} tools, expected the bench backend's 3 (or more)")
 
 
 # --- load generators --------------------------------------------------------------
 _WRK_LUA = r"""
--- generated by bench/load.py: closed-loop MCP tools/call, unique ids, results as JSON
+-- generated by bench/load.py: closed-loop MCP requests, unique ids, results as JSON
 local OUT = "%(out)s"
 local MAXR = %(max_requests)d
 local pre = '{"jsonrpc":"2.0","id":'
-local post = ',"method":"tools/call","params":{"name":"%(tool)s","arguments":{"text":"hello"}}}'
+local post = '%(post)s'
 wrk.method = "POST"
 wrk.path = "%(path)s"
 wrk.headers["content-type"] = "application/json"
@@ -389,20 +467,28 @@ def _lua_str(s: str) -> str:
     return s
 
 
-def run_wrk(port: int, tool: str, headers: dict, connections: int, duration: float, max_requests: int) -> dict:
+def _body_tail(method: str, tool: str) -> str:
+    """The request body after the id (the generators put a unique id in front)."""
+    if method == "tools/call":
+        return f',"method":"tools/call","params":{{"name":"{_lua_str(tool)}","arguments":{{"text":"hello"}}}}}}'
+    return f',"method":"{_lua_str(method)}"}}'
+
+
+def run_wrk(port: int, path: str, method: str, tool: str, headers: dict, connections: int, duration: float,
+            max_requests: int) -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="mcpfast-bench-") as tmp:
         out = os.path.join(tmp, "result.json")
         script = os.path.join(tmp, "mcp.lua")
         hdr_lines = "\n".join(f'wrk.headers["{_lua_str(k)}"] = "{_lua_str(v)}"' for k, v in headers.items())
         with open(script, "w") as f:
             f.write(_WRK_LUA % {
-                "out": out, "max_requests": max_requests, "tool": _lua_str(tool), "path": MCP_PATH,
+                "out": out, "max_requests": max_requests, "post": _body_tail(method, tool), "path": _lua_str(path),
                 "headers": hdr_lines,
             })  # fmt: skip
         secs = max(1, round(duration))  # wrk takes whole seconds
         # One thread: on 2 shared cores a second generator thread only steals from the measured processes.
         argv = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--timeout", "10s", "-s", script,
-                f"http://{HOST}:{port}{MCP_PATH}"]  # fmt: skip
+                f"http://{HOST}:{port}{path}"]  # fmt: skip
         r = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 60)
         if r.returncode != 0 or not os.path.exists(out):
             raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
@@ -416,9 +502,11 @@ def run_wrk(port: int, tool: str, headers: dict, connections: int, duration: flo
     return res
 
 
-def run_pygen(port: int, tool: str, headers: dict, connections: int, duration: float, max_requests: int) -> dict:
-    argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--path", MCP_PATH, "--tool", tool,
-            "-c", str(connections), "-d", str(duration), "--max-requests", str(max_requests)]  # fmt: skip
+def run_pygen(port: int, path: str, method: str, tool: str, headers: dict, connections: int, duration: float,
+              max_requests: int) -> dict:  # fmt: skip
+    argv = [sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--path", path, "--method", method,
+            "--tool", tool or "-", "-c", str(connections), "-d", str(duration),
+            "--max-requests", str(max_requests)]  # fmt: skip
     for k, v in headers.items():
         argv += ["--header", f"{k}: {v}"]
     r = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
@@ -495,28 +583,43 @@ def _pinned(cpu: int | None, procs: list):
                 pass
 
 
-def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Proc | None, extra=None) -> dict:
+def measure_target(name, port, scenarios, gen, args, backends: list[Proc], gateway: Proc | None, extra=None,
+                   variant: GatewayVariant | None = None) -> dict:  # fmt: skip
+    """Measure every scenario against one target.  ``backends`` are the bench backends
+    behind it (their CPU is summed); ``variant`` gives route paths and tool choice."""
     results: dict[str, dict] = {}
-    try:
-        session = open_session(port, extra)
-    except (CheckError, OSError, ValueError) as exc:
-        msg = f"[bench] {name}: MCP session setup failed: {exc}"
-        print(msg, file=sys.stderr)
-        return {s.key: {"error": msg} for s in scenarios}
+    paths = dict(variant.paths) if variant else {}
+    prefer = variant.prefer_prefix if variant else ""
+    sessions: dict[str, Session] = {}  # one MCP session per request path
     for sc in scenarios:
-        tool = session.tools[sc.tool]
+        path = paths.get(sc.route, MCP_PATH)
+        if path not in sessions:
+            try:
+                sessions[path] = open_session(port, extra, path, prefer)
+            except (CheckError, OSError, ValueError) as exc:
+                msg = f"[bench] {name}: MCP session setup on {path} failed: {exc}"
+                print(msg, file=sys.stderr)
+                return {s.key: {"error": msg} for s in scenarios}
+        session = sessions[path]
+        tool = session.tools.get(sc.tool, "")
         try:
             check_scenario(port, session, sc)
             pin = args.pin_single_conn if sc.connections == 1 else None
-            with _pinned(pin, [backend, gateway]):
+            with _pinned(pin, [*backends, gateway]):
                 if args.warmup > 0:
-                    gen(port, tool, session.headers, sc.connections, args.warmup, args.max_requests)
-                b0 = _proc_tree_cpu(backend.pid)
+                    gen(port, path, sc.method, tool, session.headers, sc.connections, args.warmup, args.max_requests)
+                b0 = sum(_proc_tree_cpu(b.pid) for b in backends)
                 g0 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
-                res = gen(port, tool, session.headers, sc.connections, args.duration, args.max_requests)
-                b1 = _proc_tree_cpu(backend.pid)
+                res = gen(port, path, sc.method, tool, session.headers, sc.connections, args.duration,
+                          args.max_requests)  # fmt: skip
+                b1 = sum(_proc_tree_cpu(b.pid) for b in backends)
                 g1 = _proc_tree_cpu(gateway.pid) if gateway else 0.0
             res["pinned_cpu"] = pin
+            res["path"] = path
+            if sc.method == "tools/call":
+                res["tool"] = tool
+            else:
+                res["tools_listed"] = session.listed
         except (CheckError, RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as exc:
             msg = f"[bench] {name} / {sc.key}: {exc}"
             print(msg, file=sys.stderr)
@@ -533,7 +636,7 @@ def measure_target(name, port, scenarios, gen, args, backend: Proc, gateway: Pro
             print(f"[bench] {name} / {sc.key}: hit --max-requests; rate is a lower bound", file=sys.stderr)
         results[sc.key] = res
         print(
-            f"[bench] {name:>12} {sc.key:9} {res['rps']:9.0f} req/s  p50 {res['p50_us']:6} µs  "
+            f"[bench] {name:>12} {sc.key:16} {res['rps']:9.0f} req/s  p50 {res['p50_us']:6} µs  "
             f"p99 {res['p99_us']:6} µs  {res['bytes_per_s'] / 1e6:8.1f} MB/s",
             file=sys.stderr, flush=True,
         )  # fmt: skip
@@ -590,6 +693,33 @@ def table_compare(scenarios, direct: dict, through: dict, variant: str) -> str:
     return "\n".join(rows) + ("\n\n" + "\n".join(bulk_lines) if bulk_lines else "")
 
 
+def table_vs_baseline(scenarios, base: dict, through: dict, bname: str, vname: str) -> str:
+    """One gateway variant against another of the same run, e.g. multiplexed vs
+    single-backend passthrough; tools/call rows carry the issue's target ratio."""
+    rows = [
+        f"| scenario | {bname} req/s | {vname} req/s | ratio | {bname} p50/p99 µs | {vname} p50/p99 µs "
+        f"| {bname} / {vname} gateway CPU µs/req | target |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for sc in scenarios:
+        b, t = base.get(sc.key), through.get(sc.key)
+        if not (_ok(b) and _ok(t)):
+            rows.append(f"| {sc.title} | {'failed' if not _ok(b) else ''} | {'failed' if not _ok(t) else ''} | | | | | |")
+            continue
+        ratio = t["rps"] / b["rps"]
+        target = ""
+        if sc.method == "tools/call":
+            target = f"≥ {MUX_TARGET_RATIO:.2f}: {'met' if ratio >= MUX_TARGET_RATIO else 'NOT met'}"
+        elif "tools_listed" in t:
+            target = f"({t['tools_listed']} tools merged vs {b.get('tools_listed', '?')})"
+        rows.append(
+            f"| {sc.title} | {b['rps']:,.0f}{_errnote(b)} | {t['rps']:,.0f}{_errnote(t)} | {ratio:.2f} | "
+            f"{b['p50_us']} / {b['p99_us']} | {t['p50_us']} / {t['p99_us']} | "
+            f"{b.get('gateway_cpu_us_per_req', 0):.1f} / {t.get('gateway_cpu_us_per_req', 0):.1f} | {target} |"
+        )
+    return "\n".join(rows)
+
+
 # --- main ---------------------------------------------------------------------------------
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
@@ -607,7 +737,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--gateway-cmd", default=None,
         help="replace the 'mcpfast' variant's command line (shell words; placeholders {python} {port} "
-        "{backend_url} {backend_port} {bench_dir} {repo})",
+        "{backend_url} {backend_url2} {backend_url3} {backend_port} {bench_dir} {repo})",
     )  # fmt: skip
     ap.add_argument(
         "--variant", action="append", default=[], metavar="NAME=CMD",
@@ -642,7 +772,8 @@ def main(argv=None) -> int:
         name, sep, cmd = spec.partition("=")
         if not sep or not name or not cmd:
             ap.error(f"--variant wants NAME=CMD, got {spec!r}")
-        variants[name] = GatewayVariant(name, tuple(shlex.split(cmd)), "from --variant")
+        nb = 3 if "{backend_url3}" in cmd else 2 if "{backend_url2}" in cmd else 1
+        variants[name] = GatewayVariant(name, tuple(shlex.split(cmd)), "from --variant", backends=nb)
         added.append(name)
     if args.only == "direct":
         selected: list[GatewayVariant] = []
@@ -690,17 +821,24 @@ def main(argv=None) -> int:
 
     results: dict[str, dict] = {}
     failures: dict[str, str] = {}
-    backend = None
+    backends: list[Proc] = []
     t_start = time.monotonic()
+    tmpdir = tempfile.TemporaryDirectory(prefix="mcpfast-bench-cfg-")
     try:
-        backend, bport = start_backend()
-        results["direct"] = measure_target("direct", bport, scenarios, gen, args, backend, None)
+        bports = []
+        for _ in range(max([1] + [v.backends for v in selected])):
+            b, bp = start_backend()
+            backends.append(b)
+            bports.append(bp)
+        # direct: the first backend alone (a list is that one backend's list).
+        results["direct"] = measure_target("direct", bports[0], scenarios, gen, args, backends[:1], None)
         for variant in selected:
             gw = None
             try:
-                gw, gport = start_gateway(variant, bport, args.startup_timeout)
+                gw, gport = start_gateway(variant, bports, args.startup_timeout, tmpdir.name)
                 extra = {k: v.format(bench_token=bench_token()) for k, v in variant.headers}
-                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args, backend, gw, extra)
+                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args,
+                                                       backends[:variant.backends], gw, extra, variant)  # fmt: skip
                 if gw.p.poll() is not None:
                     print(f"[bench] gateway {variant.name!r} died during the run (code {gw.p.returncode}):\n"
                           + _indent(gw.output()), file=sys.stderr)  # fmt: skip
@@ -711,8 +849,9 @@ def main(argv=None) -> int:
                 if gw is not None:
                     gw.stop()
     finally:
-        if backend is not None:
-            backend.stop()
+        for b in backends:
+            b.stop()
+        tmpdir.cleanup()
 
     # Report.
     out = [f"\n## mcpfast load harness — {meta['time']}\n",
@@ -730,6 +869,11 @@ def main(argv=None) -> int:
         else:
             out.append(table_compare(scenarios, results.get("direct", {}), results.get(variant.name, {}),
                                      variant.name))  # fmt: skip
+    for variant in selected:
+        base = variant.baseline
+        if base and base in results and variant.name in results:
+            out.append(f"\n### {variant.name} vs {base} (same run)\n")
+            out.append(table_vs_baseline(scenarios, results[base], results[variant.name], base, variant.name))
     out.append(f"\n(total wall time {time.monotonic() - t_start:.0f} s)")
     print("\n".join(out))
 

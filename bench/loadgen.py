@@ -35,7 +35,7 @@ _HEAD, _BODY_LEN, _CHUNK_SIZE, _CHUNK_DATA, _TRAILER, _BODY_EOF = range(6)
 class Run:
     """Shared state of one run: counters, deadline and the request template."""
 
-    def __init__(self, host, port, path, tool, headers, duration, max_requests):
+    def __init__(self, host, port, path, tool, headers, duration, max_requests, method="tools/call"):
         self.host = host
         self.port = port
         hdr = "".join(f"{k}: {v}\r\n" for k, v in headers)
@@ -45,9 +45,12 @@ class Run:
             f"{hdr}content-length: "
         ).encode()
         self.body_pre = b'{"jsonrpc":"2.0","id":'
-        self.body_post = (
-            b',"method":"tools/call","params":{"name":"' + tool.encode() + b'","arguments":{"text":"hello"}}}'
-        )
+        if method == "tools/call":
+            self.body_post = (
+                b',"method":"tools/call","params":{"name":"' + tool.encode() + b'","arguments":{"text":"hello"}}}'
+            )
+        else:  # a request without params, e.g. tools/list
+            self.body_post = b',"method":"' + method.encode() + b'"}'
         self.next_id = 0
         self.duration = duration
         self.max_requests = max_requests
@@ -246,9 +249,9 @@ def _pct(sorted_lat, q: float) -> int:
     return int(sorted_lat[k])
 
 
-async def run_load(host, port, path, tool, headers, connections, duration, max_requests) -> dict:
+async def run_load(host, port, path, tool, headers, connections, duration, max_requests, method="tools/call") -> dict:
     loop = asyncio.get_running_loop()
-    run = Run(host, port, path, tool, headers, duration, max_requests)
+    run = Run(host, port, path, tool, headers, duration, max_requests, method)
     run.done = loop.create_future()
     run.started = _perf()
     run.deadline = run.started + int(duration * 1e9)
@@ -285,6 +288,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--path", default="/mcp")
     ap.add_argument("--tool", default="echo")
+    ap.add_argument("--method", default="tools/call", help="tools/call (with --tool) or a method without params")
     ap.add_argument("--header", action="append", default=[], help="extra request header 'Name: value'")
     ap.add_argument("--connections", "-c", type=int, default=1)
     ap.add_argument("--duration", "-d", type=float, default=5.0)
@@ -300,7 +304,8 @@ def main(argv=None) -> int:
 
     uvloop.install()
     res = asyncio.run(
-        run_load(args.host, args.port, args.path, args.tool, headers, args.connections, args.duration, args.max_requests)
+        run_load(args.host, args.port, args.path, args.tool, headers, args.connections, args.duration,
+                 args.max_requests, args.method)
     )
     sys.stdout.write(json.dumps(res) + "\n")
     return 0

@@ -22,12 +22,23 @@ server may send related requests and notifications before the response; those go
 A ``Call`` also stands in for the client exchange's upstream connection
 (``pause_reading``/``resume_reading``/``detach``), so back-pressure and a client that
 leaves reach the backend connection as they do for a passthrough route.
+
+Timeouts.  A routed call waits at most the backend's response timeout for the answer's
+head.  Arming and cancelling a loop timer per request costs more than the rest of the
+routing, so such calls are instead entered in their link's ``waiting`` table with a
+deadline, and one sweep timer per link (every quarter of the timeout, at most 1 s) fails
+the overdue ones -- the way the passthrough path checks its deadlines on a periodic
+tick.  Every entry of a link has the same timeout, so the table is in deadline order and
+a sweep stops at the first entry still in time.  A timeout thus fires up to one sweep
+interval late.  Calls with another timeout, or bounded as a whole (control traffic),
+keep their own timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc
@@ -46,7 +57,10 @@ class BackendLink:
     """How to reach one backend of a multiplexed route: its pool, its request line
     prefix, its timeouts.  Built once per route and backend at startup."""
 
-    __slots__ = ("name", "pool", "target", "host_line", "extra", "response_timeout", "max_body")
+    __slots__ = (
+        "name", "pool", "target", "host_line", "extra", "response_timeout", "max_body", "waiting", "sweeper",
+        "heads",
+    )  # fmt: skip
 
     def __init__(self, backend, pool: UpstreamPool, response_timeout: float, max_body: int) -> None:
         self.name = backend.name
@@ -56,6 +70,49 @@ class BackendLink:
         self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
         self.response_timeout = response_timeout
         self.max_body = max_body
+        # Calls waiting for their answer's head under the shared sweep: call -> deadline.
+        self.waiting: dict[Call, float] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
+        # POST head up to Content-Length, per (backend session id, version): the same
+        # few sessions serve every routed request.
+        self.heads: dict[tuple, bytes] = {}
+
+    def watch(self, call: Call) -> None:
+        """Fail ``call`` if no answer head arrives within the response timeout."""
+        self.waiting[call] = time.monotonic() + self.response_timeout
+        if self.sweeper is None:
+            loop = self.pool._loop or asyncio.get_running_loop()
+            self.sweeper = loop.call_later(self._interval(), self._sweep)
+
+    def _interval(self) -> float:
+        return min(max(self.response_timeout / 4, 0.01), 1.0)
+
+    def _sweep(self) -> None:
+        self.sweeper = None
+        waiting = self.waiting
+        now = time.monotonic()
+        late = []
+        for call, deadline in waiting.items():
+            if deadline > now:
+                break
+            late.append(call)
+        for call in late:
+            waiting.pop(call, None)
+            call._timed_out()
+        if waiting:
+            loop = self.pool._loop or asyncio.get_running_loop()
+            self.sweeper = loop.call_later(self._interval(), self._sweep)
+
+    def post_head(self, session_id: str | None, version: str | None, body_length: int) -> bytes:
+        """``head(b"POST", ...)`` for the routed hot path, its fixed part cached."""
+        key = (session_id, version)
+        pre = self.heads.get(key)
+        if pre is None:
+            pre = self.head(b"POST", session_id, version)[:-2]  # without the blank line
+            if len(self.heads) >= 1024:
+                self.heads.clear()
+            self.heads[key] = pre
+        return b"%sContent-Length: %d\r\n\r\n" % (pre, body_length)
 
     def head(
         self,
@@ -78,7 +135,9 @@ class BackendLink:
         return b"".join(parts)
 
     def post(self, body: bytes, session_id: str | None, version: str | None, more: bytes = b"") -> list:
-        return [self.head(b"POST", session_id, version, len(body), more), body]
+        if more:
+            return [self.head(b"POST", session_id, version, len(body), more), body]
+        return [self.post_head(session_id, version, len(body)), body]
 
 
 class Call:
@@ -86,7 +145,7 @@ class Call:
 
     __slots__ = (
         "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
-        "retried", "pending", "timer", "status", "paused",
+        "retried", "pending", "timer", "status", "paused", "watched",
     )  # fmt: skip
 
     def __init__(self, link: BackendLink, data: list, handler, timeout: float | None = None, whole: bool = False):
@@ -108,11 +167,18 @@ class Call:
         self.timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.paused = False
+        self.watched = False
 
     def start(self) -> "Call":
-        if self.timeout:
-            loop = self.link.pool._loop or asyncio.get_running_loop()
-            self.timer = loop.call_later(self.timeout, self._timed_out)
+        t = self.timeout
+        if t:
+            link = self.link
+            if not self.whole and t == link.response_timeout:
+                self.watched = True
+                link.watch(self)
+            else:
+                loop = link.pool._loop or asyncio.get_running_loop()
+                self.timer = loop.call_later(t, self._timed_out)
         self.link.pool.acquire(self._got)
         return self
 
@@ -131,6 +197,7 @@ class Call:
 
     def _timed_out(self) -> None:
         self.timer = None
+        self.watched = False
         if self.done:
             return
         conn, self.conn = self.conn, None
@@ -149,6 +216,10 @@ class Call:
             log.exception("multiplexer: error handler failed")
 
     def _cancel_timer(self) -> None:
+        if self.watched:
+            self.watched = False
+            self.link.waiting.pop(self, None)
+            return
         t = self.timer
         if t is not None:
             self.timer = None

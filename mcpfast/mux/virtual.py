@@ -277,7 +277,7 @@ class VirtualRoute:
             ex.respond(202, b"")  # each backend got its own at initialize
         elif m == "initialize":
             self._spawn(ex, self._initialize(ex, body, env))
-        else:
+        elif not self._list_from_cache(ex, env, state, token):
             self._spawn(ex, self._list(ex, env, state, token))
 
     # --- initialize -------------------------------------------------------------------
@@ -506,6 +506,33 @@ class VirtualRoute:
             pages.append(p)
         if not _alive(ex):
             return
+        self._answer_list(ex, env, pages)
+
+    def _list_from_cache(self, ex, env, state: SessionState, token: str) -> bool:
+        """Answer a list request at once when every page it needs is cached (and no
+        backend of it is marked down); False when the fetching path must run."""
+        cache = self.cache
+        if cache is None:
+            return False
+        method = env.method
+        try:
+            plan = plan_page(method, env.cursor, self.backends)
+        except InvalidCursor:
+            return False  # _list answers it
+        down = self.down
+        pages: list[BackendPage] = []
+        for b, c in plan:
+            if b in down:
+                return False
+            page = cache.get(self._scope(b, self._session(token, state, b)), method, c)
+            if page is None:
+                return False
+            pages.append(page)
+        self._answer_list(ex, env, pages)
+        return True
+
+    def _answer_list(self, ex, env, pages: list[BackendPage]) -> None:
+        method = env.method
         body = response_body(env.id, assemble_result(method, pages))
         lf = ex.lfilter
         if lf is not None:

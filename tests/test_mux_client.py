@@ -1,0 +1,127 @@
+"""mux/client.py: the shared head-deadline sweep of routed calls and the cached POST head."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from mcpfast.config import build_config
+from mcpfast.mux.client import BackendLink, Call
+from mcpfast.observe import Metrics
+from mcpfast.upstream import UpstreamPool
+
+
+class _Handler:
+    def __init__(self, fut: asyncio.Future) -> None:
+        self.fut = fut
+
+    def on_head(self, call, head) -> None:
+        pass
+
+    def on_event(self, call, ev) -> None:
+        pass
+
+    def on_flush(self, call) -> None:
+        pass
+
+    def on_end(self, call, body) -> None:
+        if not self.fut.done():
+            self.fut.set_result(("end", call.status, body))
+
+    def on_error(self, call, err) -> None:
+        if not self.fut.done():
+            self.fut.set_result(("error", err.status, str(err)))
+
+
+def _link(port: int, timeout: float) -> BackendLink:
+    cfg = build_config({"backends": {"b": {"url": f"http://127.0.0.1:{port}/mcp"}}})
+    b = cfg.backend("b")
+    pool = UpstreamPool(b, Metrics().for_backend("/mcp", "b"), connect_timeout=2.0)
+    return BackendLink(b, pool, timeout, 1 << 20)
+
+
+async def _silent_server():
+    """Accepts, reads, never answers."""
+    conns = []
+
+    async def handle(reader, writer):
+        conns.append(writer)
+        await reader.read(65536)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], conns
+
+
+async def _answering_server():
+    body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
+
+    async def handle(reader, writer):
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    n = int(line.split(b":")[1])
+            await reader.readexactly(n)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def test_routed_call_times_out_by_sweep():
+    async def main():
+        server, port, conns = await _silent_server()
+        link = _link(port, 0.2)
+        try:
+            fut = asyncio.get_running_loop().create_future()
+            t0 = time.monotonic()
+            call = Call(link, link.post(b"{}", "s1", "2025-06-18"), _Handler(fut)).start()
+            assert call.watched and call.timer is None and call in link.waiting
+            kind, status, _ = await asyncio.wait_for(fut, 5)
+            took = time.monotonic() - t0
+            assert (kind, status) == ("error", 504)
+            assert 0.19 <= took < 1.0  # one sweep interval (timeout/4) late at most, plus slack
+            assert not link.waiting
+            await asyncio.sleep(0.15)
+            assert link.sweeper is None  # nothing left to watch: the sweep stops
+        finally:
+            link.pool.close()
+            for w in conns:
+                w.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_answered_calls_leave_the_table_and_other_timeouts_keep_a_timer():
+    async def main():
+        server, port = await _answering_server()
+        link = _link(port, 5.0)
+        try:
+            for _ in range(3):
+                fut = asyncio.get_running_loop().create_future()
+                Call(link, link.post(b"{}", "s1", "2025-06-18"), _Handler(fut)).start()
+                kind, status, body = await asyncio.wait_for(fut, 5)
+                assert (kind, status) == ("end", 200) and b'"result"' in body
+            assert not link.waiting
+            fut = asyncio.get_running_loop().create_future()
+            call = Call(link, link.post(b"{}", "s1", "2025-06-18"), _Handler(fut), timeout=3.0).start()
+            assert not call.watched and call.timer is not None
+            await asyncio.wait_for(fut, 5)
+            assert call.timer is None
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_cached_post_head_matches_the_general_one():
+    link = _link(1, 1.0)
+    for sid, ver in (("abc", "2025-06-18"), (None, None), ("x", None)):
+        for n in (0, 17, 1234):
+            assert link.post_head(sid, ver, n) == link.head(b"POST", sid, ver, n)
+            assert link.post(b"x" * n, sid, ver)[0] == link.head(b"POST", sid, ver, n)
+    assert link.post(b"ab", "s", "v", b"X-More: 1\r\n")[0] == link.head(b"POST", "s", "v", 2, b"X-More: 1\r\n")
