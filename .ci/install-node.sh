@@ -50,8 +50,14 @@ if installed; then
     exit 0
 fi
 
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # A fresh Debian/Ubuntu machine: the system npm (any version) is only the fetcher.
+    echo "install-node.sh: npm not found; installing it with apt-get ..." >&2
+    timeout "$INSTALL_TIMEOUT" apt-get update -qq >&2 || true
+    DEBIAN_FRONTEND=noninteractive timeout "$INSTALL_TIMEOUT" apt-get install -y -qq npm >&2 || true
+fi
 if ! command -v npm >/dev/null 2>&1; then
-    echo "install-node.sh: npm not found; it is needed to fetch node@$NODE_VERSION" >&2
+    echo "install-node.sh: npm not found (and could not be installed); it is needed to fetch node@$NODE_VERSION" >&2
     exit 1
 fi
 
