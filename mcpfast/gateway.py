@@ -920,6 +920,12 @@ class Gateway:
             await srv.wait_closed()
         self.access.close()
 
+    def reopen_logs(self) -> None:
+        """SIGHUP: reopen the access and audit log files by name (logrotate)."""
+        self.access.reopen()
+        if self.policy is not None and self.policy.audit is not None:
+            self.policy.audit.reopen()
+
     async def run_until_signal(self) -> None:
         """Serve until SIGTERM/SIGINT, then drain.  SIGHUP reopens the access log file
         (for logrotate)."""
@@ -927,7 +933,7 @@ class Gateway:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self.access.reopen)
+        loop.add_signal_handler(signal.SIGHUP, self.reopen_logs)
         await stop.wait()
         log.info("draining", extra={"fields": {"connections": len(self.connections)}})
         await self.stop()

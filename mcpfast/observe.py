@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "BackendMetrics", "AccessLog", "setup_logging"]
+__all__ = ["Metrics", "BackendMetrics", "AccessLog", "LineSink", "setup_logging"]
 
 # Latency buckets in seconds, dense where a proxy lives (tens of µs to tens of ms).
 _GATEWAY_BUCKETS = (
@@ -201,6 +201,53 @@ class BackendMetrics:
         child.inc()
 
 
+class LineSink:
+    """Where a line log goes: ``"-"`` (stdout), a file path (appended; ``reopen`` after
+    logrotate moved it), ``"off"``, or a given binary stream.  Write errors are
+    swallowed: a full disk or a closed stdout must not take the gateway down."""
+
+    __slots__ = ("_out", "_own", "_path", "enabled")
+
+    def __init__(self, sink: str, stream: IO[bytes] | None = None) -> None:
+        self._out: IO[bytes] | None = None
+        self._own = False
+        self._path: str | None = None
+        self.enabled = stream is not None or sink not in ("off", "", None)
+        if stream is not None:
+            self._out = stream
+        elif self.enabled:
+            if sink == "-":
+                self._out = sys.stdout.buffer
+            else:
+                self._out = open(sink, "ab")
+                self._own = True
+                self._path = sink
+
+    def write(self, data: bytes) -> None:
+        if self._out is None or not data:
+            return
+        try:
+            self._out.write(data)
+            self._out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def reopen(self) -> None:
+        if not self._own or self._out is None:
+            return
+        try:
+            new = open(self._path, "ab")
+        except OSError:
+            return  # keep writing to the old file rather than lose lines
+        old, self._out = self._out, new
+        old.close()
+
+    def close(self) -> None:
+        if self._own and self._out is not None:
+            self._out.close()
+        self._out = None
+
+
 _LINE = (
     b'{"time":"%s","client":%s,"http":%s,"path":%s,"session":%s,"method":%s,"tool":%s,"backend":%s,'
     b'"status":%d,"outcome":%s,"bytes":%d,"gateway_us":%d,"upstream_us":%d}'
@@ -233,7 +280,7 @@ class AccessLog:
     and writes them in one call.  Formatting in a batch costs a fraction of formatting
     per request, and a request never waits on the log."""
 
-    __slots__ = ("_out", "rows", "enabled", "_own", "_path", "_sec", "_prefix", "_strings")
+    __slots__ = ("_sink", "rows", "enabled", "_sec", "_prefix", "_strings")
 
     FLUSH_ROWS = 256  # a batch costs ~0.2 ms: short enough not to show in p99
     FIELDS = ("time", "client", "http", "path", "session", "method", "tool", "backend", "status", "outcome",
@@ -241,20 +288,11 @@ class AccessLog:
 
     def __init__(self, sink: str) -> None:
         self.rows: list[tuple] = []
-        self._own = False
-        self._path = None
         self._sec = -1
         self._prefix = ""
         self._strings: dict[Any, bytes] = {}
-        self.enabled = sink not in ("off", "", None)
-        self._out: IO[bytes] | None = None
-        if self.enabled:
-            if sink == "-":
-                self._out = sys.stdout.buffer
-            else:
-                self._out = open(sink, "ab")
-                self._own = True
-                self._path = sink
+        self._sink = LineSink(sink)
+        self.enabled = self._sink.enabled
 
     def _time(self, t: float) -> bytes:
         sec = int(t)
@@ -297,34 +335,20 @@ class AccessLog:
 
     def flush(self) -> None:
         rows = self.rows
-        if not rows or self._out is None:
-            rows.clear()
+        if not rows:
             return
         self.rows = []
-        data = self.format(rows)
-        try:
-            self._out.write(data)
-            self._out.flush()
-        except (OSError, ValueError):  # a closed stdout must not take the gateway down
-            pass
+        if self.enabled:
+            self._sink.write(self.format(rows))
 
     def reopen(self) -> None:
-        """Flush and reopen the log file by name (after logrotate moved it away)."""
-        if not self._own or self._out is None:
-            return
+        """Write what is pending, then reopen the file by name (after logrotate)."""
         self.flush()
-        try:
-            new = open(self._path, "ab")
-        except OSError:
-            return  # keep writing to the old file rather than lose lines
-        old, self._out = self._out, new
-        old.close()
+        self._sink.reopen()
 
     def close(self) -> None:
         self.flush()
-        if self._own and self._out is not None:
-            self._out.close()
-        self._out = None
+        self._sink.close()
 
 
 class _JSONFormatter(logging.Formatter):

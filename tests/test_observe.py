@@ -79,3 +79,29 @@ def test_access_log_lines_are_json_with_every_field(t, client, http, path, sid, 
         status, "ok", nbytes, 12, 34,
     )  # fmt: skip
     assert rec["time"].endswith("Z") and rec["time"][:4].isdigit()
+
+
+def test_log_files_are_reopened_by_name_after_rotation(tmp_path):
+    """What SIGHUP does: the access log and the audit log each write on to a fresh file
+    at their configured path once the old one was moved away."""
+    from mcpfast.policy.audit import DENIED, AuditLog
+
+    access_path, audit_path = tmp_path / "access.log", tmp_path / "audit.log"
+    access, audit = AccessLog(str(access_path)), AuditLog(str(audit_path))
+    row = (0.0, "127.0.0.1", b"POST", b"/mcp", None, "tools/call", "echo", "b", 200, "ok", 1, 1, 1)
+    access.rows.append(row)
+    access.flush()
+    audit.event(DENIED, "rule", client="127.0.0.1", method="tools/call", tool="x", status=403)
+    audit.flush()
+    access_path.rename(tmp_path / "access.log.1")
+    audit_path.rename(tmp_path / "audit.log.1")
+    access.reopen()
+    audit.reopen()
+    access.rows.append(row)
+    access.close()
+    audit.event(DENIED, "rule", client="127.0.0.1", method="tools/call", tool="y", status=403)
+    audit.close()
+    for new, old in ((access_path, "access.log.1"), (audit_path, "audit.log.1")):
+        assert len(new.read_text().splitlines()) == 1
+        assert len((tmp_path / old).read_text().splitlines()) == 1
+    assert orjson.loads(audit_path.read_text())["tool"] == "y"

@@ -18,7 +18,6 @@ second says how many were dropped.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -26,6 +25,7 @@ from typing import IO, Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from ..observe import LineSink
 from .principal import Principal
 
 __all__ = ["AuditLog", "AUTH_FAILURE", "DENIED", "RATE_LIMITED", "SESSION_REFUSED"]
@@ -59,17 +59,8 @@ class AuditLog:
     ) -> None:
         self._buf: list[bytes] = []
         self._size = 0
-        self._own = False
-        self._out: IO[bytes] | None = None
+        self._sink = LineSink(sink, stream)
         self.enabled = sink not in ("off", "")
-        if stream is not None:
-            self._out = stream
-        elif self.enabled:
-            if sink == "-":
-                self._out = sys.stdout.buffer
-            else:
-                self._out = open(sink, "ab")
-                self._own = True
         if counter is None:
             counter = Counter(
                 "mcpfast_policy_events",
@@ -152,19 +143,18 @@ class AuditLog:
             now = self._clock()
             if int(now) != self._second:
                 self._roll(int(now), now)
-        if not self._buf or self._out is None:
+        if not self._buf:
             return
         data = b"".join(self._buf)
         self._buf.clear()
         self._size = 0
-        try:
-            self._out.write(data)
-            self._out.flush()
-        except (OSError, ValueError):  # a closed stdout must not take the gateway down
-            pass
+        self._sink.write(data)
+
+    def reopen(self) -> None:
+        """Write what is pending, then reopen the file by name (after logrotate)."""
+        self.flush()
+        self._sink.reopen()
 
     def close(self) -> None:
         self.flush()
-        if self._own and self._out is not None:
-            self._out.close()
-        self._out = None
+        self._sink.close()
