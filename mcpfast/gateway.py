@@ -345,7 +345,10 @@ class Exchange:
         """Session binding, authorization and rate limits; False when refused (answered)."""
         p = self.principal
         sid = self.head.session_id
-        backend = self.route.backend.name
+        vr = self.route.virtual
+        # A multiplexed route has no one backend: rules naming backends apply where the
+        # multiplexer knows which backend a message goes to.
+        backend = self.route.backend.name if vr is None else None
         env = self.env
         refusal = None
         if env is None:
@@ -356,7 +359,12 @@ class Exchange:
                 if refusal is not None:
                     break
         elif env.method is not None:
-            refusal = rp.admit(p, env.method, rp.target_name(env), backend, sid)
+            if vr is not None and env.method in vr.checks_after_routing:
+                # The name is namespaced: the multiplexer checks authorization and limits
+                # once it has split it into backend and the backend's own name.
+                refusal = rp.admit_transport(p, sid)
+            else:
+                refusal = rp.admit(p, env.method, rp.target_name(env), backend, sid)
             if refusal is None and rp.needs_filter(env.method):
                 self.lfilter = _ListFilter(self, rp, env.method)
         else:

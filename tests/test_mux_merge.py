@@ -420,3 +420,15 @@ def test_cache_bounded_and_eviction_is_race_safe():
     for i in range(100):
         cache.invalidate(f"gone{i}")
     assert len(cache._slots) <= 2 * 4 + 4
+
+
+def test_page_keeps_backend_names_and_filters_into_a_new_page():
+    ns = Namespace(("alpha", "beta"))
+    page = prepare_page("tools/list", "alpha", {"tools": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, ns)
+    assert page.names == ("a", "b", "c")
+    items = page.items_json
+    kept = page.keeping([True, False, True])
+    assert [t["name"] for t in kept.items()] == ["alpha__a", "alpha__c"]
+    assert kept.names == ("a", "c") and kept.count == 2 and kept.backend == "alpha"
+    assert page.items_json == items and page.count == 3  # the (cached) page is untouched
+    assert page.keeping([False, False, False]).items_json == b""

@@ -381,6 +381,31 @@ def test_sse_event_unchanged_without_stream_ids(core, ns):
     assert out == ev.raw and env.id == 1
 
 
+def test_sse_responses_pass_raw(core, ns):
+    answer = msg(id=7, result={"content": [{"type": "text", "text": "ok"}]})
+    ev = core.SSEParser().feed(b"event: message\r\ndata: " + answer + b"\r\n\r\n")[0]
+    out, env = rewrite_sse_event(ev, "weather", ns, MergedStreamIds(STREAM_GET))
+    assert out is ev.raw and env.id == 7
+    # With an event id, only the id changes.
+    ev = core.SSEParser().feed(b"id: 5\ndata: " + answer + b"\n\n")[0]
+    out, env = rewrite_sse_event(ev, "weather", ns, MergedStreamIds(STREAM_GET))
+    e = SSEParser().feed(out)[0]
+    assert env.id == 7 and e.data == answer and e.id == b"g!weather~5"
+    # An error answer too.
+    err = msg(id=8, error={"code": -32602, "message": "Unknown tool: x"})
+    ev = core.SSEParser().feed(b"data: " + err + b"\n\n")[0]
+    out, env = rewrite_sse_event(ev, "weather", ns, MergedStreamIds(STREAM_GET))
+    assert out is ev.raw and env.id == 8
+
+
+def test_sse_request_with_an_escaped_method_key_is_still_rewritten(core, ns):
+    body = b'{"jsonrpc":"2.0","id":3,"\\u006dethod":"sampling/createMessage","params":{}}'
+    ev = core.SSEParser().feed(b"data: " + body + b"\n\n")[0]
+    out, env = rewrite_sse_event(ev, "weather", ns)
+    assert env is not None and env.method == "sampling/createMessage"
+    assert orjson.loads(SSEParser().feed(out)[0].data)["id"] == encode_request_id("weather", 3)
+
+
 # --- properties ---------------------------------------------------------------------------------
 
 _json_scalar = st.one_of(

@@ -352,3 +352,13 @@ def test_fifty_rules_evaluate_in_order():
     assert z.check(ALICE, "tools/call", "tool3_x", None).rule_id == "last"
     assert z.check(jwt_p("user3", groups=["eng"]), "tools/call", "tool3_x", None).rule_id == "r3"
     assert z.check(jwt_p("user3", groups=["eng"]), "tools/call", "tool4_x", None).rule_id == "last"
+
+
+def test_allowed_names_by_backend_and_own_name():
+    a = authz({"effect": "allow", "subjects": ["bob"], "tools": ["whoami"], "backends": ["beta"]})
+    bob = jwt_p("bob")
+    assert a.allowed_names(bob, "tools/list", ["whoami", "steps"], "beta") == [True, False]
+    assert a.allowed_names(bob, "tools/list", ["whoami"], "alpha") == [False]
+    assert a.allowed_names(jwt_p("carol"), "tools/list", [], "beta") is None  # nothing to drop
+    allow_all = authz(default="allow")
+    assert allow_all.allowed_names(bob, "tools/list", ["x", "y"], "alpha") is None

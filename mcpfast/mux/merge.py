@@ -297,15 +297,27 @@ def plan_page(method: str, cursor: str | None, backends: Sequence[str]) -> list[
 class BackendPage:
     """One backend page, prepared for the client: ``items_json`` is the exposed items
     encoded as JSON *without* the brackets (comma-separated, ``b""`` for none), so pages
-    are merged by joining bytes."""
+    are merged by joining bytes.  ``names`` holds each item's name or URI as the backend
+    has it (what policy rules match), in item order, when known."""
 
-    __slots__ = ("backend", "items_json", "count", "next_cursor")
+    __slots__ = ("backend", "items_json", "count", "next_cursor", "names")
 
-    def __init__(self, backend: str, items_json: bytes, count: int, next_cursor: str | None) -> None:
+    def __init__(
+        self, backend: str, items_json: bytes, count: int, next_cursor: str | None, names: tuple | None = None
+    ) -> None:
         self.backend = backend
         self.items_json = items_json
         self.count = count
         self.next_cursor = next_cursor
+        self.names = names
+
+    def keeping(self, mask: Sequence[bool]) -> "BackendPage":
+        """A new page with only the items whose ``mask`` entry is true (this page, which
+        may be cached and shared, is left as it is)."""
+        items = load_json(b"[" + self.items_json + b"]")
+        kept = [it for it, keep in zip(items, mask, strict=True) if keep]
+        names = tuple(n for n, keep in zip(self.names or (), mask) if keep) if self.names is not None else None
+        return BackendPage(self.backend, dump_json(kept)[1:-1], len(kept), self.next_cursor, names)
 
     def items(self) -> list:
         """The exposed items as objects (tests, debugging)."""
@@ -352,7 +364,7 @@ def prepare_page(method: str, backend: str, result: Any, ns: Namespace) -> Backe
             if ns.prefixed:
                 it[field] = ns.expose_uri(backend, u)
     encoded = dump_json(kept)
-    return BackendPage(backend, encoded[1:-1], len(kept), nc)
+    return BackendPage(backend, encoded[1:-1], len(kept), nc, tuple(originals))
 
 
 def next_cursor(method: str, pages: Iterable[BackendPage]) -> str | None:

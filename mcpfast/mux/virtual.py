@@ -85,6 +85,14 @@ _STALE_LISTS = {
     "completion/complete": ("prompts/list", "resources/templates/list"),
 }
 _MAX_RESESSIONS = 4096
+# Routed requests that policy checks here (see VirtualRoute.checks_after_routing); the
+# ones with a name or URI are checked under it, completion/complete (its name sits in
+# params.ref) under none, as on a single-backend route.
+_NAME_METHODS = frozenset(("tools/call", "prompts/get"))  # the rest of them carry a URI
+_CHECKED_AFTER_ROUTING = frozenset(
+    ("tools/call", "prompts/get", "resources/read", "resources/subscribe", "resources/unsubscribe",
+     "completion/complete")
+)  # fmt: skip
 
 
 def _alive(ex) -> bool:
@@ -131,6 +139,11 @@ def _sse_head(ex) -> tuple[bytes, bool]:
 
 class VirtualRoute:
     """One multiplexed route: its namespace, token codec, list cache and backend links."""
+
+    #: Methods whose authorization and rate limits wait until the message is routed:
+    #: ``Exchange._admit`` only checks the session binding for them, ``_dispatch`` checks
+    #: the rest against the owning backend and the backend's own name.
+    checks_after_routing = _CHECKED_AFTER_ROUTING
 
     def __init__(self, gw, rc, route) -> None:
         cfg = gw.config
@@ -261,6 +274,8 @@ class VirtualRoute:
             return
         kind = action.kind
         if kind == FORWARD:
+            if action.method in _CHECKED_AFTER_ROUTING and not self._admit(ex, action, env):
+                return
             self._forward(ex, state, token, action, env)
         elif kind == LOCAL:
             self._local(ex, body, env, state, token)
@@ -268,6 +283,25 @@ class VirtualRoute:
             self._fanout(ex, action.body, env, state, token)
         else:
             ex.respond(202, b"")
+
+    def _admit(self, ex, action, env) -> bool:
+        """Authorization and rate limits of a routed request, under its backend and the
+        backend's own name (policy rules never see the namespaced one).  False when
+        refused -- answered as the gateway answers any refusal."""
+        rp = self.route.policy
+        if rp is None or not rp.enabled or ex.principal is None:
+            return True
+        method = action.method
+        if method == "completion/complete":
+            name = shown = None
+        else:
+            name = action.name
+            shown = env.name if method in _NAME_METHODS else env.uri
+        refusal = rp.admit(ex.principal, method, name, action.backend, ex.head.session_id, shown)
+        if refusal is None:
+            return True
+        ex.respond_error(refusal.status, refusal.code, refusal.message, headers=refusal.headers)
+        return False
 
     def _local(self, ex, body: bytes, env, state: SessionState, token: str) -> None:
         m = env.method
@@ -533,13 +567,23 @@ class VirtualRoute:
 
     def _answer_list(self, ex, env, pages: list[BackendPage]) -> None:
         method = env.method
-        body = response_body(env.id, assemble_result(method, pages))
         lf = ex.lfilter
         if lf is not None:
-            # Policy hides what the caller may not use.  TODO(#5): rules name backends;
-            # filter each backend's page under its own name, not the route's first.
-            body = lf.rp.filter_list(ex.principal, method, body, self.route.backend.name)
+            # Policy hides what the caller may not use: each backend's page under that
+            # backend's name and the items' own names.  Pages may be cached and shared by
+            # every caller, so a filtered page is a new one.
+            pages = [self._filtered(lf.rp, ex.principal, method, p) for p in pages]
+        body = response_body(env.id, assemble_result(method, pages))
         ex.respond(200, body)
+
+    def _filtered(self, rp, principal, method: str, page: BackendPage) -> BackendPage:
+        if not page.count:
+            return page
+        names = page.names
+        if names is None:  # not made by prepare_page: nothing to check it by (fail closed)
+            return page.keeping([False] * page.count)
+        mask = rp.allowed_names(principal, method, names, page.backend)
+        return page if mask is None else page.keeping(mask)
 
     def _scope(self, b: str, bs: BackendSession | None):
         if self.per_session:

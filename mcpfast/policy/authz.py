@@ -30,7 +30,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -313,6 +313,20 @@ class Authorizer:
         else:
             changed = self._filter_one(principal, spec, msg, backend)
         return orjson.dumps(msg) if changed else body
+
+    def allowed_names(
+        self, principal: Principal, method: str, names: Sequence[str], backend: str | None
+    ) -> list[bool] | None:
+        """For the items of one list ``method`` known by their names (``params.name`` or
+        URI as the backend has them): which may ``principal`` use on ``backend``?  None
+        when all may -- the caller keeps the page as it is."""
+        spec = LIST_METHODS.get(method)
+        if spec is None or not self.may_deny(spec[2]):
+            return None
+        use = spec[2]
+        check = self.check
+        mask = [check(principal, use, n, backend).allowed for n in names]
+        return None if all(mask) else mask
 
     def _filter_one(self, principal: Principal, spec: tuple[str, str, str], msg: Any, backend: str | None) -> bool:
         if not isinstance(msg, dict):

@@ -97,22 +97,27 @@ class RoutePolicy:
         name: str | None,
         backend: str | None,
         session_id: bytes | None = None,
+        shown: str | None = None,
     ) -> Refusal | None:
         """Session binding, authorization and rate limit for one JSON-RPC request or
         notification.  ``name`` is ``params.name`` for tools/call and prompts/get,
-        ``params.uri`` for resources/*, else None.  None means go on."""
+        ``params.uri`` for resources/*, else None.  None means go on.
+
+        ``shown`` is the name as the client wrote it when that differs from ``name``
+        (a multiplexed route checks the backend's own name; the client sent the
+        namespaced one): a ``hide_denied`` answer must name what the client asked for."""
         if session_id is not None and self.sessions is not None and not self.sessions.allows(session_id, principal):
             return self._session_refused(principal, session_id, method, name)
         authz = self.authz
         if authz is not None:
             d = authz.check(principal, method, name, backend)
             if not d.allowed:
-                return self._denied(d, principal, method, name, session_id)
+                return self._denied(d, principal, method, name, session_id, shown)
         limiter = self.limiter
         if limiter is not None:
             retry, lid = limiter.check_limit(principal, method, name, backend)
             if retry:
-                return self._limited(retry, lid, principal, method, name, session_id)
+                return self._limited(retry, lid, principal, method, name if shown is None else shown, session_id)
         return None
 
     def admit_transport(self, principal: Principal, session_id: bytes | None) -> Refusal | None:
@@ -136,6 +141,14 @@ class RoutePolicy:
         if self.authz is None:
             return body
         return self.authz.filter_list(principal, method, body, backend)
+
+    def allowed_names(self, principal: Principal, method: str, names, backend: str | None) -> list[bool] | None:
+        """Per item of a list ``method`` known by its names: may ``principal`` use it on
+        ``backend``?  None when every item may stay (the multiplexer filters each
+        backend's page this way, under that backend's name)."""
+        if self.authz is None:
+            return None
+        return self.authz.allowed_names(principal, method, names, backend)
 
     # --- sessions ---------------------------------------------------------------------
     def session_created(self, session_id: bytes, principal: Principal) -> None:
@@ -162,7 +175,9 @@ class RoutePolicy:
             )  # fmt: skip
         return Refusal(403, R.CODE_FORBIDDEN, "Forbidden: session belongs to another principal", R.SESSION_MISMATCH)
 
-    def _denied(self, d, p: Principal, method: str, name: str | None, sid: bytes | None) -> Refusal:
+    def _denied(
+        self, d, p: Principal, method: str, name: str | None, sid: bytes | None, shown: str | None = None
+    ) -> Refusal:
         if d.missing_scopes:
             status, code = 403, R.CODE_FORBIDDEN
             message = "Forbidden: insufficient scope"
@@ -175,13 +190,16 @@ class RoutePolicy:
             reason = R.DENIED_SCOPE
         elif self._hide and method in _HIDDEN and name is not None:
             # Answer as the backend would for a name it does not have.
-            status, code, message, hdr, reason = 200, R.CODE_INVALID_PARAMS, _HIDDEN[method].format(name), b"", R.DENIED
+            status, code, hdr, reason = 200, R.CODE_INVALID_PARAMS, b"", R.DENIED
+            message = _HIDDEN[method].format(shown if shown is not None else name)
         else:
             status, code, hdr, reason = self._deny_status, R.CODE_FORBIDDEN, b"", R.DENIED
-            message = f"Forbidden: {method}{' ' + name if name else ''} is not allowed"
+            what = shown if shown is not None else name
+            message = f"Forbidden: {method}{' ' + what if what else ''} is not allowed"
         if self.audit is not None:
             self.audit.event(
-                DENIED, d.reason, client=p.client_ip, principal=p, session=sid, method=method, tool=name,
+                DENIED, d.reason, client=p.client_ip, principal=p, session=sid, method=method,
+                tool=name if shown is None else shown,
                 rule=d.rule_id, route=self.path, status=status,
             )  # fmt: skip
         return Refusal(status, code, message, reason, hdr, d.rule_id)
