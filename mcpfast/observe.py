@@ -23,7 +23,7 @@ import orjson
 from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 __all__ = ["Metrics", "BackendMetrics", "AccessLog", "LineSink", "setup_logging"]
@@ -57,6 +57,22 @@ class _LoopCounterChild:
         self.value += amount
 
 
+class _LoopGaugeChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+    def dec(self, amount: float = 1.0) -> None:
+        self.value -= amount
+
+    def set(self, value: float) -> None:
+        self.value = value
+
+
 class _LoopHistogramChild:
     __slots__ = ("bounds", "counts", "sum")
 
@@ -86,7 +102,12 @@ class _LoopFamily:
     def labels(self, *values: str):
         child = self._children.get(values)
         if child is None:
-            child = _LoopCounterChild() if self.kind == "counter" else _LoopHistogramChild(self.bounds)
+            if self.kind == "counter":
+                child = _LoopCounterChild()
+            elif self.kind == "gauge":
+                child = _LoopGaugeChild()
+            else:
+                child = _LoopHistogramChild(self.bounds)
             self._children[values] = child
         return child
 
@@ -96,12 +117,14 @@ class _LoopFamily:
     def _family(self):
         if self.kind == "counter":
             return CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        if self.kind == "gauge":
+            return GaugeMetricFamily(self.name, self.doc, labels=self.labelnames)
         return HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
 
     def collect(self):
         fam = self._family()
         for values, child in list(self._children.items()):
-            if self.kind == "counter":
+            if self.kind != "histogram":
                 fam.add_metric(list(values), child.value)
             else:
                 cum = 0
@@ -146,8 +169,8 @@ class Metrics:
         self.sessions_open = Gauge(
             "mcpfast_sessions_open", "MCP sessions seen and not ended or expired.", ["backend"], registry=r
         )
-        self.sse_streams_open = Gauge(
-            "mcpfast_sse_streams_open", "SSE responses being relayed right now.", ["backend"], registry=r
+        self.sse_streams_open = _LoopFamily(
+            "gauge", "mcpfast_sse_streams_open", "SSE responses being relayed right now.", ["backend"], r
         )
         self.upstream_connections = Gauge(
             "mcpfast_upstream_connections", "Open connections to a backend.", ["backend"], registry=r

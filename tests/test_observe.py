@@ -105,3 +105,14 @@ def test_log_files_are_reopened_by_name_after_rotation(tmp_path):
         assert len(new.read_text().splitlines()) == 1
         assert len((tmp_path / old).read_text().splitlines()) == 1
     assert orjson.loads(audit_path.read_text())["tool"] == "y"
+
+
+def test_sse_gauge_exposed_like_prometheus_client():
+    m = Metrics()
+    bm = m.for_backend("/mcp", "b1")
+    bm.sse.inc()
+    bm.sse.inc()
+    bm.sse.dec()
+    text = generate_latest(m.registry).decode()
+    assert 'mcpfast_sse_streams_open{backend="b1"} 1.0' in text
+    assert "# TYPE mcpfast_sse_streams_open gauge" in text
