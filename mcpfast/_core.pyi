@@ -16,6 +16,8 @@ from typing import Protocol, Sequence
 
 from .errors import ProtocolError as ProtocolError
 
+DEBUG_BUILD: bool  # True in a core built with MCPFAST_DEBUG_BUILD=1 (invariant checks, tracing)
+
 # ---------------------------------------------------------------------------------
 # HTTP/1.1 (RFC 9110, RFC 9112)
 # ---------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ from ._jsonrpc_py import (
 from ._sse_py import SSEEvent, SSEParser, encode_sse_event
 from .errors import ProtocolError
 
+DEBUG_BUILD = False  # the twin has no build; the compiled core says True in a debug build
+
 __all__ = [
+    "DEBUG_BUILD",
     "ProtocolError",
     "RequestHead",
     "RequestParser",

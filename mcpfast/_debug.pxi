@@ -8,3 +8,6 @@ cdef extern from *:
     #endif
     """
     const int MCPFAST_DEBUG
+
+# Visible from Python: tests check that a debug build is what they run against.
+DEBUG_BUILD = bool(MCPFAST_DEBUG)

@@ -10,6 +10,8 @@ so work on one component does not wait for the others to compile.  The real buil
 ``pip install -e .`` (setup.py), which compiles them all into ``mcpfast._core``.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 
@@ -21,12 +23,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.join(os.path.dirname(HERE), "mcpfast")
 
 
-def main(part: str) -> None:
-    out = os.path.join(os.path.dirname(HERE), "build", "parts")
+PARTS = ("http", "sse", "jsonrpc")
+
+
+def main(part: str, out: str | None = None) -> None:
+    """Build ``_core_<part>`` into ``out`` (default build/parts); part "all" is the whole
+    core under another name (e.g. a debug build beside the installed release one)."""
+    out = out or os.path.join(os.path.dirname(HERE), "build", "parts")
     os.makedirs(out, exist_ok=True)
     name = f"_core_{part}"
+    parts = PARTS if part == "all" else (part,)
     with open(os.path.join(out, name + ".pxd"), "w") as f:
-        f.write(f'include "_{part}_decl.pxi"\n')
+        f.write("".join(f'include "_{p}_decl.pxi"\n' for p in parts))
     with open(os.path.join(out, name + ".pyx"), "w") as f:
         f.write(
             "# cython: language_level=3\n"
@@ -35,7 +43,7 @@ def main(part: str) -> None:
             "from libc.string cimport memcpy, memchr\n"
             "from mcpfast.errors import ProtocolError\n"
             'include "_debug.pxi"\n'
-            f'include "_{part}.pxi"\n'
+            + "".join(f'include "_{p}.pxi"\n' for p in parts)
         )
     debug = os.environ.get("MCPFAST_DEBUG_BUILD", "") not in ("", "0")
     ext = Extension(
@@ -55,4 +63,4 @@ def main(part: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None)
