@@ -642,8 +642,9 @@ class Exchange:
         self.bytes_out = len(body)
         self.conn.send(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s%s\r\n%s"
-            % (status, status_reason(status), len(body), headers, b"" if keep else b"Connection: close\r\n", body)
-        )
+            % (status, status_reason(status), len(body), headers, b"" if keep else b"Connection: close\r\n",
+               b"" if self.is_head else body)  # a HEAD answer has no content (RFC 9110 §9.3.2)
+        )  # fmt: skip
         self.t_up_end = self.t_up_end or _perf()
         self.finish("refused" if status < 500 else "gateway_error")
 

@@ -65,7 +65,7 @@ def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None, data: Any = 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
-        "closed", "write_paused", "read_paused", "keep_alive",
+        "closed", "write_paused", "read_paused", "keep_alive", "eof",
     )  # fmt: skip
 
     def __init__(self, gateway: "Gateway") -> None:
@@ -89,6 +89,7 @@ class ClientProtocol(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.keep_alive = True
+        self.eof = False  # the client half-closed: nothing more will arrive
 
     # --- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -124,11 +125,13 @@ class ClientProtocol(asyncio.Protocol):
             self.fail_request(exc.status, str(exc))
 
     def eof_received(self):
+        self.eof = True
         try:
             self.parser.feed_eof()
         except ProtocolError:
             pass  # a half-sent request: nobody to answer
-        # Keep the write side open while an answer is still being written (half-close).
+        # Keep the write side open while an answer is still being written (half-close);
+        # exchange_done closes once the last one received is answered.
         return self.active is not None
 
     def connection_lost(self, exc) -> None:
@@ -206,7 +209,7 @@ class ClientProtocol(asyncio.Protocol):
         if self.active is not ex:
             return
         self.active = None
-        if not keep_alive or self.closed:
+        if not keep_alive or self.closed or (self.eof and not self.queue):
             self.close()
             return
         if self.queue:
