@@ -89,6 +89,11 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         if sink.pending is not None:
             sink.flush_head()
+        if self.sink is None and self.parser.in_message and not self.closed:
+            # Bytes after the end of the answer (a body sent after a HEAD response, or
+            # garbage): the next request on this connection would read them as its
+            # answer.  Never reuse it.
+            self.close()
 
     def eof_received(self):
         sink = self.sink
