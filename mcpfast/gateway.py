@@ -527,18 +527,11 @@ class Exchange:
         if lf is not None:
             lf.feed(chunk)
             return
-        # _relay, inlined: this runs for every piece of every answer.
-        n = len(chunk)
-        self.bytes_out += n
-        p = self.pending
-        if p is None:
-            p = self.pending = []
-        if self.chunked:
-            p += (b"%x\r\n" % n, chunk, b"\r\n")
-        else:
-            p.append(chunk)
+        self._relay(chunk)
 
     def _relay(self, chunk) -> None:
+        """Queue one piece of the answer for the client (chunk-framed if need be); it
+        leaves with everything else the same upstream read produced (flush_head)."""
         n = len(chunk)
         self.bytes_out += n
         p = self.pending

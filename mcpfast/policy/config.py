@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError
+from ..config import ConfigError, _expect, _positive
 from .keys import SUPPORTED_ALGORITHMS, KeyError_, VerifyKey, key_from_jwk, load_pem, make_key
 
 __all__ = [
@@ -239,23 +239,10 @@ def _unknown(section: dict, known: set[str], prefix: str) -> None:
 
 
 def _get(section: dict, name: str, prefix: str, typ, default):
-    if name not in section:
-        return default
-    v = section[name]
-    key = f"{prefix}.{name}"
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if typ in (int, float) and isinstance(v, bool):
-        raise ConfigError(key, f"expected a number, got {v!r}")
-    if not isinstance(v, typ):
-        raise ConfigError(key, f"expected {typ.__name__}, got {type(v).__name__} {v!r}")
-    return v
-
-
-def _positive(v, key: str, allow_zero: bool = False):
-    if v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-    return v
+    """``config._expect``, but a boolean is refused wherever a number is expected."""
+    if typ in (int, float) and isinstance(section.get(name), bool):
+        raise ConfigError(f"{prefix}.{name}", f"expected a number, got {section[name]!r}")
+    return _expect(section, name, prefix, typ, default)
 
 
 def _strings(section: dict, name: str, prefix: str, *, allow_str: bool = True, nonempty: bool = False):
