@@ -295,7 +295,23 @@ def _json_str(v: Any) -> bytes:
     return orjson.dumps(v.decode("latin-1"))
 
 
-class AccessLog:
+class BufferedLog:
+    """A line log that buffers and writes to a ``LineSink`` (``self._sink``) in
+    ``flush``: reopening and closing are the same for every such log."""
+
+    __slots__ = ()
+
+    def reopen(self) -> None:
+        """Write what is pending, then reopen the file by name (after logrotate)."""
+        self.flush()
+        self._sink.reopen()
+
+    def close(self) -> None:
+        self.flush()
+        self._sink.close()
+
+
+class AccessLog(BufferedLog):
     """JSON-lines access log.  ``sink`` is "-" (stdout), a file path, or "off".
 
     The request path only appends a tuple to ``rows`` (see ``FIELDS``); ``flush`` -- on
@@ -363,15 +379,6 @@ class AccessLog:
         self.rows = []
         if self.enabled:
             self._sink.write(self.format(rows))
-
-    def reopen(self) -> None:
-        """Write what is pending, then reopen the file by name (after logrotate)."""
-        self.flush()
-        self._sink.reopen()
-
-    def close(self) -> None:
-        self.flush()
-        self._sink.close()
 
 
 class _JSONFormatter(logging.Formatter):

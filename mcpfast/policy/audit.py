@@ -25,7 +25,7 @@ from typing import IO, Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from ..observe import LineSink
+from ..observe import BufferedLog, LineSink
 from .principal import Principal
 
 __all__ = ["AuditLog", "AUTH_FAILURE", "DENIED", "RATE_LIMITED", "SESSION_REFUSED"]
@@ -41,7 +41,7 @@ def _iso(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{int((now - sec) * 1000):03d}Z"
 
 
-class AuditLog:
+class AuditLog(BufferedLog):
     """Buffered JSON-lines audit sink.  ``sink``: "-" (stdout), a file path, or "off"
     (events are still counted)."""
 
@@ -149,12 +149,3 @@ class AuditLog:
         self._buf.clear()
         self._size = 0
         self._sink.write(data)
-
-    def reopen(self) -> None:
-        """Write what is pending, then reopen the file by name (after logrotate)."""
-        self.flush()
-        self._sink.reopen()
-
-    def close(self) -> None:
-        self.flush()
-        self._sink.close()
