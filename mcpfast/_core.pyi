@@ -12,7 +12,7 @@ mutable internal buffer), so they stay valid after ``feed`` returns.  Compare th
 the same sequence of ``feed`` calls.
 """
 
-from typing import Protocol, Sequence
+from typing import Container, Mapping, Protocol, Sequence
 
 from .errors import ProtocolError as ProtocolError
 
@@ -162,6 +162,18 @@ class ResponseParser:
     def feed_eof(self) -> None: ...
     @property
     def in_message(self) -> bool: ...
+
+def join_fields(
+    headers: list[tuple[bytes, bytes]], classes: Mapping[bytes, int], listed: Container[bytes] | None
+) -> tuple[bytes, bytes | None]:
+    """The header lines a proxy forwards, joined as ``name: value\\r\\n`` in the order
+    received, and the last ``X-Forwarded-For`` value (None without one).
+
+    ``classes[name]`` (indexed, so a dict subclass may classify unseen names in
+    ``__missing__``) says what to do with a field: 0 forward, 1 drop, 2 drop and return
+    its value as the X-Forwarded-For.  ``listed`` is None or the lower-case names a
+    ``Connection`` header made hop-by-hop (RFC 9110 §7.6.1); those are dropped too.  A
+    field that is not a pair of ``bytes`` is a ``TypeError``."""
 
 # ---------------------------------------------------------------------------------
 # Server-Sent Events (WHATWG HTML §9.2 "Server-sent events", event stream format)

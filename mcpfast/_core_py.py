@@ -5,7 +5,7 @@ runs when ``MCPFAST_NO_EXTENSIONS=1`` is set (or the extension is not built).  E
 component lives in its own module; this one only gathers them under the core's names.
 """
 
-from ._http_py import RequestHead, RequestParser, ResponseHead, ResponseParser
+from ._http_py import RequestHead, RequestParser, ResponseHead, ResponseParser, join_fields
 from ._jsonrpc_py import (
     KIND_ERROR,
     KIND_NOTIFICATION,
@@ -28,6 +28,7 @@ __all__ = [
     "RequestParser",
     "ResponseHead",
     "ResponseParser",
+    "join_fields",
     "SSEEvent",
     "SSEParser",
     "encode_sse_event",

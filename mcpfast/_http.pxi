@@ -1085,3 +1085,61 @@ cdef class ResponseParser(_HTTPParser):
     cdef int _message_end(self, object trailers) except -1:
         self._on_response_end(trailers)
         return 0
+
+
+# ---------------------------------------------------------------------------------
+# Forwarding a header section
+# ---------------------------------------------------------------------------------
+
+def join_fields(list headers, object classes, object listed):
+    """The header lines of ``headers`` that a proxy passes on, as one bytes object, and
+    the last ``X-Forwarded-For`` value (or None).
+
+    ``classes`` maps a field name (as the parser handed it out) to 0 (forward), 1 (drop)
+    or 2 (``X-Forwarded-For``: dropped here, its value returned); it is indexed with
+    ``classes[name]``, so a dict subclass may classify unseen names in ``__missing__``.
+    ``listed`` is None or a set of lower-case names that a ``Connection`` header made
+    hop-by-hop (RFC 9110 §7.6.1): those are dropped too.  Lines are ``name: value\\r\\n``
+    in the order received."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(headers), i, total = 0, k = 0
+    cdef Py_ssize_t ln, lv
+    cdef tuple field
+    cdef bytes name, value
+    cdef object code
+    cdef object xff = None
+    cdef list keep = []
+    cdef bytes out
+    cdef char* p
+    for i in range(n):
+        field = headers[i]
+        name = field[0]
+        value = field[1]
+        if name is None or value is None:
+            raise TypeError("header fields are (bytes, bytes) pairs")
+        code = classes[name]
+        if code:
+            if code == 2:
+                xff = value
+            continue
+        if listed is not None and name.lower() in listed:
+            continue
+        keep.append(field)
+        total += PyBytes_GET_SIZE(name) + PyBytes_GET_SIZE(value) + 4
+    out = PyBytes_FromStringAndSize(NULL, total)
+    p = PyBytes_AS_STRING(out)
+    for field in keep:
+        name = field[0]
+        value = field[1]
+        ln = PyBytes_GET_SIZE(name)
+        lv = PyBytes_GET_SIZE(value)
+        memcpy(p + k, PyBytes_AS_STRING(name), ln)
+        k += ln
+        p[k] = 58  # ':'
+        p[k + 1] = 32  # ' '
+        k += 2
+        memcpy(p + k, PyBytes_AS_STRING(value), lv)
+        k += lv
+        p[k] = 13
+        p[k + 1] = 10
+        k += 2
+    return out, xff

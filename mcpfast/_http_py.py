@@ -30,7 +30,7 @@ import re
 
 from .errors import ProtocolError
 
-__all__ = ["RequestHead", "RequestParser", "ResponseHead", "ResponseParser"]
+__all__ = ["RequestHead", "RequestParser", "ResponseHead", "ResponseParser", "join_fields"]
 
 # Parser states; the compiled core's HTTPState enum has the same members.
 _START = 0  # expecting a request-line / status-line
@@ -712,3 +712,29 @@ class ResponseParser(_Parser):
 
     def _message_end(self, trailers) -> None:
         self._on_response_end(trailers)
+
+
+# ---------------------------------------------------------------------------------
+# Forwarding a header section
+# ---------------------------------------------------------------------------------
+
+
+def join_fields(headers: list, classes, listed) -> tuple[bytes, bytes | None]:
+    """The header lines a proxy passes on, joined, and the last ``X-Forwarded-For``
+    value.  ``classes[name]``: 0 forward, 1 drop, 2 X-Forwarded-For (dropped, value
+    returned); ``listed``: None or lower-case names a ``Connection`` header made
+    hop-by-hop.  Same contract as the compiled core's."""
+    out = []
+    xff = None
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes:
+            raise TypeError("header fields are (bytes, bytes) pairs")
+        code = classes[name]
+        if code:
+            if code == 2:
+                xff = value
+            continue
+        if listed is not None and name.lower() in listed:
+            continue
+        out.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(out), xff

@@ -38,6 +38,7 @@ RequestParser = _impl.RequestParser
 ResponseParser = _impl.ResponseParser
 RequestHead = _impl.RequestHead
 ResponseHead = _impl.ResponseHead
+join_fields = _impl.join_fields
 SSEParser = _impl.SSEParser
 SSEEvent = _impl.SSEEvent
 encode_sse_event = _impl.encode_sse_event

@@ -24,14 +24,16 @@ the client, a fake end is not); a client that leaves closes its upstream at once
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
 import time
+from bisect import bisect_left
 from typing import Any
 
 from .config import BackendConfig, Config, RouteConfig
-from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, scan_jsonrpc
+from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
 from .observe import AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
@@ -316,7 +318,10 @@ class Exchange:
             self.principal = p
             if not self._admit(rp):
                 return
-        self._dispatch(route)
+        if route.virtual is None:  # _dispatch, inlined on the hot path
+            self.forward()
+        else:
+            route.virtual.handle(self)
 
     def _dispatch(self, route: "Route") -> None:
         """The request is admitted: the virtual server answers it, or it is forwarded."""
@@ -382,25 +387,14 @@ class Exchange:
         target = head.target
         q = target.find(b"?")
         utarget = route.target if q < 0 else route.target + route.prefix + target[q + 1 :]
-        parts = [head.method, b" ", utarget, route.host_line]
-        add = parts.extend
-        xff = None
-        fields = route.fields
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
-        for name, value in head.headers:
-            code = fields[name]
-            if code:
-                if code == _XFF_CODE:
-                    xff = value
-                continue
-            if conn_listed is not None and name.lower() in conn_listed:
-                continue
-            add((name, b": ", value, b"\r\n"))
+        block, xff = join_fields(head.headers, route.fields, conn_listed)
+        parts = [head.method, b" ", utarget, route.host_line, block]
         if gw.forwarded:
             peer = self.conn.peer.encode()
-            add((b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n"))
+            parts += (b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n")
         if route.extra:
             parts.append(route.extra)
         body = self.body
@@ -444,18 +438,11 @@ class Exchange:
         status = head.status
         self.status = status
         self.upstream.keep_alive = head.keep_alive
-        parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n"]
-        add = parts.extend
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
-        fields = _RESPONSE_FIELDS
-        for name, value in head.headers:
-            if fields[name]:
-                continue
-            if conn_listed is not None and name.lower() in conn_listed:
-                continue
-            add((name, b": ", value, b"\r\n"))
+        parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n",
+                 join_fields(head.headers, _RESPONSE_FIELDS, conn_listed)[0]]  # fmt: skip
         ct = head.content_type
         if ct is not None and ct.startswith(_SSE):
             self.sse = True
@@ -675,11 +662,15 @@ class Exchange:
             if self.t_sent:
                 up = self.t_up_end - self.t_sent
                 own = (self.t_sent - self.t0) + (t_end - self.t_up_end)
-                bm.upstream.observe(up)
+                h = bm.upstream  # histogram children observed inline: this runs per request
+                h.counts[bisect_left(h.bounds, up)] += 1
+                h.sum += up
             else:
                 up = 0.0
                 own = t_end - self.t0
-            bm.gateway.observe(own)
+            h = bm.gateway
+            h.counts[bisect_left(h.bounds, own)] += 1
+            h.sum += own
         else:
             up = 0.0
             own = t_end - self.t0
@@ -789,6 +780,7 @@ class Gateway:
                 mcp_path=config.server.mcp_path,
                 session_idle=config.timeouts.session_idle,
             )
+        self.new_exchange = functools.partial(Exchange, self)
         self._build_routes()
 
     def _build_routes(self) -> None:
@@ -815,8 +807,8 @@ class Gateway:
                 self.routes[p + b"/"] = route
 
     # --- pipeline hooks -------------------------------------------------------------
-    def new_exchange(self, conn: ClientProtocol, head) -> Exchange:
-        return Exchange(self, conn, head)
+    # ``new_exchange(conn, head)`` is set in ``__init__``: a partial of ``Exchange``
+    # costs no Python frame per request.
 
     def check_request(self, head) -> tuple[int, int, str] | None:
         """Cheap refusals that need no body: method, Origin."""

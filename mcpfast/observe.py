@@ -271,10 +271,11 @@ class LineSink:
         self._out = None
 
 
-_LINE = (
-    b'{"time":"%s","client":%s,"http":%s,"path":%s,"session":%s,"method":%s,"tool":%s,"backend":%s,'
-    b'"status":%d,"outcome":%s,"bytes":%d,"gateway_us":%d,"upstream_us":%d}'
-)
+# A line is the time, then the fields that repeat from request to request (client,
+# request, session, method, tool, backend, status, outcome: formatted once per distinct
+# combination), then the three numbers.
+_LINE = b'{"time":"%s",%s"bytes":%d,"gateway_us":%d,"upstream_us":%d}'
+_MIDDLE = b'"client":%s,"http":%s,"path":%s,"session":%s,"method":%s,"tool":%s,"backend":%s,"status":%d,"outcome":%s,'
 # Bytes that need no escaping in a JSON string: printable ASCII but '"' and '\\'.
 _PLAIN = bytes(sorted(set(range(0x20, 0x7F)) - {0x22, 0x5C}))
 
@@ -333,43 +334,43 @@ class AccessLog(BufferedLog):
         self._sink = LineSink(sink)
         self.enabled = self._sink.enabled
 
-    def _time(self, t: float) -> bytes:
-        sec = int(t)
+    def _time(self, ms: int) -> bytes:
+        sec = ms // 1000
         if sec != self._sec:
             self._sec = sec
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
-        return b"%s.%03dZ" % (self._prefix, int((t - sec) * 1000))
+        return b"%s.%03dZ" % (self._prefix, ms - sec * 1000)
+
+    def _middle(self, key: tuple) -> bytes:
+        client, http, path, sid, method, tool, backend, status, outcome = key
+        js = _json_str
+        return _MIDDLE % (js(client), js(http), js(path), js(sid), js(method), js(tool or None), js(backend),
+                          status, js(outcome))  # fmt: skip
 
     def format(self, rows: list[tuple]) -> bytes:
         """The JSON lines of ``rows``: one object per row, keys in ``FIELDS`` order."""
-        tm = self._time
-        js = _json_str
         cache = self._strings
-        if len(cache) > 4096:  # client-chosen names must not grow it without bound
+        if len(cache) > 4096:  # sessions and client-chosen names must not grow it without bound
             cache.clear()
+        middle = self._middle
+        last_ms = -1
+        ts = b""
         out = []
-        for t, client, http, path, sid, method, tool, backend, status, outcome, nbytes, g_us, u_us in rows:
-            # Strings repeat (peers, methods, tools, backends): each is escaped once.
-            c = cache.get(client)
-            if c is None:
-                c = cache[client] = js(client)
-            m = cache.get(method)
+        add = out.append
+        for row in rows:
+            # Consecutive rows mostly share their millisecond, and their strings repeat
+            # (peer, path, session, method, tool, backend): each distinct combination is
+            # escaped and formatted once.
+            ms = int(row[0] * 1000)
+            if ms != last_ms:
+                last_ms = ms
+                ts = self._time(ms)
+            key = row[1:10]
+            m = cache.get(key)
             if m is None:
-                m = cache[method] = js(method)
-            tool = tool or None  # "" (no tool) is logged as null
-            tl = cache.get(tool)
-            if tl is None:
-                tl = cache[tool] = js(tool)
-            b = cache.get(backend)
-            if b is None:
-                b = cache[backend] = js(backend)
-            o = cache.get(outcome)
-            if o is None:
-                o = cache[outcome] = js(outcome)
-            out.append(
-                _LINE % (tm(t), c, js(http), js(path), js(sid), m, tl, b, status, o, nbytes, g_us, u_us)
-            )  # fmt: skip
-        out.append(b"")
+                m = cache[key] = middle(key)
+            add(_LINE % (ts, m, row[10], row[11], row[12]))
+        add(b"")
         return b"\n".join(out)
 
     def flush(self) -> None:
