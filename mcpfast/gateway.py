@@ -393,7 +393,7 @@ class Exchange:
         block, xff = join_fields(head.headers, route.fields, conn_listed)
         parts = [head.method, b" ", utarget, route.host_line, block]
         if gw.forwarded:
-            peer = self.conn.peer.encode()
+            peer = self.conn.xff_peer
             parts += (b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n")
         if route.extra:
             parts.append(route.extra)

@@ -65,7 +65,7 @@ def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None, data: Any = 
 class ClientProtocol(asyncio.Protocol):
     __slots__ = (
         "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
-        "closed", "write_paused", "read_paused", "keep_alive", "eof",
+        "closed", "write_paused", "read_paused", "keep_alive", "eof", "timeouts", "xff_peer",
     )  # fmt: skip
 
     def __init__(self, gateway: "Gateway") -> None:
@@ -80,6 +80,9 @@ class ClientProtocol(asyncio.Protocol):
         )
         self.transport: asyncio.Transport | None = None
         self.peer = "-"
+        self.timeouts = gateway.config.timeouts
+        # The peer as an X-Forwarded-For element, made once per connection.
+        self.xff_peer = b"-"
         self.state = IDLE
         self.deadline = 0.0
         self.reading: Any = None  # exchange whose request is being read
@@ -97,6 +100,7 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer[0]
+            self.xff_peer = self.peer.encode()
         gw = self.gateway
         if len(gw.connections) >= gw.config.limits.max_connections:
             # Over the connection cap: refuse cheaply rather than degrade everyone.
@@ -117,7 +121,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.state == IDLE:
             self.state = HEAD
-            self.deadline = time.monotonic() + self.gateway.config.timeouts.header_read
+            self.deadline = time.monotonic() + self.timeouts.header_read
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
@@ -165,7 +169,7 @@ class ClientProtocol(asyncio.Protocol):
         ex = self.gateway.new_exchange(self, head)
         self.reading = ex
         self.state = BODY
-        self.deadline = time.monotonic() + self.gateway.config.timeouts.body_read
+        self.deadline = time.monotonic() + self.timeouts.body_read
         if head.expect_continue:
             # Answer early when the request is going to be refused anyway; otherwise
             # invite the body (RFC 9110 §10.1.1).
@@ -223,7 +227,7 @@ class ClientProtocol(asyncio.Protocol):
             self.state = BODY if self.reading is not None else HEAD
         else:
             self.state = IDLE
-        t = self.gateway.config.timeouts
+        t = self.timeouts
         self.deadline = time.monotonic() + (t.idle if self.state == IDLE else t.header_read)
 
     # --- writing ---------------------------------------------------------------------
