@@ -361,7 +361,13 @@ class Exchange:
             refusal = rp.admit_transport(p, sid)
         elif type(env) is list:
             for e in env:
-                refusal = rp.admit(p, e.method, rp.target_name(e), backend, sid) if e.method is not None else rp.admit_transport(p, sid)
+                m = e.method
+                if m is None or (vr is not None and m in vr.checks_after_routing):
+                    # Responses, and namespaced names on a multiplexed route: the
+                    # multiplexer checks each element once it is routed.
+                    refusal = rp.admit_transport(p, sid)
+                else:
+                    refusal = rp.admit(p, m, rp.target_name(e), backend, sid)
                 if refusal is not None:
                     break
         elif env.method is not None:

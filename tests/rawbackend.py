@@ -38,7 +38,7 @@ def read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
 
 class RawBackend:
     """``behaviour`` is one of: ok, garbage, die_mid_stream, silent, stream_forever,
-    stream_until_closed, headers, gated_stream, verbatim."""
+    stream_until_closed, headers, gated_stream, verbatim, mux."""
 
     def __init__(self, behaviour: str) -> None:
         self.behaviour = behaviour
@@ -54,6 +54,8 @@ class RawBackend:
         self.stop = threading.Event()
         self.release = threading.Event()  # gated_stream: send the second event
         self.accepted = 0
+        self.sessions: set[bytes] = set()  # mux: the sessions it knows
+        self.amnesia = False  # mux: know no session at all
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -113,6 +115,73 @@ class RawBackend:
             conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
         conn.sendall(b"0\r\n\r\n")
 
+    def _mux(self, conn, req) -> None:
+        """Just enough of a session-era MCP server to sit behind a multiplexed route.
+        ``initialize`` opens a session (``s1``, ``s2``, ...), notifications get 202, and
+        a request in a session it does not know gets 404 (``sessions.clear()`` forgets
+        them all, ``amnesia`` refuses requests in every one).  Every answer carries the session
+        id, which the gateway must not show its client.  Tools:
+
+        * ``big {size, gate}``: a JSON result whose text is ``size`` bytes, with its
+          Content-Length; half of it, then (``gate``) a wait for ``release``, then the
+          rest as fast as the peer takes it (``bytes_sent`` counts the body).
+        * ``events``: an SSE answer; first a server→client request (id 5, progress
+          token 9, event id ``e1``), then after ``release`` the response.
+        """
+        head, body = req
+        sid = None
+        for line in head.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.strip().lower() == b"mcp-session-id":
+                sid = v.strip()
+        msg = orjson.loads(body)
+        method = msg.get("method")
+        if method == "initialize":
+            sid = b"s%d" % (len(self.requests))
+            self.sessions.add(sid)
+            out = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                "protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},
+                "serverInfo": {"name": "raw", "version": "1"}}})  # fmt: skip
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: %s\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (sid, len(out), out))  # fmt: skip
+            return
+        if sid not in self.sessions or (self.amnesia and "id" in msg):
+            out = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"Session not found"}}'
+            conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (len(out), out))  # fmt: skip
+            return
+        if "id" not in msg:
+            conn.sendall(b"HTTP/1.1 202 Accepted\r\nMcp-Session-Id: %s\r\nContent-Length: 0\r\n\r\n" % sid)
+            return
+        params = msg.get("params") or {}
+        args = params.get("arguments") or {}
+        if params.get("name") == "events":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: %s\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" % sid)  # fmt: skip
+            ask = orjson.dumps({"jsonrpc": "2.0", "id": 5, "method": "sampling/createMessage",
+                                "params": {"_meta": {"progressToken": 9}, "messages": [], "maxTokens": 1}})  # fmt: skip
+            answer = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": []}})
+            for i, ev in enumerate((b"id: e1\nevent: message\ndata: " + ask + b"\n\n",
+                                    b"id: e2\nevent: message\ndata: " + answer + b"\n\n")):  # fmt: skip
+                if i == 1 and not self.release.wait(20):
+                    raise OSError("never released")
+                conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+            conn.sendall(b"0\r\n\r\n")
+            return
+        size = int(args.get("size", 10))
+        out = big_answer(msg["id"], size)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: %s\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (sid, len(out)))  # fmt: skip
+        view = memoryview(out)
+        pos = 0
+        while pos < len(view):
+            if args.get("gate") and pos >= len(view) // 2 and not self.release.wait(20):
+                raise OSError("never released")
+            end = min(len(view), pos + 65536, len(view) // 2 if pos < len(view) // 2 else len(view))
+            n = conn.send(view[pos:end])
+            pos += n
+            self.bytes_sent += n
+
     def _garbage(self, conn, req) -> None:
         conn.sendall(b"THIS IS NOT HTTP\r\n\r\n")
 
@@ -159,6 +228,11 @@ class RawBackend:
         self.stop.set()
         self.sock.close()
         self.thread.join(2)
+
+
+def big_answer(rid, size: int) -> bytes:
+    """The JSON-RPC answer of the ``mux`` backend's ``big`` tool."""
+    return orjson.dumps({"jsonrpc": "2.0", "id": rid, "result": {"content": [{"type": "text", "text": "x" * size}]}})
 
 
 def http_request(port: int, raw: bytes, timeout: float = 10.0) -> bytes:

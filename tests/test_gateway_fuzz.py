@@ -137,9 +137,7 @@ def env():
     }).start()  # fmt: skip
     policy = GatewayThread({**common, "backends": {"q": {"url": q.url}}, **POLICY}).start()
     try:
-        resp = http_request(plain.port, post("/mux", INIT))
-        assert status_of(resp) == 200, resp
-        sid = re.search(rb"(?im)^mcp-session-id: *([^\r\n]+)", resp).group(1)
+        sid = _mux_session(plain.port)
         tokens = {
             "alice": _token("alice"),
             "bob": _token("bob"),  # allowed "other" only: tools/call echo is 403
@@ -154,6 +152,12 @@ def env():
         policy.stop()
         for x in (p, a, b, q):
             x.close()
+
+
+def _mux_session(port: int) -> bytes:
+    resp = http_request(port, post("/mux", INIT))
+    assert status_of(resp) == 200, resp
+    return re.search(rb"(?im)^mcp-session-id: *([^\r\n]+)", resp).group(1)
 
 
 # ----------------------------------------------------------------------------------
@@ -667,7 +671,9 @@ def healthy(env: Env) -> None:
     resp = http_request(env.policy.port, post("/mcp", call, auth))
     assert status_of(resp) == 200 and orjson.loads(body_of(resp))["id"] == 99, resp
     mcall = call.replace(b'"echo"', b'"a__echo"')
-    resp = http_request(env.plain.port, post("/mux", mcall, b"Mcp-Session-Id: " + env.mux_session + b"\r\n"))
+    # A new session: the fuzzed streams may have ended the shared one with a DELETE.
+    sid = _mux_session(env.plain.port)
+    resp = http_request(env.plain.port, post("/mux", mcall, b"Mcp-Session-Id: " + sid + b"\r\n"))
     assert status_of(resp) == 200 and orjson.loads(body_of(resp))["id"] == 99, resp
 
 

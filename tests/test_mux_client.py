@@ -125,3 +125,66 @@ def test_cached_post_head_matches_the_general_one():
             assert link.post_head(sid, ver, n) == link.head(b"POST", sid, ver, n)
             assert link.post(b"x" * n, sid, ver)[0] == link.head(b"POST", sid, ver, n)
     assert link.post(b"ab", "s", "v", b"X-More: 1\r\n")[0] == link.head(b"POST", "s", "v", 2, b"X-More: 1\r\n")
+
+
+class _Streaming(_Handler):
+    """Takes the body piece by piece (``call.stream``); ``fail_in`` names a callback that raises."""
+
+    def __init__(self, fut: asyncio.Future, fail_in: str = "") -> None:
+        super().__init__(fut)
+        self.chunks: list = []
+        self.fail_in = fail_in
+
+    def on_head(self, call, head) -> None:
+        call.stream = True
+        if self.fail_in == "on_head":
+            raise RuntimeError("boom")
+
+    def on_body(self, call, chunk) -> None:
+        if self.fail_in == "on_body":
+            raise RuntimeError("boom")
+        self.chunks.append(bytes(chunk))
+
+
+async def _answered(link: BackendLink, handler_cls, *args):
+    """One routed call to ``link`` with a ``handler_cls(fut, *args)`` handler: (call, handler, outcome)."""
+    fut = asyncio.get_running_loop().create_future()
+    h = handler_cls(fut, *args)
+    call = Call(link, link.post(b"{}", "s1", "2025-06-18"), h).start()
+    return call, h, await asyncio.wait_for(fut, 5)
+
+
+def _against_answering_server(check) -> None:
+    """Run ``await check(link)`` with a link to a fresh answering server."""
+
+    async def main():
+        server, port = await _answering_server()
+        link = _link(port, 5.0)
+        try:
+            await check(link)
+        finally:
+            link.pool.close()
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_streamed_body_goes_to_on_body_and_nothing_is_collected():
+    async def check(link):
+        call, h, outcome = await _answered(link, _Streaming)
+        assert outcome == ("end", 200, None)
+        assert b"".join(h.chunks) == b'{"jsonrpc":"2.0","id":1,"result":{}}'
+        assert call.buf is None
+
+    _against_answering_server(check)
+
+
+def test_a_failing_handler_ends_the_call_and_the_connection_is_not_reused():
+    async def check(link):
+        for where in ("on_head", "on_body"):
+            _, _, (kind, status, msg) = await _answered(link, _Streaming, where)
+            assert (kind, status) == ("error", 502) and "internal error: boom" in msg, where
+            await asyncio.sleep(0.05)
+            assert link.pool.open_connections == 0, where  # half-read: closed, not pooled
+
+    _against_answering_server(check)

@@ -436,3 +436,81 @@ def test_server_request_id_encoded_and_reply_taken_by_another_gateway(gateway, g
         bogus = {"jsonrpc": "2.0", "id": "zeta~n1", "result": {}}
         assert h.post(gateway.url(), json=bogus, headers=_hdrs(sid)).status_code == 400
         h.delete(gateway.url(), headers=_hdrs(sid))
+
+
+# --- DELETE revokes -----------------------------------------------------------------------
+
+
+def test_deleted_session_is_not_revived(gateway):
+    """After DELETE every backend answers 404 for its session; transparent
+    re-initialization must not bring the session back: the client gets 404."""
+    url = gateway.url()
+    with httpx.Client(timeout=10) as h:
+        sid = _init(h, url)
+        assert _rpc(_call(h, url, sid, "beta__whoami", {}))["result"]["content"][0]["text"] == "beta"
+        assert h.delete(url, headers=_hdrs(sid)).status_code == 200
+        for r in (
+            _call(h, url, sid, "beta__whoami", {}, 3),
+            _call(h, url, sid, "alpha__whoami", {}, 4),
+            h.post(url, json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"}, headers=_hdrs(sid)),
+            h.get(url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}),
+            h.delete(url, headers=_hdrs(sid)),
+        ):
+            assert r.status_code == 404, r.text
+        # A new session works as ever.
+        r = _call(h, url, _init(h, url), "alpha__whoami", {})
+        assert _rpc(r)["result"]["content"][0]["text"] == "alpha"
+
+
+def test_session_deleted_by_another_process_is_not_revived(gateway, gateway2):
+    """gateway2 shares the key but not gateway's revocation table.  When the backend it
+    routes to answers 404, it asks the session's other backends: all of them forgot it
+    too, so the session was ended (DELETE), not a backend restarted -- 404, and from then
+    on gateway2 remembers."""
+    with httpx.Client(timeout=10) as h:
+        sid = _init(h, gateway.url())
+        assert _rpc(_call(h, gateway2.url(), sid, "alpha__whoami", {}))["result"]["content"][0]["text"] == "alpha"
+        assert h.delete(gateway.url(), headers=_hdrs(sid)).status_code == 200
+        r = _call(h, gateway2.url(), sid, "alpha__whoami", {}, 3)
+        assert r.status_code == 404, r.text
+        r = h.post(gateway2.url(), json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, headers=_hdrs(sid))
+        assert r.status_code == 404
+
+
+# --- stateless clients (2026-07-28) ----------------------------------------------------------
+
+
+def test_auto_client_falls_back_to_a_session(gateway):
+    async def run():
+        with anyio.fail_after(15):
+            async with Client(gateway.url(), mode="auto") as c:
+                assert c.server_info.name == "mux-test"
+                assert _text(await c.call_tool("beta__whoami", {})) == "beta"
+
+    anyio.run(run)
+
+
+def test_stateless_client_gets_unsupported_version(gateway):
+    """A 2026-07-28-only client is told which versions the virtual server speaks
+    (-32022, the spec's UnsupportedProtocolVersionError), at once: no hang, no 500."""
+
+    async def run():
+        with anyio.fail_after(15):
+            async with Client(gateway.url(), mode="2026-07-28") as c:
+                with pytest.raises(MCPError) as ei:
+                    await c.list_tools()
+                assert ei.value.error.code == -32022
+
+    anyio.run(run)
+    with httpx.Client(timeout=10) as h:
+        body = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "server/discover",
+            "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}},
+        }
+        r = h.post(gateway.url(), json=body, headers={**HEADERS, "MCP-Protocol-Version": "2026-07-28"})
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["code"] == -32022
+        assert err["data"] == {"supported": ["2025-11-25", "2025-06-18", "2025-03-26"], "requested": "2026-07-28"}

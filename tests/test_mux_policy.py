@@ -16,6 +16,7 @@ import anyio
 import httpx
 import httpx2
 import jwt
+import orjson
 import pytest
 
 from gwutil import ROOT, GatewayThread, backend_process
@@ -173,14 +174,41 @@ def test_tool_rule_on_one_backend_allows_exactly_that_tool(gateway):
     anyio.run(run)
 
 
-def _session(h: httpx.Client, url: str, sub: str) -> str:
+def _session(h: httpx.Client, url: str, sub: str, version: str = VERSION) -> str:
     init = {
         "jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
     }  # fmt: skip
     r = h.post(url, json=init, headers={**BASE, "Authorization": f"Bearer {token(sub)}"})
     assert r.status_code == 200, r.text
+    assert r.json()["result"]["protocolVersion"] == version
     return r.headers["mcp-session-id"]
+
+
+def test_batch_elements_are_authorized_one_by_one_under_their_backend(gateway):
+    """A 2025-03-26 batch on a multiplexed route: bob may call beta's whoami only.  The
+    batch is not refused as a whole because alpha's element is denied; each element is
+    checked under its real backend and own name, and only the denied one fails."""
+    url = gateway.url()
+    before = anyio.run(_calls, url, "alpha")
+    with httpx.Client(timeout=30) as h:
+        sid = _session(h, url, "bob", "2025-03-26")
+        hdrs = {**BASE, "Mcp-Session-Id": sid, "Authorization": f"Bearer {token('bob')}"}
+        assert h.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=hdrs).status_code == 202
+        batch = [
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "beta__whoami", "arguments": {}}},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alpha__whoami", "arguments": {}}},
+        ]
+        r = h.post(url, json=batch, headers=hdrs)
+        assert r.status_code == 200, r.text
+        answers = {}
+        for line in r.text.splitlines():
+            if line.startswith("data:"):
+                m = orjson.loads(line[5:])
+                answers[m.get("id")] = m
+    assert answers[1]["result"]["content"][0]["text"] == "beta"
+    assert answers[2]["error"]["code"] == -32031, answers[2]
+    assert anyio.run(_calls, url, "alpha") == before, "the denied element never reached alpha"
 
 
 def _call(h: httpx.Client, url: str, sid: str, sub: str, name: str, rid: int = 7) -> httpx.Response:
@@ -270,3 +298,31 @@ def test_stolen_session_token_is_refused(gateway, hidden):
         assert _call(h, url, sid, "bob", "beta__whoami").status_code == 404
         d = h.delete(url, headers={"Mcp-Session-Id": sid, "Authorization": f"Bearer {token('alice')}"})
         assert d.status_code in (200, 204)
+
+
+def test_access_log_and_audit_name_the_routed_backend(backends, tmp_path):
+    """The access log line of a routed message names the backend it went to, and so does
+    the audit event of a refusal; what no single backend serves is logged with null."""
+    access, audit = tmp_path / "access.log", tmp_path / "audit.log"
+    cfg = {**_config(backends), "audit": {"sink": str(audit)}, "log": {"access_log": str(access)}}
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=10) as h:
+        url = gt.url()
+        sid = _session(h, url, "bob")
+        assert _call(h, url, sid, "bob", "beta__whoami", 2).status_code == 200
+        assert _call(h, url, sid, "bob", "alpha__whoami", 3).status_code == 403
+        hdrs = {**BASE, "Mcp-Session-Id": sid, "MCP-Protocol-Version": VERSION}
+        hdrs["Authorization"] = f"Bearer {token('bob')}"
+        listing = h.post(url, json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"}, headers=hdrs)
+        assert listing.status_code == 200
+        gt.call(gt.gw.access.flush)
+        gt.call(gt.gw.policy.audit.flush)
+        lines = [orjson.loads(x) for x in access.read_text().splitlines()]
+        events = [orjson.loads(x) for x in audit.read_text().splitlines()]
+    assert [(x["method"], x["tool"], x["backend"], x["status"]) for x in lines] == [
+        ("initialize", None, None, 200),  # answered by the virtual server: no one backend
+        ("tools/call", "beta__whoami", "beta", 200),
+        ("tools/call", "alpha__whoami", "alpha", 403),
+        ("tools/list", None, None, 200),
+    ]
+    (denied,) = events
+    assert (denied["event"], denied["tool"], denied["backend"]) == ("denied", "alpha__whoami", "alpha")

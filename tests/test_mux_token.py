@@ -18,6 +18,7 @@ from mcpfast.mux.token import (
     KNOWN_VERSIONS,
     BackendSession,
     InvalidToken,
+    SessionEnded,
     SessionState,
     TokenCodec,
     key_id,
@@ -418,6 +419,31 @@ def test_cache_is_per_route_and_bounded():
     assert c.decode(toks[0], ROUTE).subject == "u0"  # re-decoded after eviction
     c.clear_cache()
     assert not c._cache
+
+
+def test_revoked_tokens_are_refused_until_expiry_or_eviction():
+    """DELETE revokes a token: cached or not, it no longer opens (404 like any invalid
+    token).  The table holds a digest per token, at most ``max_revoked`` of them (the
+    oldest go first), and forgets tokens once they would have expired anyway."""
+    c = TokenCodec(KEY, max_age=100, max_revoked=2)
+    now = 1_000_000
+    states = [realistic_state(subject=f"u{i}", created=now) for i in range(4)]
+    toks = [c.encode(st, ROUTE) for st in states]
+    c.decode(toks[0], ROUTE, now=now)  # cached
+    c.revoke(toks[0], ROUTE, states[0], now=now)
+    with pytest.raises(SessionEnded):
+        c.decode(toks[0], ROUTE, now=now)
+    assert c.revoked(toks[0], ROUTE) and not c.revoked(toks[0], "/other") and not c.revoked(toks[1], ROUTE)
+    assert isinstance(SessionEnded(), InvalidToken)
+    c.revoke(toks[1], ROUTE, states[1], now=now)
+    c.revoke(toks[2], ROUTE, states[2], now=now)  # the table is full: toks[0] is forgotten
+    assert c.decode(toks[0], ROUTE, now=now).subject == "u0"
+    assert all(token not in c._revoked for token in toks)  # digests, not tokens
+    with pytest.raises(SessionEnded):
+        c.decode(toks[1], ROUTE, now=now)
+    # Past their max_age the revoked tokens are refused as expired; their entries go.
+    c.revoke(toks[3], ROUTE, realistic_state(subject="u3", created=now + 1000), now=now + 1000)
+    assert len(c._revoked) == 1 and c.revoked(toks[3], ROUTE)
 
 
 def test_token_sizes_for_three_backends(codec):

@@ -178,7 +178,8 @@ def test_allowed_call_is_none_and_denied_call_is_a_403(rsa_key):
     assert e1 == {
         "time": e1["time"], "event": "denied", "reason": "rule", "client": "10.0.0.1",
         "principal": {"subject": "alice", "kind": "jwt", "issuer": ISSUER}, "session": "s1",
-        "method": "tools/call", "tool": "shell.exec", "rule": "shell-never", "route": "/mcp", "status": 403,
+        "method": "tools/call", "tool": "shell.exec", "backend": "b1", "rule": "shell-never", "route": "/mcp",
+        "status": 403,
     }  # fmt: skip
     assert e2["reason"] == "default" and e2["rule"] is None
     assert reg.get_sample_value("mcpfast_policy_events_total", {"event": "denied", "reason": "rule"}) == 1

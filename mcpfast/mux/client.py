@@ -11,7 +11,10 @@ client ``Exchange`` offers (``upstream_head``/``upstream_body``/``upstream_end``
 ``on_head(call, head)``, ``on_event(call, ev)`` for each SSE event of a
 ``text/event-stream`` answer, ``on_end(call, body)`` (``body`` is the collected JSON
 answer, None for SSE), ``on_error(call, err)``, and ``on_flush(call)`` after each read
-(so a handler can write everything one read produced in one call).
+(so a handler can write everything one read produced in one call).  A handler that
+relays a JSON answer rather than reading it sets ``call.stream`` in ``on_head``: the
+body then goes to ``on_body(call, chunk)`` piece by piece as it arrives, each chunk the
+object the response parser handed out, and nothing is collected (``body`` is None).
 
 ``request()`` wraps a ``Call`` in a future for the control traffic: it returns a
 ``Reply`` holding the status, the backend's ``Mcp-Session-Id`` and the JSON-RPC answer
@@ -145,7 +148,7 @@ class Call:
 
     __slots__ = (
         "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
-        "retried", "pending", "timer", "status", "paused", "watched",
+        "retried", "pending", "timer", "status", "paused", "watched", "stream",
     )  # fmt: skip
 
     def __init__(self, link: BackendLink, data: list, handler, timeout: float | None = None, whole: bool = False):
@@ -159,7 +162,7 @@ class Call:
         self.conn = None
         self.head = None
         self.sse: Any = None
-        self.buf: list = []
+        self.buf: list | None = None  # the collected body (made on its first chunk)
         self.size = 0
         self.done = False
         self.retried = False
@@ -168,6 +171,7 @@ class Call:
         self.status = 0
         self.paused = False
         self.watched = False
+        self.stream = False  # set by the handler's on_head: body chunks go to on_body
 
     def start(self) -> "Call":
         t = self.timeout
@@ -179,7 +183,15 @@ class Call:
             else:
                 loop = link.pool._loop or asyncio.get_running_loop()
                 self.timer = loop.call_later(t, self._timed_out)
-        self.link.pool.acquire(self._got)
+        pool = self.link.pool
+        conn = pool.take_idle()
+        if conn is None:
+            pool.acquire(self._got)
+            return self
+        self.conn = conn  # the usual case: a kept-alive connection is free
+        if self.paused:
+            conn.pause_reading()
+        conn.send(self, self.data)
         return self
 
     def _got(self, conn, err) -> None:
@@ -226,17 +238,28 @@ class Call:
             t.cancel()
 
     # --- sink interface (called by UpstreamProtocol) --------------------------------
+    # Handler code runs inside the response parser's callbacks: an exception must not
+    # unwind through the parser (CONVENTIONS 10).  Each call below is wrapped in its own
+    # try (no helper frame: this is the routed hot path); ``_handler_failed`` logs the
+    # exception and gives up on this call.
     def upstream_head(self, head) -> None:
         self.head = head
         self.status = head.status
-        if self.conn is not None:
-            self.conn.keep_alive = head.keep_alive
-        if not self.whole:
+        conn = self.conn
+        if conn is not None:
+            conn.keep_alive = head.keep_alive
+        if self.watched:  # a routed call's head deadline (never set when ``whole``)
+            self.watched = False
+            self.link.waiting.pop(self, None)
+        elif self.timer is not None and not self.whole:
             self._cancel_timer()
         ct = head.content_type
         if ct is not None and ct.startswith(_SSE):
             self.sse = SSEParser(max_event_bytes=self.link.max_body)
-        self._guard(self.handler.on_head, head)
+        try:
+            self.handler.on_head(self, head)
+        except Exception as exc:
+            self._handler_failed(exc)
 
     def upstream_body(self, chunk) -> None:
         if self.done:
@@ -247,17 +270,32 @@ class Call:
             except ProtocolError as exc:
                 self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} sent invalid SSE: {exc}"))
                 return
-            on_event = self.handler.on_event
-            for ev in events:
-                if self.done:
-                    return
-                self._guard(on_event, ev)
+            self._events(events)
+            return
+        if self.stream:
+            try:
+                self.handler.on_body(self, chunk)
+            except Exception as exc:
+                self._handler_failed(exc)
             return
         self.size += len(chunk)
         if self.size > self.link.max_body:
             self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} answer too large"))
             return
-        self.buf.append(bytes(chunk))
+        if self.buf is None:
+            self.buf = [bytes(chunk)]
+        else:
+            self.buf.append(bytes(chunk))
+
+    def _events(self, events) -> None:
+        on_event = self.handler.on_event
+        try:
+            for ev in events:
+                if self.done:  # a handler failed on an earlier one
+                    return
+                on_event(self, ev)
+        except Exception as exc:
+            self._handler_failed(exc)
 
     def upstream_end(self) -> None:
         self.conn = None  # the connection goes back to the pool by itself
@@ -268,17 +306,24 @@ class Call:
                 events = self.sse.feed_eof()
             except ProtocolError:
                 events = []
-            for ev in events:
-                self._guard(self.handler.on_event, ev)
+            if events:
+                self._events(events)
+            body = None
+        elif self.stream:
             body = None
         else:
-            body = self.buf[0] if len(self.buf) == 1 else b"".join(self.buf)
-            self.buf = []
+            buf = self.buf
+            body = b"" if buf is None else buf[0] if len(buf) == 1 else b"".join(buf)
+            self.buf = None
         if self.done:
             return
         self.done = True
-        self._cancel_timer()
-        self._guard(self.handler.on_end, body)
+        if self.watched or self.timer is not None:
+            self._cancel_timer()
+        try:
+            self.handler.on_end(self, body)
+        except Exception as exc:
+            self._handler_failed(exc)
 
     def upstream_failed(self, err: UpstreamError) -> None:
         self.conn = None
@@ -294,7 +339,10 @@ class Call:
 
     def flush_head(self) -> None:
         self.pending = None
-        self._guard(self.handler.on_flush)
+        try:
+            self.handler.on_flush(self)
+        except Exception as exc:
+            self._handler_failed(exc)
 
     # --- used by the client side ----------------------------------------------------
     def pause_reading(self) -> None:
@@ -322,15 +370,11 @@ class Call:
             conn.detach()
         self._fail(err)
 
-    def _guard(self, fn, *args) -> None:
-        # Handler code runs inside the response parser's callbacks; an exception must not
-        # unwind through the parser (CONVENTIONS 10): log it and give up on this call.
-        try:
-            fn(self, *args)
-        except Exception as exc:
-            log.exception("multiplexer: handler failed")
-            if not self.done:
-                self._abandon(UpstreamError("gateway_error", f"internal error: {exc}"))
+    def _handler_failed(self, exc: Exception) -> None:
+        """A handler raised (called from the ``except`` clause): log it, give up on this call."""
+        log.exception("multiplexer: handler failed")
+        if not self.done:
+            self._abandon(UpstreamError("gateway_error", f"internal error: {exc}"))
 
 
 class Reply:
@@ -426,14 +470,24 @@ async def request(
     *,
     timeout: float | None = None,
     on_message: Callable[[bytes, Any], None] | None = None,
+    calls: set | None = None,
 ) -> Reply:
     """Send one request (``data``: head and body, see ``BackendLink.post``) and wait
     for the whole answer.  Raises ``UpstreamError`` when the backend cannot be reached,
-    breaks the answer, or takes longer than ``timeout`` (default: its response timeout)."""
+    breaks the answer, or takes longer than ``timeout`` (default: its response timeout).
+
+    With ``calls`` (a client's request, whose answer takes as long as the work it asks
+    for) only the wait for the answer's head is bounded, and the ``Call`` sits in
+    ``calls`` while it runs, so the caller can pause or abandon it."""
     fut = asyncio.get_running_loop().create_future()
-    call = Call(link, data, _Collect(fut, on_message), timeout, whole=True).start()
+    call = Call(link, data, _Collect(fut, on_message), timeout, whole=calls is None).start()
+    if calls is not None:
+        calls.add(call)
     try:
         return await fut
     except asyncio.CancelledError:
         call.detach()
         raise
+    finally:
+        if calls is not None:
+            calls.discard(call)

@@ -37,6 +37,12 @@ Decoding runs on every request, so ``TokenCodec`` keeps a bounded cache from
 (route, token) to the decoded state: a hit skips base64, AES and parsing.  The cache is
 sound because decoding is a pure function of (key set, route, token); expiry and the
 principal are checked on hits too.
+
+A token cannot be unsealed, so ending a session (DELETE) is recorded beside the codec:
+``revoke`` keeps a digest of the token until the token would have expired anyway
+(``max_age``), in a bounded table (oldest dropped first), and drops it from the cache, so
+only a cache miss needs the table.  The table is this process's: another process sharing
+the key learns of the end only from the backends (docs/multiplexing.md §7).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import itertools
 import os
 import re
 import time
@@ -57,6 +64,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "InvalidToken",
+    "SessionEnded",
     "BackendSession",
     "SessionState",
     "TokenCodec",
@@ -96,6 +104,14 @@ class InvalidToken(Exception):
     def __init__(self, reason: str = "invalid session") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class SessionEnded(InvalidToken):
+    """An authentic token whose session was ended (DELETE): it must not be revived by
+    re-opening backend sessions.  Also 404."""
+
+    def __init__(self, reason: str = "session ended") -> None:
+        super().__init__(reason)
 
 
 # ---------------------------------------------------------------------------------
@@ -516,6 +532,7 @@ class TokenCodec:
     ``key`` encrypts new tokens; ``key`` and every one of ``old_keys`` open tokens.
     ``max_age`` (seconds, None = unlimited) bounds how long after creation a token is
     accepted.  ``cache_size`` decoded tokens are kept (0 disables the cache).
+    ``max_revoked`` bounds the table of revoked tokens (``revoke``).
     """
 
     def __init__(
@@ -525,6 +542,7 @@ class TokenCodec:
         *,
         max_age: float | None = None,
         cache_size: int = 4096,
+        max_revoked: int = 65536,
     ) -> None:
         keys = [key, *old_keys]
         for k in keys:
@@ -543,6 +561,10 @@ class TokenCodec:
         self.max_age = max_age
         self._cache: dict[tuple[bytes, str], SessionState] = {}
         self._cache_size = cache_size
+        # digest(route, token) -> when the token expires anyway (None: never); insertion
+        # order, so the oldest revocation is dropped first when the table is full.
+        self._revoked: dict[bytes, float | None] = {}
+        self.max_revoked = max_revoked
 
     @staticmethod
     def _aad(header: bytes, route: bytes) -> bytes:
@@ -576,6 +598,8 @@ class TokenCodec:
         state = self._cache.get(ck)
         if state is None:
             state = self._decode(token, route_b)
+            if self._revoked and _digest(route_b, token) in self._revoked:
+                raise SessionEnded("revoked")
             if self._cache_size:
                 cache = self._cache
                 if len(cache) >= self._cache_size:
@@ -622,3 +646,32 @@ class TokenCodec:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def revoke(self, token: str, route: str | bytes, state: SessionState, now: float | None = None) -> None:
+        """From now on ``decode`` refuses ``token`` (ended by DELETE) in this process:
+        until it would have expired (``max_age``), or until ``max_revoked`` later
+        revocations have pushed it out."""
+        route_b = route.encode("utf-8") if isinstance(route, str) else bytes(route)
+        self._cache.pop((route_b, token), None)
+        table = self._revoked
+        t = time.time() if now is None else now
+        # Forget revocations of tokens that expired by themselves (oldest first).
+        for d, until in list(itertools.islice(table.items(), 8)):
+            if until is not None and until < t:
+                del table[d]
+        while len(table) >= self.max_revoked > 0:
+            del table[next(iter(table))]
+        if self.max_revoked > 0:
+            table[_digest(route_b, token)] = None if self.max_age is None else state.created + self.max_age
+
+    def revoked(self, token: str, route: str | bytes) -> bool:
+        """Was ``token`` revoked here (and is that still remembered)?"""
+        if not self._revoked:
+            return False
+        route_b = route.encode("utf-8") if isinstance(route, str) else bytes(route)
+        return _digest(route_b, token) in self._revoked
+
+
+def _digest(route_b: bytes, token: str) -> bytes:
+    # 128 bits of SHA-256: the table holds a fixed-size key, not the token itself.
+    return hashlib.sha256(route_b + b"\x00" + token.encode("ascii", "replace")).digest()[:16]

@@ -15,8 +15,13 @@ happens next depends on the message (``rewrite.route_client_message``):
   goes to its one backend with the name spliced back, and the answer is relayed as it
   comes: a JSON answer unchanged, an SSE answer event by event with server→client ids
   encoded (``rewrite_sse_event``) so that the client's replies find their way back.
-* GET merges every backend's server→client stream into one; DELETE ends every backend
-  session.
+* A batch (2025-03-26 sessions) is split and each element routed as above
+  (``batch.py``).
+* GET merges every backend's server→client stream into one, reconnecting a backend that
+  closes its stream after an event with an id (SSE polling) while the client's stream
+  stays open; a GET with a ``p!`` ``Last-Event-ID`` resumes one backend's POST answer.
+  DELETE ends every backend session and revokes the token in this process.
+* A stateless (2026-07-28) request is answered -32022, naming the versions spoken here.
 
 Work that waits on several backends (initialize, lists, re-opening a backend session)
 runs in a task; the routed request -- the hot path -- starts its backend call straight
@@ -28,24 +33,30 @@ marked down in this process, so cached pages of it are not served until it answe
 again.  A backend that answers 404 has lost our session: it is re-initialized with what
 the token holds and the request sent once more; the new backend session id is kept in a
 per-process table keyed by (token, backend), because the client's token cannot change.
+Unless the session was ended: a token revoked here, or one whose every backend session
+answers 404 (a DELETE by another process), is not revived (``SessionEnded`` → 404).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import copy
+import dataclasses
 import logging
 import time
 from typing import Any
 
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
-from ..gateway import DONE
-from ..server import jsonrpc_error_body
+from ..gateway import DONE, RELAYING
+from ..server import jsonrpc_error_body, status_reason
 from ..upstream import UpstreamError, UpstreamPool
+from .batch import Batch
 from .client import BackendLink, Call, request
 from .ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id
 from .merge import (
     LIST_CHANGED,
+    SUPPORTED_VERSIONS,
     BackendPage,
     BadBackendAnswer,
     InvalidCursor,
@@ -63,8 +74,15 @@ from .merge import (
     response_body,
 )
 from .names import NameConflict, Namespace
-from .rewrite import FANOUT, FORWARD, LOCAL, RouteError, rewrite_sse_event, route_client_message
-from .token import BackendSession, InvalidToken, SessionState, TokenCodec
+from .rewrite import (
+    FANOUT,
+    FORWARD,
+    LOCAL,
+    RouteError,
+    rewrite_sse_event,
+    route_client_message,
+)
+from .token import BackendSession, InvalidToken, SessionEnded, SessionState, TokenCodec
 
 __all__ = ["VirtualRoute"]
 
@@ -74,7 +92,14 @@ _SESSION_NOT_FOUND = -32001  # what the Python SDK answers with its 404
 _INTERNAL = -32603
 _EMPTY_RESULT = b"{}"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+_PING = b'{"jsonrpc":"2.0","id":"mcpfast-probe","method":"ping"}'
+_UNSUPPORTED_VERSION = -32022  # MCP 2026-07-28: UnsupportedProtocolVersionError
 _ALLOW = b"Allow: GET, POST, DELETE\r\n"
+_JSON = b"application/json"
+# Client heads of routed answers (_Relay): the usual JSON one (200, length known, kept
+# alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange._framed).
+_JSON_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+_SSE_200 = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 # A name that no table knew may be known after listing: the lists that teach it.
 _STALE_LISTS = {
     "tools/call": ("tools/list",),
@@ -85,6 +110,11 @@ _STALE_LISTS = {
     "completion/complete": ("prompts/list", "resources/templates/list"),
 }
 _MAX_RESESSIONS = 4096
+# GET stream legs (_Merge): reconnection delay without and with the backend's ``retry:``
+# (seconds), and reconnections in a row without a message before a leg is given up.
+_LEG_RETRY_DEFAULT = 0.5
+_LEG_RETRY_MAX = 30.0
+_LEG_ATTEMPTS = 5
 # Routed requests that policy checks here (see VirtualRoute.checks_after_routing); the
 # ones with a name or URI are checked under it, completion/complete (its name sits in
 # params.ref) under none, as on a single-backend route.
@@ -97,6 +127,19 @@ _CHECKED_AFTER_ROUTING = frozenset(
 
 def _alive(ex) -> bool:
     return ex.phase != DONE
+
+
+def _view(route, vr, backend, bm, pool=None):
+    """``route`` as the access log and the request metrics of one exchange see it: the
+    same route and virtual server, naming ``backend`` (the one the message was routed
+    to, or a stand-in named None for what the virtual server answers itself)."""
+    v = copy.copy(route)
+    v.virtual = vr
+    v.backend = backend
+    v.bm = bm
+    if pool is not None:
+        v.pool = pool
+    return v
 
 
 class _TaskRef:
@@ -160,19 +203,26 @@ class VirtualRoute:
         self.fail_open = mc.fail_mode == "open"
         self.server_info = {"name": mc.server_name, "version": mc.server_version}
         self.links: dict[str, BackendLink] = {}
+        # The exchange's route while the virtual server works on it (``handle``): the
+        # access log line and request metrics of a routed message name its backend;
+        # what no single backend serves is logged with backend null.
+        self.views: dict[str, Any] = {}
+        self.local_view = _view(route, self, dataclasses.replace(route.backend, name=None), route.bm)
         for name in self.backends:
             b = cfg.backend(name)
+            bm = gw.metrics.for_backend(rc.path, name)
             pool = gw.pools.get(name)
             if pool is None:
                 pool = gw.pools[name] = UpstreamPool(
                     b,
-                    gw.metrics.for_backend(rc.path, name),
+                    bm,
                     connect_timeout=cfg.timeouts.upstream_connect,
                     max_header_bytes=cfg.limits.max_header_bytes,
                 )
             self.links[name] = BackendLink(
                 b, pool, b.response_timeout or cfg.timeouts.upstream_response, cfg.limits.max_sse_event_bytes
             )
+            self.views[name] = _view(route, self, b, bm, pool)
         # Backends that failed lately (name → when): their cached pages are not served.
         self.down: dict[str, float] = {}
         # (token, backend) → the backend session opened after the token was minted.
@@ -189,6 +239,7 @@ class VirtualRoute:
     # --- entry ------------------------------------------------------------------------
     def handle(self, ex) -> None:
         m = ex.head.method
+        ex.route = self.local_view
         try:
             if m == b"POST":
                 self._post(ex)
@@ -215,6 +266,9 @@ class VirtualRoute:
             await coro
         except asyncio.CancelledError:
             pass
+        except SessionEnded:
+            if _alive(ex):
+                ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
         except UpstreamError as err:
             if _alive(ex):
                 ex.respond_error(err.status, -32000, str(err))
@@ -247,18 +301,47 @@ class VirtualRoute:
     # --- POST -------------------------------------------------------------------------
     def _post(self, ex) -> None:
         env = ex.env
-        if type(env) is list:
-            # TODO(#5): split a client batch (2025-03-26) into its elements and route each.
-            ex.respond_error(400, -32600, "JSON-RPC batches are not supported on a multiplexed route")
-            return
         body = ex.body if type(ex.body) is bytes else bytes(ex.body)
+        if type(env) is list:
+            self._batch(ex, body, env)
+            return
         if env.method == "initialize" and env.kind == KIND_REQUEST:
             self._spawn(ex, self._initialize(ex, body, env))
+            return
+        if ex.head.session_id is None and self._stateless(ex, env):
             return
         state, token = self._open_token(ex)
         if state is None:
             return
         self._dispatch(ex, body, env, state, token, True)
+
+    def _batch(self, ex, body: bytes, envs: list) -> None:
+        """A JSON-RPC batch (2025-03-26): each element routed on its own (``batch.py``)."""
+        state, token = self._open_token(ex)
+        if state is not None:
+            Batch(self, ex, body, envs, state, token).start()
+
+    def _stateless(self, ex, env) -> bool:
+        """A message of the stateless protocol (2026-07-28: no ``initialize``, no session,
+        the version in each request's ``_meta``, ``server/discover``) cannot be served:
+        the virtual server keeps its backends' sessions in the client's session token.
+        It is answered like any unsupported version (400, -32022, naming the versions
+        this server speaks), so a client in "auto" mode initializes a session instead,
+        and a stateless-only client gets a clear error.  True when answered."""
+        requested = env.protocol_version
+        if requested is None:
+            header = ex.head.protocol_version
+            if header is not None:
+                header = header.decode("latin-1")
+                if header not in SUPPORTED_VERSIONS:
+                    requested = header
+            if requested is None and env.method == "server/discover":
+                requested = ""
+        if requested is None:
+            return False
+        data = {"supported": list(SUPPORTED_VERSIONS), "requested": requested}
+        ex.respond(400, jsonrpc_error_body(_UNSUPPORTED_VERSION, "Unsupported protocol version", env.id, data))
+        return True
 
     def _dispatch(self, ex, body: bytes, env, state: SessionState, token: str, may_refresh: bool) -> None:
         try:
@@ -274,6 +357,7 @@ class VirtualRoute:
             return
         kind = action.kind
         if kind == FORWARD:
+            ex.route = self.views[action.backend]
             if action.method in _CHECKED_AFTER_ROUTING and not self._admit(ex, action, env):
                 return
             self._forward(ex, state, token, action, env)
@@ -288,20 +372,24 @@ class VirtualRoute:
         """Authorization and rate limits of a routed request, under its backend and the
         backend's own name (policy rules never see the namespaced one).  False when
         refused -- answered as the gateway answers any refusal."""
+        refusal = self.refusal(ex, action, env)
+        if refusal is None:
+            return True
+        ex.respond_error(refusal.status, refusal.code, refusal.message, headers=refusal.headers)
+        return False
+
+    def refusal(self, ex, action, env):
+        """Policy's ``Refusal`` of a routed request (audited there), or None."""
         rp = self.route.policy
         if rp is None or not rp.enabled or ex.principal is None:
-            return True
+            return None
         method = action.method
         if method == "completion/complete":
             name = shown = None
         else:
             name = action.name
             shown = env.name if method in _NAME_METHODS else env.uri
-        refusal = rp.admit(ex.principal, method, name, action.backend, ex.head.session_id, shown)
-        if refusal is None:
-            return True
-        ex.respond_error(refusal.status, refusal.code, refusal.message, headers=refusal.headers)
-        return False
+        return rp.admit(ex.principal, method, name, action.backend, ex.head.session_id, shown)
 
     def _local(self, ex, body: bytes, env, state: SessionState, token: str) -> None:
         m = env.method
@@ -425,20 +513,28 @@ class VirtualRoute:
 
     async def _ensure(self, token: str, state: SessionState, b: str, stale: str | None = None) -> BackendSession:
         """A usable backend session: the known one, or a new one when there is none (the
-        backend was down at initialize) or the known one is ``stale`` (404)."""
+        backend was down at initialize) or the known one is ``stale`` (404).  Raises
+        ``SessionEnded`` instead of reviving a session that was ended."""
         bs = self._session(token, state, b)
         if bs is not None and bs.protocol_version is not None and (stale is None or bs.session_id != stale):
             return bs
+        if self.codec.revoked(token, self.path):
+            raise SessionEnded()
         key = (token, b)
         task = self.reopening.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._reopen(token, state, b))
+            task = asyncio.get_running_loop().create_task(self._reopen(token, state, b, stale))
             self.reopening[key] = task
             task.add_done_callback(lambda _t: self.reopening.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _reopen(self, token: str, state: SessionState, b: str) -> BackendSession:
+    async def _reopen(self, token: str, state: SessionState, b: str, stale: str | None = None) -> BackendSession:
         old = state.backend(b)
+        if stale is not None and old is not None and old.session_id == stale and await self._token_ended(state, b):
+            # DELETE ended every backend session of this token -- most likely in another
+            # process, which has it in its own revocation table: do not revive it.
+            self.codec.revoke(token, self.path, state)
+            raise SessionEnded()
         version = (old.protocol_version if old is not None else None) or state.protocol_version or "2025-06-18"
         try:
             bs, _ = await self._open_backend(b, version, state.client_capabilities, state.client_info)
@@ -451,6 +547,49 @@ class VirtualRoute:
         while len(rs) > _MAX_RESESSIONS:
             rs.popitem(last=False)
         return bs
+
+    async def _token_ended(self, state: SessionState, b: str) -> bool:
+        """Backend ``b`` forgot the session the token gave it.  Was the whole session ended
+        (DELETE, perhaps by another process)?  Asks every other backend whose session the
+        token holds with a ``ping``: True only when each of them answers 404.  A backend
+        that restarted forgets one session, a DELETE ends all of them.  With no other
+        backend session to ask, nobody can tell: False (the session is re-opened)."""
+        others = [bs for bs in state.backends if bs.name != b and bs.session_id is not None and bs.protocol_version]
+        if not others:
+            return False
+
+        async def gone(bs: BackendSession) -> bool:
+            link = self.links[bs.name]
+            try:
+                reply = await request(link, link.post(_PING, bs.session_id, bs.protocol_version))
+            except UpstreamError:
+                return False  # unreachable is not proof of anything
+            return reply.status == 404
+
+        return all(await asyncio.gather(*(gone(bs) for bs in others)))
+
+    async def exchange(
+        self, state: SessionState, token: str, b: str, data: bytes, on_message=None, calls: set | None = None
+    ):
+        """Send one message to backend ``b`` in this client's session and return its
+        ``Reply``; a backend session the backend forgot (404) is re-opened and the message
+        sent once more.  ``on_message``/``calls``: see ``client.request``."""
+        link = self.links[b]
+        bs = await self._ensure(token, state, b)
+        for attempt in (0, 1):
+            try:
+                reply = await request(
+                    link, link.post(data, bs.session_id, bs.protocol_version), on_message=on_message, calls=calls
+                )
+            except UpstreamError:
+                self.down[b] = time.monotonic()
+                raise
+            if reply.status == 404 and attempt == 0 and bs.session_id is not None:
+                bs = await self._ensure(token, state, b, stale=bs.session_id)
+                continue
+            break
+        self.down.pop(b, None)
+        return reply
 
     # --- routed requests --------------------------------------------------------------
     def _forward(self, ex, state: SessionState, token: str, action, env) -> None:
@@ -466,14 +605,21 @@ class VirtualRoute:
         except UpstreamError as err:
             self._backend_failed(ex, env, action.backend, err)
             return
+        except SessionEnded:
+            if _alive(ex):
+                ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
+            return
         if _alive(ex):
             self._send(ex, state, token, action, env, bs, stale is not None)
 
     def _send(self, ex, state, token, action, env, bs: BackendSession, retried: bool) -> None:
         link = self.links[action.backend]
         relay = _Relay(self, ex, state, token, action, env, bs, retried)
-        call = Call(link, link.post(action.body, bs.session_id, bs.protocol_version), relay)
+        body = action.body
+        call = Call(link, [link.post_head(bs.session_id, bs.protocol_version, len(body)), body], relay)
         ex.upstream = call
+        if ex.conn.write_paused:
+            call.paused = True  # the client is not reading yet: neither do we
         call.start()
 
     def _backend_failed(self, ex, env, b: str, err) -> None:
@@ -487,27 +633,44 @@ class VirtualRoute:
             ex.respond_error(getattr(err, "status", 502), -32000, msg)
 
     async def _refresh_then_route(self, ex, body, env, state, token) -> None:
-        methods = _STALE_LISTS[env.method]
-        await asyncio.gather(
-            *(self._page(state, token, b, m, None) for m in methods for b in self.backends), return_exceptions=True
-        )
+        await self.refresh_lists(state, token, env.method)
         if _alive(ex):
             self._dispatch(ex, body, env, state, token, False)
 
+    async def refresh_lists(self, state: SessionState, token: str, method: str | None) -> bool:
+        """List (through the cache) what teaches the names ``method`` looks up: a process
+        that has not listed yet may not know an unprefixed name.  False when no list
+        would help."""
+        methods = _STALE_LISTS.get(method)
+        if methods is None:
+            return False
+        await asyncio.gather(
+            *(self._page(state, token, b, m, None) for m in methods for b in self.backends), return_exceptions=True
+        )
+        return True
+
+    def fanout_targets(self, state: SessionState, token: str) -> list[BackendSession]:
+        """The backend sessions a FANOUT message goes to."""
+        return [bs for bs in (self._session(token, state, b) for b in self.backends) if bs and bs.protocol_version]
+
     def _fanout(self, ex, body: bytes, env, state: SessionState, token: str) -> None:
-        targets = [bs for bs in (self._session(token, state, b) for b in self.backends) if bs and bs.protocol_version]
         if env.kind == KIND_REQUEST:  # logging/setLevel: every backend, then answer {}
             async def all_then_answer() -> None:
-                await asyncio.gather(*(self._quiet(bs, body) for bs in targets))
+                await self.fan_out(state, token, body)
                 if _alive(ex):
                     ex.respond(200, response_body(env.id, _EMPTY_RESULT))
 
             self._spawn(ex, all_then_answer())
             return
         loop = asyncio.get_running_loop()
-        for bs in targets:
+        for bs in self.fanout_targets(state, token):
             loop.create_task(self._quiet(bs, body))
         ex.respond(202, b"")
+
+    async def fan_out(self, state: SessionState, token: str, body: bytes) -> None:
+        """Send ``body`` to every backend of the session and wait for each (a failure is
+        only logged: a backend that is down misses a notification)."""
+        await asyncio.gather(*(self._quiet(bs, body) for bs in self.fanout_targets(state, token)))
 
     async def _quiet(self, bs: BackendSession, body: bytes) -> None:
         link = self.links[bs.name]
@@ -518,29 +681,34 @@ class VirtualRoute:
 
     # --- lists --------------------------------------------------------------------------
     async def _list(self, ex, env, state: SessionState, token: str) -> None:
+        body = await self.list_answer(ex, env, state, token, ex.lfilter is not None)
+        if _alive(ex):
+            ex.respond(200, body)
+
+    async def list_answer(self, ex, env, state: SessionState, token: str, filtered: bool) -> bytes:
+        """The answer to one list request: a merged page, or a JSON-RPC error.  Raises
+        ``UpstreamError`` when a backend fails with ``fail_mode = "closed"``, and
+        ``SessionEnded``.  ``filtered``: policy hides what the caller may not use."""
         method = env.method
         try:
             plan = plan_page(method, env.cursor, self.backends)
         except InvalidCursor:
-            ex.respond(200, jsonrpc_error_body(-32602, "Invalid params: invalid cursor", env.id))
-            return
+            return jsonrpc_error_body(-32602, "Invalid params: invalid cursor", env.id)
         got = await asyncio.gather(*(self._page(state, token, b, method, c) for b, c in plan), return_exceptions=True)
         pages: list[BackendPage] = []
         for (b, _), p in zip(plan, got, strict=True):
             if isinstance(p, NameConflict):
-                ex.respond(200, jsonrpc_error_body(_INTERNAL, str(p), env.id))
-                return
+                return jsonrpc_error_body(_INTERNAL, str(p), env.id)
+            if isinstance(p, SessionEnded):
+                raise p
             if isinstance(p, BaseException):
                 if not isinstance(p, (UpstreamError, BadBackendAnswer, ValueError)):
                     log.error("list from backend %s failed", b, exc_info=p)
                 if not self.fail_open:
-                    ex.respond_error(502, -32000, f"backend {b} unavailable: {p}")
-                    return
+                    raise UpstreamError("upstream_unavailable", f"backend {b} unavailable: {p}")
                 continue
             pages.append(p)
-        if not _alive(ex):
-            return
-        self._answer_list(ex, env, pages)
+        return self._list_body(ex, env, pages, filtered)
 
     def _list_from_cache(self, ex, env, state: SessionState, token: str) -> bool:
         """Answer a list request at once when every page it needs is cached (and no
@@ -562,19 +730,18 @@ class VirtualRoute:
             if page is None:
                 return False
             pages.append(page)
-        self._answer_list(ex, env, pages)
+        ex.respond(200, self._list_body(ex, env, pages, ex.lfilter is not None))
         return True
 
-    def _answer_list(self, ex, env, pages: list[BackendPage]) -> None:
+    def _list_body(self, ex, env, pages: list[BackendPage], filtered: bool) -> bytes:
         method = env.method
-        lf = ex.lfilter
-        if lf is not None:
+        if filtered:
             # Policy hides what the caller may not use: each backend's page under that
             # backend's name and the items' own names.  Pages may be cached and shared by
             # every caller, so a filtered page is a new one.
-            pages = [self._filtered(lf.rp, ex.principal, method, p) for p in pages]
-        body = response_body(env.id, assemble_result(method, pages))
-        ex.respond(200, body)
+            rp = self.route.policy
+            pages = [self._filtered(rp, ex.principal, method, p) for p in pages]
+        return response_body(env.id, assemble_result(method, pages))
 
     def _filtered(self, rp, principal, method: str, page: BackendPage) -> BackendPage:
         if not page.count:
@@ -611,23 +778,10 @@ class VirtualRoute:
     async def _ask(self, state, token, b: str, method: str, params: dict | None):
         """One request of the gateway's own to backend ``b``: its result object, or None
         for a JSON-RPC error answer."""
-        link = self.links[b]
-        bs = await self._ensure(token, state, b)
         msg: dict[str, Any] = {"jsonrpc": "2.0", "id": self._next_id(), "method": method}
         if params is not None:
             msg["params"] = params
-        data = dump_json(msg)
-        for attempt in (0, 1):
-            try:
-                reply = await request(link, link.post(data, bs.session_id, bs.protocol_version))
-            except UpstreamError:
-                self.down[b] = time.monotonic()
-                raise
-            if reply.status == 404 and attempt == 0 and bs.session_id is not None:
-                bs = await self._ensure(token, state, b, stale=bs.session_id)
-                continue
-            break
-        self.down.pop(b, None)
+        reply = await self.exchange(state, token, b, dump_json(msg))
         if not reply.ok:
             raise UpstreamError("upstream_status", f"backend {b} answered {method} with HTTP {reply.status}")
         e = reply.env
@@ -647,6 +801,8 @@ class VirtualRoute:
 
     # --- DELETE -------------------------------------------------------------------------
     async def _delete(self, ex, state: SessionState, token: str) -> None:
+        # First, so that nothing revives the session while its backends are ending it.
+        self.codec.revoke(token, self.path, state)
         ends = []
         for b in self.backends:
             bs = self._session(token, state, b)
@@ -677,10 +833,17 @@ class VirtualRoute:
                 ex.respond_error(400, -32600, "Bad Request: unknown Last-Event-ID")
                 return
             kind, resume = decoded
+            resume = {b: pos for b, pos in resume.items() if b in self.links}
             if kind == STREAM_POST:
-                # TODO(#5): resume one backend's POST stream on a GET.
-                resume = {}
-                kind = STREAM_GET
+                # The client resumes a POST answer (its ids are "p!<backend>~<id>"): that
+                # one backend stream, continued by that backend alone.
+                bs = self._session(token, state, next(iter(resume))) if resume else None
+                if bs is None or bs.session_id is None or bs.protocol_version is None:
+                    ex.respond_error(400, -32600, "Bad Request: Last-Event-ID names no stream of this session")
+                    return
+                ex.route = self.views[bs.name]
+                _Merge(self, ex, state, token, [bs], MergedStreamIds(STREAM_POST, resume)).start()
+                return
         targets = []
         for b in self.backends:
             bs = self._session(token, state, b)
@@ -689,13 +852,28 @@ class VirtualRoute:
         if not targets:
             ex.respond_error(405, -32600, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
-        _Merge(self, ex, targets, MergedStreamIds(kind, resume)).start()
+        _Merge(self, ex, state, token, targets, MergedStreamIds(kind, resume)).start()
 
 
 class _Relay:
-    """Relays one backend's answer to a routed client request."""
+    """Relays one backend's answer to a routed client request, as it arrives.
 
-    __slots__ = ("vr", "ex", "state", "token", "action", "env", "bs", "retried", "out", "started", "chunked", "ids", "expired")
+    The client head is made from the backend's status, content type and length -- none
+    of the backend's other fields: its session id must never reach the client.  The
+    answer then flows through the exchange's own relay, as on a passthrough route
+    (``Exchange._relay``, ``flush_head``, ``upstream_end``): a JSON body piece by piece,
+    each the object the response parser handed out (``Call.stream``); an SSE answer
+    event by event with server→client ids encoded (``rewrite_sse_event``).  What one
+    backend read produced leaves in one write.  The exchange's ``upstream`` is the
+    ``Call``, so a slow client pauses the backend read and a client that leaves closes
+    the backend connection (CONVENTIONS 9).
+
+    A 404 for a known backend session is not relayed, only its head matters: the small
+    body is collected, and at the end the backend session is re-opened and the request
+    sent once more (``expired``), or after that one retry the client learns that its
+    session is gone."""
+
+    __slots__ = ("vr", "ex", "state", "token", "action", "env", "bs", "retried", "started", "ids", "expired")
 
     def __init__(self, vr: VirtualRoute, ex, state, token, action, env, bs, retried: bool) -> None:
         self.vr = vr
@@ -706,126 +884,146 @@ class _Relay:
         self.env = env
         self.bs = bs
         self.retried = retried
-        self.out: list = []
         self.started = False
-        self.chunked = False
         self.ids: MergedStreamIds | None = None
         self.expired = False
 
     def on_head(self, call, head) -> None:
-        if head.status == 404 and not self.retried and self.bs.session_id is not None:
-            self.expired = True  # the backend forgot our session: re-open it and resend
+        status = head.status
+        if status == 404 and self.bs.session_id is not None:
+            self.expired = not self.retried  # the backend forgot our session: re-open it and resend
             return
-        if call.sse is not None and head.status == 200 and _alive(self.ex):
-            data, self.chunked = _sse_head(self.ex)
-            self.started = True
-            self.ids = MergedStreamIds(STREAM_POST)
-            self.out.append(data)
-            call.pending = True
+        ex = self.ex
+        if ex.phase == DONE:
+            return
+        if call.sse is not None:
+            if status != 200:
+                return  # answered at the end, without a body
+            data = ex._framed([_SSE_200], -1, 200)
+        else:
+            call.stream = True
+            n = head.content_length
+            ct = head.content_type or _JSON
+            if status == 200 and n >= 0 and ct == _JSON and ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11:
+                data = _JSON_200 % n  # the usual answer: what _framed would make, preformatted
+            else:
+                data = ex._framed([b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, status_reason(status), ct)], n, status)
+        self.started = True
+        ex.status = status
+        ex.phase = RELAYING
+        ex.pending = [data]
+        call.pending = True
+
+    def on_body(self, call, chunk) -> None:
+        self.ex._relay(chunk)
+        call.pending = True
 
     def on_event(self, call, ev) -> None:
         if not self.started:
             return
         b = self.action.backend
-        data, env = rewrite_sse_event(ev, b, self.vr.ns, self.ids)
+        ids = self.ids
+        if ids is None and ev.id is not None:
+            ids = self.ids = MergedStreamIds(STREAM_POST)  # made for the first event id
+        data, env = rewrite_sse_event(ev, b, self.vr.ns, ids)
         if env is not None and type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
             self.vr.list_changed(b, env.method, self.bs)
         if data:
-            self.ex.bytes_out += len(data)
-            if self.chunked:
-                self.out += (b"%x\r\n" % len(data), data, b"\r\n")
-            else:
-                self.out.append(data)
+            self.ex._relay(data)
             call.pending = True
 
     def on_flush(self, call) -> None:
-        out = self.out
-        if out:
-            self.out = []
-            self.ex.conn.send_many(out)
+        self.ex.flush_head()
 
     def on_end(self, call, body) -> None:
         ex = self.ex
         vr = self.vr
-        vr.down.pop(self.action.backend, None)
-        if not _alive(ex):
+        if vr.down:
+            vr.down.pop(self.action.backend, None)
+        if ex.phase == DONE:
+            return
+        if self.started:
+            ex.upstream_end()  # the chunked terminator if any, the last write, finish
+            call.pending = None  # nothing left for on_flush
             return
         ex.upstream = None
         if self.expired:
             vr._spawn(ex, vr._forward_later(ex, self.state, self.token, self.action, self.env, self.bs.session_id))
             return
-        if self.started:
-            if self.chunked:
-                self.out.append(b"0\r\n\r\n")
-            self.on_flush(call)
-            ex.finish("ok")
-            return
         head = call.head
-        if head.status == 404 and self.bs.session_id is not None:
+        if head.status == 404:
             # Re-opened and still unknown: the session is gone for good.
             ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
             return
-        ex.respond(head.status, body or b"", content_type=head.content_type or b"application/json")
+        ex.respond(head.status, b"", content_type=head.content_type or _JSON)  # an SSE answer that is not 200
 
     def on_error(self, call, err) -> None:
         ex = self.ex
         if not _alive(ex):
             return
-        ex.upstream = None
         if self.started:
-            # Mid-stream: cut the client connection so it sees an incomplete stream.
-            self.on_flush(call)
-            ex.keep_alive = False
-            ex.conn.abort()
-            ex.finish("upstream_cut")
+            # Mid-answer: what arrived intact goes out, then the client connection is cut
+            # so it sees an incomplete answer, not a fake end.
+            ex.upstream_failed(err)
             return
+        ex.upstream = None
         self.vr._backend_failed(ex, self.env, self.action.backend, err)
 
 
 class _Merge:
-    """One client GET stream fed by every backend's GET stream."""
+    """One client GET stream fed by backend streams: every backend's GET stream, merged
+    (``STREAM_GET``), or the one backend POST stream a client resumes (``STREAM_POST``).
 
-    __slots__ = ("vr", "ex", "targets", "ids", "calls", "live", "started", "chunked", "out", "handlers")
+    A leg that ends is not necessarily done.  2025-11-25 lets a server close a stream
+    after an event with an id and expects the client to come back with ``Last-Event-ID``
+    (SSE polling).  The client's stream stays open meanwhile: a GET leg whose backend gave
+    it an id is reconnected with that id after the backend's ``retry:`` (at most
+    ``_LEG_RETRY_MAX`` s) or ``_LEG_RETRY_DEFAULT``, and so is one whose connection broke.
+    A leg answered 404 lost its backend session: it gets a new one (as a POST would,
+    ``VirtualRoute._ensure``) and starts afresh.  ``_LEG_ATTEMPTS`` reconnections in a
+    row without a message end a leg for good; a leg that ends for good leaves the others
+    flowing, and the client's stream ends when the last one does.
 
-    def __init__(self, vr: VirtualRoute, ex, targets: list[BackendSession], ids: MergedStreamIds) -> None:
+    A resumed POST stream is not reconnected: it ends when its backend ends it, and the
+    client, holding the newest id, resumes again if it must."""
+
+    __slots__ = ("vr", "ex", "state", "token", "ids", "legs", "live", "started", "chunked", "out", "paused", "ended")
+
+    def __init__(self, vr: VirtualRoute, ex, state, token: str, targets: list[BackendSession], ids) -> None:
         self.vr = vr
         self.ex = ex
-        self.targets = targets
+        self.state = state
+        self.token = token
         self.ids = ids
-        self.calls: list[Call] = []
-        self.live = 0
+        self.legs = [_MergeLeg(self, bs) for bs in targets]
+        self.live = len(self.legs)
         self.started = False
         self.chunked = False
         self.out: list = []
+        self.paused = False
+        self.ended = False  # the session was ended: answer 404 if nothing was sent
 
     def start(self) -> None:
-        ex = self.ex
-        ex.upstream = self
-        for bs in self.targets:
-            link = self.vr.links[bs.name]
-            more = b""
-            pos = self.ids.positions.get(bs.name)
-            if pos is not None:
-                more = b"Last-Event-ID: " + pos + b"\r\n"
-            h = _MergeLeg(self, bs)
-            call = Call(link, [link.head(b"GET", bs.session_id, bs.protocol_version, -1, more)], h)
-            self.calls.append(call)
-            self.live += 1
-        for call in list(self.calls):
-            call.start()
+        self.ex.upstream = self
+        for leg in self.legs:
+            leg.open()
 
     # Exchange.upstream stand-in
     def detach(self) -> None:
-        for c in self.calls:
-            c.detach()
+        for leg in self.legs:
+            leg.stop()
 
     def pause_reading(self) -> None:
-        for c in self.calls:
-            c.pause_reading()
+        self.paused = True
+        for leg in self.legs:
+            if leg.call is not None:
+                leg.call.pause_reading()
 
     def resume_reading(self) -> None:
-        for c in self.calls:
-            c.resume_reading()
+        self.paused = False
+        for leg in self.legs:
+            if leg.call is not None:
+                leg.call.resume_reading()
 
     def _begin(self) -> None:
         if self.started or not _alive(self.ex):
@@ -847,17 +1045,23 @@ class _Merge:
             self.out = []
             self.ex.conn.send_many(out)
 
-    def leg_done(self) -> None:
+    def leg_done(self, leg: _MergeLeg) -> None:
         self.live -= 1
         if self.live > 0 or not _alive(self.ex):
             return
         ex = self.ex
         ex.upstream = None
         if not self.started:
-            ex.respond_error(405, -32600, "no backend offers a server-to-client stream", headers=_ALLOW)
+            if self.ended:
+                ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
+            elif self.ids.kind == STREAM_POST:
+                # The backend cannot resume that stream (not a 404 to the client: its
+                # session is fine).  A client gives up after a few such answers.
+                why = leg.failure or "no answer"
+                ex.respond_error(leg.status or 502, -32000, f"backend {leg.bs.name} cannot resume this stream: {why}")
+            else:
+                ex.respond_error(405, -32600, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
-        # TODO(#5): reconnect a backend that closed its stream after an event with an id
-        # (2025-11-25 polling) instead of ending when the last one closes.
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
         self.flush()
@@ -865,24 +1069,68 @@ class _Merge:
 
 
 class _MergeLeg:
-    __slots__ = ("m", "bs", "ok")
+    """One backend stream of a ``_Merge``, across its reconnections."""
+
+    __slots__ = ("m", "bs", "call", "ok", "attempts", "retry", "expired", "timer", "task", "failure", "status")
 
     def __init__(self, m: _Merge, bs: BackendSession) -> None:
         self.m = m
         self.bs = bs
-        self.ok = False
+        self.call: Call | None = None
+        self.ok = False  # this connection's answer is a stream
+        self.attempts = 0  # reconnections since the last message
+        self.retry: int | None = None  # the backend's last ``retry:`` (ms)
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task | None = None
+        self.failure = ""  # why the last connection ended, for the client when nothing else is left
+        self.status = 0  # HTTP status to give the client then (0: 502)
 
+    def open(self) -> None:
+        self.timer = self.task = None
+        m = self.m
+        bs = self.bs
+        link = m.vr.links[bs.name]
+        more = b""
+        pos = m.ids.positions.get(bs.name)
+        if pos is not None:
+            more = b"Last-Event-ID: " + pos + b"\r\n"
+        self.ok = self.expired = False
+        call = self.call = Call(link, [link.head(b"GET", bs.session_id, bs.protocol_version, -1, more)], self)
+        call.paused = m.paused
+        call.start()
+
+    def stop(self) -> None:
+        if self.call is not None:
+            self.call.detach()
+            self.call = None
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.task is not None:
+            self.task.cancel()
+
+    # --- Call handler ------------------------------------------------------------------
     def on_head(self, call, head) -> None:
-        if head.status == 200 and call.sse is not None:
+        status = head.status
+        if status == 200 and call.sse is not None:
             self.ok = True
             self.m._begin()
+        elif status == 404 and self.bs.session_id is not None and self.m.ids.kind == STREAM_GET:
+            self.expired = True  # the backend forgot our session
+        else:
+            self.failure = f"HTTP {status}"
+            self.status = 400 if 400 <= status < 500 else 502
 
     def on_event(self, call, ev) -> None:
         if not self.ok:
             return
         m = self.m
         b = self.bs.name
+        if ev.retry is not None:
+            self.retry = ev.retry
         data, env = rewrite_sse_event(ev, b, m.vr.ns, m.ids)
+        if ev.data:
+            self.attempts = 0
         if env is not None and type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
             m.vr.list_changed(b, env.method, self.bs)
         if data:
@@ -893,10 +1141,56 @@ class _MergeLeg:
         self.m.flush()
 
     def on_end(self, call, body) -> None:
-        self.m.leg_done()
+        self.call = None
+        self._ended(self.ok)
 
     def on_error(self, call, err) -> None:
+        self.call = None
         log.debug("GET stream of backend %s ended: %s", self.bs.name, err)
         self.m.vr.down[self.bs.name] = time.monotonic()
-        self.m.flush()
-        self.m.leg_done()
+        self.failure = str(err)
+        self.status = getattr(err, "status", 502)
+        self._ended(True)
+
+    # --- after a connection -------------------------------------------------------------
+    def _ended(self, resumable: bool) -> None:
+        """This connection is over: reconnect, renew the backend session, or give up."""
+        m = self.m
+        m.flush()
+        if not _alive(m.ex):
+            return
+        if self.attempts < _LEG_ATTEMPTS and m.ids.kind == STREAM_GET:
+            if self.expired:
+                self.attempts += 1
+                self.task = asyncio.get_running_loop().create_task(self._renew())
+                return
+            if resumable and self.bs.name in m.ids.positions:
+                self.attempts += 1
+                delay = _LEG_RETRY_DEFAULT if self.retry is None else min(self.retry / 1000, _LEG_RETRY_MAX)
+                self.timer = asyncio.get_running_loop().call_later(delay, self.open)
+                return
+        m.leg_done(self)
+
+    async def _renew(self) -> None:
+        m = self.m
+        name = self.bs.name
+        try:
+            bs = await m.vr._ensure(m.token, m.state, name, stale=self.bs.session_id)
+        except SessionEnded:
+            m.ended = True
+            m.leg_done(self)
+            return
+        except UpstreamError as err:
+            self.failure = str(err)
+            m.leg_done(self)
+            return
+        except Exception:
+            log.exception("multiplexer: re-opening the session of a GET leg failed")
+            m.leg_done(self)
+            return
+        self.bs = bs
+        # The new backend session numbers its events afresh: the old position means
+        # nothing to it.
+        m.ids.positions.pop(name, None)
+        if _alive(m.ex):
+            self.open()

@@ -3,9 +3,10 @@
 Theory of operation.  Policy code calls ``AuditLog.event(...)`` with facts it already
 holds -- never a credential: the event has slots for the principal's *subject*, kind and
 issuer, the client address, the session id, the JSON-RPC method, the tool (or prompt
-name, or resource URI), the rule or limit that decided and a reason code from a closed
-set.  There is no free-form field a token could slip into, and the writer takes only
-these arguments.
+name, or resource URI), the backend the message was for (on a multiplexed route, the
+one it was routed to; null when no single backend was meant), the rule or limit that
+decided and a reason code from a closed set.  There is no free-form field a token could
+slip into, and the writer takes only these arguments.
 
 Each event increments ``mcpfast_policy_events_total{event, reason}`` (both label sets
 are closed, so the series count is bounded) and is appended to an in-memory buffer that
@@ -95,6 +96,7 @@ class AuditLog(BufferedLog):
         rule: str | None = None,
         route: str | None = None,
         status: int | None = None,
+        backend: str | None = None,
     ) -> None:
         self.count(event, reason)
         if not self.enabled:
@@ -118,6 +120,7 @@ class AuditLog(BufferedLog):
             "session": session,
             "method": method,
             "tool": tool,
+            "backend": backend,
             "rule": rule,
             "route": route,
             "status": status,

@@ -112,12 +112,13 @@ class RoutePolicy:
         if authz is not None:
             d = authz.check(principal, method, name, backend)
             if not d.allowed:
-                return self._denied(d, principal, method, name, session_id, shown)
+                return self._denied(d, principal, method, name, session_id, shown, backend)
         limiter = self.limiter
         if limiter is not None:
             retry, lid = limiter.check_limit(principal, method, name, backend)
             if retry:
-                return self._limited(retry, lid, principal, method, name if shown is None else shown, session_id)
+                what = name if shown is None else shown
+                return self._limited(retry, lid, principal, method, what, session_id, backend)
         return None
 
     def admit_transport(self, principal: Principal, session_id: bytes | None) -> Refusal | None:
@@ -176,7 +177,7 @@ class RoutePolicy:
         return Refusal(403, R.CODE_FORBIDDEN, "Forbidden: session belongs to another principal", R.SESSION_MISMATCH)
 
     def _denied(
-        self, d, p: Principal, method: str, name: str | None, sid: bytes | None, shown: str | None = None
+        self, d, p: Principal, method: str, name: str | None, sid: bytes | None, shown: str | None, backend: str | None
     ) -> Refusal:
         if d.missing_scopes:
             status, code = 403, R.CODE_FORBIDDEN
@@ -200,16 +201,18 @@ class RoutePolicy:
             self.audit.event(
                 DENIED, d.reason, client=p.client_ip, principal=p, session=sid, method=method,
                 tool=name if shown is None else shown,
-                rule=d.rule_id, route=self.path, status=status,
+                rule=d.rule_id, route=self.path, status=status, backend=backend,
             )  # fmt: skip
         return Refusal(status, code, message, reason, hdr, d.rule_id)
 
-    def _limited(self, retry: float, lid: str | None, p: Principal, method: str, name: str | None, sid) -> Refusal:
+    def _limited(
+        self, retry: float, lid: str | None, p: Principal, method: str, name: str | None, sid, backend: str | None
+    ) -> Refusal:
         secs = max(1, math.ceil(retry))
         if self.audit is not None:
             self.audit.event(
                 RATE_LIMITED, R.RATE_LIMITED, client=p.client_ip, principal=p, session=sid, method=method,
-                tool=name, rule=lid, route=self.path, status=429,
+                tool=name, rule=lid, route=self.path, status=429, backend=backend,
             )  # fmt: skip
         return Refusal(
             429, R.CODE_RATE_LIMITED, f"Too many requests: retry in {secs}s", R.RATE_LIMITED,
