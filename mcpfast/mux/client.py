@@ -240,8 +240,8 @@ class Call:
     # --- sink interface (called by UpstreamProtocol) --------------------------------
     # Handler code runs inside the response parser's callbacks: an exception must not
     # unwind through the parser (CONVENTIONS 10).  Each call below is wrapped in its own
-    # try (no helper frame: this is the routed hot path); ``_handler_failed`` logs the
-    # exception and gives up on this call.
+    # try (no helper frame: this is the routed hot path): the exception is logged and
+    # ``_handler_failed`` gives up on this call.
     def upstream_head(self, head) -> None:
         self.head = head
         self.status = head.status
@@ -259,6 +259,7 @@ class Call:
         try:
             self.handler.on_head(self, head)
         except Exception as exc:
+            log.exception("multiplexer: handler failed")
             self._handler_failed(exc)
 
     def upstream_body(self, chunk) -> None:
@@ -276,6 +277,7 @@ class Call:
             try:
                 self.handler.on_body(self, chunk)
             except Exception as exc:
+                log.exception("multiplexer: handler failed")
                 self._handler_failed(exc)
             return
         self.size += len(chunk)
@@ -295,6 +297,7 @@ class Call:
                     return
                 on_event(self, ev)
         except Exception as exc:
+            log.exception("multiplexer: handler failed")
             self._handler_failed(exc)
 
     def upstream_end(self) -> None:
@@ -323,6 +326,7 @@ class Call:
         try:
             self.handler.on_end(self, body)
         except Exception as exc:
+            log.exception("multiplexer: handler failed")
             self._handler_failed(exc)
 
     def upstream_failed(self, err: UpstreamError) -> None:
@@ -342,6 +346,7 @@ class Call:
         try:
             self.handler.on_flush(self)
         except Exception as exc:
+            log.exception("multiplexer: handler failed")
             self._handler_failed(exc)
 
     # --- used by the client side ----------------------------------------------------
@@ -371,8 +376,7 @@ class Call:
         self._fail(err)
 
     def _handler_failed(self, exc: Exception) -> None:
-        """A handler raised (called from the ``except`` clause): log it, give up on this call."""
-        log.exception("multiplexer: handler failed")
+        """A handler raised (and it was logged): give up on this call."""
         if not self.done:
             self._abandon(UpstreamError("gateway_error", f"internal error: {exc}"))
 
