@@ -324,5 +324,9 @@ def test_access_log_and_audit_name_the_routed_backend(backends, tmp_path):
         ("tools/call", "alpha__whoami", "alpha", 403),
         ("tools/list", None, None, 200),
     ]
+    # The routed call's time is split into the backend's and the gateway's own, as on a
+    # passthrough route; the refused one never reached a backend.
+    assert lines[1]["upstream_us"] > 0 and lines[1]["gateway_us"] > 0
+    assert lines[2]["upstream_us"] == 0
     (denied,) = events
     assert (denied["event"], denied["tool"], denied["backend"]) == ("denied", "alpha__whoami", "alpha")

@@ -64,6 +64,8 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+\Z")
 MAX_SEPARATOR = 8
 
 
+_MAX_SPLITS = 4096  # cached name splits per namespace
+
 class NameConflict(Exception):
     """Two backends offer the same name and the route does not prefix names."""
 
@@ -229,7 +231,7 @@ class Namespace:
 
     __slots__ = (
         "backends", "separator", "mode", "scheme", "prefixed", "single",
-        "_set", "_scheme_l", "tools", "prompts", "resources",
+        "_set", "_scheme_l", "tools", "prompts", "resources", "_splits",
     )  # fmt: skip
 
     def __init__(
@@ -256,6 +258,8 @@ class Namespace:
         self.prefixed = mode == ALWAYS or (mode == MULTI and len(self.backends) > 1)
         check_backend_names(self.backends, separator)
         self._set = frozenset(self.backends)
+        # Split results by exposed name: fixed by the configuration, so never stale.
+        self._splits: dict[str, tuple[str, str]] = {}
         self.tools = NameTable("tool")
         self.prompts = NameTable("prompt")
         self.resources = ResourceIndex(self.backends)
@@ -269,13 +273,19 @@ class Namespace:
         backend prefixes it.  Unique: if two occurrences of the separator both followed
         a backend name, one ``backend + sep`` would be a prefix of the other, which
         ``check_backend_names`` refused."""
+        hit = self._splits.get(exposed)
+        if hit is not None:
+            return hit
         sep = self.separator
         n = len(sep)
         i = exposed.find(sep, 1)  # backend names are not empty
         while i >= 0:
             b = exposed[:i]
             if b in self._set:
-                return b, exposed[i + n :]
+                hit = (b, exposed[i + n :])
+                if len(self._splits) < _MAX_SPLITS:  # names are client-chosen: bounded
+                    self._splits[exposed] = hit
+                return hit
             i = exposed.find(sep, i + 1)
         return None
 

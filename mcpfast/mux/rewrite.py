@@ -149,8 +149,18 @@ class Action:
         return f"Action({kind}, backend={self.backend!r}, method={self.method!r}, name={self.name!r})"
 
 
+_ENCODED: dict[str, bytes] = {}
+
+
 def _str_json(s: str) -> bytes:
-    return orjson.dumps(s)
+    """``s`` as a JSON string; the names and URIs spliced in repeat, so each is encoded
+    once (bounded: they come from clients)."""
+    b = _ENCODED.get(s)
+    if b is None:
+        b = orjson.dumps(s)
+        if len(_ENCODED) < 4096:
+            _ENCODED[s] = b
+    return b
 
 
 def route_client_message(body: bytes, env, ns: Namespace) -> Action:

@@ -618,6 +618,8 @@ class VirtualRoute:
         body = action.body
         call = Call(link, [link.post_head(bs.session_id, bs.protocol_version, len(body)), body], relay)
         ex.upstream = call
+        if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
+            ex.t_sent = time.perf_counter()
         if ex.conn.write_paused:
             call.paused = True  # the client is not reading yet: neither do we
         call.start()
