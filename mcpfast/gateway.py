@@ -29,7 +29,6 @@ import logging
 import signal
 import socket
 import time
-from bisect import bisect_left
 from typing import Any
 
 from .config import BackendConfig, Config, RouteConfig
@@ -318,10 +317,7 @@ class Exchange:
             self.principal = p
             if not self._admit(rp):
                 return
-        if route.virtual is None:  # _dispatch, inlined on the hot path
-            self.forward()
-        else:
-            route.virtual.handle(self)
+        self._dispatch(route)
 
     def _dispatch(self, route: "Route") -> None:
         """The request is admitted: the virtual server answers it, or it is forwarded."""
@@ -668,15 +664,11 @@ class Exchange:
             if self.t_sent:
                 up = self.t_up_end - self.t_sent
                 own = (self.t_sent - self.t0) + (t_end - self.t_up_end)
-                h = bm.upstream  # histogram children observed inline: this runs per request
-                h.counts[bisect_left(h.bounds, up)] += 1
-                h.sum += up
+                bm.upstream.observe(up)
             else:
                 up = 0.0
                 own = t_end - self.t0
-            h = bm.gateway
-            h.counts[bisect_left(h.bounds, own)] += 1
-            h.sum += own
+            bm.gateway.observe(own)
         else:
             up = 0.0
             own = t_end - self.t0
@@ -794,14 +786,7 @@ class Gateway:
         for rc in cfg.routes:
             b = cfg.backend(rc.backends[0])
             bm = self.metrics.for_backend(rc.path, b.name)
-            pool = self.pools.get(b.name)
-            if pool is None:
-                pool = self.pools[b.name] = UpstreamPool(
-                    b,
-                    bm,
-                    connect_timeout=cfg.timeouts.upstream_connect,
-                    max_header_bytes=cfg.limits.max_header_bytes,
-                )
+            pool = self.pool_for(b, bm)
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
             if getattr(rc, "mux", None) is not None:  # several backends: the virtual server (issue #5)
                 from .mux.virtual import VirtualRoute
@@ -811,6 +796,17 @@ class Gateway:
             self.routes[p] = route
             if p != b"/":
                 self.routes[p + b"/"] = route
+
+    def pool_for(self, b: BackendConfig, bm: BackendMetrics) -> UpstreamPool:
+        """The one connection pool of backend ``b`` (made on first use): every route
+        and every multiplexer leg to a backend shares it."""
+        pool = self.pools.get(b.name)
+        if pool is None:
+            cfg = self.config
+            pool = self.pools[b.name] = UpstreamPool(
+                b, bm, connect_timeout=cfg.timeouts.upstream_connect, max_header_bytes=cfg.limits.max_header_bytes
+            )
+        return pool
 
     # --- pipeline hooks -------------------------------------------------------------
     # ``new_exchange(conn, head)`` is set in ``__init__``: a partial of ``Exchange``

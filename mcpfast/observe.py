@@ -320,7 +320,7 @@ class AccessLog(BufferedLog):
     and writes them in one call.  Formatting in a batch costs a fraction of formatting
     per request, and a request never waits on the log."""
 
-    __slots__ = ("_sink", "rows", "enabled", "_sec", "_prefix", "_strings")
+    __slots__ = ("_sink", "rows", "enabled", "_sec", "_prefix", "_middles")
 
     FLUSH_ROWS = 256  # a batch costs ~0.2 ms: short enough not to show in p99
     FIELDS = ("time", "client", "http", "path", "session", "method", "tool", "backend", "status", "outcome",
@@ -330,7 +330,7 @@ class AccessLog(BufferedLog):
         self.rows: list[tuple] = []
         self._sec = -1
         self._prefix = ""
-        self._strings: dict[Any, bytes] = {}
+        self._middles: dict[tuple, bytes] = {}  # see format
         self._sink = LineSink(sink)
         self.enabled = self._sink.enabled
 
@@ -349,7 +349,7 @@ class AccessLog(BufferedLog):
 
     def format(self, rows: list[tuple]) -> bytes:
         """The JSON lines of ``rows``: one object per row, keys in ``FIELDS`` order."""
-        cache = self._strings
+        cache = self._middles
         if len(cache) > 4096:  # sessions and client-chosen names must not grow it without bound
             cache.clear()
         middle = self._middle

@@ -37,17 +37,7 @@ def make(server, clock=None, **jwt_over):
     sec = {"issuer": ISSUER, "jwks_url": server.url, "jwks_min_refresh_seconds": 30, "jwks_timeout_seconds": 2}
     sec.update(jwt_over)
     cfg = build_policy_config({"auth": {"audiences": [RESOURCE], "jwt": sec}})
-    j = cfg.auth.jwt
-    src = KeySource(
-        j.keys,
-        j.jwks_url,
-        algorithms=j.algorithms,
-        refresh_interval=j.jwks_refresh_seconds,
-        min_interval=j.jwks_min_refresh_seconds,
-        timeout=j.jwks_timeout_seconds,
-        max_bytes=j.jwks_max_bytes,
-        clock=clock or FakeClock(),
-    )
+    src = KeySource.from_config(cfg.auth.jwt, clock=clock or FakeClock())
     return Authenticator(cfg.auth, resource=RESOURCE, keys=src), src
 
 

@@ -50,7 +50,7 @@ from typing import Any
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
 from ..gateway import DONE, RELAYING
 from ..server import jsonrpc_error_body, status_reason
-from ..upstream import UpstreamError, UpstreamPool
+from ..upstream import UpstreamError
 from .batch import Batch
 from .client import BackendLink, Call, request
 from .ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id
@@ -211,14 +211,7 @@ class VirtualRoute:
         for name in self.backends:
             b = cfg.backend(name)
             bm = gw.metrics.for_backend(rc.path, name)
-            pool = gw.pools.get(name)
-            if pool is None:
-                pool = gw.pools[name] = UpstreamPool(
-                    b,
-                    bm,
-                    connect_timeout=cfg.timeouts.upstream_connect,
-                    max_header_bytes=cfg.limits.max_header_bytes,
-                )
+            pool = gw.pool_for(b, bm)
             self.links[name] = BackendLink(
                 b, pool, b.response_timeout or cfg.timeouts.upstream_response, cfg.limits.max_sse_event_bytes
             )

@@ -155,7 +155,7 @@ class Authenticator:
         self._jwt = j is not None
         if j is not None:
             if keys is None:
-                keys = KeySource(j.keys, j.jwks_url, algorithms=j.algorithms)
+                keys = KeySource.from_config(j)
             keys.on_change(self._keys_changed)
             self._algs = j.algorithms
             self._issuers = j.issuers[0] if len(j.issuers) == 1 else frozenset(j.issuers)

@@ -246,17 +246,7 @@ class Policy:
             audit = AuditLog(cfg.audit.sink, registry=registry, max_per_second=cfg.audit.max_events_per_second)
         self.audit = audit
         if keys is None and a.jwt is not None:
-            j = a.jwt
-            keys = KeySource(
-                j.keys,
-                j.jwks_url,
-                algorithms=j.algorithms,
-                refresh_interval=j.jwks_refresh_seconds,
-                min_interval=j.jwks_min_refresh_seconds,
-                timeout=j.jwks_timeout_seconds,
-                max_bytes=j.jwks_max_bytes,
-                clock=clock,
-            )
+            keys = KeySource.from_config(a.jwt, clock=clock)
         self.keys = keys
         self.authz = Authorizer(cfg.authz) if cfg.authz.enabled else None
         self.limiter = RateLimiter(cfg.ratelimit, clock=clock) if cfg.ratelimit.limits else None

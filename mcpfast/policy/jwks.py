@@ -180,6 +180,20 @@ class KeySource:
         self.failures = 0
         self.last_error: str | None = None
 
+    @classmethod
+    def from_config(cls, j, *, clock: Callable[[], float] = time.monotonic) -> "KeySource":
+        """The key source an ``[auth.jwt]`` section (``JwtConfig``) describes."""
+        return cls(
+            j.keys,
+            j.jwks_url,
+            algorithms=j.algorithms,
+            refresh_interval=j.jwks_refresh_seconds,
+            min_interval=j.jwks_min_refresh_seconds,
+            timeout=j.jwks_timeout_seconds,
+            max_bytes=j.jwks_max_bytes,
+            clock=clock,
+        )
+
     @property
     def dynamic(self) -> bool:
         return self.url is not None
