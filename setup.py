@@ -1,17 +1,34 @@
-"""Build script: compiles the protocol core ``mcpfast/_core.pyx``.
+"""Build script: compiles the protocol core ``mcpfast/_core.pyx`` and the gateway's hot
+modules.
 
-Metadata lives in pyproject.toml; this file only describes the extension.
+Metadata lives in pyproject.toml; this file only describes the extensions.
+
+* ``mcpfast._core`` is written in Cython (``_core.pyx`` and its ``.pxi`` parts), with a
+  pure-Python twin (``_core_py``) as the reference it is tested against.
+* ``mcpfast.server``, ``upstream``, ``gateway`` and ``observe`` are ordinary Python
+  modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
+  extension types with C-typed attributes and C-callable methods, so the request path
+  skips dictionary lookups and Python calls between them.  The ``.py`` file stays the
+  one source; ``MCPFAST_NO_EXTENSIONS=1`` at run time imports it as plain Python.
+  The build records a hash of each source (``_build_stamp.py``) so that a compiled
+  module older than an edited source is noticed at import (see ``mcpfast/__init__.py``).
+
 Set ``MCPFAST_DEBUG_BUILD=1`` at build time for a debug core: invariant checks
 (``MCPFAST_DEBUG`` in the C code), bounds checks and line tracing, so a failure can be
 chased with coverage or a debugger inside the compiled parser.
 """
 
+import hashlib
 import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("MCPFAST_DEBUG_BUILD", "") not in ("", "0")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Keep in step with mcpfast/__init__.py (COMPILED).
+COMPILED = ("observe", "server", "upstream", "gateway")
 
 directives = {
     "language_level": 3,
@@ -21,6 +38,13 @@ directives = {
     "cdivision": True,
     "embedsignature": True,
 }
+# The compiled Python modules keep Python semantics: annotations are documentation, not
+# C types (only the .pxd types are), and integer division and indexing behave as in Python.
+module_directives = {
+    "language_level": 3,
+    "annotation_typing": False,
+    "binding": True,
+}
 macros = []
 extra_compile_args = ["-O2"]
 if DEBUG:
@@ -28,20 +52,46 @@ if DEBUG:
     macros += [("MCPFAST_DEBUG", "1"), ("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
     extra_compile_args = ["-O0", "-g3"]
 
-extensions = [
-    Extension(
-        "mcpfast._core",
-        ["mcpfast/_core.pyx"],
-        define_macros=macros,
-        extra_compile_args=extra_compile_args,
-    )
+
+def source_digest(name: str) -> str:
+    h = hashlib.sha256()
+    for ext in (".py", ".pxd"):
+        with open(os.path.join(HERE, "mcpfast", name + ext), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def write_stamp() -> None:
+    lines = [
+        '"""Written by setup.py: digests of the sources the compiled modules were built from."""',
+        "",
+        "DIGESTS = {",
+        *(f'    "{name}": "{source_digest(name)}",' for name in COMPILED),
+        "}",
+        "",
+    ]
+    with open(os.path.join(HERE, "mcpfast", "_build_stamp.py"), "w") as f:
+        f.write("\n".join(lines))
+
+
+write_stamp()
+
+core = Extension(
+    "mcpfast._core",
+    ["mcpfast/_core.pyx"],
+    define_macros=macros,
+    extra_compile_args=extra_compile_args,
+)
+modules = [
+    Extension(f"mcpfast.{name}", [f"mcpfast/{name}.py"], extra_compile_args=["-O2"]) for name in COMPILED
 ]
 
 setup(
     ext_modules=cythonize(
-        extensions,
+        [core],
         compiler_directives=directives,
         # Rebuild when an included .pxi changes, not only the .pyx.
         force=DEBUG,
-    ),
+    )
+    + cythonize(modules, compiler_directives=module_directives),
 )

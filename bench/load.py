@@ -643,6 +643,49 @@ def measure_target(name, port, scenarios, gen, args, backends: list[Proc], gatew
     return results
 
 
+# --- several rounds ----------------------------------------------------------------------
+def combine_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
+    """One record per target and scenario from several rounds: the round with the median
+    req/s (so its latencies and CPU belong together), plus every round's req/s in
+    ``rps_rounds`` -- ratios are taken round by round, between measurements made minutes
+    apart rather than across the whole run.  A scenario that failed in any round is
+    reported as failed."""
+    out: dict[str, dict] = {}
+    for target in rounds[0]:
+        out[target] = {}
+        for key in rounds[0][target]:
+            recs = [r.get(target, {}).get(key) for r in rounds]
+            bad = next((r for r in recs if not _ok(r)), None)
+            if bad is not None or len(rounds) == 1:
+                out[target][key] = bad or recs[0]
+                continue
+            rps = [r["rps"] for r in recs]
+            med = sorted(range(len(recs)), key=lambda i: rps[i])[(len(recs) - 1) // 2]
+            out[target][key] = {**recs[med], "rps_rounds": rps}
+    return out
+
+
+def _ratio_rounds(t: dict, base: dict) -> list[float]:
+    tr, br = t.get("rps_rounds"), base.get("rps_rounds")
+    if tr and br and len(tr) == len(br):
+        return [a / b for a, b in zip(tr, br)]
+    return [t["rps"] / base["rps"]]
+
+
+def _ratio(t: dict, base: dict) -> float:
+    """The median of the per-round ratios (the plain ratio for one round)."""
+    rs = sorted(_ratio_rounds(t, base))
+    n = len(rs)
+    return rs[n // 2] if n % 2 else (rs[n // 2 - 1] + rs[n // 2]) / 2
+
+
+def _ratio_cell(t: dict, base: dict) -> str:
+    rs = _ratio_rounds(t, base)
+    if len(rs) == 1:
+        return f"{rs[0]:.2f}"
+    return f"{_ratio(t, base):.2f} ({min(rs):.2f}–{max(rs):.2f})"
+
+
 # --- report -----------------------------------------------------------------------------
 def _ok(r: dict | None) -> bool:
     return bool(r) and "error" not in r
@@ -682,7 +725,7 @@ def table_compare(scenarios, direct: dict, through: dict, variant: str) -> str:
             continue
         rows.append(
             f"| {sc.title} | {d['rps']:,.0f}{_errnote(d)} | {t['rps']:,.0f}{_errnote(t)} | "
-            f"{t['rps'] / d['rps']:.2f} | {d['p50_us']} / {d['p99_us']} | {t['p50_us']} / {t['p99_us']} | "
+            f"{_ratio_cell(t, d)} | {d['p50_us']} / {d['p99_us']} | {t['p50_us']} / {t['p99_us']} | "
             f"{t['p50_us'] - d['p50_us']:+d} | {t.get('gateway_cpu_us_per_req', 0):.1f} |"
         )
         if sc.bulk:
@@ -706,14 +749,14 @@ def table_vs_baseline(scenarios, base: dict, through: dict, bname: str, vname: s
         if not (_ok(b) and _ok(t)):
             rows.append(f"| {sc.title} | {'failed' if not _ok(b) else ''} | {'failed' if not _ok(t) else ''} | | | | | |")
             continue
-        ratio = t["rps"] / b["rps"]
+        ratio = _ratio(t, b)
         target = ""
         if sc.method == "tools/call":
             target = f"≥ {MUX_TARGET_RATIO:.2f}: {'met' if ratio >= MUX_TARGET_RATIO else 'NOT met'}"
         elif "tools_listed" in t:
             target = f"({t['tools_listed']} tools merged vs {b.get('tools_listed', '?')})"
         rows.append(
-            f"| {sc.title} | {b['rps']:,.0f}{_errnote(b)} | {t['rps']:,.0f}{_errnote(t)} | {ratio:.2f} | "
+            f"| {sc.title} | {b['rps']:,.0f}{_errnote(b)} | {t['rps']:,.0f}{_errnote(t)} | {_ratio_cell(t, b)} | "
             f"{b['p50_us']} / {b['p99_us']} | {t['p50_us']} / {t['p99_us']} | "
             f"{b.get('gateway_cpu_us_per_req', 0):.1f} / {t.get('gateway_cpu_us_per_req', 0):.1f} | {target} |"
         )
@@ -754,7 +797,14 @@ def main(argv=None) -> int:
         help="run the 1-connection scenarios with generator, backend and gateway all on this CPU "
              "(isolates the gateway's own latency from cross-CPU wake-ups; same for every target)",
     )  # fmt: skip
+    ap.add_argument(
+        "--rounds", type=int, default=1, metavar="N",
+        help="measure every target N times, in turn (direct, then each variant, then again); tables show "
+             "the median round and the ratios' median and range (default 1)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
 
     scenarios = list(SCENARIOS)
     if args.scenarios:
@@ -830,24 +880,33 @@ def main(argv=None) -> int:
             b, bp = start_backend()
             backends.append(b)
             bports.append(bp)
-        # direct: the first backend alone (a list is that one backend's list).
-        results["direct"] = measure_target("direct", bports[0], scenarios, gen, args, backends[:1], None)
-        for variant in selected:
-            gw = None
-            try:
-                gw, gport = start_gateway(variant, bports, args.startup_timeout, tmpdir.name)
-                extra = {k: v.format(bench_token=bench_token()) for k, v in variant.headers}
-                results[variant.name] = measure_target(variant.name, gport, scenarios, gen, args,
+        rounds: list[dict[str, dict]] = []
+        for rnd in range(args.rounds):
+            if args.rounds > 1:
+                print(f"[bench] round {rnd + 1} of {args.rounds}", file=sys.stderr, flush=True)
+            got: dict[str, dict] = {}
+            # direct: the first backend alone (a list is that one backend's list).
+            got["direct"] = measure_target("direct", bports[0], scenarios, gen, args, backends[:1], None)
+            for variant in selected:
+                if variant.name in failures:
+                    continue
+                gw = None
+                try:
+                    gw, gport = start_gateway(variant, bports, args.startup_timeout, tmpdir.name)
+                    extra = {k: v.format(bench_token=bench_token()) for k, v in variant.headers}
+                    got[variant.name] = measure_target(variant.name, gport, scenarios, gen, args,
                                                        backends[:variant.backends], gw, extra, variant)  # fmt: skip
-                if gw.p.poll() is not None:
-                    print(f"[bench] gateway {variant.name!r} died during the run (code {gw.p.returncode}):\n"
-                          + _indent(gw.output()), file=sys.stderr)  # fmt: skip
-            except GatewayStartError as exc:
-                failures[variant.name] = str(exc)
-                print(f"\n[bench] ERROR: {exc}", file=sys.stderr, flush=True)
-            finally:
-                if gw is not None:
-                    gw.stop()
+                    if gw.p.poll() is not None:
+                        print(f"[bench] gateway {variant.name!r} died during the run (code {gw.p.returncode}):\n"
+                              + _indent(gw.output()), file=sys.stderr)  # fmt: skip
+                except GatewayStartError as exc:
+                    failures[variant.name] = str(exc)
+                    print(f"\n[bench] ERROR: {exc}", file=sys.stderr, flush=True)
+                finally:
+                    if gw is not None:
+                        gw.stop()
+            rounds.append(got)
+        results = combine_rounds(rounds)
     finally:
         for b in backends:
             b.stop()

@@ -1,3 +1,85 @@
-"""mcpfast: a fast gateway for the Model Context Protocol."""
+"""mcpfast: a fast gateway for the Model Context Protocol.
+
+Four modules on the request path -- ``server``, ``upstream``, ``gateway``, ``observe`` --
+are plain Python that the build also compiles (see ``setup.py``).  Python imports an
+extension module in preference to the ``.py`` beside it, so this package decides which
+of the two runs:
+
+* ``MCPFAST_NO_EXTENSIONS=1``: the sources, always (and the pure-Python protocol core,
+  see ``core.py``);
+* a compiled module whose source changed since the build (its digest differs from the
+  one ``setup.py`` recorded in ``_build_stamp.py``): the source, with a warning, so an
+  edit is never silently shadowed by an old build;
+* otherwise the compiled module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
 
 __version__ = "0.1.0"
+
+# Keep in step with setup.py (COMPILED).
+COMPILED = ("observe", "server", "upstream", "gateway")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _source_digest(name: str) -> str | None:
+    h = hashlib.sha256()
+    for ext in (".py", ".pxd"):
+        try:
+            with open(os.path.join(_HERE, name + ext), "rb") as f:
+                h.update(f.read())
+        except OSError:
+            return None
+    return h.hexdigest()
+
+
+def _has_extension(name: str) -> bool:
+    return any(os.path.exists(os.path.join(_HERE, name + sfx)) for sfx in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _modules_from_source() -> set[str]:
+    """The compiled modules that must be imported from their ``.py`` instead."""
+    if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0"):
+        return set(COMPILED)
+    built = [n for n in COMPILED if _has_extension(n)]
+    if not built:
+        return set()
+    try:
+        from ._build_stamp import DIGESTS
+    except ImportError:
+        DIGESTS = {}
+    stale = {n for n in built if DIGESTS.get(n) != _source_digest(n)}
+    if stale:
+        warnings.warn(
+            f"mcpfast: compiled {', '.join(sorted(stale))} older than the source; running the source "
+            "(rebuild with: pip install -e .)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return stale
+
+
+class _SourceFinder:
+    """A meta-path finder that loads the named submodules from their ``.py`` files."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = {f"{__name__}.{n}" for n in names}
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.names:
+            return None
+        src = os.path.join(_HERE, fullname.rpartition(".")[2] + ".py")
+        return importlib.util.spec_from_file_location(fullname, src)
+
+
+FROM_SOURCE = frozenset(_modules_from_source())
+if FROM_SOURCE:
+    sys.meta_path.insert(0, _SourceFinder(set(FROM_SOURCE)))

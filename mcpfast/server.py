@@ -62,7 +62,10 @@ def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None, data: Any = 
     return orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": err})
 
 
-class ClientProtocol(asyncio.Protocol):
+# An asyncio protocol by its methods, not by inheritance: the build compiles this class
+# as an extension type (server.pxd), which cannot derive from a Python class, and
+# asyncio and uvloop only call the methods.
+class ClientProtocol:
     __slots__ = (
         "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
         "closed", "write_paused", "read_paused", "keep_alive", "eof", "timeouts", "xff_peer",

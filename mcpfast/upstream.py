@@ -44,7 +44,10 @@ class UpstreamError(Exception):
         self.status = status
 
 
-class UpstreamProtocol(asyncio.Protocol):
+# An asyncio protocol by its methods, not by inheritance: the build compiles this class
+# as an extension type (upstream.pxd), which cannot derive from a Python class, and
+# asyncio and uvloop only call the methods.
+class UpstreamProtocol:
     """One connection to a backend.  ``sink`` is the exchange being answered, or None
     while the connection is idle in the pool."""
 

@@ -95,3 +95,65 @@ def test_stub_is_valid_python_and_both_cores_implement_it():
     for name in names:
         assert hasattr(c_core, name), f"compiled core lacks {name}"
         assert hasattr(py_core, name), f"twin lacks {name}"
+
+
+# --- the compiled gateway modules -------------------------------------------------------
+# ``server``, ``upstream``, ``gateway`` and ``observe`` are Python sources that the build
+# also compiles (setup.py); mcpfast/__init__.py picks which of the two is imported.
+MODULES_PROBE = """
+import json, sys, warnings
+caught = []
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    import mcpfast
+    import mcpfast.server, mcpfast.upstream, mcpfast.gateway, mcpfast.observe
+    caught = [str(x.message) for x in w]
+print(json.dumps({
+    "files": {n: sys.modules["mcpfast." + n].__file__ for n in mcpfast.COMPILED},
+    "from_source": sorted(mcpfast.FROM_SOURCE),
+    "warnings": caught,
+}))
+"""
+
+
+def probe_modules(env_extra: dict, root: str = ROOT) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MCPFAST_NO_EXTENSIONS"}
+    env.update(env_extra)
+    env["PYTHONPATH"] = root
+    out = subprocess.run([sys.executable, "-c", MODULES_PROBE], cwd=root, env=env, capture_output=True, text=True,
+                         timeout=60, check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_gateway_modules_are_compiled_in_a_normal_install():
+    got = probe_modules({})
+    assert got["from_source"] == []
+    assert got["warnings"] == []
+    for name, path in got["files"].items():
+        assert path.endswith((".so", ".pyd")), f"{name} was imported from {path}"
+
+
+def test_no_extensions_imports_the_gateway_sources():
+    got = probe_modules({"MCPFAST_NO_EXTENSIONS": "1"})
+    assert sorted(got["from_source"]) == sorted(got["files"])
+    for name, path in got["files"].items():
+        assert path.endswith(f"{name}.py"), path
+
+
+def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path):
+    """A copy of the package whose gateway.py changed after the build: the stale compiled
+    module must not run; the source does, and a warning says to rebuild."""
+    import shutil
+
+    import mcpfast
+
+    pkg = tmp_path / "mcpfast"
+    shutil.copytree(os.path.dirname(mcpfast.__file__), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    src = pkg / "gateway.py"
+    src.write_text(src.read_text() + "\n# edited after the build\n")
+    got = probe_modules({}, root=str(tmp_path))
+    assert got["from_source"] == ["gateway"]
+    assert got["files"]["gateway"] == str(src)
+    assert got["files"]["server"].endswith((".so", ".pyd"))
+    assert any("gateway" in w and "rebuild" in w for w in got["warnings"]), got["warnings"]

@@ -1,0 +1,25 @@
+# C declarations for the compiled build of gateway.py (see setup.py).  The .py stays the
+# source; these only give the hot classes C-typed attributes and C-callable methods.
+# Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
+from mcpfast.server cimport ClientProtocol
+from mcpfast.observe cimport BackendMetrics
+cdef class Route:
+    cdef public object path, name, backend, pool, target, prefix, extra, policy, drop, virtual, host_line, fields
+    cdef public BackendMetrics bm
+    cdef public double response_timeout
+cdef class Exchange:
+    cdef public object gw, head, chunks, body
+    cdef public ClientProtocol conn
+    cdef public Route route
+    cdef public double t0, t_sent, t_up_end, t_end, deadline
+    cdef public object method, tool, rpc_id, upstream, pending, outcome, out, principal, env, lfilter
+    cdef public int status, phase
+    cdef public long long bytes_out, flushed
+    cdef public bint chunked, keep_alive, sse, retried, is_head
+    cpdef flush_head(self)
+    cpdef _relay(self, chunk)
+    cpdef finish(self, outcome)
+    cpdef phase_done(self, outcome)
+    cpdef forward(self)
+    cpdef _dispatch(self, Route route)
+    cpdef bytes _framed(self, list parts, long long content_length, int status)

@@ -1,0 +1,12 @@
+# C declarations for the compiled build of server.py (see setup.py).  The .py stays the
+# source; these only give the hot classes C-typed attributes and C-callable methods.
+# Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
+cdef class ClientProtocol:
+    cdef public object gateway, transport, parser, peer, reading, active, queue, timeouts, xff_peer
+    cdef public int state
+    cdef public double deadline
+    cdef public bint closed, write_paused, read_paused, keep_alive, eof
+    cpdef send(self, data)
+    cpdef send_many(self, parts)
+    cpdef exchange_done(self, ex, bint keep_alive)
+    cpdef close(self)
