@@ -5,7 +5,8 @@ Metadata lives in pyproject.toml; this file only describes the extensions.
 
 * ``mcpfast._core`` is written in Cython (``_core.pyx`` and its ``.pxi`` parts), with a
   pure-Python twin (``_core_py``) as the reference it is tested against.
-* ``mcpfast.server``, ``upstream``, ``gateway`` and ``observe`` are ordinary Python
+* ``mcpfast.server``, ``upstream``, ``gateway``, ``observe`` and the multiplexer's
+  ``mux.names``, ``mux.rewrite``, ``mux.token``, ``mux.client``, ``mux.virtual`` are ordinary Python
   modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
   extension types with C-typed attributes and C-callable methods, so the request path
   skips dictionary lookups and Python calls between them.  The ``.py`` file stays the
@@ -28,7 +29,7 @@ DEBUG = os.environ.get("MCPFAST_DEBUG_BUILD", "") not in ("", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Keep in step with mcpfast/__init__.py (COMPILED).
-COMPILED = ("observe", "server", "upstream", "gateway")
+COMPILED = ("observe", "server", "upstream", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
 
 directives = {
     "language_level": 3,
@@ -56,7 +57,7 @@ if DEBUG:
 def source_digest(name: str) -> str:
     h = hashlib.sha256()
     for ext in (".py", ".pxd"):
-        with open(os.path.join(HERE, "mcpfast", name + ext), "rb") as f:
+        with open(os.path.join(HERE, "mcpfast", *name.split(".")) + ext, "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 
@@ -83,7 +84,8 @@ core = Extension(
     extra_compile_args=extra_compile_args,
 )
 modules = [
-    Extension(f"mcpfast.{name}", [f"mcpfast/{name}.py"], extra_compile_args=["-O2"]) for name in COMPILED
+    Extension(f"mcpfast.{name}", [f"mcpfast/{name.replace('.', '/')}.py"], extra_compile_args=["-O2"])
+    for name in COMPILED
 ]
 
 setup(

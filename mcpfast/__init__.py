@@ -1,6 +1,7 @@
 """mcpfast: a fast gateway for the Model Context Protocol.
 
-Four modules on the request path -- ``server``, ``upstream``, ``gateway``, ``observe`` --
+The modules on the request path -- ``server``, ``upstream``, ``gateway``, ``observe``
+and the multiplexer's ``mux.names``, ``mux.rewrite``, ``mux.token``, ``mux.client``, ``mux.virtual`` --
 are plain Python that the build also compiles (see ``setup.py``).  Python imports an
 extension module in preference to the ``.py`` beside it, so this package decides which
 of the two runs:
@@ -25,16 +26,21 @@ import warnings
 __version__ = "0.1.0"
 
 # Keep in step with setup.py (COMPILED).
-COMPILED = ("observe", "server", "upstream", "gateway")
+COMPILED = ("observe", "server", "upstream", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _path(name: str) -> str:
+    """``mux.client`` -> .../mcpfast/mux/client (no suffix)."""
+    return os.path.join(_HERE, *name.split("."))
 
 
 def _source_digest(name: str) -> str | None:
     h = hashlib.sha256()
     for ext in (".py", ".pxd"):
         try:
-            with open(os.path.join(_HERE, name + ext), "rb") as f:
+            with open(_path(name) + ext, "rb") as f:
                 h.update(f.read())
         except OSError:
             return None
@@ -42,7 +48,7 @@ def _source_digest(name: str) -> str | None:
 
 
 def _has_extension(name: str) -> bool:
-    return any(os.path.exists(os.path.join(_HERE, name + sfx)) for sfx in importlib.machinery.EXTENSION_SUFFIXES)
+    return any(os.path.exists(_path(name) + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _modules_from_source() -> set[str]:
@@ -76,8 +82,7 @@ class _SourceFinder:
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in self.names:
             return None
-        src = os.path.join(_HERE, fullname.rpartition(".")[2] + ".py")
-        return importlib.util.spec_from_file_location(fullname, src)
+        return importlib.util.spec_from_file_location(fullname, _path(fullname.split(".", 1)[1]) + ".py")
 
 
 FROM_SOURCE = frozenset(_modules_from_source())

@@ -98,15 +98,17 @@ def test_stub_is_valid_python_and_both_cores_implement_it():
 
 
 # --- the compiled gateway modules -------------------------------------------------------
-# ``server``, ``upstream``, ``gateway`` and ``observe`` are Python sources that the build
-# also compiles (setup.py); mcpfast/__init__.py picks which of the two is imported.
+# The request-path modules (``mcpfast.COMPILED``) are Python sources that the build also
+# compiles (setup.py); mcpfast/__init__.py picks which of the two is imported.
 MODULES_PROBE = """
 import json, sys, warnings
 caught = []
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
     import mcpfast
-    import mcpfast.server, mcpfast.upstream, mcpfast.gateway, mcpfast.observe
+    import importlib
+    for n in mcpfast.COMPILED:
+        importlib.import_module("mcpfast." + n)
     caught = [str(x.message) for x in w]
 print(json.dumps({
     "files": {n: sys.modules["mcpfast." + n].__file__ for n in mcpfast.COMPILED},
@@ -138,11 +140,12 @@ def test_no_extensions_imports_the_gateway_sources():
     got = probe_modules({"MCPFAST_NO_EXTENSIONS": "1"})
     assert sorted(got["from_source"]) == sorted(got["files"])
     for name, path in got["files"].items():
-        assert path.endswith(f"{name}.py"), path
+        assert path.endswith(name.replace(".", "/") + ".py"), path
 
 
-def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path):
-    """A copy of the package whose gateway.py changed after the build: the stale compiled
+@pytest.mark.parametrize("edited", ["gateway", "mux.virtual"])
+def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
+    """A copy of the package with one source changed after the build: the stale compiled
     module must not run; the source does, and a warning says to rebuild."""
     import shutil
 
@@ -150,10 +153,11 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path):
 
     pkg = tmp_path / "mcpfast"
     shutil.copytree(os.path.dirname(mcpfast.__file__), pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    src = pkg / "gateway.py"
+    src = pkg.joinpath(*edited.split(".")).with_suffix(".py")
     src.write_text(src.read_text() + "\n# edited after the build\n")
     got = probe_modules({}, root=str(tmp_path))
-    assert got["from_source"] == ["gateway"]
-    assert got["files"]["gateway"] == str(src)
-    assert got["files"]["server"].endswith((".so", ".pyd"))
-    assert any("gateway" in w and "rebuild" in w for w in got["warnings"]), got["warnings"]
+    assert got["from_source"] == [edited]
+    assert got["files"][edited] == str(src)
+    others = [n for n in got["files"] if n != edited]
+    assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others)
+    assert any(edited in w and "rebuild" in w for w in got["warnings"]), got["warnings"]

@@ -588,12 +588,12 @@ class TokenCodec:
     ) -> SessionState:
         """Open ``token`` for ``route``.  With ``subject`` given, the token must be bound
         to that principal.  Raises ``InvalidToken`` for every kind of fault."""
-        if isinstance(token, (bytes, bytearray, memoryview)):
+        if type(token) is not str:
             try:
                 token = bytes(token).decode("ascii")
             except UnicodeDecodeError:
                 raise InvalidToken("not ASCII") from None
-        route_b = route.encode("utf-8") if isinstance(route, str) else bytes(route)
+        route_b = route if type(route) is bytes else route.encode("utf-8") if isinstance(route, str) else bytes(route)
         ck = (route_b, token)
         state = self._cache.get(ck)
         if state is None:

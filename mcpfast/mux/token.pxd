@@ -1,0 +1,7 @@
+# C declarations for the compiled build of token.py (see setup.py): the hot classes become
+# extension types with C attributes and C-callable methods; the .py stays the source.
+# Every attribute is public so plain Python code and tests still read and set it.
+cdef class TokenCodec:
+    cdef public object _kid, _seal, max_age
+    cdef public dict _open, _cache, _revoked
+    cdef public Py_ssize_t _cache_size, max_revoked

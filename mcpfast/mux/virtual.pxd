@@ -1,0 +1,32 @@
+# C declarations for the compiled build of virtual.py (see setup.py): the hot classes become
+# extension types with C attributes and C-callable methods; the .py stays the source.
+# Every attribute is public so plain Python code and tests still read and set it.
+from mcpfast.mux.client cimport BackendLink, Call
+from mcpfast.mux.names cimport Namespace
+
+cdef class VirtualRoute:
+    cdef public object gw, route, path, mc, backends, codec, cache, server_info, local_view, resessions
+    cdef public Namespace ns
+    cdef public bint per_session, fail_open
+    cdef public dict links, views, down, reopening
+    cdef public long long _ids
+    cpdef handle(self, ex)
+    cpdef _post(self, ex)
+    cpdef _open_token(self, ex)
+    cpdef _dispatch(self, ex, body, env, state, token, bint may_refresh)
+    cpdef _admit(self, ex, action, env)
+    cpdef refusal(self, ex, action, env)
+    cpdef _forward(self, ex, state, token, action, env)
+    cpdef _send(self, ex, state, token, action, env, bs, bint retried)
+    cpdef _session(self, token, state, b)
+
+cdef class _Relay:
+    cdef public VirtualRoute vr
+    cdef public object ex, state, token, action, env, bs, ids
+    cdef public bint retried, started, expired
+    cpdef on_head(self, call, head)
+    cpdef on_body(self, call, chunk)
+    cpdef on_event(self, call, ev)
+    cpdef on_flush(self, call)
+    cpdef on_end(self, call, body)
+    cpdef on_error(self, call, err)
