@@ -42,7 +42,10 @@ __all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
 
 log = logging.getLogger("mcpfast.gateway")
 
-_perf = time.perf_counter
+# One clock for durations and deadlines, so one reading serves both (a request's start is
+# also the base of its body-read deadline).  On Linux time.monotonic has nanosecond
+# resolution, like perf_counter, which reads the same clock.
+_perf = time.monotonic
 
 # Request header fields that are not forwarded (RFC 9110 §7.6.1 hop-by-hop, plus the
 # framing and Host fields we write ourselves).
@@ -223,6 +226,7 @@ class Exchange:
         self.t0 = _perf()
         self.t_sent = 0.0
         self.t_up_end = 0.0
+        self.t_end = 0.0
         self.method = "-"
         self.tool = ""
         self.rpc_id: Any = None
@@ -311,7 +315,7 @@ class Exchange:
             if type(p) is not Principal:
                 # A JWKS fetch is under way (unknown key id): continue when it ends.
                 self.phase = WAIT_CONN
-                self.deadline = time.monotonic() + route.response_timeout
+                self.deadline = _perf() + route.response_timeout
                 p.add_done_callback(self._authenticated)
                 return
             self.principal = p
@@ -406,8 +410,9 @@ class Exchange:
             parts.append(b"\r\n")
         data = b"".join(parts)
         self.phase = WAIT_CONN
-        self.deadline = time.monotonic() + route.response_timeout
-        self.t_sent = _perf()
+        t = _perf()
+        self.deadline = t + route.response_timeout
+        self.t_sent = t
         self.out = [data, body] if body else [data]
         conn = route.pool.take_idle()
         if conn is not None:  # the usual case: a kept-alive connection is free
@@ -653,7 +658,7 @@ class Exchange:
     def phase_done(self, outcome: str) -> None:
         self.phase = DONE
         self.outcome = outcome
-        t_end = _perf()
+        t_end = self.t_end = _perf()
         route = self.route
         gw = self.gw
         if route is not None:
@@ -677,7 +682,7 @@ class Exchange:
             # A tuple now; the JSON line is made in a batch on the next tick.
             head = self.head
             access.rows.append(
-                (time.time(), self.conn.peer, head.method, head.target, head.session_id, self.method, self.tool,
+                (access.wall + t_end, self.conn.peer, head.method, head.target, head.session_id, self.method, self.tool,
                  route.backend.name if route is not None else None, self.status, outcome, self.bytes_out,
                  int(own * 1e6), int(up * 1e6))
             )  # fmt: skip

@@ -172,7 +172,7 @@ class ClientProtocol:
         ex = self.gateway.new_exchange(self, head)
         self.reading = ex
         self.state = BODY
-        self.deadline = time.monotonic() + self.timeouts.body_read
+        self.deadline = ex.t0 + self.timeouts.body_read  # the exchange's start, same clock
         if head.expect_continue:
             # Answer early when the request is going to be refused anyway; otherwise
             # invite the body (RFC 9110 §10.1.1).
@@ -231,7 +231,8 @@ class ClientProtocol:
         else:
             self.state = IDLE
         t = self.timeouts
-        self.deadline = time.monotonic() + (t.idle if self.state == IDLE else t.header_read)
+        # The exchange's end time is now, on the deadline clock: no second reading.
+        self.deadline = (ex.t_end or time.monotonic()) + (t.idle if self.state == IDLE else t.header_read)
 
     # --- writing ---------------------------------------------------------------------
     def send(self, data) -> None:

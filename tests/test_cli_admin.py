@@ -125,6 +125,7 @@ def test_serve_metrics_health_ready_and_access_log(tmp_path):
     try:
         _wait_port(port)
         _wait_port(admin)
+        t_first = time.time()
         with httpx.Client(timeout=5) as h:
             for _ in range(3):
                 r = h.post(f"http://127.0.0.1:{port}/mcp", json=CALL, headers={"Mcp-Session-Id": "abc"})
@@ -153,6 +154,12 @@ def test_serve_metrics_health_ready_and_access_log(tmp_path):
     assert rec["gateway_us"] >= 0 and rec["upstream_us"] > 0 and rec["bytes"] > 0
     for k in ("time", "http", "path", "outcome"):
         assert k in rec
+    # The row's wall-clock time is derived from the monotonic clock (one reading per
+    # request): it must still be the time the request was served.
+    import datetime
+
+    logged = datetime.datetime.strptime(rec["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    assert t_first - 0.5 <= logged.timestamp() <= t_first + 5, (rec["time"], t_first)
 
 
 def test_serve_without_backend_is_a_config_error():

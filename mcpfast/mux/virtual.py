@@ -612,7 +612,7 @@ class VirtualRoute:
         call = Call(link, [link.post_head(bs.session_id, bs.protocol_version, len(body)), body], relay)
         ex.upstream = call
         if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
-            ex.t_sent = time.perf_counter()
+            ex.t_sent = time.monotonic()  # the clock of ex.t0 (gateway._perf)
         if ex.conn.write_paused:
             call.paused = True  # the client is not reading yet: neither do we
         call.start()
