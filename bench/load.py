@@ -655,9 +655,12 @@ def combine_rounds(rounds: list[dict[str, dict]]) -> dict[str, dict]:
         out[target] = {}
         for key in rounds[0][target]:
             recs = [r.get(target, {}).get(key) for r in rounds]
-            bad = next((r for r in recs if not _ok(r)), None)
-            if bad is not None or len(rounds) == 1:
-                out[target][key] = bad or recs[0]
+            bad = [r for r in recs if not _ok(r)]
+            if bad:  # failed, or missing from a round (its gateway did not start)
+                out[target][key] = bad[0] or {"error": f"{target} not measured in every round"}
+                continue
+            if len(rounds) == 1:
+                out[target][key] = recs[0]
                 continue
             rps = [r["rps"] for r in recs]
             med = sorted(range(len(recs)), key=lambda i: rps[i])[(len(recs) - 1) // 2]

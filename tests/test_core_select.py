@@ -161,3 +161,20 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     others = [n for n in got["files"] if n != edited]
     assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others)
     assert any(edited in w and "rebuild" in w for w in got["warnings"]), got["warnings"]
+
+
+def test_installed_packages_carry_the_pxd_files():
+    """A wheel must ship each compiled module's .pxd: the import-time digest covers the
+    .py and its .pxd, so a missing .pxd would make an installed gateway run its slow
+    source.  Every compiled module's .pxd matches a package-data pattern of its package."""
+    import fnmatch
+    import tomllib
+
+    import mcpfast
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        package_data = tomllib.load(f)["tool"]["setuptools"]["package-data"]
+    for name in mcpfast.COMPILED:
+        package, _, module = ("mcpfast." + name).rpartition(".")
+        assert os.path.exists(os.path.join(ROOT, *package.split("."), module + ".pxd")), name
+        assert any(fnmatch.fnmatch(module + ".pxd", pat) for pat in package_data.get(package, [])), (name, package)
