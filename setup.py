@@ -19,7 +19,7 @@ Set ``MCPFAST_DEBUG_BUILD=1`` at build time for a debug core: invariant checks
 chased with coverage or a debugger inside the compiled parser.
 """
 
-import hashlib
+import importlib.util
 import os
 
 from Cython.Build import cythonize
@@ -28,8 +28,12 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("MCPFAST_DEBUG_BUILD", "") not in ("", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Keep in step with mcpfast/__init__.py (COMPILED).
-COMPILED = ("observe", "server", "upstream", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
+# The list of compiled modules and their source digest, shared with mcpfast/__init__.py;
+# loaded by path because the package itself cannot be imported before it is built.
+_spec = importlib.util.spec_from_file_location("_mcpfast_compiled", os.path.join(HERE, "mcpfast", "_compiled.py"))
+_compiled = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_compiled)
+COMPILED = _compiled.COMPILED
 
 directives = {
     "language_level": 3,
@@ -54,20 +58,12 @@ if DEBUG:
     extra_compile_args = ["-O0", "-g3"]
 
 
-def source_digest(name: str) -> str:
-    h = hashlib.sha256()
-    for ext in (".py", ".pxd"):
-        with open(os.path.join(HERE, "mcpfast", *name.split(".")) + ext, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()
-
-
 def write_stamp() -> None:
     lines = [
         '"""Written by setup.py: digests of the sources the compiled modules were built from."""',
         "",
         "DIGESTS = {",
-        *(f'    "{name}": "{source_digest(name)}",' for name in COMPILED),
+        *(f'    "{name}": "{_compiled.source_digest(name)}",' for name in COMPILED),
         "}",
         "",
     ]

@@ -16,39 +16,19 @@ of the two runs:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import importlib.util
 import os
 import sys
 import warnings
 
+from ._compiled import COMPILED, module_path, source_digest
+
 __version__ = "0.1.0"
-
-# Keep in step with setup.py (COMPILED).
-COMPILED = ("observe", "server", "upstream", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _path(name: str) -> str:
-    """``mux.client`` -> .../mcpfast/mux/client (no suffix)."""
-    return os.path.join(_HERE, *name.split("."))
-
-
-def _source_digest(name: str) -> str | None:
-    h = hashlib.sha256()
-    for ext in (".py", ".pxd"):
-        try:
-            with open(_path(name) + ext, "rb") as f:
-                h.update(f.read())
-        except OSError:
-            return None
-    return h.hexdigest()
 
 
 def _has_extension(name: str) -> bool:
-    return any(os.path.exists(_path(name) + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES)
+    return any(os.path.exists(module_path(name) + sfx) for sfx in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def _modules_from_source() -> set[str]:
@@ -62,7 +42,7 @@ def _modules_from_source() -> set[str]:
         from ._build_stamp import DIGESTS
     except ImportError:
         DIGESTS = {}
-    stale = {n for n in built if DIGESTS.get(n) != _source_digest(n)}
+    stale = {n for n in built if DIGESTS.get(n) != source_digest(n)}
     if stale:
         warnings.warn(
             f"mcpfast: compiled {', '.join(sorted(stale))} older than the source; running the source "
@@ -82,7 +62,7 @@ class _SourceFinder:
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in self.names:
             return None
-        return importlib.util.spec_from_file_location(fullname, _path(fullname.split(".", 1)[1]) + ".py")
+        return importlib.util.spec_from_file_location(fullname, module_path(fullname.split(".", 1)[1]) + ".py")
 
 
 FROM_SOURCE = frozenset(_modules_from_source())

@@ -168,6 +168,7 @@ def test_installed_packages_carry_the_pxd_files():
     .py and its .pxd, so a missing .pxd would make an installed gateway run its slow
     source.  Every compiled module's .pxd matches a package-data pattern of its package."""
     import fnmatch
+
     import tomllib
 
     import mcpfast
