@@ -24,6 +24,7 @@ import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("MCPFAST_DEBUG_BUILD", "") not in ("", "0")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,20 +59,33 @@ if DEBUG:
     extra_compile_args = ["-O0", "-g3"]
 
 
-def write_stamp() -> None:
+# Digests of the sources as cythonize reads them below (not as they are when the build
+# ends: a source edited during the build must not be stamped as built).
+SOURCE_DIGESTS = {name: _compiled.source_digest(name) for name in COMPILED}
+
+
+def write_stamp(package_dir: str) -> None:
     lines = [
         '"""Written by setup.py: digests of the sources the compiled modules were built from."""',
         "",
         "DIGESTS = {",
-        *(f'    "{name}": "{_compiled.source_digest(name)}",' for name in COMPILED),
+        *(f'    "{name}": "{digest}",' for name, digest in SOURCE_DIGESTS.items()),
         "}",
         "",
     ]
-    with open(os.path.join(HERE, "mcpfast", "_build_stamp.py"), "w") as f:
+    with open(os.path.join(package_dir, "_build_stamp.py"), "w") as f:
         f.write("\n".join(lines))
 
 
-write_stamp()
+class BuildExt(build_ext):
+    """Writes the stamp only once every extension is built, beside the built modules.  A
+    failed build leaves the previous stamp, which still describes the modules on disk, so
+    their sources (now newer) run instead of them."""
+
+    def run(self) -> None:
+        super().run()
+        write_stamp(os.path.join(HERE, "mcpfast") if self.inplace else os.path.join(self.build_lib, "mcpfast"))
+
 
 core = Extension(
     "mcpfast._core",
@@ -85,6 +99,7 @@ modules = [
 ]
 
 setup(
+    cmdclass={"build_ext": BuildExt},
     ext_modules=cythonize(
         [core],
         compiler_directives=directives,

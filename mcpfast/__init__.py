@@ -10,7 +10,8 @@ of the two runs:
   see ``core.py``);
 * a compiled module whose source changed since the build (its digest differs from the
   one ``setup.py`` recorded in ``_build_stamp.py``): the source, with a warning, so an
-  edit is never silently shadowed by an old build;
+  edit is never silently shadowed by an old build -- and so do the compiled modules whose
+  ``.pxd`` cimports it (``_compiled.with_dependents``);
 * otherwise the compiled module.
 """
 
@@ -22,7 +23,7 @@ import os
 import sys
 import warnings
 
-from ._compiled import COMPILED, module_path, source_digest
+from ._compiled import COMPILED, module_path, source_digest, with_dependents
 
 __version__ = "0.1.0"
 
@@ -44,12 +45,17 @@ def _modules_from_source() -> set[str]:
         DIGESTS = {}
     stale = {n for n in built if DIGESTS.get(n) != source_digest(n)}
     if stale:
+        # A compiled module that cimports a stale one reaches into its C layout: it runs
+        # from source too (it could not load beside a pure-Python build of it anyway).
+        dependents = with_dependents(stale) - stale
         warnings.warn(
-            f"mcpfast: compiled {', '.join(sorted(stale))} older than the source; running the source "
-            "(rebuild with: pip install -e .)",
+            f"mcpfast: compiled {', '.join(sorted(stale))} older than the source; running the source"
+            + (f" (and of {', '.join(sorted(dependents))}, which build on it)" if dependents else "")
+            + " (rebuild with: pip install -e .)",
             RuntimeWarning,
             stacklevel=2,
         )
+        stale |= dependents
     return stale
 
 

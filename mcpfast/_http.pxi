@@ -390,7 +390,7 @@ cdef class _HTTPParser:
             return False
         return self._state != HTTP_START or PyByteArray_GET_SIZE(self._buf) > 0
 
-    def feed(self, data):
+    cpdef feed(self, data):
         cdef Py_buffer view
         if self._state >= HTTP_CLOSED:
             self._refuse()

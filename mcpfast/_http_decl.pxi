@@ -74,6 +74,8 @@ cdef class _HTTPParser:
     cdef int _fault_status              # 0: each rule's own status; else every error gets this one
     cdef object _on_body                # the handler's bound on_body
 
+    # Consume ``data`` (bytes or any buffer); a C call from the compiled gateway modules.
+    cpdef feed(self, data)
     # Set and check the limits (ValueError when not positive).
     cdef int _init_limits(self, Py_ssize_t max_header_bytes, Py_ssize_t max_headers, long long max_body) except -1
     # Consume all of p[0:n]; `data` is the object p points into (handed out as body

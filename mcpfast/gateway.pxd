@@ -3,12 +3,14 @@
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
 from mcpfast.server cimport ClientProtocol
 from mcpfast.observe cimport BackendMetrics
+from mcpfast._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
 cdef class Route:
     cdef public object path, name, backend, pool, target, prefix, extra, policy, drop, virtual, host_line, fields
     cdef public BackendMetrics bm
     cdef public double response_timeout
 cdef class Exchange:
-    cdef public object gw, head, chunks, body
+    cdef public object gw, chunks, body
+    cdef public _CRequestHead head
     cdef public ClientProtocol conn
     cdef public Route route
     cdef public double t0, t_sent, t_up_end, t_end, deadline
@@ -17,7 +19,10 @@ cdef class Exchange:
     cdef public long long bytes_out, flushed
     cdef public bint chunked, keep_alive, sse, retried, is_head
     cpdef flush_head(self)
+    cpdef upstream_head(self, _CResponseHead head)
+    cpdef upstream_body(self, chunk)
     cpdef _relay(self, chunk)
+    cpdef upstream_end(self)
     cpdef finish(self, outcome)
     cpdef phase_done(self, outcome)
     cpdef forward(self)

@@ -1,6 +1,8 @@
 # C declarations for the compiled build of observe.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
+cimport cython
+
 cdef class _LoopCounterChild:
     cdef public double value
     cpdef inc(self, double amount=*)
@@ -12,6 +14,7 @@ cdef class _LoopHistogramChild:
     cdef public tuple bounds
     cdef public list counts
     cdef public double sum
+    @cython.locals(i=Py_ssize_t, b=double)
     cpdef observe(self, double value)
 cdef class BackendMetrics:
     cdef public object _metrics, route, backend, sessions, connections

@@ -20,7 +20,6 @@ import time
 from typing import IO, Any
 
 import orjson
-from bisect import bisect_left
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -82,7 +81,14 @@ class _LoopHistogramChild:
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1  # le: value <= bound
+        # The first bucket whose bound is >= value (le), else +Inf.  A scan of at most
+        # ~20 bounds: compiled, a C loop that beats calling bisect with a boxed float.
+        i = 0
+        for b in self.bounds:
+            if value <= b:
+                break
+            i += 1
+        self.counts[i] += 1
         self.sum += value
 
 

@@ -1,8 +1,10 @@
 # C declarations for the compiled build of server.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
+from mcpfast._core cimport RequestParser as _CRequestParser
 cdef class ClientProtocol:
-    cdef public object gateway, transport, parser, peer, reading, active, queue, timeouts, xff_peer
+    cdef public _CRequestParser parser
+    cdef public object gateway, transport, peer, reading, active, queue, timeouts, xff_peer
     cdef public int state
     cdef public double deadline
     cdef public bint closed, write_paused, read_paused, keep_alive, eof

@@ -156,11 +156,53 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     src = pkg.joinpath(*edited.split(".")).with_suffix(".py")
     src.write_text(src.read_text() + "\n# edited after the build\n")
     got = probe_modules({}, root=str(tmp_path))
-    assert got["from_source"] == [edited]
+    # The multiplexer's virtual server cimports the gateway's Exchange: it follows the
+    # gateway to its source; nothing builds on mux.virtual.
+    expected = {"gateway": ["gateway", "mux.virtual"], "mux.virtual": ["mux.virtual"]}[edited]
+    assert got["from_source"] == expected
     assert got["files"][edited] == str(src)
-    others = [n for n in got["files"] if n != edited]
+    for n in expected:
+        assert got["files"][n].endswith(n.replace(".", "/") + ".py"), got["files"][n]
+    others = [n for n in got["files"] if n not in expected]
     assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others)
     assert any(edited in w and "rebuild" in w for w in got["warnings"]), got["warnings"]
+
+
+def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):
+    """The build stamps the sources only when every extension is built: a build that
+    fails on an edited source must leave the old stamp, so the old compiled module (and
+    those that build on it) stay recognised as older than the source."""
+    import shutil
+
+    import mcpfast
+
+    root = tmp_path / "src"
+    root.mkdir()
+    for f in ("setup.py", "pyproject.toml"):
+        shutil.copy2(os.path.join(ROOT, f), root / f)
+    # copy2 keeps times, so cythonize skips every unchanged module (their .c are newer).
+    shutil.copytree(os.path.dirname(mcpfast.__file__), root / "mcpfast", ignore=shutil.ignore_patterns("__pycache__"))
+    stamp = root / "mcpfast" / "_build_stamp.py"
+    before = stamp.read_text()
+    src = root / "mcpfast" / "server.py"
+    src.write_text(src.read_text() + "\ndef broken(:\n")
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, capture_output=True,
+                       text=True, timeout=600, check=False)  # fmt: skip
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert stamp.read_text() == before
+    src.write_text(src.read_text().replace("\ndef broken(:\n", "\n# edited\n"))
+    got = probe_modules({}, root=str(root))
+    assert got["from_source"] == ["gateway", "mux.virtual", "server"]
+
+
+def test_cimport_dependencies_are_read_from_the_pxd_files():
+    from mcpfast._compiled import cimports, with_dependents
+
+    assert cimports("mux.virtual") >= {"gateway", "mux.client", "mux.names"}
+    assert "upstream" in cimports("mux.client")
+    assert cimports("observe") == set()
+    # Everything that reaches the upstream module's C layout, directly or not.
+    assert with_dependents({"upstream"}) == {"upstream", "mux.client", "mux.virtual"}
 
 
 def test_installed_packages_carry_the_pxd_files():

@@ -446,6 +446,41 @@ def test_revoked_tokens_are_refused_until_expiry_or_eviction():
     assert len(c._revoked) == 1 and c.revoked(toks[3], ROUTE)
 
 
+def test_open_sid_is_decode_for_header_bytes():
+    """The request path opens the ``Mcp-Session-Id`` field's bytes: same state as
+    ``decode``, the token as text, every refusal of ``decode`` (subject, tampering,
+    non-ASCII, revocation even after caching), and a cache hit returns the cached pair."""
+    c = TokenCodec(KEY, max_age=None)
+    st_ = realistic_state()
+    tok = c.encode(st_, ROUTE)
+    sid = tok.encode()
+    route_b = ROUTE.encode()
+    state, text = c.open_sid(sid, route_b, "user-1234@example.com")
+    assert state == st_ and text == tok
+    again = c.open_sid(sid, route_b, None)
+    assert again[0] is state and again[1] is text  # cached: no second decryption
+    with pytest.raises(InvalidToken):
+        c.open_sid(sid, route_b, "someone-else")
+    with pytest.raises(InvalidToken):
+        c.open_sid(sid, b"/other", None)
+    with pytest.raises(InvalidToken):
+        c.open_sid(sid[:-2] + (b"A" if sid[-2:-1] != b"A" else b"B") + sid[-1:], route_b, None)
+    with pytest.raises(InvalidToken):
+        c.open_sid(sid[:10] + "é".encode("latin-1") + sid[11:], route_b, None)
+    c.revoke(tok, ROUTE, st_)
+    with pytest.raises(SessionEnded):
+        c.open_sid(sid, route_b, None)
+    with pytest.raises(SessionEnded):
+        c.decode(tok, ROUTE)
+
+
+def test_open_sid_honours_max_age():
+    c = TokenCodec(KEY, max_age=10)
+    old = c.encode(realistic_state(created=1_000), ROUTE)
+    with pytest.raises(InvalidToken):
+        c.open_sid(old.encode(), ROUTE.encode(), None)
+
+
 def test_token_sizes_for_three_backends(codec):
     """Sizes reported in docs/multiplexing.md (the budget: well under 1 KiB)."""
     sizes = {}

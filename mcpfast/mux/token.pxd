@@ -5,3 +5,6 @@ cdef class TokenCodec:
     cdef public object _kid, _seal, max_age
     cdef public dict _open, _cache, _revoked
     cdef public Py_ssize_t _cache_size, max_revoked
+    cpdef tuple open_sid(self, bytes sid, bytes route_b, subject)
+    cpdef tuple _lookup(self, key, str token, bytes route_b)
+    cpdef _accept(self, state, subject, now)

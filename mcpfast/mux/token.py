@@ -559,7 +559,7 @@ class TokenCodec:
             by_id.setdefault(key_id(k), []).append(AESGCM(k))
         self._open = by_id
         self.max_age = max_age
-        self._cache: dict[tuple[bytes, str], SessionState] = {}
+        self._cache: dict[tuple[bytes, str | bytes], tuple[SessionState, str]] = {}
         self._cache_size = cache_size
         # digest(route, token) -> when the token expires anyway (None: never); insertion
         # order, so the oldest revocation is dropped first when the table is full.
@@ -594,26 +594,53 @@ class TokenCodec:
             except UnicodeDecodeError:
                 raise InvalidToken("not ASCII") from None
         route_b = route if type(route) is bytes else route.encode("utf-8") if isinstance(route, str) else bytes(route)
-        ck = (route_b, token)
-        state = self._cache.get(ck)
-        if state is None:
+        state = self._lookup(token, token, route_b)[0]
+        self._accept(state, subject, now)
+        return state
+
+    def open_sid(self, sid: bytes, route_b: bytes, subject: str | None) -> tuple[SessionState, str]:
+        """``decode`` for the request path: ``sid`` is the ``Mcp-Session-Id`` field's bytes
+        as the request parser handed them out, ``route_b`` the route's path as bytes.
+        Returns ``(state, token)``, the token as text.  Cached under those bytes: the
+        parser hands a kept-alive connection's repeated field out as the same object, so
+        a hit hashes nothing new and makes no text."""
+        entry = self._cache.get((route_b, sid))
+        if entry is None:
+            try:
+                token = sid.decode("ascii")
+            except UnicodeDecodeError:
+                raise InvalidToken("not ASCII") from None
+            entry = self._lookup(sid, token, route_b)
+        self._accept(entry[0], subject, None)
+        return entry
+
+    def _lookup(self, key, token: str, route_b: bytes) -> tuple:
+        """The cache entry ``(state, token)`` under ``(route_b, key)`` (``key`` is the token
+        as text or as bytes), opened and cached on a miss."""
+        ck = (route_b, key)
+        entry = self._cache.get(ck)
+        if entry is None:
             state = self._decode(token, route_b)
             if self._revoked and _digest(route_b, token) in self._revoked:
                 raise SessionEnded("revoked")
+            entry = (state, token)
             if self._cache_size:
                 cache = self._cache
                 if len(cache) >= self._cache_size:
                     # Drop the oldest entry (dicts keep insertion order): FIFO is enough
                     # here, a hot session is simply re-inserted after its eviction.
                     del cache[next(iter(cache))]
-                cache[ck] = state
+                cache[ck] = entry
+        return entry
+
+    def _accept(self, state: SessionState, subject: str | None, now: float | None) -> None:
+        """Refuse an open token that is too old, or bound to another principal."""
         if self.max_age is not None:
             t = time.time() if now is None else now
             if t - state.created > self.max_age:
                 raise InvalidToken("expired")
         if subject is not None and subject != state.subject:
             raise InvalidToken("bound to another principal")
-        return state
 
     def _decode(self, token: str, route_b: bytes) -> SessionState:
         if len(token) > MAX_TOKEN_CHARS:
@@ -652,7 +679,9 @@ class TokenCodec:
         until it would have expired (``max_age``), or until ``max_revoked`` later
         revocations have pushed it out."""
         route_b = route.encode("utf-8") if isinstance(route, str) else bytes(route)
-        self._cache.pop((route_b, token), None)
+        cache = self._cache
+        cache.pop((route_b, token), None)  # cached under the text and under the bytes
+        cache.pop((route_b, token.encode("ascii", "replace")), None)
         table = self._revoked
         t = time.time() if now is None else now
         # Forget revocations of tokens that expired by themselves (oldest first).

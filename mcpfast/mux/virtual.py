@@ -194,6 +194,7 @@ class VirtualRoute:
         self.gw = gw
         self.route = route
         self.path = rc.path
+        self.path_b = rc.path.encode()
         self.mc = mc
         self.backends: tuple[str, ...] = tuple(rc.backends)
         self.ns = Namespace(self.backends, separator=mc.separator, mode=mc.namespacing, uri_scheme=mc.uri_scheme)
@@ -279,13 +280,12 @@ class VirtualRoute:
         if sid is None:
             ex.respond_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
             return None, ""
-        token = sid.decode("latin-1")
         try:
-            return self.codec.decode(token, self.path, subject=self._subject(ex)), token
+            return self.codec.open_sid(sid, self.path_b, self._subject(ex))
         except InvalidToken as exc:
             log.debug("session token refused: %s", exc.reason if hasattr(exc, "reason") else exc)
             ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
-            return None, token
+            return None, sid.decode("latin-1")
 
     def _next_id(self) -> str:
         self._ids += 1
