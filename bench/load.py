@@ -153,13 +153,6 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         headers=(("authorization", "Bearer {bench_token}"),),
     ),
     GatewayVariant(
-        "mcpfast-w2",
-        _MCPFAST_SERVE + ("--workers", "2"),
-        "mcpfast serve, one backend, two worker processes sharing the port (SO_REUSEPORT)",
-        default=False,
-        baseline="mcpfast",
-    ),
-    GatewayVariant(
         "multiplexed",
         ("{python}", "-m", "mcpfast", "serve", "--listen", "127.0.0.1:{port}", "--config", "{config}",
          "--log-level", "warning"),

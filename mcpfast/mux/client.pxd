@@ -10,7 +10,7 @@ cdef class BackendLink:
     cdef public double response_timeout
     cdef public dict waiting, heads
     cpdef bytes post_head(self, session_id, version, Py_ssize_t body_length)
-    cpdef watch(self, call)
+    cpdef watch(self, call, double now=*)
 
 cdef class Call:
     cdef public BackendLink link
@@ -20,7 +20,7 @@ cdef class Call:
     cdef public bint whole, done, retried, paused, watched, stream
     cdef public Py_ssize_t size
     cdef public int status
-    cpdef start(self)
+    cpdef start(self, double now=*)
     cpdef _cancel_timer(self)
     cpdef upstream_head(self, _CResponseHead head)
     cpdef upstream_body(self, chunk)

@@ -80,9 +80,10 @@ class BackendLink:
         # few sessions serve every routed request.
         self.heads: dict[tuple, bytes] = {}
 
-    def watch(self, call: Call) -> None:
-        """Fail ``call`` if no answer head arrives within the response timeout."""
-        self.waiting[call] = time.monotonic() + self.response_timeout
+    def watch(self, call: Call, now: float = 0.0) -> None:
+        """Fail ``call`` if no answer head arrives within the response timeout from now
+        (``now``: the monotonic time, read here when 0)."""
+        self.waiting[call] = (now or time.monotonic()) + self.response_timeout
         if self.sweeper is None:
             loop = self.pool._loop or asyncio.get_running_loop()
             self.sweeper = loop.call_later(self._interval(), self._sweep)
@@ -173,13 +174,14 @@ class Call:
         self.watched = False
         self.stream = False  # set by the handler's on_head: body chunks go to on_body
 
-    def start(self) -> "Call":
+    def start(self, now: float = 0.0) -> "Call":
+        """Send the request; ``now``: the monotonic time if the caller just read it."""
         t = self.timeout
         if t:
             link = self.link
             if not self.whole and t == link.response_timeout:
                 self.watched = True
-                link.watch(self)
+                link.watch(self, now)
             else:
                 loop = link.pool._loop or asyncio.get_running_loop()
                 self.timer = loop.call_later(t, self._timed_out)

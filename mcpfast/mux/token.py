@@ -559,7 +559,7 @@ class TokenCodec:
             by_id.setdefault(key_id(k), []).append(AESGCM(k))
         self._open = by_id
         self.max_age = max_age
-        self._cache: dict[tuple[bytes, str | bytes], tuple[SessionState, str]] = {}
+        self._cache: dict[tuple[bytes, str | bytes], tuple] = {}  # see _lookup
         self._cache_size = cache_size
         # digest(route, token) -> when the token expires anyway (None: never); insertion
         # order, so the oldest revocation is dropped first when the table is full.
@@ -611,19 +611,24 @@ class TokenCodec:
             except UnicodeDecodeError:
                 raise InvalidToken("not ASCII") from None
             entry = self._lookup(sid, token, route_b)
-        self._accept(entry[0], subject, None)
-        return entry
+        # _accept, on the entry's precomputed expiry and subject
+        if subject is not None and subject != entry[3]:
+            raise InvalidToken("bound to another principal")
+        expires = entry[2]
+        if expires is not None and time.time() > expires:
+            raise InvalidToken("expired")
+        return entry[0], entry[1]
 
     def _lookup(self, key, token: str, route_b: bytes) -> tuple:
-        """The cache entry ``(state, token)`` under ``(route_b, key)`` (``key`` is the token
-        as text or as bytes), opened and cached on a miss."""
+        """The cache entry ``(state, token, expiry or None, subject)`` under ``(route_b,
+        key)`` (``key`` is the token as text or as bytes), opened and cached on a miss."""
         ck = (route_b, key)
         entry = self._cache.get(ck)
         if entry is None:
             state = self._decode(token, route_b)
             if self._revoked and _digest(route_b, token) in self._revoked:
                 raise SessionEnded("revoked")
-            entry = (state, token)
+            entry = (state, token, None if self.max_age is None else state.created + self.max_age, state.subject)
             if self._cache_size:
                 cache = self._cache
                 if len(cache) >= self._cache_size:

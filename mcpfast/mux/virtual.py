@@ -611,11 +611,12 @@ class VirtualRoute:
         body = action.body
         call = Call(link, [link.post_head(bs.session_id, bs.protocol_version, len(body)), body], relay)
         ex.upstream = call
+        now = time.monotonic()  # the clock of ex.t0 (gateway._perf)
         if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
-            ex.t_sent = time.monotonic()  # the clock of ex.t0 (gateway._perf)
+            ex.t_sent = now
         if ex.conn.write_paused:
             call.paused = True  # the client is not reading yet: neither do we
-        call.start()
+        call.start(now)
 
     def _backend_failed(self, ex, env, b: str, err) -> None:
         self.down[b] = time.monotonic()
