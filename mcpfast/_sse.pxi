@@ -122,7 +122,7 @@ cdef class SSEParser:
     def offset(self):
         return self._block
 
-    def feed(self, data):
+    cpdef feed(self, data):
         cdef Py_buffer view
         cdef list events
         cdef const unsigned char* p

@@ -45,6 +45,9 @@ cdef class SSEParser:
     cdef Py_ssize_t _comments          # comment lines in the current block
     cdef str _error                    # message of the fault once _state is SSE_FAILED
     cdef bytes _last_event             # last event type handed out, reused when the next one matches
+    # Consume the next bytes of the stream; the finished events (a C call from the compiled
+    # multiplexer).
+    cpdef feed(self, data)
 
     # Interpret every complete line in p[_line - base : end - base] (p holds stream bytes
     # [base, end) and at least [_block, end)); return the blocks finished.  A fault sets

@@ -1,7 +1,7 @@
 # C declarations for the compiled build of client.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
-from mcpfast._core cimport ResponseHead as _CResponseHead
+from mcpfast._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser
 from mcpfast.upstream cimport UpstreamPool as _CUpstreamPool, UpstreamProtocol as _CUpstreamProtocol
 
 cdef class BackendLink:
@@ -14,7 +14,8 @@ cdef class BackendLink:
 
 cdef class Call:
     cdef public BackendLink link
-    cdef public object data, handler, timeout, sse, buf, pending, timer
+    cdef public object data, handler, timeout, buf, pending, timer
+    cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head
     cdef public bint whole, done, retried, paused, watched, stream
