@@ -7,4 +7,4 @@ cdef class TokenCodec:
     cdef public Py_ssize_t _cache_size, max_revoked
     cpdef tuple open_sid(self, bytes sid, bytes route_b, subject)
     cpdef tuple _lookup(self, key, str token, bytes route_b)
-    cpdef _accept(self, state, subject, now)
+    cpdef _accept(self, tuple entry, subject, now)

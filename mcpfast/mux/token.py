@@ -594,9 +594,9 @@ class TokenCodec:
             except UnicodeDecodeError:
                 raise InvalidToken("not ASCII") from None
         route_b = route if type(route) is bytes else route.encode("utf-8") if isinstance(route, str) else bytes(route)
-        state = self._lookup(token, token, route_b)[0]
-        self._accept(state, subject, now)
-        return state
+        entry = self._lookup(token, token, route_b)
+        self._accept(entry, subject, now)
+        return entry[0]
 
     def open_sid(self, sid: bytes, route_b: bytes, subject: str | None) -> tuple[SessionState, str]:
         """``decode`` for the request path: ``sid`` is the ``Mcp-Session-Id`` field's bytes
@@ -611,12 +611,7 @@ class TokenCodec:
             except UnicodeDecodeError:
                 raise InvalidToken("not ASCII") from None
             entry = self._lookup(sid, token, route_b)
-        # _accept, on the entry's precomputed expiry and subject
-        if subject is not None and subject != entry[3]:
-            raise InvalidToken("bound to another principal")
-        expires = entry[2]
-        if expires is not None and time.time() > expires:
-            raise InvalidToken("expired")
+        self._accept(entry, subject, None)
         return entry[0], entry[1]
 
     def _lookup(self, key, token: str, route_b: bytes) -> tuple:
@@ -638,13 +633,13 @@ class TokenCodec:
                 cache[ck] = entry
         return entry
 
-    def _accept(self, state: SessionState, subject: str | None, now: float | None) -> None:
-        """Refuse an open token that is too old, or bound to another principal."""
-        if self.max_age is not None:
-            t = time.time() if now is None else now
-            if t - state.created > self.max_age:
-                raise InvalidToken("expired")
-        if subject is not None and subject != state.subject:
+    def _accept(self, entry: tuple, subject: str | None, now: float | None) -> None:
+        """Refuse an open token (a ``_lookup`` entry) that is too old, or bound to another
+        principal."""
+        expires = entry[2]
+        if expires is not None and (time.time() if now is None else now) > expires:
+            raise InvalidToken("expired")
+        if subject is not None and subject != entry[3]:
             raise InvalidToken("bound to another principal")
 
     def _decode(self, token: str, route_b: bytes) -> SessionState:
