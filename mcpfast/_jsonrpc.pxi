@@ -32,6 +32,7 @@
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.string cimport memcmp, memset
 
@@ -1036,13 +1037,21 @@ def scan_jsonrpc(body):
 # Splicing
 # ---------------------------------------------------------------------------------------
 
-cdef inline tuple _jr_range(object start, object end, Py_ssize_t n):
-    # operator.index semantics (TypeError for non-integers), then 0 <= start <= end <= n.
-    start = operator.index(start)
-    end = operator.index(end)
-    if not 0 <= start <= end <= n:
+cdef extern from "Python.h":
+    # With exc NULL an out-of-range value is clamped to PY_SSIZE_T_MIN/MAX, not raised.
+    Py_ssize_t _jr_as_ssize "PyNumber_AsSsize_t" (object o, void* exc) except? -1
+
+
+cdef int _jr_range(object start, object end, Py_ssize_t n, Py_ssize_t* a, Py_ssize_t* b) except -1:
+    # operator.index semantics (TypeError for non-integers), then 0 <= start <= end <= n;
+    # a clamped huge value fails the same check.
+    start = PyNumber_Index(start)
+    end = PyNumber_Index(end)
+    a[0] = _jr_as_ssize(start, NULL)
+    b[0] = _jr_as_ssize(end, NULL)
+    if not 0 <= a[0] <= b[0] <= n:
         raise ValueError(f"bad range [{start}, {end}) for a body of {n} bytes")
-    return start, end
+    return 0
 
 
 def splice(body, start, end, replacement):
@@ -1052,7 +1061,7 @@ def splice(body, start, end, replacement):
     cdef char* out
     PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
     try:
-        a, b = _jr_range(start, end, view.len)
+        _jr_range(start, end, view.len, &a, &b)
         PyObject_GetBuffer(replacement, &rep, PyBUF_SIMPLE)
         try:
             result = PyBytes_FromStringAndSize(NULL, view.len - (b - a) + rep.len)
@@ -1088,10 +1097,10 @@ def splice_many(body, edits):
     try:
         checked = []
         for start, end, replacement in edits:
-            start, end = _jr_range(start, end, view.len)
+            _jr_range(start, end, view.len, &a, &b)
             if type(replacement) is not bytes:
                 replacement = _jr_copy(replacement)
-            checked.append((start, end, replacement))
+            checked.append((a, b, replacement))
         checked.sort(key=_jr_first)
         total = view.len
         pos = 0

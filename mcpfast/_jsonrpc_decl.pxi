@@ -143,8 +143,8 @@ cdef object _jr_invalid(str why, object element)
 cdef bint _jr_is_version(const unsigned char* p, JrVal* v)
 # ProtocolError(400, -32700) for the fault recorded in s (there must be one).
 cdef object _jr_parse_error(JrScan* s)
-# (start, end, as ints) if 0 <= start <= end <= n, else ValueError; TypeError if not integers.
-cdef tuple _jr_range(object start, object end, Py_ssize_t n)
+# Stores start, end in *a, *b if 0 <= start <= end <= n, else ValueError; TypeError if not integers.
+cdef int _jr_range(object start, object end, Py_ssize_t n, Py_ssize_t* a, Py_ssize_t* b) except -1
 # The span tuple in slot (a JrSpan) of env, or None when absent.
 cdef object _jr_span(Envelope env, int slot)
 # A bytes copy of the C-contiguous buffer obj (BufferError if it is not contiguous).

@@ -6,12 +6,13 @@ import asyncio
 import time
 
 from mcpfast.config import build_config
-from mcpfast.mux.client import BackendLink, Call
+from mcpfast.mux.client import BackendLink, Call, CallHandler
+from mcpfast.mux.token import BackendSession
 from mcpfast.observe import Metrics
 from mcpfast.upstream import UpstreamPool
 
 
-class _Handler:
+class _Handler(CallHandler):
     def __init__(self, fut: asyncio.Future) -> None:
         self.fut = fut
 
@@ -125,6 +126,25 @@ def test_cached_post_head_matches_the_general_one():
             assert link.post_head(sid, ver, n) == link.head(b"POST", sid, ver, n)
             assert link.post(b"x" * n, sid, ver)[0] == link.head(b"POST", sid, ver, n)
     assert link.post(b"ab", "s", "v", b"X-More: 1\r\n")[0] == link.head(b"POST", "s", "v", 2, b"X-More: 1\r\n")
+
+
+def test_session_head_is_kept_per_session_and_link():
+    """The routed path's head is built once per backend session, and never reused on
+    another link (another backend address, another Host)."""
+    a, b = _link(1, 1.0), _link(2, 1.0)
+    for sid, ver in (("abc", "2025-06-18"), (None, None), ("x", None)):
+        bs = BackendSession("b", sid, ver)
+        for n in (0, 17, 1234):
+            assert a.session_head(bs, n) == a.head(b"POST", sid, ver, n)
+        assert bs.post_link is a
+        kept = bs.post_pre
+        assert a.session_head(bs, 5) == a.head(b"POST", sid, ver, 5) and bs.post_pre is kept
+        assert b"Host: 127.0.0.1:2\r\n" in b.session_head(bs, 5)  # not a's head
+        assert b.session_head(bs, 5) == b.head(b"POST", sid, ver, 5) and bs.post_link is b
+    # The kept head is no part of the session's value.
+    used, fresh = BackendSession("b", "s", "v"), BackendSession("b", "s", "v")
+    a.session_head(used, 1)
+    assert used == fresh and hash(used) == hash(fresh)
 
 
 class _Streaming(_Handler):

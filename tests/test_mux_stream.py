@@ -188,3 +188,54 @@ def test_backend_that_lost_the_session_is_reopened_and_the_answer_still_streams(
     resp = http_request(gt.port, _call(sid, "raw__big", {"size": 10}, rid=9))
     assert status_of(resp) == 404
     assert orjson.loads(resp.partition(b"\r\n\r\n")[2])["error"]["code"] == -32001
+
+
+def _read_to_close(s: socket.socket) -> bytes:
+    buf = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return buf
+        buf += d
+
+
+@pytest.mark.parametrize(
+    "version, extra, chunked, closes",
+    [
+        (b"HTTP/1.1", b"", True, False),  # the usual case: chunked, kept alive
+        (b"HTTP/1.1", b"Connection: close\r\n", True, True),
+        (b"HTTP/1.0", b"", False, True),  # no chunked coding for 1.0: the close ends the body
+    ],
+)
+def test_routed_sse_answer_is_framed_for_the_client_connection(mux, version, extra, chunked, closes):
+    """The head of a routed SSE answer follows the client's HTTP version and its
+    Connection field (RFC 9112 §6.1, §9.3), whichever way the head is built."""
+    gt, raw = mux
+    sid = _session(gt)
+    raw.release.set()  # the backend sends both events at once
+    req = _call(sid, "raw__events", {}).replace(b"HTTP/1.1", version, 1)
+    req = req.replace(b"Host: 127.0.0.1\r\n", b"Host: 127.0.0.1\r\n" + extra, 1)
+    with socket.create_connection(("127.0.0.1", gt.port), timeout=5) as s:
+        s.sendall(req)
+        if closes:
+            got = _read_to_close(s)
+        else:
+            got = _recv_until(s, b"", lambda b: b.endswith(b"0\r\n\r\n"))
+        head, _, body = got.partition(b"\r\n\r\n")
+        fields = head.lower().split(b"\r\n")[1:]
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"content-type: text/event-stream" in fields
+        assert (b"transfer-encoding: chunked" in fields) is chunked
+        assert (b"connection: close" in fields) is closes
+        assert not any(f.startswith(b"content-length") for f in fields)
+        if chunked:
+            assert body.endswith(b"\r\n0\r\n\r\n")
+        else:
+            # the events themselves, no chunk-size lines
+            assert body.startswith(b"event: message\n") and b"id: p!raw~e1\n" in body and body.endswith(b"\n\n")
+        data = [ln[6:].rstrip(b"\r") for ln in body.split(b"\n") if ln.startswith(b"data: ")]
+        assert orjson.loads(data[-1]) == {"jsonrpc": "2.0", "id": 7, "result": {"content": []}}
+        if not closes:  # the connection carries the next request
+            s.sendall(_call(sid, "raw__big", {"size": 10}, rid=8))
+            resp = read_response(s)
+            assert status_of(resp) == 200 and orjson.loads(resp.partition(b"\r\n\r\n")[2])["id"] == 8

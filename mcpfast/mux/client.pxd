@@ -3,6 +3,17 @@
 # Every attribute is public so plain Python code and tests still read and set it.
 from mcpfast._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser
 from mcpfast.upstream cimport UpstreamPool as _CUpstreamPool, UpstreamProtocol as _CUpstreamProtocol
+from mcpfast.mux.token cimport BackendSession
+
+cdef class Call
+
+cdef class CallHandler:
+    cpdef on_head(self, Call call, _CResponseHead head)
+    cpdef on_body(self, Call call, chunk)
+    cpdef on_event(self, Call call, ev)
+    cpdef on_flush(self, Call call)
+    cpdef on_end(self, Call call, body)
+    cpdef on_error(self, Call call, err)
 
 cdef class BackendLink:
     cdef public _CUpstreamPool pool
@@ -10,11 +21,13 @@ cdef class BackendLink:
     cdef public double response_timeout
     cdef public dict waiting, heads
     cpdef bytes post_head(self, session_id, version, Py_ssize_t body_length)
+    cpdef bytes session_head(self, BackendSession bs, Py_ssize_t body_length)
     cpdef watch(self, call, double now=*)
 
 cdef class Call:
     cdef public BackendLink link
-    cdef public object data, handler, timeout, buf, pending, timer
+    cdef public CallHandler handler
+    cdef public object data, timeout, buf, pending, timer
     cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head

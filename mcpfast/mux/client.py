@@ -46,8 +46,9 @@ from typing import Any, Callable
 
 from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc
 from ..upstream import UpstreamError, UpstreamPool
+from .token import BackendSession
 
-__all__ = ["BackendLink", "Call", "Reply", "request"]
+__all__ = ["BackendLink", "Call", "CallHandler", "Reply", "request"]
 
 log = logging.getLogger("mcpfast.mux")
 
@@ -108,7 +109,7 @@ class BackendLink:
             self.sweeper = loop.call_later(self._interval(), self._sweep)
 
     def post_head(self, session_id: str | None, version: str | None, body_length: int) -> bytes:
-        """``head(b"POST", ...)`` for the routed hot path, its fixed part cached."""
+        """``head(b"POST", ...)``, its fixed part cached per (session id, version)."""
         key = (session_id, version)
         pre = self.heads.get(key)
         if pre is None:
@@ -116,6 +117,16 @@ class BackendLink:
             if len(self.heads) >= 1024:
                 self.heads.clear()
             self.heads[key] = pre
+        return b"%sContent-Length: %d\r\n\r\n" % (pre, body_length)
+
+    def session_head(self, bs: BackendSession, body_length: int) -> bytes:
+        """``head(b"POST", ...)`` in backend session ``bs``, for the routed hot path: the
+        fixed part is made once per session and kept on ``bs``."""
+        pre = bs.post_pre
+        if pre is None or bs.post_link is not self:
+            pre = self.head(b"POST", bs.session_id, bs.protocol_version)[:-2]  # without the blank line
+            bs.post_pre = pre
+            bs.post_link = self
         return b"%sContent-Length: %d\r\n\r\n" % (pre, body_length)
 
     def head(
@@ -144,6 +155,32 @@ class BackendLink:
         return [self.post_head(session_id, version, len(body)), body]
 
 
+class CallHandler:
+    """Where a ``Call`` delivers its answer (the module docstring says when each method
+    runs).  Every handler derives from this class: in the compiled build the call then
+    reaches the handler's methods as C calls.  Each method here does nothing."""
+
+    __slots__ = ()
+
+    def on_head(self, call: Call, head) -> None:
+        pass
+
+    def on_body(self, call: Call, chunk) -> None:
+        pass
+
+    def on_event(self, call: Call, ev) -> None:
+        pass
+
+    def on_flush(self, call: Call) -> None:
+        pass
+
+    def on_end(self, call: Call, body) -> None:
+        pass
+
+    def on_error(self, call: Call, err) -> None:
+        pass
+
+
 class Call:
     """One HTTP request to a backend and its answer, delivered to ``handler``."""
 
@@ -152,7 +189,7 @@ class Call:
         "retried", "pending", "timer", "status", "paused", "watched", "stream",
     )  # fmt: skip
 
-    def __init__(self, link: BackendLink, data: list, handler, timeout: float | None = None, whole: bool = False):
+    def __init__(self, link: BackendLink, data: list, handler: CallHandler, timeout: float | None = None, whole: bool = False):
         self.link = link
         self.data = data
         self.handler = handler
@@ -292,12 +329,12 @@ class Call:
             self.buf.append(bytes(chunk))
 
     def _events(self, events) -> None:
-        on_event = self.handler.on_event
+        handler = self.handler
         try:
             for ev in events:
                 if self.done:  # a handler failed on an earlier one
                     return
-                on_event(self, ev)
+                handler.on_event(self, ev)
         except Exception as exc:
             log.exception("multiplexer: handler failed")
             self._handler_failed(exc)
@@ -417,7 +454,7 @@ class Reply:
         return memoryview(self.message)[s:e]
 
 
-class _Collect:
+class _Collect(CallHandler):
     __slots__ = ("fut", "on_message", "message", "env")
 
     def __init__(self, fut: asyncio.Future, on_message: Callable | None) -> None:
@@ -425,9 +462,6 @@ class _Collect:
         self.on_message = on_message
         self.message = None
         self.env = None
-
-    def on_head(self, call, head) -> None:
-        pass
 
     def on_event(self, call, ev) -> None:
         data = ev.data
@@ -442,9 +476,6 @@ class _Collect:
             self.env = env
         elif self.on_message is not None:
             self.on_message(bytes(data), env)
-
-    def on_flush(self, call) -> None:
-        pass
 
     def on_end(self, call, body) -> None:
         if body:

@@ -1,6 +1,14 @@
 # C declarations for the compiled build of token.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
+cdef class BackendSession:
+    cdef public object name, session_id, protocol_version, post_pre, post_link
+
+cdef class SessionState:
+    cdef public object subject, created, protocol_version, backends, client_capabilities_json, client_info_json, _caps
+    cdef public dict _by_name
+    cpdef BackendSession backend(self, name)
+
 cdef class TokenCodec:
     cdef public object _kid, _seal, max_age
     cdef public dict _open, _cache, _revoked

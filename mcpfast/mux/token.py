@@ -173,12 +173,16 @@ class BackendSession:
     """One backend's side of a virtual session.  ``session_id`` is None for a backend
     that gave none (stateless server, or one that was down at initialize)."""
 
-    __slots__ = ("name", "session_id", "protocol_version")
+    __slots__ = ("name", "session_id", "protocol_version", "post_pre", "post_link")
 
     def __init__(self, name: str, session_id: str | None, protocol_version: str | None) -> None:
         self.name = name
         self.session_id = session_id
         self.protocol_version = protocol_version
+        # Kept by ``BackendLink.session_head``: the POST head (to Content-Length) of this
+        # session on that link.  Not part of the session's value (``__eq__``).
+        self.post_pre: bytes | None = None
+        self.post_link = None
 
     def __eq__(self, other: object) -> bool:
         return (

@@ -52,7 +52,7 @@ from ..gateway import DONE, RELAYING
 from ..server import jsonrpc_error_body, status_reason
 from ..upstream import UpstreamError
 from .batch import Batch
-from .client import BackendLink, Call, request
+from .client import BackendLink, Call, CallHandler, request
 from .ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id
 from .merge import (
     LIST_CHANGED,
@@ -100,6 +100,7 @@ _JSON = b"application/json"
 # alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange._framed).
 _JSON_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _SSE_200 = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+_SSE_200_CHUNKED = _SSE_200 + b"Transfer-Encoding: chunked\r\n\r\n"
 # A name that no table knew may be known after listing: the lists that teach it.
 _STALE_LISTS = {
     "tools/call": ("tools/list",),
@@ -609,7 +610,7 @@ class VirtualRoute:
         link = self.links[action.backend]
         relay = _Relay(self, ex, state, token, action, env, bs, retried)
         body = action.body
-        call = Call(link, [link.post_head(bs.session_id, bs.protocol_version, len(body)), body], relay)
+        call = Call(link, [link.session_head(bs, len(body)), body], relay)
         ex.upstream = call
         now = time.monotonic()  # the clock of ex.t0 (gateway._perf)
         if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
@@ -851,7 +852,7 @@ class VirtualRoute:
         _Merge(self, ex, state, token, targets, MergedStreamIds(kind, resume)).start()
 
 
-class _Relay:
+class _Relay(CallHandler):
     """Relays one backend's answer to a routed client request, as it arrives.
 
     The client head is made from the backend's status, content type and length -- none
@@ -895,7 +896,11 @@ class _Relay:
         if call.sse is not None:
             if status != 200:
                 return  # answered at the end, without a body
-            data = ex._framed([_SSE_200], -1, 200)
+            if ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11 and not ex.is_head:
+                data = _SSE_200_CHUNKED  # the usual answer: what _framed would make, preformatted
+                ex.chunked = True
+            else:
+                data = ex._framed([_SSE_200], -1, 200)
         else:
             call.stream = True
             n = head.content_length
@@ -1064,7 +1069,7 @@ class _Merge:
         ex.finish("ok")
 
 
-class _MergeLeg:
+class _MergeLeg(CallHandler):
     """One backend stream of a ``_Merge``, across its reconnections."""
 
     __slots__ = ("m", "bs", "call", "ok", "attempts", "retry", "expired", "timer", "task", "failure", "status")
