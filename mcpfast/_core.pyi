@@ -220,6 +220,10 @@ class SSEParser:
     by the same call if it completed no block, else by the next call; after that every
     call raises it.  So events and error do not depend on how the stream is split.
 
+    ``stream_start=False`` makes a parser for a stream read from some point after its
+    start (after whole blocks): a leading BOM is then not dropped but read like any
+    other bytes (only the stream's first bytes may be a BOM, §9.2.6).
+
     ``feed_eof()`` returns the final block if the stream ended after at least one
     non-empty line (field or comment) or inside a line, but before its blank line (it
     is *not* dispatched by browsers, but a gateway must see it), else an empty list; a
@@ -229,7 +233,7 @@ class SSEParser:
     a second ``feed_eof`` returns ``[]``.
     """
 
-    def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024) -> None: ...
+    def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024, stream_start: bool = True) -> None: ...
     def feed(self, data: bytes | bytearray | memoryview) -> list[SSEEvent]: ...
     def feed_eof(self) -> list[SSEEvent]: ...
     @property
@@ -249,6 +253,15 @@ def encode_sse_event(
     blank line is not an event).  ``data`` may be any bytes-like object; ``data=b""``
     gives one empty data line.  ``parse(encode(...))`` gives back the fields, with
     line ends inside ``data`` normalised to LF."""
+
+def sse_passable(data: bytes | bytearray | memoryview) -> bool:
+    """True when ``data`` -- read from the start of an event stream or right after
+    whole events -- is itself whole events that a relay rewriting JSON-RPC messages
+    (``mux.rewrite``) would pass on byte for byte, so it need not be parsed: it ends
+    with the blank line of its last event (``\\n\\n`` or ``\\r\\n\\r\\n``), does not
+    start with a BOM, has no line starting with ``id`` (no event id to encode), and
+    contains neither ``"method"`` (no request or notification) nor a ``\\u`` escape
+    (which could spell that key).  False says nothing: parse the data."""
 
 # ---------------------------------------------------------------------------------
 # JSON-RPC 2.0 envelopes (RFC 8259 JSON; JSON-RPC 2.0 §4-§6)

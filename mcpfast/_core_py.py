@@ -16,7 +16,7 @@ from ._jsonrpc_py import (
     splice,
     splice_many,
 )
-from ._sse_py import SSEEvent, SSEParser, encode_sse_event
+from ._sse_py import SSEEvent, SSEParser, encode_sse_event, sse_passable
 from .errors import ProtocolError
 
 DEBUG_BUILD = False  # the twin has no build; the compiled core says True in a debug build
@@ -32,6 +32,7 @@ __all__ = [
     "SSEEvent",
     "SSEParser",
     "encode_sse_event",
+    "sse_passable",
     "Envelope",
     "scan_jsonrpc",
     "splice",

@@ -101,8 +101,8 @@ cdef class SSEParser:
         self._acc = NULL
         self._acc_cap = 0
 
-    def __init__(self, *, Py_ssize_t max_event_bytes=16 * 1024 * 1024):
-        self._state = SSE_BOM
+    def __init__(self, *, Py_ssize_t max_event_bytes=16 * 1024 * 1024, bint stream_start=True):
+        self._state = SSE_BOM if stream_start else SSE_LINES
         self._max = max_event_bytes
         self._buf = bytearray()
         self._len = 0
@@ -399,6 +399,34 @@ cdef class SSEParser:
     cdef void _fail_oversized(self):
         self._state = SSE_FAILED
         self._error = _SSE_OVERSIZED.format(self._max)
+
+
+cdef extern from "string.h":
+    const void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)
+
+
+def sse_passable(data):
+    """Whole events a JSON-RPC relay may pass on unparsed (see ``_core.pyi``)."""
+    cdef Py_buffer view
+    cdef const unsigned char* s
+    cdef size_t n
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        s = <const unsigned char*>view.buf
+        n = <size_t>view.len
+        # Ends with the blank line of its last event, and no CR a next read could pair with.
+        if n < 2 or s[n - 1] != 10:
+            return False
+        if s[n - 2] != 10 and not (n >= 4 and s[n - 2] == 13 and s[n - 3] == 10 and s[n - 4] == 13):
+            return False
+        if n >= 3 and s[0] == 0xEF and s[1] == 0xBB and s[2] == 0xBF:
+            return False  # a BOM: only the parser knows whether it starts the stream
+        if s[0] == 105 and s[1] == 100:  # "id": an event id field
+            return False
+        return (memmem(s, n, b"\nid", 3) == NULL and memmem(s, n, b"\rid", 3) == NULL
+                and memmem(s, n, b'"method"', 8) == NULL and memmem(s, n, b"\\u", 2) == NULL)
+    finally:
+        PyBuffer_Release(&view)
 
 
 cdef bytes _sse_as_bytes(object value):

@@ -24,7 +24,7 @@ from operator import index as _as_index
 
 from .errors import ProtocolError
 
-__all__ = ["SSEEvent", "SSEParser", "encode_sse_event"]
+__all__ = ["SSEEvent", "SSEParser", "encode_sse_event", "sse_passable"]
 
 _BOM = b"\xef\xbb\xbf"  # §9.2.6: one leading U+FEFF is ignored
 _CR = 13
@@ -79,7 +79,7 @@ def _preview(data: bytes | None) -> str:
 class SSEParser:
     """Incremental event-stream parser (see ``_core.pyi`` for the contract)."""
 
-    def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024) -> None:
+    def __init__(self, *, max_event_bytes: int = 16 * 1024 * 1024, stream_start: bool = True) -> None:
         self._max = max_event_bytes
         # Stream bytes from the start of the current block on; _buf[0] is at absolute
         # offset _base, which is also the number of bytes handed out in blocks.
@@ -93,7 +93,7 @@ class SSEParser:
         # rescanned each time another piece of it arrives.
         self._cr = 0
         self._lf = 0
-        self._bom_pending = True  # at offset 0 until 3 bytes (or EOF) settle the BOM
+        self._bom_pending = stream_start  # at offset 0 until 3 bytes (or EOF) settle the BOM
         self._closed = False
         self._error: str | None = None  # set once; every later call raises it
         self._reset_block()
@@ -312,6 +312,19 @@ def encode_sse_event(
         raise ValueError("an SSE event needs data, event, id or retry")
     parts.append(b"\n")
     return b"".join(parts)
+
+
+def sse_passable(data) -> bool:
+    """Whole events a JSON-RPC relay may pass on unparsed (see ``_core.pyi``)."""
+    b = _as_bytes(data)
+    return (
+        b.endswith((b"\n\n", b"\r\n\r\n"))
+        and not b.startswith((b"\xef\xbb\xbf", b"id"))
+        and b"\nid" not in b
+        and b"\rid" not in b
+        and b'"method"' not in b
+        and b"\\u" not in b
+    )
 
 
 def _as_bytes(value: object) -> bytes:

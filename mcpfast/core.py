@@ -42,6 +42,7 @@ join_fields = _impl.join_fields
 SSEParser = _impl.SSEParser
 SSEEvent = _impl.SSEEvent
 encode_sse_event = _impl.encode_sse_event
+sse_passable = _impl.sse_passable
 scan_jsonrpc = _impl.scan_jsonrpc
 Envelope = _impl.Envelope
 splice = _impl.splice

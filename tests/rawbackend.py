@@ -127,6 +127,8 @@ class RawBackend:
           rest as fast as the peer takes it (``bytes_sent`` counts the body).
         * ``events``: an SSE answer; first a server→client request (id 5, progress
           token 9, event id ``e1``), then after ``release`` the response.
+        * ``mixed``: an SSE answer in three reads: a comment, a BOM-prefixed block
+          holding a server→client request (id 5), the response.
         """
         head, body = req
         sid = None
@@ -155,6 +157,20 @@ class RawBackend:
             return
         params = msg.get("params") or {}
         args = params.get("arguments") or {}
+        if params.get("name") == "mixed":
+            # Three reads: a comment (whole, nothing to rewrite), then a server→client
+            # request whose block starts with a BOM -- mid-stream, so part of a field
+            # name, not a stream start -- then the response.
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: %s\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n" % sid)  # fmt: skip
+            ask = orjson.dumps({"jsonrpc": "2.0", "id": 5, "method": "roots/list"})
+            answer = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {"content": []}})
+            for ev in (b": ready\n\n", b"\xef\xbb\xbfid: e1\nevent: message\ndata: " + ask + b"\n\n",
+                       b"event: message\ndata: " + answer + b"\n\n"):  # fmt: skip
+                conn.sendall(b"%x\r\n%s\r\n" % (len(ev), ev))
+                time.sleep(0.05)  # separate reads at the gateway
+            conn.sendall(b"0\r\n\r\n")
+            return
         if params.get("name") == "events":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: %s\r\n"
                          b"Transfer-Encoding: chunked\r\n\r\n" % sid)  # fmt: skip

@@ -54,17 +54,22 @@ async def _silent_server():
     return server, server.sockets[0].getsockname()[1], conns
 
 
+async def _read_request(reader: asyncio.StreamReader) -> None:
+    """Read one request (head and Content-Length body) and drop it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    n = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            n = int(line.split(b":")[1])
+    await reader.readexactly(n)
+
+
 async def _answering_server():
     body = b'{"jsonrpc":"2.0","id":1,"result":{}}'
 
     async def handle(reader, writer):
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            n = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    n = int(line.split(b":")[1])
-            await reader.readexactly(n)
+            await _read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             await writer.drain()
 
@@ -208,3 +213,96 @@ def test_a_failing_handler_ends_the_call_and_the_connection_is_not_reused():
             assert link.pool.open_connections == 0, where  # half-read: closed, not pooled
 
     _against_answering_server(check)
+
+
+async def _sse_server(reads: list[bytes]):
+    """Answers every request with an SSE stream: each of ``reads`` as its own chunk,
+    written apart so the client reads them one by one."""
+
+    async def handle(reader, writer):
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for r in reads:
+            writer.write(b"%x\r\n%s\r\n" % (len(r), r))
+            await writer.drain()
+            await asyncio.sleep(0.03)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+class _Plain(_Handler):
+    """Takes reads of plain events unparsed when ``plain``; records what came how."""
+
+    def __init__(self, fut: asyncio.Future, plain: bool) -> None:
+        super().__init__(fut)
+        self.plain = plain
+        self.got: list = []
+
+    def on_head(self, call, head) -> None:
+        call.plain = self.plain
+
+    def on_body(self, call, chunk) -> None:
+        self.got.append(("body", bytes(chunk)))
+
+    def on_event(self, call, ev) -> None:
+        self.got.append(("event", ev.raw))
+
+
+_ANSWER = b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{}}\n\n'
+_ASK = b'event: message\ndata: {"jsonrpc":"2.0","id":5,"method":"ping"}\n\n'
+
+
+def test_plain_answer_reads_skip_the_sse_parser_until_one_needs_it():
+    """With ``call.plain``, a read of whole events holding no request, notification or
+    event id reaches ``on_body`` as it came and no parser is made; from the first read
+    that needs parsing on, every event is parsed.  Without ``plain`` all are parsed."""
+    cases = [
+        ([_ANSWER], True, [("body", _ANSWER)], False),
+        ([_ANSWER], False, [("event", _ANSWER)], True),
+        ([_ASK + _ANSWER], True, [("event", _ASK), ("event", _ANSWER)], True),
+        ([b": hi\n\n", _ASK, _ANSWER], True, [("body", b": hi\n\n"), ("event", _ASK), ("event", _ANSWER)], True),
+        # An event split over two reads: the first is not whole, so it is parsed.
+        ([_ANSWER[:20], _ANSWER[20:]], True, [("event", _ANSWER)], True),
+        # An event id must be encoded for the client: parsed.
+        ([b"id: 3\n" + _ANSWER], True, [("event", b"id: 3\n" + _ANSWER)], True),
+    ]
+
+    async def main():
+        for reads, plain, want, parsed in cases:
+            server, port = await _sse_server(reads)
+            link = _link(port, 5.0)
+            try:
+                fut = asyncio.get_running_loop().create_future()
+                h = _Plain(fut, plain)
+                call = Call(link, link.post(b"{}", "s1", "2025-06-18"), h).start()
+                assert await asyncio.wait_for(fut, 5) == ("end", 200, None)
+                assert h.got == want, reads
+                assert (call.sse is not None) is parsed, reads
+            finally:
+                link.pool.close()
+                server.close()
+
+    asyncio.run(main())
+
+
+def test_a_plain_read_over_the_event_limit_is_refused_like_a_parsed_one():
+    async def main():
+        server, port = await _sse_server([_ANSWER])
+        cfg = build_config({"backends": {"b": {"url": f"http://127.0.0.1:{port}/mcp"}}})
+        b = cfg.backend("b")
+        link = BackendLink(b, UpstreamPool(b, Metrics().for_backend("/mcp", "b"), connect_timeout=2.0), 5.0, 16)
+        try:
+            fut = asyncio.get_running_loop().create_future()
+            h = _Plain(fut, True)
+            Call(link, link.post(b"{}", "s1", "2025-06-18"), h).start()
+            kind, status, msg = await asyncio.wait_for(fut, 5)
+            assert (kind, status) == ("error", 502) and "invalid SSE" in msg
+            assert h.got == []
+        finally:
+            link.pool.close()
+            server.close()
+
+    asyncio.run(main())

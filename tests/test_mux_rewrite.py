@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.core import SSEParser
-from mcpfast.mux.ids import STREAM_GET, MergedStreamIds, decode_event_id, encode_progress_token, encode_request_id
+from mcpfast.core import KIND_NOTIFICATION, KIND_REQUEST, SSEParser
+from mcpfast.mux.ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id, encode_progress_token, encode_request_id
 from mcpfast.mux.merge import dump_json
 from mcpfast.mux.names import NEVER, Namespace
 from mcpfast.mux.rewrite import (
@@ -404,6 +404,53 @@ def test_sse_request_with_an_escaped_method_key_is_still_rewritten(core, ns):
     out, env = rewrite_sse_event(ev, "weather", ns)
     assert env is not None and env.method == "sampling/createMessage"
     assert orjson.loads(SSEParser().feed(out)[0].data)["id"] == encode_request_id("weather", 3)
+
+
+sse_blocks = st.lists(
+    st.sampled_from([
+        b"event: message\ndata: " + msg(id=1, result={"content": []}),
+        b"data: " + msg(id="r", error={"code": -32000, "message": "no"}),
+        b"data: " + msg(id=4, method="sampling/createMessage", params={"_meta": {"progressToken": 2}}),
+        b"data: " + msg(method="notifications/progress", params={"progressToken": 2, "progress": 1}),
+        b"data: " + msg(method="notifications/tools/list_changed"),
+        b'data: {"jsonrpc":"2.0","id":4,"\\u006dethod":"roots/list"}',
+        b"data: " + msg(id=1, result={"text": "method"}),
+        b"id: 9",
+        b": comment",
+        b"retry: 10",
+        b"data: not json",
+        b"\xef\xbb\xbfdata: {}",
+    ]),
+    min_size=1, max_size=4,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=st.lists(sse_blocks, min_size=1, max_size=4), eol=st.sampled_from([b"\n", b"\r\n"]))
+def test_passable_sse_reads_are_what_the_rewrite_leaves_unchanged(core, ns, blocks, eol):
+    """The multiplexer relays a read unparsed when ``sse_passable`` says so: that is
+    only right if rewriting each of its events would give back the event's own bytes,
+    use no stream id and report no request or notification."""
+    _passes_unchanged(core, ns, b"".join(eol.join(lines) + eol + eol for lines in blocks))
+
+
+def _passes_unchanged(core, ns, data: bytes) -> bool:
+    """False if ``data`` is not passable; else checks that it needs no rewriting."""
+    if not core.sse_passable(data):
+        return False
+    ids = MergedStreamIds(STREAM_POST)
+    for ev in core.SSEParser(stream_start=False).feed(data):
+        out, env = rewrite_sse_event(ev, "github", ns, ids)
+        assert out is ev.raw
+        assert env is None or type(env) is list or env.kind not in (KIND_REQUEST, KIND_NOTIFICATION)
+    assert ids.current() is None
+    return True
+
+
+def test_a_plain_answer_read_is_passable_and_unchanged(core, ns):
+    answer = b"event: message\ndata: " + msg(id=1, result={"content": [{"type": "text", "text": "hi"}]})
+    assert _passes_unchanged(core, ns, b": ping\n\nretry: 5\n\n" + answer + b"\n\n")
+    assert _passes_unchanged(core, ns, (answer + b"\n\n").replace(b"\n", b"\r\n"))
 
 
 # --- properties ---------------------------------------------------------------------------------

@@ -239,3 +239,35 @@ def test_routed_sse_answer_is_framed_for_the_client_connection(mux, version, ext
             s.sendall(_call(sid, "raw__big", {"size": 10}, rid=8))
             resp = read_response(s)
             assert status_of(resp) == 200 and orjson.loads(resp.partition(b"\r\n\r\n")[2])["id"] == 8
+
+
+def test_routed_sse_reads_pass_unparsed_until_one_needs_rewriting(mux):
+    """A read of whole events with nothing to rewrite is relayed as it came; the first
+    read that holds a server→client request is parsed and rewritten, and so is the rest
+    of the stream.  The BOM in the middle of the stream stays part of a field name
+    (WHATWG HTML §9.2.6: only the stream's first byte may be a BOM), so that block has
+    no event id for the gateway to encode."""
+    gt, raw = mux
+    sid = _session(gt)
+    with socket.create_connection(("127.0.0.1", gt.port), timeout=5) as s:
+        s.sendall(_call(sid, "raw__mixed", {}))
+        got = _recv_until(s, b"", lambda b: b.endswith(b"0\r\n\r\n"))
+    head, _, body = got.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    # Undo the chunked coding (the gateway frames each relayed piece as one chunk).
+    pieces, pos = [], 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        n = int(body[pos:eol], 16)
+        if n == 0:
+            break
+        pieces.append(body[eol + 2 : eol + 2 + n])
+        pos = eol + 2 + n + 2
+    stream = b"".join(pieces)
+    assert stream.startswith(b": ready\n\n")  # the comment, byte for byte
+    assert b"\xef\xbb\xbf" not in stream and b"e1" not in stream
+    data = [orjson.loads(ln[6:]) for ln in stream.split(b"\n") if ln.startswith(b"data: ")]
+    assert data == [
+        {"jsonrpc": "2.0", "id": "raw~n5", "method": "roots/list"},
+        {"jsonrpc": "2.0", "id": 7, "result": {"content": []}},
+    ]

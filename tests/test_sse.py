@@ -511,3 +511,84 @@ streams = st.one_of(st.lists(stream_tokens, max_size=40).map(b"".join), st.binar
 @given(stream=streams, mode=st.sampled_from(MODES), seed=st.integers(0, 1000))
 def test_matches_spec_algorithm(core, stream, mode, seed):
     assert [fields(e) for e in parse(core, stream, mode, seed=seed)] == spec_events(stream)
+
+
+# --- a parser that starts mid-stream --------------------------------------------------
+
+
+def test_mid_stream_parser_reads_a_leading_bom_as_bytes(core, feed_mode):
+    """``stream_start=False``: the BOM is no stream start, so it is part of the first
+    field name (an unknown field) -- as for a BOM after the first block of a stream."""
+    got = parse(core, BOM + b"id: 1\ndata: x\n\n", feed_mode, stream_start=False)
+    assert [fields(e) for e in got] == [(None, b"x", None, None, 0)]
+    assert got[0].raw == BOM + b"id: 1\ndata: x\n\n"
+    got = parse(core, BOM + b"data: x\n\n", feed_mode, stream_start=False)
+    assert [fields(e) for e in got] == [(None, None, None, None, 0)]
+    # Without a BOM it changes nothing.
+    assert [fields(e) for e in parse(core, b"data: x\n\n", feed_mode, stream_start=False)] == [(None, b"x", None, None, 0)]
+
+
+whole_blocks = st.lists(
+    st.lists(st.sampled_from([b"data: 1", b"event: e", b"id: 7", b"retry: 5", b": c", BOM + b"data: b", b"x"]),
+             min_size=1, max_size=3).map(lambda lines: b"\n".join(lines) + b"\n\n"),
+    min_size=1, max_size=6,
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blocks=whole_blocks, k=st.integers(0, 6), mode=st.sampled_from(MODES), seed=st.integers(0, 1000))
+def test_mid_stream_parser_continues_a_stream_after_whole_blocks(core, blocks, k, mode, seed):
+    """Parsing a stream from a block boundary with ``stream_start=False`` gives the
+    events that parsing it from the start gives after that boundary."""
+    k = min(k, len(blocks))
+    stream = b"".join(blocks)
+    head = b"".join(blocks[:k])
+    all_events = [fields(e) for e in parse(core, stream, mode, seed=seed)]
+    n_head = len(parse(core, head, "whole")) if head else 0
+    rest = [fields(e) for e in parse(core, stream[len(head):], mode, seed=seed, stream_start=k == 0)]
+    assert rest == all_events[n_head:]
+
+
+# --- sse_passable ---------------------------------------------------------------------
+
+ANSWER = b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"content":[]}}\n\n'
+
+
+@pytest.mark.parametrize(
+    "data, ok",
+    [
+        (ANSWER, True),
+        (ANSWER.replace(b"\n", b"\r\n"), True),
+        (ANSWER + b": keep-alive\n\n", True),
+        (b"retry: 100\n\n", True),
+        (b"\n\n", True),
+        (ANSWER[:-1], False),  # the last event is not ended
+        (ANSWER[:-2] + b"\r\r", False),  # a CR the next read may pair with
+        (ANSWER[:-2] + b"\n\r\n", False),
+        (b"data: {}\r\n\n", True),
+        (BOM + ANSWER, False),
+        (b"id: 4\n" + ANSWER, False),
+        (ANSWER + b"id\n\n", False),
+        (ANSWER.replace(b"\n", b"\r") + b"id: 1\r\n\r\n", False),
+        (b'data: {"jsonrpc":"2.0","id":5,"method":"ping"}\n\n', False),
+        (b'data: {"jsonrpc":"2.0","\\u006dethod":"ping"}\n\n', False),
+        (b'data: {"jsonrpc":"2.0","id":1,"result":{"text":"caf\\u00e9"}}\n\n', False),  # cannot tell: parse
+        (b"", False),
+        (b"\n", False),
+    ],
+)
+def test_sse_passable(core, data, ok):
+    assert core.sse_passable(data) is ok
+    assert core.sse_passable(bytearray(data)) is ok and core.sse_passable(memoryview(data)) is ok
+
+
+passable_tokens = st.sampled_from(
+    [b"data: ", b"id", b"id: 1", b"event: message", b": c", b'"method"', b'"id"', b"\\u", b"\\", b"u",
+     b"\n", b"\r", b"\r\n", b"\n\n", b"\r\n\r\n", BOM, b"{", b"}", b"x"]
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.lists(passable_tokens, max_size=20).map(b"".join), st.binary(max_size=40)))
+def test_sse_passable_cores_agree(c_core, py_core, data):
+    assert c_core.sse_passable(data) is py_core.sse_passable(data)

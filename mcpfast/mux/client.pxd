@@ -31,13 +31,15 @@ cdef class Call:
     cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head
-    cdef public bint whole, done, retried, paused, watched, stream
+    cdef public bint whole, done, retried, paused, watched, stream, events, plain
     cdef public Py_ssize_t size
     cdef public int status
     cpdef start(self, double now=*)
     cpdef _cancel_timer(self)
     cpdef upstream_head(self, _CResponseHead head)
     cpdef upstream_body(self, chunk)
+    cpdef _feed(self, chunk)
+    cpdef _collect(self, chunk)
     cpdef _events(self, events)
     cpdef upstream_end(self)
     cpdef flush_head(self)

@@ -15,6 +15,15 @@ answer, None for SSE), ``on_error(call, err)``, and ``on_flush(call)`` after eac
 relays a JSON answer rather than reading it sets ``call.stream`` in ``on_head``: the
 body then goes to ``on_body(call, chunk)`` piece by piece as it arrives, each chunk the
 object the response parser handed out, and nothing is collected (``body`` is None).
+Every handler derives from ``CallHandler``, so in the compiled build these are C calls.
+
+An SSE answer is parsed into events only when it must be.  A handler that relays
+events which need no rewriting as they came sets ``call.plain`` in ``on_head``; then a
+read that is whole events with no request, notification or event id in it
+(``core.sse_passable``: the usual read, one response event) goes to ``on_body`` as it
+came, and no parser is made.  The first read that fails the check makes the parser
+(started mid-stream if reads went past it) and from then on every event is parsed
+and goes to ``on_event``.
 
 ``request()`` wraps a ``Call`` in a future for the control traffic: it returns a
 ``Reply`` holding the status, the backend's ``Mcp-Session-Id`` and the JSON-RPC answer
@@ -44,7 +53,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc
+from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
 from ..upstream import UpstreamError, UpstreamPool
 from .token import BackendSession
 
@@ -186,7 +195,7 @@ class Call:
 
     __slots__ = (
         "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
-        "retried", "pending", "timer", "status", "paused", "watched", "stream",
+        "retried", "pending", "timer", "status", "paused", "watched", "stream", "events", "plain",
     )  # fmt: skip
 
     def __init__(self, link: BackendLink, data: list, handler: CallHandler, timeout: float | None = None, whole: bool = False):
@@ -199,7 +208,11 @@ class Call:
         self.whole = whole
         self.conn = None
         self.head = None
-        self.sse: Any = None
+        self.events = False  # the answer is an event stream
+        self.sse: Any = None  # its parser, made when the first read needs one
+        # Set by the handler's on_head: reads of whole events that need no rewriting
+        # (``sse_passable``) go to on_body as they are, unparsed.
+        self.plain = False
         self.buf: list | None = None  # the collected body (made on its first chunk)
         self.size = 0
         self.done = False
@@ -294,7 +307,7 @@ class Call:
             self._cancel_timer()
         ct = head.content_type
         if ct is not None and ct.startswith(_SSE):
-            self.sse = SSEParser(max_event_bytes=self.link.max_body)
+            self.events = True
         try:
             self.handler.on_head(self, head)
         except Exception as exc:
@@ -304,21 +317,37 @@ class Call:
     def upstream_body(self, chunk) -> None:
         if self.done:
             return
-        if self.sse is not None:
-            try:
-                events = self.sse.feed(chunk)
-            except ProtocolError as exc:
-                self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} sent invalid SSE: {exc}"))
+        if self.events:
+            if self.sse is None and self.plain and len(chunk) <= self.link.max_body and sse_passable(chunk):
+                # The usual routed answer (its response event): passed on as it came.
+                self.size += len(chunk)  # bytes passed on unparsed
+            else:
+                self._feed(chunk)
                 return
-            self._events(events)
+        elif not self.stream:
+            self._collect(chunk)
             return
-        if self.stream:
-            try:
-                self.handler.on_body(self, chunk)
-            except Exception as exc:
-                log.exception("multiplexer: handler failed")
-                self._handler_failed(exc)
+        try:
+            self.handler.on_body(self, chunk)
+        except Exception as exc:
+            log.exception("multiplexer: handler failed")
+            self._handler_failed(exc)
+
+    def _feed(self, chunk) -> None:
+        """Parse a read of an event stream and hand its events to the handler."""
+        sse = self.sse
+        if sse is None:
+            # After reads passed on, the parser starts mid-stream: a BOM there is no
+            # stream start to drop (WHATWG HTML §9.2.6).
+            sse = self.sse = SSEParser(max_event_bytes=self.link.max_body, stream_start=not self.size)
+        try:
+            events = sse.feed(chunk)
+        except ProtocolError as exc:
+            self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} sent invalid SSE: {exc}"))
             return
+        self._events(events)
+
+    def _collect(self, chunk) -> None:
         self.size += len(chunk)
         if self.size > self.link.max_body:
             self._abandon(UpstreamError("upstream_protocol", f"backend {self.link.name} answer too large"))
@@ -343,13 +372,14 @@ class Call:
         self.conn = None  # the connection goes back to the pool by itself
         if self.done:
             return
-        if self.sse is not None:
-            try:
-                events = self.sse.feed_eof()
-            except ProtocolError:
-                events = []
-            if events:
-                self._events(events)
+        if self.events:
+            if self.sse is not None:
+                try:
+                    events = self.sse.feed_eof()
+                except ProtocolError:
+                    events = []
+                if events:
+                    self._events(events)
             body = None
         elif self.stream:
             body = None

@@ -893,9 +893,10 @@ class _Relay(CallHandler):
         ex = self.ex
         if ex.phase == DONE:
             return
-        if call.sse is not None:
+        if call.events:
             if status != 200:
                 return  # answered at the end, without a body
+            call.plain = True  # reads of plain answer events come to on_body unparsed
             if ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11 and not ex.is_head:
                 data = _SSE_200_CHUNKED  # the usual answer: what _framed would make, preformatted
                 ex.chunked = True
@@ -1113,7 +1114,7 @@ class _MergeLeg(CallHandler):
     # --- Call handler ------------------------------------------------------------------
     def on_head(self, call, head) -> None:
         status = head.status
-        if status == 200 and call.sse is not None:
+        if status == 200 and call.events:
             self.ok = True
             self.m._begin()
         elif status == 404 and self.bs.session_id is not None and self.m.ids.kind == STREAM_GET:
