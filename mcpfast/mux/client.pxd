@@ -19,7 +19,7 @@ cdef class BackendLink:
     cdef public _CUpstreamPool pool
     cdef public object name, target, host_line, extra, sweeper, max_body
     cdef public double response_timeout
-    cdef public dict waiting, heads
+    cdef public dict waiting
     cpdef bytes post_head(self, session_id, version, Py_ssize_t body_length)
     cpdef bytes session_head(self, BackendSession bs, Py_ssize_t body_length)
     cpdef watch(self, call, double now=*)

@@ -86,9 +86,6 @@ class BackendLink:
         # Calls waiting for their answer's head under the shared sweep: call -> deadline.
         self.waiting: dict[Call, float] = {}
         self.sweeper: asyncio.TimerHandle | None = None
-        # POST head up to Content-Length, per (backend session id, version): the same
-        # few sessions serve every routed request.
-        self.heads: dict[tuple, bytes] = {}
 
     def watch(self, call: Call, now: float = 0.0) -> None:
         """Fail ``call`` if no answer head arrives within the response timeout from now
@@ -118,15 +115,9 @@ class BackendLink:
             self.sweeper = loop.call_later(self._interval(), self._sweep)
 
     def post_head(self, session_id: str | None, version: str | None, body_length: int) -> bytes:
-        """``head(b"POST", ...)``, its fixed part cached per (session id, version)."""
-        key = (session_id, version)
-        pre = self.heads.get(key)
-        if pre is None:
-            pre = self.head(b"POST", session_id, version)[:-2]  # without the blank line
-            if len(self.heads) >= 1024:
-                self.heads.clear()
-            self.heads[key] = pre
-        return b"%sContent-Length: %d\r\n\r\n" % (pre, body_length)
+        """The head of a POST of ``body_length`` bytes (control traffic; a routed request
+        takes ``session_head``, which keeps the fixed part)."""
+        return self.head(b"POST", session_id, version, body_length)
 
     def session_head(self, bs: BackendSession, body_length: int) -> bytes:
         """``head(b"POST", ...)`` in backend session ``bs``, for the routed hot path: the
@@ -159,9 +150,7 @@ class BackendLink:
         return b"".join(parts)
 
     def post(self, body: bytes, session_id: str | None, version: str | None, more: bytes = b"") -> list:
-        if more:
-            return [self.head(b"POST", session_id, version, len(body), more), body]
-        return [self.post_head(session_id, version, len(body)), body]
+        return [self.head(b"POST", session_id, version, len(body), more), body]
 
 
 class CallHandler:
