@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import heads
+
 __all__ = [
     "ConfigError",
     "Config",
@@ -286,6 +288,10 @@ def _parse_origin_pattern(p: str, key: str) -> str:
 
 
 def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
+    # urlsplit silently drops tabs and line breaks, and the path and host go into every
+    # request head: refuse anything but visible ASCII before it looks.
+    if not heads.is_visible(url.encode("utf-8", "replace")):
+        raise ConfigError(key, f"URL must be visible ASCII without spaces or control characters, got {url!r}")
     parts = urlsplit(url)
     if parts.scheme != "http":
         # TLS to backends is a later feature; refuse rather than silently send plaintext.
@@ -405,15 +411,22 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
             raise ConfigError(f"{key}.headers", "expected a table of strings")
         for hk, hv in hdrs.items():
-            if not re.match(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$", hk):
-                raise ConfigError(f"{key}.headers.{hk}", "not a valid header name")
-            if any(c in hv for c in "\r\n\0"):
-                raise ConfigError(f"{key}.headers.{hk}", "value contains CR, LF or NUL")
+            try:
+                heads.field_name(hk)
+            except heads.HeadError:
+                raise ConfigError(f"{key}.headers.{hk}", "not a valid header name") from None
+            try:
+                heads.field_value(hv)
+            except heads.HeadError:
+                raise ConfigError(
+                    f"{key}.headers.{hk}",
+                    "value must be Latin-1 text without control characters (CR, LF, NUL, ...) or surrounding spaces",
+                ) from None
         hdrs = dict(hdrs)
         bearer = b.get("bearer_token")
         if bearer is not None:
-            if not isinstance(bearer, str) or not bearer or any(c in bearer for c in "\r\n\0 "):
-                raise ConfigError(f"{key}.bearer_token", "expected a non-empty token without spaces or line breaks")
+            if not isinstance(bearer, str) or not heads.is_visible(bearer.encode("utf-8", "replace")):
+                raise ConfigError(f"{key}.bearer_token", "expected a non-empty token of visible ASCII (no spaces or control characters)")
             if any(k.lower() == "authorization" for k in hdrs):
                 raise ConfigError(f"{key}.bearer_token", "conflicts with headers.Authorization")
             hdrs["Authorization"] = f"Bearer {bearer}"

@@ -33,6 +33,7 @@ from typing import Any
 
 from .config import BackendConfig, Config, RouteConfig
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
+from .heads import fixed_fields, host_line, origin_target, passthrough_head
 from .observe import AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
@@ -183,7 +184,7 @@ class Route:
     ):
         self.path = rc.path
         self.policy = policy  # RoutePolicy, or None when no policy section is configured
-        self.host_line = b" HTTP/1.1\r\nHost: " + backend.host_header + b"\r\n"
+        self.host_line = host_line(backend.host_header)
         self.virtual = None  # the multiplexing handler of a route over several backends
         # Request fields not forwarded: hop-by-hop ones, and the client's credentials
         # when authentication is on (unless this backend is to receive them).
@@ -196,10 +197,10 @@ class Route:
         self.backend = backend
         self.pool = pool
         self.bm = bm
-        path, _, query = backend.path.partition("?")
-        self.target = path.encode()
-        self.prefix = b"?" + query.encode() + b"&" if query else b"?"
-        self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
+        path, _, query = origin_target(backend.path, f"backends.{backend.name}.url").partition(b"?")
+        self.target = path
+        self.prefix = b"?" + query + b"&" if query else b"?"
+        self.extra = fixed_fields(backend.headers)
         self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
 
 
@@ -397,18 +398,15 @@ class Exchange:
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
         block, xff = join_fields(head.headers, route.fields, conn_listed)
-        parts = [head.method, b" ", utarget, route.host_line, block]
+        fwd = b""
         if gw.forwarded:
             peer = self.conn.xff_peer
-            parts += (b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n")
-        if route.extra:
-            parts.append(route.extra)
+            fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % ((xff + b", " + peer) if xff else peer)
         body = self.body
-        if body or head.method in (b"POST", b"PUT", b"PATCH"):
-            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-        else:
-            parts.append(b"\r\n")
-        data = b"".join(parts)
+        data = passthrough_head(
+            head.method, utarget, route.host_line, block, fwd, route.extra,
+            len(body) if body or head.method in (b"POST", b"PUT", b"PATCH") else -1,
+        )  # fmt: skip
         self.phase = WAIT_CONN
         t = _perf()
         self.deadline = t + route.response_timeout

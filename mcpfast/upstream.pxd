@@ -7,7 +7,7 @@ cdef class UpstreamProtocol:
     cdef public _CResponseParser parser
     cdef public UpstreamPool pool
     cdef public object transport, sink
-    cdef public bint closed, reused, got_bytes, keep_alive, _paused, _write_paused, _forgotten
+    cdef public bint closed, reused, got_bytes, keep_alive, ended, _paused, _write_paused, _forgotten
     cdef public double idle_since
     cpdef send(self, sink, list data, bint head_request=*)
     cpdef pause_reading(self)

@@ -11,6 +11,14 @@ connection the connection returns to the pool's idle stack (LIFO, so hot connect
 stay hot and surplus ones age out); anything unusual -- an error, an unread body, a
 client that left -- closes it instead, because a half-read connection cannot be reused.
 
+A connection carries exactly one exchange's bytes.  It is released only after the read
+that ended the response has been parsed to its end (never from inside the parser's
+callbacks), and only when the parser is idle with nothing buffered and the request was
+written in full.  Anything else the backend sends -- bytes after the end of the answer,
+a second response, bytes on an idle connection, an answer while the request is still
+being written -- closes the connection: the exchange that owns it keeps its complete
+answer, and nobody else ever reads those bytes.
+
 Flow control runs both ways through the sink: the client side pauses this transport's
 reading when the client's socket buffer fills (a slow SSE reader), and resumes it later.
 """
@@ -53,7 +61,7 @@ class UpstreamProtocol:
 
     __slots__ = (
         "pool", "transport", "parser", "sink", "closed", "reused", "got_bytes", "idle_since",
-        "keep_alive", "_paused", "_write_paused", "_forgotten",
+        "keep_alive", "ended", "_paused", "_write_paused", "_forgotten",
     )  # fmt: skip
 
     def __init__(self, pool: "UpstreamPool", max_header_bytes: int) -> None:
@@ -66,6 +74,7 @@ class UpstreamProtocol:
         self.got_bytes = False  # any byte of the current response seen
         self.idle_since = 0.0
         self.keep_alive = True  # the current response leaves the connection reusable
+        self.ended = False  # the current response ended in the read being parsed
         self._paused = False
         self._write_paused = False
         self._forgotten = False
@@ -86,17 +95,35 @@ class UpstreamProtocol:
         try:
             self.parser.feed(data)
         except ProtocolError as exc:
+            owner = self.sink
             self.sink = None
             self.close()
-            sink.upstream_failed(UpstreamError("upstream_protocol", f"backend sent invalid HTTP: {exc}"))
+            if self.ended:
+                # The answer was complete; what followed it is dropped with the connection.
+                self.ended = False
+                if sink.pending is not None:
+                    sink.flush_head()
+            elif owner is not None:
+                owner.upstream_failed(UpstreamError("upstream_protocol", f"backend sent invalid HTTP: {exc}"))
             return
         if sink.pending is not None:
             sink.flush_head()
-        if self.sink is None and self.parser.in_message and not self.closed:
-            # Bytes after the end of the answer (a body sent after a HEAD response, or
-            # garbage): the next request on this connection would read them as its
-            # answer.  Never reuse it.
-            self.close()
+        if self.ended:
+            # The answer ended in this read, which is now parsed to its end: release the
+            # connection only if nothing of another message was in it and the request
+            # left in full (an early answer means the backend may yet read our body as
+            # a request of its own).
+            self.ended = False
+            if self.keep_alive and not self.closed and not self.parser.in_message and not self._write_pending():
+                self.pool.release(self)
+            else:
+                self.close()
+
+    def _write_pending(self) -> bool:
+        if self._write_paused:
+            return True
+        size = getattr(self.transport, "get_write_buffer_size", None)
+        return size is not None and size() > 0
 
     def eof_received(self):
         sink = self.sink
@@ -108,6 +135,9 @@ class UpstreamProtocol:
                 self.close()
                 sink.upstream_failed(self._lost_error(exc))
                 return False
+            if self.ended:
+                self.ended = False
+                self.close()  # the backend closes: never reused
         return False  # close the transport
 
     def connection_lost(self, exc) -> None:
@@ -133,10 +163,17 @@ class UpstreamProtocol:
 
     # --- ResponseParser handler ---------------------------------------------------
     def on_interim(self, head) -> None:
-        pass  # 100 Continue and friends are for us, not the client
+        if self.sink is None or self.ended:
+            raise ProtocolError("response nobody asked for", 502)
+        # 100 Continue and friends are for us, not the client
 
     def on_response(self, head) -> None:
-        self.sink.upstream_head(head)
+        sink = self.sink
+        if sink is None or self.ended:
+            # A second answer to one request, or one after the exchange left: it must
+            # reach no one.  Stops the parser; data_received closes the connection.
+            raise ProtocolError("response nobody asked for", 502)
+        sink.upstream_head(head)
 
     def on_body(self, chunk) -> None:
         sink = self.sink
@@ -145,20 +182,20 @@ class UpstreamProtocol:
 
     def on_response_end(self, trailers) -> None:
         sink = self.sink
+        if sink is None or self.ended:
+            raise ProtocolError("response nobody asked for", 502)
         self.sink = None
-        keep = self.keep_alive
-        if sink is not None:
-            sink.upstream_end()
-        if keep and not self.closed:
-            self.pool.release(self)
-        else:
-            self.close()
+        # Released (or closed) by data_received / eof_received once this read has been
+        # parsed to its end: the parser may hold more bytes of it.
+        self.ended = True
+        sink.upstream_end()
 
     # --- used by the exchange -----------------------------------------------------
     def send(self, sink, data: list, head_request: bool = False) -> None:
         self.sink = sink
         self.got_bytes = False
         self.keep_alive = True
+        self.ended = False
         if head_request:
             self.parser.expect_head_response()
         self.transport.writelines(data)
@@ -254,12 +291,6 @@ class UpstreamPool:
                     conn.resume_reading()
                 return conn
         return None
-
-    def cancel_wait(self, callback) -> None:
-        try:
-            self._waiters.remove(callback)
-        except ValueError:
-            pass
 
     def _connect(self, callback) -> None:
         self._connecting += 1

@@ -130,7 +130,7 @@ def test_cached_post_head_matches_the_general_one():
         for n in (0, 17, 1234):
             assert link.post_head(sid, ver, n) == link.head(b"POST", sid, ver, n)
             assert link.post(b"x" * n, sid, ver)[0] == link.head(b"POST", sid, ver, n)
-    assert link.post(b"ab", "s", "v", b"X-More: 1\r\n")[0] == link.head(b"POST", "s", "v", 2, b"X-More: 1\r\n")
+    assert link.post(b"ab", "s", "v", ((b"X-More", b"1"),))[0] == link.head(b"POST", "s", "v", 2, ((b"X-More", b"1"),))
 
 
 def test_session_head_is_kept_per_session_and_link():

@@ -54,6 +54,7 @@ import time
 from typing import Any, Callable
 
 from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
+from ..heads import fixed_fields, host_line, origin_target, request_head
 from ..upstream import UpstreamError, UpstreamPool
 from .token import BackendSession
 
@@ -64,6 +65,8 @@ log = logging.getLogger("mcpfast.mux")
 _SSE = b"text/event-stream"
 _ACCEPT_POST = b"Accept: application/json, text/event-stream\r\nContent-Type: application/json\r\n"
 _ACCEPT_GET = b"Accept: text/event-stream\r\n"
+_SESSION_ID = b"Mcp-Session-Id"
+_VERSION = b"MCP-Protocol-Version"
 
 
 class BackendLink:
@@ -78,9 +81,9 @@ class BackendLink:
     def __init__(self, backend, pool: UpstreamPool, response_timeout: float, max_body: int) -> None:
         self.name = backend.name
         self.pool = pool
-        self.target = backend.path.encode()
-        self.host_line = b" HTTP/1.1\r\nHost: " + backend.host_header + b"\r\n"
-        self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
+        self.target = origin_target(backend.path, f"backends.{backend.name}.url")
+        self.host_line = host_line(backend.host_header)
+        self.extra = fixed_fields(backend.headers)
         self.response_timeout = response_timeout
         self.max_body = max_body
         # Calls waiting for their answer's head under the shared sweep: call -> deadline.
@@ -135,22 +138,17 @@ class BackendLink:
         session_id: str | None,
         version: str | None,
         body_length: int = -1,
-        more: bytes = b"",
+        fields: tuple = (),
     ) -> bytes:
-        parts = [method, b" ", self.target, self.host_line, self.extra, _ACCEPT_GET if method == b"GET" else _ACCEPT_POST]
-        if session_id is not None:
-            parts += (b"Mcp-Session-Id: ", session_id.encode("ascii"), b"\r\n")
-        if version is not None:
-            parts += (b"MCP-Protocol-Version: ", version.encode("ascii"), b"\r\n")
-        if more:
-            parts.append(more)
-        if body_length >= 0:
-            parts.append(b"Content-Length: %d\r\n" % body_length)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        """A request head in backend session ``session_id`` (None: none) speaking
+        ``version``; ``fields``: more (name, value) pairs.  Every value is checked by
+        ``heads.request_head``: one that does not fit a header raises ``HeadError``."""
+        fixed = self.extra + (_ACCEPT_GET if method == b"GET" else _ACCEPT_POST)
+        pairs = ((_SESSION_ID, session_id), (_VERSION, version)) + fields
+        return request_head(method, self.target, self.host_line, fixed, pairs, body_length)
 
-    def post(self, body: bytes, session_id: str | None, version: str | None, more: bytes = b"") -> list:
-        return [self.head(b"POST", session_id, version, len(body), more), body]
+    def post(self, body: bytes, session_id: str | None, version: str | None, fields: tuple = ()) -> list:
+        return [self.head(b"POST", session_id, version, len(body), fields), body]
 
 
 class CallHandler:

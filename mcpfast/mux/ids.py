@@ -31,6 +31,7 @@ sees names which backend stream(s) it continues::
     "g" *( "!" <entry> )             the merged GET stream: every backend's last id
     entry = <backend> "~" <raw id>   raw id made of [A-Za-z0-9_.-] (UUIDs, "12", "s_3")
           / <backend> "*" <base64url(id bytes), no padding>     any other id
+                                   (one that fits a header field value, RFC 9110 §5.5)
 
 A client resuming with ``Last-Event-ID`` therefore tells the gateway, in one header,
 where every backend stream broke: for ``p`` the gateway resumes that one backend stream
@@ -48,6 +49,8 @@ import re
 from collections.abc import Iterable, Mapping
 
 import orjson
+
+from ..heads import is_field_value
 
 __all__ = [
     "encode_request_id",
@@ -190,6 +193,10 @@ def decode_event_id(value: bytes | str) -> tuple[str, dict[str, bytes]] | None:
                 return None
             if base64.urlsafe_b64encode(raw).rstrip(b"=") != body or _SAFE_ID.match(raw):
                 return None  # not the canonical spelling
+            if not is_field_value(raw):
+                # It goes back to the backend as a Last-Event-ID field (RFC 9110 §5.5):
+                # no CR, LF, NUL or other control character, ever.
+                return None
         out[backend] = raw
     return kind.decode("ascii"), out
 
@@ -213,7 +220,9 @@ class MergedStreamIds:
         self.positions: dict[str, bytes] = dict(resume or {})
 
     def see(self, backend: str, event_id: bytes | None) -> bytes | None:
-        if not event_id:
+        if not event_id or not is_field_value(bytes(event_id)):
+            # No id, or one the backend could not be sent back in Last-Event-ID: the
+            # event goes on without one and the client's last id stays valid.
             return None
         pos = self.positions
         if self.kind == STREAM_POST and pos and backend not in pos:

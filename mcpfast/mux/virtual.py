@@ -49,6 +49,7 @@ from typing import Any
 
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
 from ..gateway import DONE, RELAYING
+from ..heads import HeadError, is_field_value, is_visible
 from ..server import jsonrpc_error_body, status_reason
 from ..upstream import UpstreamError
 from .batch import Batch
@@ -95,6 +96,7 @@ _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 _PING = b'{"jsonrpc":"2.0","id":"mcpfast-probe","method":"ping"}'
 _UNSUPPORTED_VERSION = -32022  # MCP 2026-07-28: UnsupportedProtocolVersionError
 _ALLOW = b"Allow: GET, POST, DELETE\r\n"
+_LAST_EVENT_ID = b"Last-Event-ID"
 _JSON = b"application/json"
 # Client heads of routed answers (_Relay): the usual JSON one (200, length known, kept
 # alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange._framed).
@@ -485,6 +487,11 @@ class VirtualRoute:
         bver = result.get("protocolVersion")
         bver = bver if isinstance(bver, str) else version
         sid = reply.session_id
+        # Both go into every later request head to this backend: refuse what could not.
+        if not is_visible(bver.encode("utf-8", "replace")):
+            raise BadBackendAnswer(f"backend {b}: initialize result has an unusable protocolVersion")
+        if sid is not None and not is_visible(sid.encode("utf-8", "replace")):
+            raise BadBackendAnswer(f"backend {b}: Mcp-Session-Id is not visible ASCII")
         done = await request(link, link.post(_INITIALIZED, sid, bver))
         if not done.ok:
             raise UpstreamError("upstream_protocol", f"backend {b} refused notifications/initialized (HTTP {done.status})")
@@ -831,6 +838,10 @@ class VirtualRoute:
                 return
             kind, resume = decoded
             resume = {b: pos for b, pos in resume.items() if b in self.links}
+            if not all(is_field_value(pos) for pos in resume.values()):
+                # Each position goes back to its backend as a Last-Event-ID field.
+                ex.respond_error(400, -32600, "Bad Request: unknown Last-Event-ID")
+                return
             if kind == STREAM_POST:
                 # The client resumes a POST answer (its ids are "p!<backend>~<id>"): that
                 # one backend stream, continued by that backend alone.
@@ -1093,12 +1104,15 @@ class _MergeLeg(CallHandler):
         m = self.m
         bs = self.bs
         link = m.vr.links[bs.name]
-        more = b""
-        pos = m.ids.positions.get(bs.name)
-        if pos is not None:
-            more = b"Last-Event-ID: " + pos + b"\r\n"
         self.ok = self.expired = False
-        call = self.call = Call(link, [link.head(b"GET", bs.session_id, bs.protocol_version, -1, more)], self)
+        try:
+            data = link.head(b"GET", bs.session_id, bs.protocol_version, -1, ((_LAST_EVENT_ID, m.ids.positions.get(bs.name)),))
+        except HeadError as exc:
+            self.failure = str(exc)
+            self.status = 400
+            m.leg_done(self)
+            return
+        call = self.call = Call(link, [data], self)
         call.paused = m.paused
         call.start()
 
