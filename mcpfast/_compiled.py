@@ -9,7 +9,7 @@ import os
 import re
 
 # Python modules on the request path, each compiled with the .pxd beside it (setup.py).
-COMPILED = ("observe", "server", "upstream", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
+COMPILED = ("observe", "server", "upstream", "heads", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
