@@ -398,10 +398,10 @@ class Exchange:
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
         block, xff = join_fields(head.headers, route.fields, conn_listed)
-        fwd = b""
+        fwd = None
         if gw.forwarded:
             peer = self.conn.xff_peer
-            fwd = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n" % ((xff + b", " + peer) if xff else peer)
+            fwd = (xff + b", " + peer) if xff else peer
         body = self.body
         data = passthrough_head(
             head.method, utarget, route.host_line, block, fwd, route.extra,

@@ -58,6 +58,8 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALUE_CHARS = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _VISIBLE_CHARS = bytes(range(0x21, 0x7F))
 _OWS = (9, 32)
+_XFF = b"X-Forwarded-For: "
+_XFP = b"\r\nX-Forwarded-Proto: http\r\n"
 
 
 def is_field_value(value: bytes) -> bool:
@@ -149,15 +151,19 @@ def request_head(method: bytes, target: bytes, host: bytes, fixed: bytes, fields
     return b"".join(parts)
 
 
-def passthrough_head(method: bytes, target: bytes, host: bytes, block: bytes, forwarded: bytes, fixed: bytes, body_length: int) -> bytes:
+def passthrough_head(method: bytes, target: bytes, host: bytes, block: bytes, forwarded_for: bytes | None, fixed: bytes, body_length: int) -> bytes:
     """The head of a client request forwarded on a passthrough route.
 
     ``method``, ``target`` and the field ``block`` are what the strict request parser
     accepted (tokens, visible ASCII, field-values) with hop-by-hop fields left out;
-    ``forwarded``: the X-Forwarded-* fields (empty when off), made of a parsed field
-    value and the peer address; ``host`` and ``fixed``: checked when the route was
-    built.  Nothing here comes from anywhere else, so nothing is checked again per
-    request.  ``body_length`` < 0: no body and no Content-Length."""
-    if body_length >= 0:
-        return b"%s %s%s%s%s%sContent-Length: %d\r\n\r\n" % (method, target, host, block, forwarded, fixed, body_length)
-    return b"%s %s%s%s%s%s\r\n" % (method, target, host, block, forwarded, fixed)
+    ``forwarded_for``: the X-Forwarded-For value (None: not added), a parsed field value
+    and the peer address; ``host`` and ``fixed``: checked when the route was built.
+    Nothing here comes from anywhere else, so nothing is checked again per request.
+    ``body_length`` < 0: no body and no Content-Length."""
+    parts = [method, b" ", target, host, block]
+    if forwarded_for is not None:
+        parts += (_XFF, forwarded_for, _XFP)
+    if fixed:
+        parts.append(fixed)
+    parts.append(b"Content-Length: %d\r\n\r\n" % body_length if body_length >= 0 else b"\r\n")
+    return b"".join(parts)

@@ -6,7 +6,7 @@ cdef class UpstreamPool
 cdef class UpstreamProtocol:
     cdef public _CResponseParser parser
     cdef public UpstreamPool pool
-    cdef public object transport, sink
+    cdef public object transport, sink, _write_buffer_size
     cdef public bint closed, reused, got_bytes, keep_alive, ended, _paused, _write_paused, _forgotten
     cdef public double idle_since
     cpdef send(self, sink, list data, bint head_request=*)

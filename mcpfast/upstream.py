@@ -61,7 +61,7 @@ class UpstreamProtocol:
 
     __slots__ = (
         "pool", "transport", "parser", "sink", "closed", "reused", "got_bytes", "idle_since",
-        "keep_alive", "ended", "_paused", "_write_paused", "_forgotten",
+        "keep_alive", "ended", "_paused", "_write_paused", "_forgotten", "_write_buffer_size",
     )  # fmt: skip
 
     def __init__(self, pool: "UpstreamPool", max_header_bytes: int) -> None:
@@ -78,10 +78,12 @@ class UpstreamProtocol:
         self._paused = False
         self._write_paused = False
         self._forgotten = False
+        self._write_buffer_size: Callable[[], int] | None = None  # the transport's, bound once
 
     # --- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self._write_buffer_size = getattr(transport, "get_write_buffer_size", None)
         self.pool._open += 1
         self.pool.metrics.connections.inc()
 
@@ -114,16 +116,12 @@ class UpstreamProtocol:
             # left in full (an early answer means the backend may yet read our body as
             # a request of its own).
             self.ended = False
-            if self.keep_alive and not self.closed and not self.parser.in_message and not self._write_pending():
-                self.pool.release(self)
-            else:
-                self.close()
-
-    def _write_pending(self) -> bool:
-        if self._write_paused:
-            return True
-        size = getattr(self.transport, "get_write_buffer_size", None)
-        return size is not None and size() > 0
+            if self.keep_alive and not self.closed and not self._write_paused and not self.parser.in_message:
+                size = self._write_buffer_size
+                if size is None or not size():
+                    self.pool.release(self)
+                    return
+            self.close()
 
     def eof_received(self):
         sink = self.sink
