@@ -535,7 +535,8 @@ def _client_request(draw, i: str):
     rid = draw(_json_id)
     if kind == "pt_call":
         hdrs = draw(st.lists(st.tuples(st.sampled_from(["X-A", "X-Trace", "X-Other"]), _printable), max_size=3))
-        return "pt", request("POST", "/pt", call_body(rid, "echo", marker, {"x": draw(_arg)}), hdrs), ("gamma", marker, rid), False
+        name = draw(st.one_of(st.just("echo"), st.text(max_size=20).filter(lambda n: n != "secret")))
+        return "pt", request("POST", "/pt", call_body(rid, name, marker, {"x": draw(_arg)}), hdrs), ("gamma", marker, rid), False
     if kind == "mux_call":
         return "mux", ("POST", call_body(rid, "alpha__echo" if draw(st.booleans()) else "beta__echo", marker, {"x": draw(_arg)})), ("mux", marker, rid), False
     if kind == "get":
