@@ -321,7 +321,8 @@ class Exchange:
                             self.method = m
                         else:
                             self.method = "other"
-                        if env.name is not None or m not in METHOD_LABELS:
+                        name = env.name
+                        if len(m) > MAX_METHOD_CHARS or (name is not None and len(name) > MAX_NAME_CHARS):
                             bad = _bad_name(env)
                             if bad is not None:
                                 self.method = "invalid"
