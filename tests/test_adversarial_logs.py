@@ -65,6 +65,8 @@ def gated(tmp_path):
             "log": {"access_log": str(access)},
             "auth": {"mode": "required", "api_keys": {"keys": [{"sha256": _sha(API_KEY), "subject": "alice"}]}},
             "authz": {"default": "allow", "rules": [{"id": "no-reads", "effect": "deny", "methods": ["resources/read"]}]},
+            "ratelimit": {"limits": [{"id": "per-uri", "key": ["principal", "tool"], "rate": 1000, "burst": 1000,
+                                      "methods": ["resources/subscribe"]}]},
             "audit": {"sink": str(audit)},
         }
     ).start()
@@ -154,12 +156,21 @@ def test_long_and_many_names_are_bounded_before_and_after_authentication(gated):
         # A long resource URI that policy denies: the audit line is cut, not amplified.
         read = orjson.dumps({"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": "file:///" + huge}})
         assert status_of(_exchange(s, post("/mcp", read, auth))) == 403
-        sent += 2
+        # Long URIs allowed through: the policy's decision memo and rate-limit table
+        # keep no long keys.
+        for i, n in enumerate(long_names[:20]):
+            sub = orjson.dumps({"jsonrpc": "2.0", "id": i, "method": "resources/subscribe", "params": {"uri": n}})
+            assert status_of(_exchange(s, post("/mcp", sub, auth))) == 200
+        sent += 22
     _flush(gt)
     got = [orjson.loads(body) for _, body in backend.requests[1:]]
     assert [g["params"]["name"] for g in got[:100]] == valid_names
-    assert [g["method"] for g in got[100:]] == ["x/" + n for n in valid_names]
-    assert len(got) == 200  # not one refused message arrived
+    assert [g["method"] for g in got[100:200]] == ["x/" + n for n in valid_names]
+    assert [g["params"]["uri"] for g in got[200:]] == long_names[:20]
+    assert len(got) == 220  # not one refused message arrived
+    policy = gt.gw.policy
+    assert all(k[2] is None or len(k[2]) <= 512 for k in policy.authz._memo)
+    assert sum(len(str(k)) for lim in policy.limiter.limits for k in lim.table) < 20 * 1024
     m2 = _metrics(gt)
     for n in valid_names:
         assert f'tool="{n}"' in m2  # recorded after authentication
