@@ -409,3 +409,24 @@ backends = ["alpha", "beta"]
     assert {e["event"] for e in events} >= {"auth_failure", "denied", "session_refused"}
     assert any(e["session"] in tags for e in events)  # audit and access lines correlate
 
+
+
+def test_check_config_shows_no_backend_secret(tmp_path):
+    """The effective configuration an operator prints (and may paste into a ticket):
+    backend credentials, the session key and a backend URL's query values are hidden."""
+    from click.testing import CliRunner
+
+    from mcpfast.cli import main
+
+    f = tmp_path / "gw.toml"
+    f.write_text(
+        f'[sessions]\nkey = "{new_key_text()}"\n'
+        '[backends.a]\nurl = "http://127.0.0.1:1/mcp?apikey=URLSECRET&v=2"\nbearer_token = "BEARERSECRET"\n'
+        '[backends.b]\nurl = "http://127.0.0.1:2/mcp"\n[backends.b.headers]\nX-K = "HDRSECRET"\n'
+        '[[routes]]\npath = "/mcp"\nbackends = ["a", "b"]\n'
+    )
+    r = CliRunner().invoke(main, ["check-config", str(f)])
+    assert r.exit_code == 0, r.output
+    for secret in ("URLSECRET", "BEARERSECRET", "HDRSECRET", f.read_text().split('"')[1]):
+        assert secret not in r.output
+    assert json.loads(r.output)["backends"]["a"]["url"] == "http://127.0.0.1:1/mcp?apikey=<redacted>&v=<redacted>"
