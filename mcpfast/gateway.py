@@ -504,7 +504,7 @@ class Exchange:
         elif sid is not None and (status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)):
             gw.session_closed(route, sid)
         elif sid is not None and 200 <= status < 300:
-            gw.session_used(sid)
+            gw.session_used(sid, self.t0)
 
     def _framed(self, parts: list, content_length: int, status: int) -> bytes:
         """Finish a client response head: framing (RFC 9112 §6) and connection fields."""
@@ -896,11 +896,23 @@ class Gateway:
             entry[1] = time.monotonic()
             sessions.move_to_end(sid)
 
-    def session_used(self, sid: bytes) -> None:
+    def session_used(self, sid: bytes, now: float) -> None:
+        """A request in session ``sid`` succeeded at ``now`` (monotonic)."""
         entry = self.sessions.get(sid)
         if entry is not None:
-            entry[1] = time.monotonic()
+            entry[1] = now
             self.sessions.move_to_end(sid)
+
+    def sweep_sessions(self, now: float) -> None:
+        """Forget sessions unseen for ``timeouts.session_idle`` (least recently used
+        first, so the walk stops at the first one seen lately)."""
+        sessions = self.sessions
+        stale = now - self.config.timeouts.session_idle
+        while sessions:
+            sid, entry = next(iter(sessions.items()))
+            if entry[1] >= stale:
+                break
+            self.session_closed(entry[0], sid)
 
     def session_closed(self, route: Route, sid: bytes) -> None:
         entry = self.sessions.pop(sid, None)
@@ -942,15 +954,8 @@ class Gateway:
             conn.check_deadline(now)
         for pool in self.pools.values():
             pool.sweep(now)
-        sessions = self.sessions
-        if sessions:
-            # Least recently used first: stop at the first one seen lately.
-            stale = now - self.config.timeouts.session_idle
-            while sessions:
-                sid, entry = next(iter(sessions.items()))
-                if entry[1] >= stale:
-                    break
-                self.session_closed(entry[0], sid)
+        if self.sessions:
+            self.sweep_sessions(now)
         self.access.flush()
         if self.policy is not None:
             self.policy.tick(now)

@@ -309,3 +309,55 @@ def test_sdk_client_through_a_sealed_route(sdk_gateway):
 
     anyio.run(run)
     assert sdk_gateway.gw.routes[b"/mcp"].seal is not None
+
+
+# ---------------------------------------------------------------------------------
+# Abandoned sessions: a bounded table, least recently used out first
+
+
+def test_session_table_drops_the_idle_first_and_expires_abandoned_ones(backend):
+    """limits.max_sessions = 50: a session in use survives 200 newer ones; sessions
+    nobody used for timeouts.session_idle are forgotten, the one in use is not."""
+    cfg = {"backends": {"b": {"url": backend.url}}, "limits": {"max_sessions": 50}, **_auth()}
+    with GatewayThread(cfg) as gt:
+        gw = gt.gw
+        alice, bob = Client_(gt.port, "alice"), Client_(gt.port, "bob")
+        a_sid = alice.initialize()
+        a_raw = _raw(a_sid)
+        first = bob.initialize()
+        for i in range(200):
+            bob.initialize()
+            if i % 20 == 0:  # alice keeps working now and then
+                assert alice.request("POST", "/mcp", CALL, a_sid)[0] == 200
+        assert len(gw.sessions) == 50
+        assert a_raw in gw.sessions and _raw(first) not in gw.sessions
+        gauge = gw.metrics.registry.get_sample_value("mcpfast_sessions_open", {"backend": "b"})
+        assert gauge == 50
+        # An hour and a bit later, only what was used since is still open.
+        later = time.monotonic() + gw.config.timeouts.session_idle + 1
+        gt.call(gw.session_used, a_raw, later)  # alice works on
+        gt.call(gw.sweep_sessions, later)
+        assert list(gw.sessions) == [a_raw]
+        assert gw.metrics.registry.get_sample_value("mcpfast_sessions_open", {"backend": "b"}) == 1
+        # The table is bookkeeping only: alice's session works whether or not it is in it.
+        gt.call(gw.sessions.clear)
+        assert alice.request("POST", "/mcp", CALL, a_sid)[0] == 200
+        alice.close()
+        bob.close()
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"limits": {"max_sessions": 0}}, "limits.max_sessions"),
+        ({"limits": {"max_sessions": "many"}}, "limits.max_sessions"),
+        ({**_auth(max_sessions=-1)}, "auth.max_sessions"),
+        ({**_auth(bind_sessions="yes")}, "auth.bind_sessions"),
+    ],
+)
+def test_session_limits_are_validated(raw, key):
+    from mcpfast.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError) as ei:
+        build_config({"backends": {"b": {"url": "http://127.0.0.1:9/mcp"}}, **raw})
+    assert ei.value.key == key

@@ -287,7 +287,7 @@ class VirtualRoute:
             log.debug("session token refused: %s", exc.reason if hasattr(exc, "reason") else exc)
             ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
             return None, sid.decode("latin-1")
-        self.gw.session_used(sid)
+        self.gw.session_used(sid, ex.t0)
         return opened
 
     def _next_id(self) -> str:
