@@ -361,3 +361,21 @@ def test_session_limits_are_validated(raw, key):
     with pytest.raises(ConfigError) as ei:
         build_config({"backends": {"b": {"url": "http://127.0.0.1:9/mcp"}}, **raw})
     assert ei.value.key == key
+
+
+def test_per_session_list_cache_drops_abandoned_sessions_first():
+    """Per-session list pages (``list_cache = "session"``): a session whose list is in
+    use keeps its page while thousands of abandoned sessions come and go."""
+    from mcpfast.mux.merge import BackendPage, ListCache
+
+    cache = ListCache(max_entries=64)
+    page = BackendPage("a", b"", 0, None)
+    hot = ("/mcp", "a", "hot-session")
+    cache.put(hot, "tools/list", None, page, cache.generation(hot, "tools/list"))
+    for i in range(5000):
+        scope = ("/mcp", "a", f"abandoned-{i}")
+        cache.put(scope, "tools/list", None, page, cache.generation(scope, "tools/list"))
+        assert cache.size <= 64
+        if i % 32 == 0:
+            assert cache.get(hot, "tools/list", None) is page
+    assert cache.get(hot, "tools/list", None) is page
