@@ -115,6 +115,7 @@ class LimitsConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_sse_event_bytes: int = 16 * 1024 * 1024
     max_connections: int = 10000
+    max_sessions: int = 100000  # sessions tracked per process (least recently used dropped first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,10 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     policy: Any = None  # mcpfast.policy.config.PolicyConfig (imported lazily: it imports us)
+    # [sessions] keys, current first (raw 32 bytes): they seal passthrough session ids on
+    # authenticated routes.  Made up at load when none is configured (``session_key_ephemeral``).
+    session_keys: tuple[bytes, ...] = ()
+    session_key_ephemeral: bool = False
     source: str | None = None  # the file it came from, for messages
 
     def backend(self, name: str) -> BackendConfig:
@@ -236,6 +241,7 @@ class Config:
                 m["session_key"] = "<redacted>"
                 m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
         d.pop("source", None)
+        d["session_keys"] = ["<redacted>"] * len(self.session_keys)
         d["policy"] = self.policy.as_dict() if self.policy is not None else None
         return d
 
@@ -500,6 +506,8 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
 
     return Config(
         policy=policy,
+        session_keys=(sessions["key"] or ephemeral_key(), *sessions["old_keys"]),
+        session_key_ephemeral=sessions["key"] is None,
         server=server,
         limits=limits,
         timeouts=timeouts,
@@ -577,6 +585,15 @@ def _sessions_defaults(s: dict) -> dict:
 _EPHEMERAL: list[bytes] = []
 
 
+def ephemeral_key() -> bytes:
+    """This process's made-up session key (made once, at load, so forked workers share it)."""
+    if not _EPHEMERAL:
+        import os
+
+        _EPHEMERAL.append(os.urandom(32))
+    return _EPHEMERAL[0]
+
+
 def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig:
     from .mux.names import MODES, Namespace, check_backend_names, validate_separator
 
@@ -613,11 +630,7 @@ def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig
     if current is None:
         # No key anywhere: make one up (shared by every route and forked worker of this
         # configuration).  Sessions then end with the process.
-        if not _EPHEMERAL:
-            import os
-
-            _EPHEMERAL.append(os.urandom(32))
-        current = _EPHEMERAL[0]
+        current = ephemeral_key()
         ephemeral = True
     return MuxConfig(
         namespacing=mode,

@@ -189,10 +189,12 @@ def test_long_and_many_names_are_bounded_before_and_after_authentication(gated):
 def test_query_values_and_session_ids_stay_out_of_the_access_log(gated):
     gt, backend, access, _ = gated
     auth = b"Authorization: Bearer %s\r\n" % API_KEY.encode()
+    sid = b"Mcp-Session-Id: SIDVALUE\r\n"
     with socket.create_connection(("127.0.0.1", gt.port), timeout=10) as s:
-        r = _exchange(s, post("/mcp?api_key=QVALUE1&x=QVALUE2&QVALUE3", _call("echo"), auth + b"Mcp-Session-Id: SIDVALUE\r\n"))
+        r = _exchange(s, post("/mcp?api_key=QVALUE1&x=QVALUE2&QVALUE3", _call("echo"), auth))
         assert status_of(r) == 200
-        r = _exchange(s, post("/mcp?access_token=QVALUE4", _call("echo"), b"Mcp-Session-Id: SIDVALUE\r\n"))
+        _exchange(s, post("/mcp?v=QVALUE5", _call("echo"), auth + sid))
+        r = _exchange(s, post("/mcp?access_token=QVALUE4", _call("echo"), sid))
         assert status_of(r) == 400  # a token in the query string is refused ...
     _flush(gt)
     # ... and the backend got the query as sent (the gateway changes only what it logs).
@@ -200,10 +202,10 @@ def test_query_values_and_session_ids_stay_out_of_the_access_log(gated):
     text = access.read_bytes()
     for secret in (b"QVALUE", b"SIDVALUE"):
         assert secret not in text
-    a, b = (orjson.loads(line) for line in text.splitlines())
+    a, b, c = (orjson.loads(line) for line in text.splitlines())
     assert a["path"] == "/mcp?api_key=<redacted>&x=<redacted>&<redacted>"
-    assert b["path"] == "/mcp?access_token=<redacted>"
-    assert a["session"] == b["session"] and len(a["session"]) == 12  # correlates, reveals nothing
+    assert c["path"] == "/mcp?access_token=<redacted>"
+    assert b["session"] == c["session"] and len(b["session"]) == 12  # correlates, reveals nothing
 
 
 # --- no secret in any output ------------------------------------------------------------------

@@ -185,8 +185,8 @@ class VirtualRoute:
     """One multiplexed route: its namespace, token codec, list cache and backend links."""
 
     #: Methods whose authorization and rate limits wait until the message is routed:
-    #: ``Exchange._admit`` only checks the session binding for them, ``_dispatch`` checks
-    #: the rest against the owning backend and the backend's own name.
+    #: ``Exchange._admit`` lets them through, ``_dispatch`` checks them against the
+    #: owning backend and the backend's own name.
     checks_after_routing = _CHECKED_AFTER_ROUTING
 
     def __init__(self, gw, rc, route) -> None:
@@ -282,11 +282,13 @@ class VirtualRoute:
             ex.respond_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
             return None, ""
         try:
-            return self.codec.open_sid(sid, self.path_b, self._subject(ex))
+            opened = self.codec.open_sid(sid, self.path_b, self._subject(ex))
         except InvalidToken as exc:
             log.debug("session token refused: %s", exc.reason if hasattr(exc, "reason") else exc)
             ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
             return None, sid.decode("latin-1")
+        self.gw.session_used(sid, ex.t0)
+        return opened
 
     def _next_id(self) -> str:
         self._ids += 1
@@ -456,9 +458,6 @@ class VirtualRoute:
         tb = token.encode("ascii")
         ex.respond(200, response_body(env.id, dump_json(result)), b"Mcp-Session-Id: " + tb + b"\r\n")
         self.gw.session_opened(self.route, tb)
-        rp = self.route.policy
-        if rp is not None and ex.principal is not None:
-            rp.session_created(tb, ex.principal)
 
     async def _open_backend(self, b: str, version: str, caps: dict, info: dict | None) -> tuple[BackendSession, dict]:
         """Open a session with backend ``b`` on the client's behalf."""
@@ -502,6 +501,7 @@ class VirtualRoute:
         """The backend session this process knows for (token, backend)."""
         hit = self.resessions.get((token, b))
         if hit is not None:
+            self.resessions.move_to_end((token, b))  # evicted least recently used first
             return hit
         return state.backend(b)
 
@@ -811,9 +811,6 @@ class VirtualRoute:
             return
         tb = token.encode("latin-1")
         self.gw.session_closed(self.route, tb)
-        rp = self.route.policy
-        if rp is not None and ex.principal is not None:
-            rp.session_ended(tb)
         ex.respond(200, b"")
 
     # --- GET: the merged server→client stream ---------------------------------------------
