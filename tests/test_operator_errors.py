@@ -318,3 +318,19 @@ def test_gateway_sockets_have_nodelay_and_small_pieces_relay_whole():
         assert be.accepted == 1 and len(be.requests) == 20
     finally:
         be.close()
+
+
+def test_audit_log_in_missing_directory(tmp_path):
+    _both(_write(tmp_path, f"""
+        [server]
+        listen = "127.0.0.1:0"
+        [audit]
+        sink = "{tmp_path}/no/such/dir/audit.jsonl"
+        [auth]
+        mode = "required"
+        [[auth.api_keys.keys]]
+        sha256 = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+        subject = "ops"
+        [backends.a]
+        url = "http://127.0.0.1:9/mcp"
+    """), "audit.sink", "does not exist")  # fmt: skip
