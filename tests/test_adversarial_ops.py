@@ -62,7 +62,7 @@ class CapsBackend:
     restart: a new instance on the same port knows no session).  Every byte received is
     kept, to be parsed with the strict parser."""
 
-    def __init__(self, port: int = 0, base_tools=("base",), version: str = "1") -> None:
+    def __init__(self, port: int = 0, base_tools=("base",), version: str = "1", counted_ids: bool = False) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -71,6 +71,7 @@ class CapsBackend:
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         self.base_tools = list(base_tools)
         self.version = version
+        self.counted_ids = counted_ids  # session ids s1, s2, ...: a restart hands them out again
         self.sessions: dict[bytes, dict] = {}
         self.methods: list[str] = []
         self.raw: list[bytearray] = []
@@ -142,7 +143,10 @@ class CapsBackend:
         method = msg.get("method")
         self.methods.append(method)
         if method == "initialize":
-            sid = os.urandom(8).hex().encode()  # never one an earlier instance gave
+            if self.counted_ids:
+                sid = b"s%d" % (len(self.sessions) + 1)
+            else:
+                sid = os.urandom(8).hex().encode()  # never one an earlier instance gave
             self.sessions[sid] = msg["params"].get("capabilities") or {}
             result = {"protocolVersion": msg["params"]["protocolVersion"],
                       "capabilities": {"tools": {"listChanged": True}},
@@ -483,3 +487,14 @@ def test_backend_restart_with_new_tools_is_served_fresh(caps_backends, mode):
         a3 = _restart(a2, caps_backends, base_tools=("newer",), version="2")
         assert McpClient(gt.port, {}).tools() == {"a__newer", "b__base"}
         assert a3.count("tools/list") >= 1
+
+
+def test_restarted_backend_reusing_a_session_id_is_not_served_the_old_list(caps_backends):
+    """A backend that numbers its sessions hands a new client, after a restart, the id an
+    old client's backend session had: the cache must not take one for the other."""
+    a, b = caps_backends(counted_ids=True), caps_backends()
+    with GatewayThread(_mux(a, b)) as gt:
+        assert McpClient(gt.port, {}).tools() == {"a__base", "b__base"}  # backend session s1
+        a2 = _restart(a, caps_backends, base_tools=("fresh",), counted_ids=True)
+        assert McpClient(gt.port, {}).tools() == {"a__fresh", "b__base"}  # s1 again, another session
+        assert a2.count("tools/list") == 1
