@@ -33,8 +33,9 @@ def _serve_one(cfg: Config, on_ready=None) -> None:
     async def main() -> None:
         try:
             gw = Gateway(cfg)
-        except OSError as exc:  # the access log file (checked before, but it may change)
-            raise StartupError("log.access_log", f"cannot open {cfg.log.access_log}: {exc.strerror or exc}") from None
+        except OSError as exc:  # a log file (checked before, but the file system may change)
+            key = "log.access_log" if exc.filename in (None, cfg.log.access_log) else "audit.sink"
+            raise StartupError(key, f"cannot open {exc.filename}: {exc.strerror or exc}") from None
         try:
             await gw.start()
         except OSError as exc:
