@@ -171,7 +171,7 @@ class MuxConfig:
     server_version: str = "0.1.0"
     instructions: str | None = None
     fail_mode: str = "open"  # open | closed
-    list_cache: str = "shared"  # shared | session | off
+    list_cache: str = "session"  # session | shared | off (docs/security.md)
     list_cache_ttl: float = 300.0  # 0: until list_changed only
     session_key: bytes = b""
     old_keys: tuple[bytes, ...] = ()
@@ -201,6 +201,7 @@ class Config:
     # authenticated routes.  Made up at load when none is configured (``session_key_ephemeral``).
     session_keys: tuple[bytes, ...] = ()
     session_key_ephemeral: bool = False
+    cors: Any = None  # mcpfast.cors.CorsConfig, or None without a [cors] section
     source: str | None = None  # the file it came from, for messages
 
     def backend(self, name: str) -> BackendConfig:
@@ -315,7 +316,7 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions"}, "")
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions", "cors"}, "")
 
     s = _section(raw, "server")
     _unknown_keys(
@@ -503,8 +504,10 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     from .policy.config import build_policy_config  # here: policy.config imports this module
 
     policy = build_policy_config(raw)
+    from .cors import build_cors_config
 
     return Config(
+        cors=build_cors_config(raw),
         policy=policy,
         session_keys=(sessions["key"] or ephemeral_key(), *sessions["old_keys"]),
         session_key_ephemeral=sessions["key"] is None,

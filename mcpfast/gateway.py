@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 from .config import BackendConfig, Config, RouteConfig, ephemeral_key
+from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
 from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
@@ -62,6 +63,7 @@ _XFF = b"x-forwarded-for"
 _FORWARDED_METHODS = frozenset((b"POST", b"GET", b"DELETE", b"OPTIONS", b"HEAD"))
 _ALLOW = b"GET, POST, DELETE, OPTIONS"
 _SESSION_FIELD = b"mcp-session-id"
+_ALLOW_PASSTHROUGH = b"GET, HEAD, POST, DELETE, OPTIONS"  # HEAD is forwarded; a multiplexed route has none
 _SSE = b"text/event-stream"
 
 _NAMED = frozenset(("tools/call", "prompts/get"))  # methods whose params.name is a tool or prompt name
@@ -228,7 +230,16 @@ class Route:
 
 
 _RESPONSE_FIELDS = _FieldClass(_DROP_RESPONSE, False)
+# On a sealing route the gateway writes the session id itself; with [cors] configured it
+# writes the CORS fields: the backend's own are dropped.  Indexed by (sealed, cors).
 _RESPONSE_FIELDS_SEALED = _FieldClass(_DROP_RESPONSE | {_SESSION_FIELD}, False)
+_RESPONSE_FIELDS_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS, False)
+_RESPONSE_FIELDS_SEALED_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS | {_SESSION_FIELD}, False)
+_RESPONSE_FIELD_CLASSES = (_RESPONSE_FIELDS, _RESPONSE_FIELDS_CORS, _RESPONSE_FIELDS_SEALED, _RESPONSE_FIELDS_SEALED_CORS)
+
+
+def _response_fields(sealed: bool, cors: bool) -> _FieldClass:
+    return _RESPONSE_FIELD_CLASSES[2 * sealed + cors]
 
 
 class Exchange:
@@ -299,6 +310,12 @@ class Exchange:
         refusal = gw.check_request(head)
         if refusal is not None:
             self.respond_error(*refusal)
+            return
+        if head.method == b"OPTIONS":
+            # Answered here, never forwarded: a backend would see a request that passed
+            # no authentication, session binding or policy.
+            self.method = "OPTIONS"
+            self.options(_ALLOW_PASSTHROUGH if route.virtual is None else _ALLOW)
             return
         chunks = self.chunks
         if chunks:
@@ -519,7 +536,7 @@ class Exchange:
         route = self.route
         seal = route.seal
         parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n",
-                 join_fields(head.headers, _RESPONSE_FIELDS if seal is None else _RESPONSE_FIELDS_SEALED,
+                 join_fields(head.headers, _response_fields(seal is not None, self.gw.cors is not None),
                              conn_listed)[0]]  # fmt: skip
         p = self.principal
         if seal is None:
@@ -552,8 +569,12 @@ class Exchange:
             gw.session_used(sid, self.t0)
 
     def _framed(self, parts: list, content_length: int, status: int) -> bytes:
-        """Finish a client response head: framing (RFC 9112 §6) and connection fields."""
+        """Finish a client response head: framing (RFC 9112 §6), connection and CORS
+        fields."""
         keep = self.keep_alive and self.conn.keep_alive
+        cors = self.gw.cors
+        if cors is not None:
+            parts.append(cors.answer_fields(self.head.origin))
         if status < 200 or status in (204, 304):
             pass
         elif content_length >= 0:
@@ -696,6 +717,9 @@ class Exchange:
         self.status = status
         if status == 405:
             headers += b"Allow: " + _ALLOW + b"\r\n"
+        cors = self.gw.cors
+        if cors is not None:
+            headers += cors.answer_fields(self.head.origin)
         keep = self.keep_alive and self.conn.keep_alive and status not in (408,)
         self.keep_alive = keep
         self.bytes_out = len(body)
@@ -710,6 +734,9 @@ class Exchange:
     def respond(self, status: int, body: bytes, headers: bytes = b"", content_type: bytes = b"application/json") -> None:
         """A complete answer made by the gateway itself."""
         self.status = status
+        cors = self.gw.cors
+        if cors is not None:
+            headers += cors.answer_fields(self.head.origin)
         keep = self.keep_alive and self.conn.keep_alive
         self.keep_alive = keep
         self.bytes_out = len(body)
@@ -718,6 +745,21 @@ class Exchange:
             % (status, status_reason(status), content_type, len(body), headers,
                b"" if keep else b"Connection: close\r\n", b"" if self.is_head else body)
         )  # fmt: skip
+        self.t_up_end = self.t_up_end or _perf()
+        self.finish("ok")
+
+    def options(self, allow: bytes) -> None:
+        """Answer ``OPTIONS``: 204 with the methods of this route, and the preflight
+        fields when CORS is configured and the origin is one it allows."""
+        cors = self.gw.cors
+        extra = cors.preflight_fields(self.head.origin, allow) if cors is not None else b""
+        keep = self.keep_alive and self.conn.keep_alive
+        self.keep_alive = keep
+        self.status = 204
+        # No Content-Length: a 204 has no content and must not announce any (RFC 9110 §8.6).
+        self.conn.send(
+            b"HTTP/1.1 204 No Content\r\nAllow: %s\r\n%s%s\r\n" % (allow, extra, b"" if keep else b"Connection: close\r\n")
+        )
         self.t_up_end = self.t_up_end or _perf()
         self.finish("ok")
 
@@ -832,7 +874,10 @@ class Gateway:
         self.config = config
         self.metrics = metrics or Metrics()
         self.access = access_log or AccessLog(config.log.access_log)
-        self.origins = OriginPolicy(config.server.allowed_origins)
+        cc = config.cors
+        # Origins trusted with CORS are trusted to call: they pass the Origin check too.
+        self.origins = OriginPolicy(config.server.allowed_origins + (cc.allow_origins if cc is not None else ()))
+        self.cors: CorsPolicy | None = CorsPolicy(cc, OriginPolicy(cc.allow_origins)) if cc is not None else None
         self.hosts = HostPolicy(config.server.effective_allowed_hosts())
         self.forwarded = config.server.forwarded_headers
         self.connections: set[ClientProtocol] = set()
