@@ -117,6 +117,7 @@ class LimitsConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_sse_event_bytes: int = 16 * 1024 * 1024
     max_connections: int = 10000
+    max_sessions: int = 100000  # sessions tracked per process (least recently used dropped first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +173,7 @@ class MuxConfig:
     server_version: str = "0.1.0"
     instructions: str | None = None
     fail_mode: str = "open"  # open | closed
-    list_cache: str = "shared"  # shared | session | off
+    list_cache: str = "session"  # session | shared | off (docs/security.md)
     list_cache_ttl: float = 300.0  # 0: until list_changed only
     session_key: bytes = b""
     old_keys: tuple[bytes, ...] = ()
@@ -198,6 +199,11 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     policy: Any = None  # mcpfast.policy.config.PolicyConfig (imported lazily: it imports us)
+    # [sessions] keys, current first (raw 32 bytes): they seal passthrough session ids on
+    # authenticated routes.  Made up at load when none is configured (``session_key_ephemeral``).
+    session_keys: tuple[bytes, ...] = ()
+    session_key_ephemeral: bool = False
+    cors: Any = None  # mcpfast.cors.CorsConfig, or None without a [cors] section
     source: str | None = None  # the file it came from, for messages
 
     def backend(self, name: str) -> BackendConfig:
@@ -226,6 +232,11 @@ class Config:
         }
         for b in d["backends"].values():
             b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
+            if "?" in b["url"]:  # a backend URL's query may hold a key: its values are not shown
+                from .observe import log_path
+
+                base, _, query = b["url"].partition("?")
+                b["url"] = base + log_path(b"?" + query.encode("latin-1", "replace")).decode("latin-1")
         for r in d["routes"]:
             m = r.pop("mux", None)  # shown only for multiplexed routes
             if m is not None:
@@ -233,6 +244,7 @@ class Config:
                 m["session_key"] = "<redacted>"
                 m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
         d.pop("source", None)
+        d["session_keys"] = ["<redacted>"] * len(self.session_keys)
         d["policy"] = self.policy.as_dict() if self.policy is not None else None
         return d
 
@@ -310,7 +322,7 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions"}, "")
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions", "cors"}, "")
 
     s = _section(raw, "server")
     _unknown_keys(
@@ -505,9 +517,13 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     from .policy.config import build_policy_config  # here: policy.config imports this module
 
     policy = build_policy_config(raw)
+    from .cors import build_cors_config
 
     return Config(
+        cors=build_cors_config(raw),
         policy=policy,
+        session_keys=(sessions["key"] or ephemeral_key(), *sessions["old_keys"]),
+        session_key_ephemeral=sessions["key"] is None,
         server=server,
         limits=limits,
         timeouts=timeouts,
@@ -585,6 +601,15 @@ def _sessions_defaults(s: dict) -> dict:
 _EPHEMERAL: list[bytes] = []
 
 
+def ephemeral_key() -> bytes:
+    """This process's made-up session key (made once, at load, so forked workers share it)."""
+    if not _EPHEMERAL:
+        import os
+
+        _EPHEMERAL.append(os.urandom(32))
+    return _EPHEMERAL[0]
+
+
 def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig:
     from .mux.names import MODES, Namespace, check_backend_names, validate_separator
 
@@ -621,11 +646,7 @@ def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig
     if current is None:
         # No key anywhere: make one up (shared by every route and forked worker of this
         # configuration).  Sessions then end with the process.
-        if not _EPHEMERAL:
-            import os
-
-            _EPHEMERAL.append(os.urandom(32))
-        current = _EPHEMERAL[0]
+        current = ephemeral_key()
         ephemeral = True
     return MuxConfig(
         namespacing=mode,

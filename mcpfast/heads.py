@@ -58,6 +58,7 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _VALUE_CHARS = bytes([9]) + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
 _VISIBLE_CHARS = bytes(range(0x21, 0x7F))
 _OWS = (9, 32)
+_SID = b"Mcp-Session-Id: "
 _XFF = b"X-Forwarded-For: "
 _XFP = b"\r\nX-Forwarded-Proto: http\r\n"
 
@@ -151,16 +152,23 @@ def request_head(method: bytes, target: bytes, host: bytes, fixed: bytes, fields
     return b"".join(parts)
 
 
-def passthrough_head(method: bytes, target: bytes, host: bytes, block: bytes, forwarded_for: bytes | None, fixed: bytes, body_length: int) -> bytes:
+def passthrough_head(
+    method: bytes, target: bytes, host: bytes, block: bytes, session_id: bytes | None, forwarded_for: bytes | None,
+    fixed: bytes, body_length: int,
+) -> bytes:
     """The head of a client request forwarded on a passthrough route.
 
     ``method``, ``target`` and the field ``block`` are what the strict request parser
     accepted (tokens, visible ASCII, field-values) with hop-by-hop fields left out;
-    ``forwarded_for``: the X-Forwarded-For value (None: not added), a parsed field value
-    and the peer address; ``host`` and ``fixed``: checked when the route was built.
-    Nothing here comes from anywhere else, so nothing is checked again per request.
-    ``body_length`` < 0: no body and no Content-Length."""
+    ``session_id``: the backend's own session id behind the client's sealed one (None:
+    not added), as the strict response parser accepted it from that backend and the
+    gateway sealed it; ``forwarded_for``: the X-Forwarded-For value (None: not added),
+    a parsed field value and the peer address; ``host`` and ``fixed``: checked when the
+    route was built.  Nothing here comes from anywhere else, so nothing is checked again
+    per request.  ``body_length`` < 0: no body and no Content-Length."""
     parts = [method, b" ", target, host, block]
+    if session_id is not None:
+        parts += (_SID, session_id, b"\r\n")
     if forwarded_for is not None:
         parts += (_XFF, forwarded_for, _XFP)
     if fixed:

@@ -42,6 +42,7 @@ from ..core import (
     scan_jsonrpc,
 )
 from ..gateway import DONE, RELAYING
+from ..observe import method_label
 from ..server import jsonrpc_error_body
 from ..upstream import UpstreamError
 from .merge import LIST_CHANGED, LIST_METHODS, response_body
@@ -218,14 +219,15 @@ class Batch:
         """A message backend ``b`` sent about its element before answering it."""
         vr = self.vr
         if type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
-            vr.list_changed(b, env.method, vr._session(self.token, self.state, b))
+            vr.list_changed(b, env.method, vr._session(self.token, self.state, b), self.token)
         self._send(rewrite_backend_message(data, env, b, vr.ns))
 
     def _error(self, env, code: int, message: str, data=None) -> None:
         if env.kind == KIND_REQUEST:
             self._send(jsonrpc_error_body(code, message, env.id, data))
         else:
-            log.debug("batch: %s %s not delivered: %s", env.method or "response", env.id, message)
+            # Method as a label and the id cut short: both came from the client.
+            log.debug("batch: %s %.64s not delivered: %.200s", method_label(env.method or "response"), env.id, message)
 
     def _send(self, message: bytes) -> None:
         ex = self.ex
