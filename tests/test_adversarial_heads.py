@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gwutil import GatewayThread
+from mcpfast import heads
 from mcpfast.config import ConfigError, build_config
 from mcpfast.core import ProtocolError, RequestParser, ResponseParser
 from mcpfast.mux.ids import encode_event_id
@@ -649,3 +650,40 @@ def test_property_backends_get_exactly_the_intended_requests(env, data):
                 msg = orjson.loads(body)
                 assert msg["id"] == want[2] and msg["result"]["arguments"]["m"] == want[1]
                 assert seen[want[1]] == 1, "answered, so it reached its backend once"
+
+
+# ---------------------------------------------------------------------------------
+# The door itself
+
+
+def test_field_value_grammar_byte_by_byte():
+    """RFC 9110 §5.5 for every byte value: inside a value, HTAB, SP, VCHAR and obs-text
+    only; at either end no whitespace."""
+    for c in range(256):
+        ok = c == 9 or 0x20 <= c <= 0x7E or c >= 0x80
+        assert heads.is_field_value(b"a" + bytes([c]) + b"a") is ok, c
+        assert heads.is_field_value(bytes([c])) is (ok and c not in (9, 32)), c
+        assert heads.is_visible(bytes([c])) is (0x21 <= c <= 0x7E), c
+    assert heads.is_field_value(b"") and not heads.is_visible(b"")
+
+
+@pytest.mark.parametrize("value", [b"1\r\n", b"\n", b"a\rb", b"a\x00", b"\x7f", b" a", b"a\t", "caf\u20ac"])
+def test_the_builder_refuses_what_does_not_fit(value):
+    from mcpfast.config import BackendConfig
+    from mcpfast.mux.client import BackendLink
+
+    link = BackendLink(BackendConfig("b", "http://127.0.0.1:9/mcp", "127.0.0.1", 9, "/mcp"), None, 5.0, 1 << 20)
+    with pytest.raises(heads.HeadError):
+        link.head(b"GET", "s1", VERSION, -1, ((b"Last-Event-ID", value),))
+    with pytest.raises(heads.HeadError):
+        link.head(b"POST", value, VERSION, 2)
+    with pytest.raises(heads.HeadError):
+        link.head(b"POST", "s1", value, 2)
+    with pytest.raises(heads.HeadError):
+        heads.request_head(b"GET", b"/mcp", heads.host_line(b"h"), b"", ((b"X-A", value),), -1)
+    # What it does build parses back, strictly, into exactly the one request meant.
+    data = link.head(b"GET", "s1", VERSION, -1, ((b"Last-Event-ID", b"a b\t\xffc"),))
+    reqs = _Requests()
+    RequestParser(reqs).feed(data)
+    (head, body), = reqs.done
+    assert head.last_event_id == b"a b\t\xffc" and head.session_id == b"s1" and body == b""
