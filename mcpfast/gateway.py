@@ -35,6 +35,7 @@ from .config import BackendConfig, Config, RouteConfig
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
 from .observe import AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
+from .quota import ClientQuota
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
 from .upstream import UpstreamError, UpstreamPool
 
@@ -213,7 +214,7 @@ class Exchange:
         "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
         "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
         "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
-        "env", "lfilter", "flushed",
+        "env", "lfilter", "flushed", "stream",
     )  # fmt: skip
 
     def __init__(self, gw: "Gateway", conn: ClientProtocol, head) -> None:
@@ -250,6 +251,7 @@ class Exchange:
         self.env: Any = None
         self.lfilter: _ListFilter | None = None
         self.flushed = 0  # bytes_out at the last flush
+        self.stream = None  # the quota keys of a GET stream while it is open
 
     # --- request side -------------------------------------------------------------
     def start(self) -> None:
@@ -277,7 +279,11 @@ class Exchange:
             # One chunk (the usual case) is forwarded as the object the parser handed
             # out -- the received bytes or a view of them, never a copy; several are
             # joined once.
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if len(chunks) == 1:
+                body = chunks[0]
+            else:
+                body = b"".join(chunks)
+                chunks.clear()  # the pieces are in body now: hold the bytes once
             self.body = body
             if head.method == b"POST":
                 try:
@@ -325,6 +331,15 @@ class Exchange:
 
     def _dispatch(self, route: "Route") -> None:
         """The request is admitted: the virtual server answers it, or it is forwarded."""
+        if self.head.method == b"GET":
+            # A server->client stream holds a connection here and at a backend for as
+            # long as the client listens: counted per client and per session.
+            keys = self.gw.quota.open_stream(self.principal, self.conn.peer, route.path, self.head.session_id)
+            if type(keys) is str:
+                self.gw.metrics.error("stream_limit")
+                self.respond_error(429, -32000, keys, headers=b"Retry-After: 1\r\n")
+                return
+            self.stream = keys
         if route.virtual is not None:
             route.virtual.handle(self)
         else:
@@ -414,6 +429,10 @@ class Exchange:
         self.deadline = t + route.response_timeout
         self.t_sent = t
         self.out = [data, body] if body else [data]
+        if head.method == b"GET":
+            # Streams have their own connection budget at the backend (max_streams).
+            route.pool.acquire_stream(self._got_upstream)
+            return
         conn = route.pool.take_idle()
         if conn is not None:  # the usual case: a kept-alive connection is free
             self.upstream = conn
@@ -567,7 +586,8 @@ class Exchange:
                 # on a fresh connection.
                 self.retried = True
                 self.phase = WAIT_CONN
-                self.route.pool.acquire(self._got_upstream)
+                pool = self.route.pool
+                (pool.acquire_stream if self.head.method == b"GET" else pool.acquire)(self._got_upstream)
                 return
             self.gw.metrics.error(err.kind)
             self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
@@ -656,11 +676,19 @@ class Exchange:
         self.conn.exchange_done(self, self.keep_alive)
 
     def phase_done(self, outcome: str) -> None:
+        route = self.route
+        if self.phase == WAIT_CONN and route is not None:
+            # Waiting for a backend connection: leave the queue, which would hold this
+            # exchange (and its body) until a connection is free.
+            route.pool.cancel_wait(self._got_upstream)
         self.phase = DONE
         self.outcome = outcome
         t_end = self.t_end = _perf()
-        route = self.route
         gw = self.gw
+        keys = self.stream
+        if keys is not None:
+            self.stream = None
+            gw.quota.close_stream(keys)
         if route is not None:
             bm = route.bm
             if self.sse:
@@ -764,6 +792,7 @@ class Gateway:
         self.hosts = HostPolicy(config.server.effective_allowed_hosts())
         self.forwarded = config.server.forwarded_headers
         self.connections: set[ClientProtocol] = set()
+        self.quota = ClientQuota(config.limits)
         self.sessions: dict[bytes, tuple[Route, float]] = {}
         self.pools: dict[str, UpstreamPool] = {}
         self.routes: dict[bytes, Route] = {}
@@ -809,8 +838,9 @@ class Gateway:
         if pool is None:
             cfg = self.config
             pool = self.pools[b.name] = UpstreamPool(
-                b, bm, connect_timeout=cfg.timeouts.upstream_connect, max_header_bytes=cfg.limits.max_header_bytes
-            )
+                b, bm, connect_timeout=cfg.timeouts.upstream_connect, max_header_bytes=cfg.limits.max_header_bytes,
+                max_connections=b.max_connections, max_streams=b.max_streams,
+            )  # fmt: skip
         return pool
 
     # --- pipeline hooks -------------------------------------------------------------

@@ -1056,6 +1056,9 @@ class _Merge:
         if not self.started:
             if self.ended:
                 ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
+            elif leg.status == 503:
+                # A backend's stream budget is spent (or it is shutting down).
+                ex.respond_error(503, -32000, leg.failure, headers=b"Retry-After: 1\r\n")
             elif self.ids.kind == STREAM_POST:
                 # The backend cannot resume that stream (not a 404 to the client: its
                 # session is fine).  A client gives up after a few such answers.
@@ -1100,6 +1103,7 @@ class _MergeLeg(CallHandler):
         self.ok = self.expired = False
         call = self.call = Call(link, [link.head(b"GET", bs.session_id, bs.protocol_version, -1, more)], self)
         call.paused = m.paused
+        call.listen = True
         call.start()
 
     def stop(self) -> None:
