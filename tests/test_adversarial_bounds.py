@@ -5,6 +5,7 @@ pipelined bodies behind a long answer.  Each test is judged by what the backend 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import selectors
@@ -270,3 +271,202 @@ def test_one_address_with_thousands_of_idle_sockets_leaves_room_for_others(quiet
         for s in socks:
             s.close()
         gt.stop()
+
+
+def _sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _get(path: str = "/mcp", extra: bytes = b"") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n%s\r\n" % (path.encode(), extra)
+
+
+def _open_streams(port: int, n: int, extra: bytes, source: str) -> tuple[list[socket.socket], list[bytes]]:
+    """``n`` GET streams, each on its own connection; returns the sockets and what each
+    got first (an SSE head, or a refusal)."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+        s.sendall(_get(extra=extra))
+        socks.append(s)
+    firsts = []
+    for s in socks:
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+        firsts.append(buf)
+    return socks, firsts
+
+
+def test_thousands_of_get_streams_from_one_principal(quiet):
+    """One API key opens 1,000 GET streams: it gets max_streams_per_principal of them and
+    429s for the rest, without the backend seeing them; another principal still opens its
+    stream and its calls are answered."""
+    policy = {
+        "auth": {"mode": "required", "api_keys": {"keys": [
+            {"sha256": _sha("k-mallory"), "subject": "mallory"}, {"sha256": _sha("k-alice"), "subject": "alice"}]}},
+        "authz": {"default": "allow"},
+        "audit": {"sink": "off"},
+    }  # fmt: skip
+    gt = GatewayThread(
+        {"backends": {"q": {"url": quiet.url}}, "limits": {"max_connections_per_address": 5000}, **policy}
+    ).start()
+    socks: list[socket.socket] = []
+    try:
+        t = time.perf_counter()
+        socks, firsts = _open_streams(gt.port, 1000, b"X-API-Key: k-mallory\r\n", "127.0.0.2")
+        opened = time.perf_counter() - t
+        ok = [f for f in firsts if f.startswith(b"HTTP/1.1 200 ")]
+        refused = [f for f in firsts if f.startswith(b"HTTP/1.1 429 ")]
+        assert len(ok) == 128 and len(refused) == 1000 - 128
+        assert _wait(lambda: quiet.gets == 128)
+        err = orjson.loads(body_of(refused[0]))
+        assert err["error"]["code"] == -32000 and "streams" in err["error"]["message"]
+        # Alice is not mallory: her stream opens, her calls are answered.
+        a_socks, a_firsts = _open_streams(gt.port, 1, b"X-API-Key: k-alice\r\n", "127.0.0.1")
+        socks += a_socks
+        assert a_firsts[0].startswith(b"HTTP/1.1 200 ")
+        lat = []
+        for i in range(20):
+            resp, dt = _timed_call(gt.port, 500 + i, b"X-API-Key: k-alice\r\n")
+            assert status_of(resp) == 200 and orjson.loads(body_of(resp))["id"] == 500 + i
+            lat.append(dt)
+        assert _wait(lambda: quiet.gets == 129)
+        assert quiet.posts == 20
+        _figure("GET streams (1,000 from one principal)",
+                f"opened or refused in {opened:.2f} s; other principal's calls {_ms(lat)}")  # fmt: skip
+    finally:
+        for s in socks:
+            s.close()
+        gt.stop()
+
+
+def test_streams_per_session_and_per_address_without_credentials(quiet):
+    """Without authentication a client is its address: 200 GETs from one address open
+    max_streams_per_address; and one session id holds max_streams_per_session."""
+    gt = GatewayThread({"backends": {"q": {"url": quiet.url}}}).start()
+    socks: list[socket.socket] = []
+    try:
+        s1, f1 = _open_streams(gt.port, 10, b"Mcp-Session-Id: s-one\r\n", "127.0.0.4")
+        socks += s1
+        assert [f[:13] for f in f1] == [b"HTTP/1.1 200 "] * 4 + [b"HTTP/1.1 429 "] * 6
+        assert _wait(lambda: quiet.gets == 4)
+        s2, f2 = _open_streams(gt.port, 200, b"", "127.0.0.2")
+        socks += s2
+        assert sum(f.startswith(b"HTTP/1.1 200 ") for f in f2) == 64
+        assert sum(f.startswith(b"HTTP/1.1 429 ") for f in f2) == 200 - 64
+        assert _wait(lambda: quiet.gets == 4 + 64)
+        # Another address is not limited by them.
+        s3, f3 = _open_streams(gt.port, 3, b"", "127.0.0.3")
+        socks += s3
+        assert all(f.startswith(b"HTTP/1.1 200 ") for f in f3)
+        assert _wait(lambda: quiet.gets == 4 + 64 + 3)
+        # Streams that end give their places back.
+        for s in s2:
+            s.close()
+        assert _wait(lambda: gt.call(lambda: gt.gw.quota.streams.get(("a", "127.0.0.2"), 0)) == 0)
+        s4, f4 = _open_streams(gt.port, 2, b"", "127.0.0.2")
+        socks += s4
+        assert all(f.startswith(b"HTTP/1.1 200 ") for f in f4)
+    finally:
+        for s in socks:
+            s.close()
+        gt.stop()
+
+
+def test_streams_have_their_own_backend_budget(quiet):
+    """A backend with max_streams = 8 and max_connections = 2: twelve streams from three
+    addresses get eight streams and four 503s, and calls are still answered -- the
+    streams hold no request connection."""
+    gt = GatewayThread({"backends": {"q": {"url": quiet.url, "max_streams": 8, "max_connections": 2}}}).start()
+    socks: list[socket.socket] = []
+    try:
+        firsts = []
+        for src in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            s, f = _open_streams(gt.port, 4, b"", src)
+            socks += s
+            firsts += f
+        assert sum(f.startswith(b"HTTP/1.1 200 ") for f in firsts) == 8
+        busy = [f for f in firsts if f.startswith(b"HTTP/1.1 503 ")]
+        assert len(busy) == 4
+        assert "max_streams" in orjson.loads(body_of(busy[0]))["error"]["message"]
+        assert _wait(lambda: quiet.gets == 8)
+        lat = []
+        for i in range(20):
+            resp, dt = _timed_call(gt.port, 700 + i)
+            assert status_of(resp) == 200 and orjson.loads(body_of(resp))["id"] == 700 + i
+            lat.append(dt)
+        assert quiet.posts == 20
+        pool = gt.gw.pools["q"]
+        assert gt.call(lambda: (pool._streams, pool.open_connections - pool._streams)) == (8, 1)
+        _figure("backend stream budget spent (8 streams open)", f"calls {_ms(lat)}")
+    finally:
+        for s in socks:
+            s.close()
+        gt.stop()
+
+
+def test_half_closed_get_stream_frees_its_backend_connection(quiet):
+    """A client that half-closes its GET stream: the backend sees that stream's
+    connection closed at once (it never writes again), and the client's closes too."""
+    gt = GatewayThread({"backends": {"q": {"url": quiet.url}}}).start()
+    try:
+        socks, firsts = _open_streams(gt.port, 3, b"", "127.0.0.1")
+        assert all(f.startswith(b"HTTP/1.1 200 ") for f in firsts)
+        assert _wait(lambda: len(quiet.streaming) == 3)
+        socks[0].shutdown(socket.SHUT_WR)
+        assert _wait(lambda: len(quiet.streaming) == 2, 3.0)
+        assert quiet.closed == 1
+        socks[0].settimeout(3)
+        while socks[0].recv(65536):
+            pass  # the gateway closes its side too
+        pool = gt.gw.pools["q"]
+        assert gt.call(lambda: pool._streams) == 2
+        # The others stream on; a call is answered.
+        resp, _ = _timed_call(gt.port, 5)
+        assert status_of(resp) == 200
+        assert len(quiet.streaming) == 2
+        for s in socks:
+            s.close()
+    finally:
+        gt.stop()
+
+
+def _initialize(port: int, path: str) -> bytes:
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(post(path, body))
+        resp = read_response(s)
+    assert status_of(resp) == 200, resp
+    for line in resp.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"mcp-session-id":
+            return v.strip()
+    raise AssertionError(resp)
+
+
+def test_half_closed_multiplexed_get_stream_frees_every_backend_connection():
+    """The same on a multiplexed route: the merged stream's legs to both backends end."""
+    a, b = QuietBackend(), QuietBackend()
+    gt = GatewayThread({
+        "backends": {"a": {"url": a.url}, "b": {"url": b.url}},
+        "routes": [{"path": "/mcp", "backends": ["a", "b"]}],
+    }).start()  # fmt: skip
+    try:
+        sid = _initialize(gt.port, "/mcp")
+        extra = b"Mcp-Session-Id: %s\r\nMCP-Protocol-Version: 2025-06-18\r\n" % sid
+        socks, firsts = _open_streams(gt.port, 1, extra, "127.0.0.1")
+        assert firsts[0].startswith(b"HTTP/1.1 200 "), firsts
+        assert _wait(lambda: len(a.streaming) == 1 and len(b.streaming) == 1)
+        socks[0].shutdown(socket.SHUT_WR)
+        assert _wait(lambda: not a.streaming and not b.streaming, 3.0)
+        assert gt.call(lambda: (gt.gw.pools["a"]._streams, gt.gw.pools["b"]._streams)) == (0, 0)
+        socks[0].close()
+    finally:
+        gt.stop()
+        a.close()
+        b.close()
