@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,9 @@ _REASONS = {
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Complete requests that may wait while an answer is written; reading pauses at this many.
 MAX_PIPELINE = 1
+# Linux TCP states (tcpi_state, the first byte of TCP_INFO): the peer sent FIN, or RST.
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
 _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
     b"Retry-After: 1\r\nConnection: close\r\n\r\n%s"
@@ -307,6 +311,21 @@ class ClientProtocol:
         )
         self.close()
 
+    def _check_peer(self) -> None:
+        """With reading paused the event loop does not see the client leave, and a quiet
+        stream never writes to find out: ask the kernel.  A reset connection is closed,
+        and a FIN during a GET stream ends it as one read would (``eof_received``)."""
+        if _TCP_INFO is None:
+            return
+        try:
+            state = self.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
+        except (AttributeError, OSError):
+            return  # not a TCP socket
+        if state == _TCP_CLOSE:
+            self.abort()
+        elif state == _TCP_CLOSE_WAIT and self.active is not None and self.active.head.method == b"GET":
+            self.eof_received()
+
     # --- deadlines --------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:
         if self.closed:
@@ -315,6 +334,8 @@ class ClientProtocol:
         active = self.active
         if active is not None:
             active.check_deadline(now)
+            if self.read_paused and not self.closed:
+                self._check_peer()
             # A request read behind the answer is held to its own deadline, unless we
             # paused reading it.
             if st == BUSY or self.read_paused or self.closed:

@@ -11,13 +11,15 @@ import resource
 import selectors
 import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
 import orjson
 import pytest
 
-from gwutil import GatewayThread
+from gwutil import ROOT, GatewayThread
 from rawbackend import RawBackend, body_of, post, read_response, status_of
 
 CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}'
@@ -429,6 +431,13 @@ def test_half_closed_get_stream_frees_its_backend_connection(quiet):
         resp, _ = _timed_call(gt.port, 5)
         assert status_of(resp) == 200
         assert len(quiet.streaming) == 2
+        # With a request pipelined behind the stream the gateway has stopped reading
+        # that socket; the FIN still ends the stream (found by the once-a-second tick).
+        socks[1].sendall(post("/mcp", CALL))
+        time.sleep(0.1)
+        socks[1].shutdown(socket.SHUT_WR)
+        assert _wait(lambda: len(quiet.streaming) == 1, 3.0)
+        assert quiet.posts == 1  # the pipelined call was never sent: its connection ended
         for s in socks:
             s.close()
     finally:
@@ -470,3 +479,159 @@ def test_half_closed_multiplexed_get_stream_frees_every_backend_connection():
         gt.stop()
         a.close()
         b.close()
+
+
+def _big_call(rid: int, size: int) -> bytes:
+    pad = b"x" * (size - 120)
+    return b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"pad":"%s"}}}' % (rid, pad)
+
+
+def _pin(port: int, conns: int, bodies: int, size: int) -> list[socket.socket]:
+    """``conns`` connections, each a GET stream followed by ``bodies`` pipelined POSTs of
+    ``size`` bytes, written as far as the gateway (and the kernel) take them."""
+    socks = []
+    pending = []
+    for c in range(conns):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=("127.0.0.2", 0))
+        data = _get() + b"".join(post("/mcp", _big_call(1000 * c + i, size)) for i in range(bodies))
+        s.setblocking(False)
+        socks.append(s)
+        pending.append(memoryview(data))
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:
+        moved = False
+        for i, s in enumerate(socks):
+            if pending[i]:
+                try:
+                    n = s.send(pending[i][:1 << 20])
+                except BlockingIOError:
+                    continue
+                pending[i] = pending[i][n:]
+                moved = True
+        if moved:
+            quiet_since = time.monotonic()
+        else:
+            time.sleep(0.01)
+    return socks
+
+
+def _buffered(gw) -> list[int]:
+    """Request bytes each client connection holds for requests not yet started: the
+    distinct buffers behind their body pieces (a view keeps its whole read alive)."""
+    out = []
+    for c in gw.connections:
+        seen: dict[int, int] = {}
+        waiting = list(c.queue) + ([c.reading] if c.reading is not None else [])
+        for ex in waiting:
+            for piece in ex.chunks:
+                base = piece.obj if isinstance(piece, memoryview) else piece
+                seen[id(base)] = len(base)
+        out.append(sum(seen.values()))
+    return out
+
+
+def test_pipelined_bodies_behind_a_stream_are_not_buffered(quiet):
+    """Ten connections each open a GET stream and pipeline six 1 MiB requests behind it.
+    Each holds at most one request beyond the stream (the limit plus the rest of one
+    read), the backend sees none of them, and another client is served meanwhile."""
+    size = 1 << 20
+    gt = GatewayThread({"backends": {"q": {"url": quiet.url}}, "limits": {"max_body_bytes": size}}).start()
+    socks: list[socket.socket] = []
+    try:
+        socks = _pin(gt.port, 10, 6, size)
+        assert _wait(lambda: quiet.gets == 10)
+        held = gt.call(lambda: _buffered(gt.gw))
+        bound = size + 512 * 1024
+        assert len(held) == 10 and max(held) <= bound, held
+        assert quiet.posts == 0  # all of them wait behind the streams
+        lat = []
+        for i in range(20):
+            resp, dt = _timed_call(gt.port, 900 + i)
+            assert status_of(resp) == 200 and orjson.loads(body_of(resp))["id"] == 900 + i
+            lat.append(dt)
+        assert quiet.posts == 20
+        _figure("pipelined 1 MiB bodies behind streams (10 connections x 6)",
+                f"held per connection max {max(held) / 2**20:.2f} MiB, total {sum(held) / 2**20:.1f} MiB "
+                f"(bound {bound / 2**20:.2f} MiB each); other client {_ms(lat)}")  # fmt: skip
+        # The clients leave (unread answers: their kernels reset the connections).  The
+        # gateway reads none of these sockets, yet lets go of them, their streams and the
+        # bodies they held, and the backend sees its streams closed.
+        for s in socks:
+            s.close()
+        socks = []
+        assert _wait(lambda: gt.call(lambda: len(gt.gw.connections)) == 0, 5.0)
+        assert _wait(lambda: not quiet.streaming)
+        assert gt.call(lambda: (gt.gw.quota.connections, gt.gw.quota.streams, gt.gw.pools["q"]._streams)) == ({}, {}, 0)
+        assert quiet.posts == 20
+    finally:
+        for s in socks:
+            s.close()
+        gt.stop()
+
+
+def _rss_kib(pid: int) -> dict[str, int]:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0])
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_gateway_memory_with_pinned_pipelined_bodies(quiet, tmp_path):
+    """A gateway process with the default 4 MiB body limit; 20 connections each pipeline
+    eight 4 MiB requests behind a GET stream.  Its resident memory grows by about one
+    body per connection, not eight, and the other client is served."""
+    port = _free_port()
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(
+        f'[server]\nlisten = "127.0.0.1:{port}"\n[log]\naccess_log = "off"\nlevel = "error"\n'
+        f'[backends.q]\nurl = "{quiet.url}"\n'
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        def up() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+
+        assert _wait(up, 20)
+        _timed_call(port, 1)
+        before = _rss_kib(proc.pid)["VmRSS"]
+        size = 4 << 20
+        socks = _pin(port, 20, 8, size)
+        assert _wait(lambda: quiet.gets == 20)
+        lat = [_timed_call(port, 900 + i)[1] for i in range(20)]
+        assert quiet.posts == 21
+        pinned = _rss_kib(proc.pid)
+        for s in socks:
+            s.close()
+        socks = []
+        time.sleep(1.5)
+        after = _rss_kib(proc.pid)["VmRSS"]
+        grew = (pinned["VmHWM"] - before) / 1024
+        # Eight bodies per connection would be 640 MiB; one is 80 MiB.
+        assert grew < 20 * (size + (1 << 20)) / 2**20 + 64, grew
+        _figure("gateway RSS, 20 connections x 8 pipelined 4 MiB bodies behind streams",
+                f"before {before / 1024:.0f} MiB, peak +{grew:.0f} MiB, after close {after / 1024:.0f} MiB; "
+                f"other client {_ms(lat)}")  # fmt: skip
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
