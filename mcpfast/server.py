@@ -246,7 +246,7 @@ class ClientProtocol:
         if self.active is not ex:
             return
         self.active = None
-        if not keep_alive or self.closed or (self.eof and not self.queue):
+        if not keep_alive or not self.keep_alive or self.closed or (self.eof and not self.queue):
             self.close()
             return
         if self.queue:
@@ -302,7 +302,9 @@ class ClientProtocol:
             # connection after the current answer by refusing keep-alive.
             self.keep_alive = False
             self.queue.clear()
-            self.transport.pause_reading()
+            if not self.read_paused:
+                self.read_paused = True  # and watched by _check_peer meanwhile
+                self.transport.pause_reading()
             return
         body = jsonrpc_error_body(-32700 if status == 400 else -32600, message)
         self.send(
