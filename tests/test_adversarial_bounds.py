@@ -635,3 +635,23 @@ def test_gateway_memory_with_pinned_pipelined_bodies(quiet, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def test_answer_deadline_holds_with_a_request_waiting_behind_it():
+    """A request pipelined behind an answer that never comes: the answer still times out
+    (504) on time, and the waiting request is served after it."""
+    silent, good = RawBackend("silent"), RawBackend("ok")
+    gt = GatewayThread({"backends": {"silent": {"url": silent.url, "response_timeout": 1},
+                                     "good": {"url": good.url}}}).start()  # fmt: skip
+    try:
+        with socket.create_connection(("127.0.0.1", gt.port), timeout=8) as s:
+            s.sendall(post("/mcp/silent", CALL) + post("/mcp/good", CALL.replace(b'"id":7', b'"id":8')))
+            r1 = read_response(s)
+            r2 = read_response(s)
+        assert status_of(r1) == 504 and orjson.loads(body_of(r1))["id"] == 7
+        assert status_of(r2) == 200 and orjson.loads(body_of(r2))["id"] == 8
+        assert len(good.requests) == 1 and len(silent.requests) == 1
+    finally:
+        gt.stop()
+        silent.close()
+        good.close()
