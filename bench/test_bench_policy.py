@@ -4,7 +4,7 @@ Run: ``pytest bench/test_bench_policy.py --benchmark-group-by=group``.
 
 ``per-request`` is the group that answers "what does policy add": the baseline row does
 what the gateway does for a ``tools/call`` anyway (the envelope scan); the policy row adds
-authentication with a cached RS256 token, session binding, a 50-rule authorization set
+authentication with a cached RS256 token, the sealed session id's check, a 50-rule authorization set
 (the caller matches only the last rule) and a rate limit that is not hit.  The other
 groups take the pieces apart, including the cold paths (first sight of a token, rule
 evaluation without the memo) that a steady client never pays.
@@ -95,20 +95,22 @@ class _Heads:
         pass
 
 
-def _head(authorization: str):
+def _head(authorization: str, session: str = "7d3f0c2a9b"):
     c = _Heads()
     RequestParser(c).feed(
         (
             "POST /mcp HTTP/1.1\r\nHost: gw.example.com\r\nContent-Type: application/json\r\n"
-            "Accept: application/json, text/event-stream\r\nMcp-Session-Id: 7d3f0c2a9b\r\n"
+            f"Accept: application/json, text/event-stream\r\nMcp-Session-Id: {session}\r\n"
             f"MCP-Protocol-Version: 2025-06-18\r\nAuthorization: {authorization}\r\nContent-Length: {len(BODY)}\r\n\r\n"
         ).encode()
     )
     return c.heads[0]
 
 
-HEAD = _head("Bearer " + RS_TOKEN)
 PEER = "10.0.0.1"
+# The session id as an authenticated client holds it: sealed with its principal.
+_SEALED = RP.seal.seal(b"7d3f0c2a9b", RP.authenticate(_head("Bearer " + RS_TOKEN), PEER).key).decode()
+HEAD = _head("Bearer " + RS_TOKEN, _SEALED)
 
 
 def _baseline():
@@ -119,6 +121,7 @@ def _baseline():
 def _policy_on():
     env = scan_jsonrpc(BODY)
     p = RP.authenticate(HEAD, PEER)
+    assert RP.seal.open(HEAD.session_id, p.key) is not None
     r = RP.admit(p, env.method, env.name, "b1", HEAD.session_id)
     assert r is None
     return p
@@ -132,7 +135,6 @@ def test_baseline_no_policy(benchmark):
 @pytest.mark.benchmark(group="per-request")
 def test_policy_on(benchmark):
     _policy_on()
-    RP.session_created(HEAD.session_id, RP.authenticate(HEAD, PEER))
     benchmark(_policy_on)
 
 

@@ -17,8 +17,9 @@ import orjson
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .preflight import StartupError, probe_listeners, static_checks
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # a configuration error or any other failure to start
 
 
 def _overrides(**kw: Any) -> dict[str, Any]:
@@ -115,22 +116,31 @@ def serve(config_file, pool_size, pool_idle_timeout, **kw) -> None:
     """Run the gateway in front of one or more MCP backends."""
     try:
         cfg = _load(config_file, pool_size, pool_idle_timeout, **kw)
+        static_checks(cfg)
     except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
-    if not cfg.backends:
-        click.echo("configuration error: backends: none configured (use --backend NAME=URL or a config file)", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fail("configuration error", exc)
     run_gateway(cfg)
 
 
+def _fail(what: str, exc: Exception) -> None:
+    """One line on stderr naming the cause and the setting, then exit 2."""
+    click.echo(f"{what}: {exc}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
 def run_gateway(cfg: Config, on_ready=None) -> None:
-    """Run ``cfg`` in this process (or in ``workers`` forked processes) until a signal."""
+    """Run ``cfg`` in this process (or in ``workers`` forked processes) until a signal.
+    A failure to start (a port taken, a log file that cannot be opened) exits 2 with
+    one line."""
     from .observe import setup_logging
     from .workers import run_workers
 
-    setup_logging(cfg.log.level, cfg.log.format)
-    run_workers(cfg, on_ready=on_ready)
+    try:
+        probe_listeners(cfg)
+        setup_logging(cfg.log.level, cfg.log.format)
+        run_workers(cfg, on_ready=on_ready)
+    except StartupError as exc:
+        _fail("startup error", exc)
 
 
 @main.command("check-config")
@@ -139,9 +149,9 @@ def check_config(config_file: str) -> None:
     """Validate CONFIG_FILE and print the effective configuration as JSON."""
     try:
         cfg = load_config(config_file)
+        static_checks(cfg)  # what serve refuses without touching the network
     except ConfigError as exc:
-        click.echo(f"configuration error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+        _fail("configuration error", exc)
     click.echo(orjson.dumps(cfg.as_dict(), option=orjson.OPT_INDENT_2).decode())
 
 
@@ -152,6 +162,14 @@ def demo(listen: str, admin_listen: str) -> None:
     """Start the gateway with an embedded demo MCP backend."""
     from .demo_backend import wait_ready
 
+    over = {"server.listen": listen, "server.admin_listen": admin_listen, "log.access_log": "-"}
+    try:
+        # The ports first: a second demo must not start a backend only to fail.
+        probe_listeners(load_config(None, {**over, "backends.demo.url": "http://127.0.0.1:1/mcp"}))
+    except ConfigError as exc:
+        _fail("configuration error", exc)
+    except StartupError as exc:
+        _fail("startup error", exc)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpfast.demo_backend", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -163,18 +181,10 @@ def demo(listen: str, admin_listen: str) -> None:
             click.echo("demo backend failed to start", err=True)
             sys.exit(1)
         try:
-            cfg = load_config(
-                None,
-                {
-                    "server.listen": listen,
-                    "server.admin_listen": admin_listen,
-                    "backends.demo.url": url,
-                    "log.access_log": "-",
-                },
-            )
+            cfg = load_config(None, {**over, "backends.demo.url": url})
+            static_checks(cfg)
         except ConfigError as exc:
-            click.echo(f"configuration error: {exc}", err=True)
-            sys.exit(EXIT_CONFIG)
+            _fail("configuration error", exc)
         host, port = cfg.server.listen
 
         def ready() -> None:

@@ -121,6 +121,7 @@ class LimitsConfig:
     max_streams_per_principal: int = 128  # GET streams open at once, routes with authentication
     max_streams_per_address: int = 64  # GET streams open at once by one address without credentials
     max_streams_per_session: int = 4  # GET streams open at once in one MCP session
+    max_sessions: int = 100000  # sessions tracked per process (least recently used dropped first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,7 @@ class MuxConfig:
     server_version: str = "0.1.0"
     instructions: str | None = None
     fail_mode: str = "open"  # open | closed
-    list_cache: str = "shared"  # shared | session | off
+    list_cache: str = "session"  # session | shared | off (docs/security.md)
     list_cache_ttl: float = 300.0  # 0: until list_changed only
     session_key: bytes = b""
     old_keys: tuple[bytes, ...] = ()
@@ -208,6 +209,11 @@ class Config:
     backends: tuple[BackendConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     policy: Any = None  # mcpfast.policy.config.PolicyConfig (imported lazily: it imports us)
+    # [sessions] keys, current first (raw 32 bytes): they seal passthrough session ids on
+    # authenticated routes.  Made up at load when none is configured (``session_key_ephemeral``).
+    session_keys: tuple[bytes, ...] = ()
+    session_key_ephemeral: bool = False
+    cors: Any = None  # mcpfast.cors.CorsConfig, or None without a [cors] section
     source: str | None = None  # the file it came from, for messages
 
     def backend(self, name: str) -> BackendConfig:
@@ -243,6 +249,7 @@ class Config:
                 m["session_key"] = "<redacted>"
                 m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
         d.pop("source", None)
+        d["session_keys"] = ["<redacted>"] * len(self.session_keys)
         d["policy"] = self.policy.as_dict() if self.policy is not None else None
         return d
 
@@ -316,7 +323,7 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions"}, "")
+    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions", "cors"}, "")
 
     s = _section(raw, "server")
     _unknown_keys(
@@ -506,9 +513,13 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     from .policy.config import build_policy_config  # here: policy.config imports this module
 
     policy = build_policy_config(raw)
+    from .cors import build_cors_config
 
     return Config(
+        cors=build_cors_config(raw),
         policy=policy,
+        session_keys=(sessions["key"] or ephemeral_key(), *sessions["old_keys"]),
+        session_key_ephemeral=sessions["key"] is None,
         server=server,
         limits=limits,
         timeouts=timeouts,
@@ -586,6 +597,15 @@ def _sessions_defaults(s: dict) -> dict:
 _EPHEMERAL: list[bytes] = []
 
 
+def ephemeral_key() -> bytes:
+    """This process's made-up session key (made once, at load, so forked workers share it)."""
+    if not _EPHEMERAL:
+        import os
+
+        _EPHEMERAL.append(os.urandom(32))
+    return _EPHEMERAL[0]
+
+
 def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig:
     from .mux.names import MODES, Namespace, check_backend_names, validate_separator
 
@@ -622,11 +642,7 @@ def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig
     if current is None:
         # No key anywhere: make one up (shared by every route and forked worker of this
         # configuration).  Sessions then end with the process.
-        if not _EPHEMERAL:
-            import os
-
-            _EPHEMERAL.append(os.urandom(32))
-        current = _EPHEMERAL[0]
+        current = ephemeral_key()
         ephemeral = True
     return MuxConfig(
         namespacing=mode,

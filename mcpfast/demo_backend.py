@@ -81,16 +81,28 @@ def build_server():
     return mcp
 
 
+def make_listener(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket whose accepted connections have ``TCP_NODELAY`` set.
+
+    Linux hands the option of a listening socket on to every socket it accepts, and
+    uvicorn does not set it on sockets it is given.  Without it a kept-alive client
+    waits for the delayed ACK (about 40 ms) whenever an answer leaves in two small
+    writes (head, then body): Nagle holds the second until the first is acknowledged."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    return sock
+
+
 def serve_asgi(app, host: str = "127.0.0.1", port: int = 0, ready=None, path: str = "/mcp") -> None:
     """Serve an ASGI app with uvicorn on ``host:port`` (0: any free port) until the
     process is stopped; ``ready(url)`` is called once it accepts connections.  Used by
     the demo and by the test fixtures' SDK servers."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    sock = make_listener(host, port)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{sock.getsockname()[1]}{path}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))

@@ -6,6 +6,7 @@ from mcpfast.observe cimport BackendMetrics
 from mcpfast._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
 cdef class Route:
     cdef public object path, name, backend, pool, target, prefix, extra, policy, drop, virtual, host_line, fields
+    cdef public object seal
     cdef public BackendMetrics bm
     cdef public double response_timeout
 cdef class Exchange:
@@ -15,6 +16,7 @@ cdef class Exchange:
     cdef public Route route
     cdef public double t0, t_sent, t_up_end, t_end, deadline
     cdef public object method, tool, rpc_id, upstream, pending, outcome, out, principal, env, lfilter, stream
+    cdef public object upstream_sid
     cdef public int status, phase
     cdef public long long bytes_out, flushed
     cdef public bint chunked, keep_alive, sse, retried, is_head

@@ -24,6 +24,7 @@ the client, a fake end is not); a client that leaves closes its upstream at once
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import signal
@@ -31,7 +32,8 @@ import socket
 import time
 from typing import Any
 
-from .config import BackendConfig, Config, RouteConfig
+from .config import BackendConfig, Config, RouteConfig, ephemeral_key
+from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
 from .observe import AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
@@ -61,6 +63,8 @@ _DROP_RESPONSE = frozenset(
 _XFF = b"x-forwarded-for"
 _FORWARDED_METHODS = frozenset((b"POST", b"GET", b"DELETE", b"OPTIONS", b"HEAD"))
 _ALLOW = b"GET, POST, DELETE, OPTIONS"
+_SESSION_FIELD = b"mcp-session-id"
+_ALLOW_PASSTHROUGH = b"GET, HEAD, POST, DELETE, OPTIONS"  # HEAD is forwarded; a multiplexed route has none
 _SSE = b"text/event-stream"
 
 # Exchange phases.
@@ -176,7 +180,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
-        "virtual", "host_line", "fields",
+        "virtual", "host_line", "fields", "seal",
     )  # fmt: skip
 
     def __init__(
@@ -191,6 +195,12 @@ class Route:
         drop = _DROP_REQUEST
         if policy is not None and policy.enabled and not backend.forward_credentials:
             drop = drop | policy.drop_headers
+        # Session binding (policy/sessions.py): on an authenticated passthrough route the
+        # client holds a sealed session id; the backend gets its own id, written by
+        # ``forward`` once the seal is verified, never the client's field.
+        self.seal = policy.seal if policy is not None and getattr(rc, "mux", None) is None else None
+        if self.seal is not None:
+            drop = drop | {_SESSION_FIELD}
         self.drop = drop
         self.fields = _FieldClass(drop, cfg.server.forwarded_headers)
         self.name = rc.path
@@ -205,6 +215,16 @@ class Route:
 
 
 _RESPONSE_FIELDS = _FieldClass(_DROP_RESPONSE, False)
+# On a sealing route the gateway writes the session id itself; with [cors] configured it
+# writes the CORS fields: the backend's own are dropped.  Indexed by (sealed, cors).
+_RESPONSE_FIELDS_SEALED = _FieldClass(_DROP_RESPONSE | {_SESSION_FIELD}, False)
+_RESPONSE_FIELDS_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS, False)
+_RESPONSE_FIELDS_SEALED_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS | {_SESSION_FIELD}, False)
+_RESPONSE_FIELD_CLASSES = (_RESPONSE_FIELDS, _RESPONSE_FIELDS_CORS, _RESPONSE_FIELDS_SEALED, _RESPONSE_FIELDS_SEALED_CORS)
+
+
+def _response_fields(sealed: bool, cors: bool) -> _FieldClass:
+    return _RESPONSE_FIELD_CLASSES[2 * sealed + cors]
 
 
 class Exchange:
@@ -214,7 +234,7 @@ class Exchange:
         "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
         "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
         "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
-        "env", "lfilter", "flushed", "stream",
+        "env", "lfilter", "flushed", "stream", "upstream_sid",
     )  # fmt: skip
 
     def __init__(self, gw: "Gateway", conn: ClientProtocol, head) -> None:
@@ -252,6 +272,9 @@ class Exchange:
         self.lfilter: _ListFilter | None = None
         self.flushed = 0  # bytes_out at the last flush
         self.stream = None  # the quota keys of a GET stream while it is open
+        # On a route with a session seal: the backend's own session id, once the client's
+        # sealed one is verified for its principal (None: none sent, or not verified).
+        self.upstream_sid: bytes | None = None
 
     # --- request side -------------------------------------------------------------
     def start(self) -> None:
@@ -273,6 +296,12 @@ class Exchange:
         refusal = gw.check_request(head)
         if refusal is not None:
             self.respond_error(*refusal)
+            return
+        if head.method == b"OPTIONS":
+            # Answered here, never forwarded: a backend would see a request that passed
+            # no authentication, session binding or policy.
+            self.method = "OPTIONS"
+            self.options(_ALLOW_PASSTHROUGH if route.virtual is None else _ALLOW)
             return
         chunks = self.chunks
         if chunks:
@@ -366,6 +395,15 @@ class Exchange:
         """Session binding, authorization and rate limits; False when refused (answered)."""
         p = self.principal
         sid = self.head.session_id
+        if sid is not None and self.route.seal is not None:
+            raw = self.route.seal.open(sid, p.key)
+            if raw is None:
+                # Not sealed here, forged, another route's or another principal's: an
+                # unknown session.  The backend never sees the request.
+                r = rp.session_refused(p, sid, None if self.method == "-" else self.method)
+                self.respond_error(r.status, r.code, r.message)
+                return False
+            self.upstream_sid = raw
         vr = self.route.virtual
         # A multiplexed route has no one backend: rules naming backends apply where the
         # multiplexer knows which backend a message goes to.
@@ -413,6 +451,8 @@ class Exchange:
             conn_listed = None
         block, xff = join_fields(head.headers, route.fields, conn_listed)
         parts = [head.method, b" ", utarget, route.host_line, block]
+        if self.upstream_sid is not None:  # the verified backend id behind a sealed one
+            parts += (b"Mcp-Session-Id: ", self.upstream_sid, b"\r\n")
         if gw.forwarded:
             peer = self.conn.xff_peer
             parts += (b"X-Forwarded-For: ", (xff + b", " + peer) if xff else peer, b"\r\nX-Forwarded-Proto: http\r\n")
@@ -467,8 +507,20 @@ class Exchange:
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
+        route = self.route
+        seal = route.seal
         parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n",
-                 join_fields(head.headers, _RESPONSE_FIELDS, conn_listed)[0]]  # fmt: skip
+                 join_fields(head.headers, _response_fields(seal is not None, self.gw.cors is not None),
+                             conn_listed)[0]]  # fmt: skip
+        p = self.principal
+        if seal is None:
+            sid = self.head.session_id
+        else:
+            sid = self.upstream_sid
+            if head.session_id is not None and p is not None:
+                # The client sees only sealed ids: its own again, or a new one sealed now.
+                shown = self.head.session_id if head.session_id == sid else seal.seal(head.session_id, p.key)
+                parts += (b"Mcp-Session-Id: ", shown, b"\r\n")
         ct = head.content_type
         if ct is not None and ct.startswith(_SSE):
             self.sse = True
@@ -480,27 +532,23 @@ class Exchange:
             lf.begin(parts)  # the answer is rewritten: framing decided when its size is known
         else:
             self.pending = [self._framed(parts, head.content_length, status)]
-        route = self.route
+        # Session bookkeeping (metrics), under the backend's own ids.  The backend owns
+        # the session itself.
         gw = self.gw
-        # Session bookkeeping: metrics, and the binding of a session to the principal
-        # that created it.  The backend owns the session itself.
-        rp = route.policy
-        p = self.principal
-        sid = self.head.session_id
         if head.session_id is not None and self.method == "initialize" and 200 <= status < 300:
             gw.session_opened(route, head.session_id)
-            if p is not None:
-                rp.session_created(head.session_id, p)
         elif sid is not None and (status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)):
             gw.session_closed(route, sid)
-            if p is not None:
-                rp.session_ended(sid)
-        elif sid is not None and p is not None and 200 <= status < 300:
-            rp.session_used(sid, p)
+        elif sid is not None and 200 <= status < 300:
+            gw.session_used(sid, self.t0)
 
     def _framed(self, parts: list, content_length: int, status: int) -> bytes:
-        """Finish a client response head: framing (RFC 9112 §6) and connection fields."""
+        """Finish a client response head: framing (RFC 9112 §6), connection and CORS
+        fields."""
         keep = self.keep_alive and self.conn.keep_alive
+        cors = self.gw.cors
+        if cors is not None:
+            parts.append(cors.answer_fields(self.head.origin))
         if status < 200 or status in (204, 304):
             pass
         elif content_length >= 0:
@@ -644,6 +692,9 @@ class Exchange:
         self.status = status
         if status == 405:
             headers += b"Allow: " + _ALLOW + b"\r\n"
+        cors = self.gw.cors
+        if cors is not None:
+            headers += cors.answer_fields(self.head.origin)
         keep = self.keep_alive and self.conn.keep_alive and status not in (408,)
         self.keep_alive = keep
         self.bytes_out = len(body)
@@ -658,6 +709,9 @@ class Exchange:
     def respond(self, status: int, body: bytes, headers: bytes = b"", content_type: bytes = b"application/json") -> None:
         """A complete answer made by the gateway itself."""
         self.status = status
+        cors = self.gw.cors
+        if cors is not None:
+            headers += cors.answer_fields(self.head.origin)
         keep = self.keep_alive and self.conn.keep_alive
         self.keep_alive = keep
         self.bytes_out = len(body)
@@ -666,6 +720,21 @@ class Exchange:
             % (status, status_reason(status), content_type, len(body), headers,
                b"" if keep else b"Connection: close\r\n", b"" if self.is_head else body)
         )  # fmt: skip
+        self.t_up_end = self.t_up_end or _perf()
+        self.finish("ok")
+
+    def options(self, allow: bytes) -> None:
+        """Answer ``OPTIONS``: 204 with the methods of this route, and the preflight
+        fields when CORS is configured and the origin is one it allows."""
+        cors = self.gw.cors
+        extra = cors.preflight_fields(self.head.origin, allow) if cors is not None else b""
+        keep = self.keep_alive and self.conn.keep_alive
+        self.keep_alive = keep
+        self.status = 204
+        # No Content-Length: a 204 has no content and must not announce any (RFC 9110 §8.6).
+        self.conn.send(
+            b"HTTP/1.1 204 No Content\r\nAllow: %s\r\n%s%s\r\n" % (allow, extra, b"" if keep else b"Connection: close\r\n")
+        )
         self.t_up_end = self.t_up_end or _perf()
         self.finish("ok")
 
@@ -788,12 +857,17 @@ class Gateway:
         self.config = config
         self.metrics = metrics or Metrics()
         self.access = access_log or AccessLog(config.log.access_log)
-        self.origins = OriginPolicy(config.server.allowed_origins)
+        cc = config.cors
+        # Origins trusted with CORS are trusted to call: they pass the Origin check too.
+        self.origins = OriginPolicy(config.server.allowed_origins + (cc.allow_origins if cc is not None else ()))
+        self.cors: CorsPolicy | None = CorsPolicy(cc, OriginPolicy(cc.allow_origins)) if cc is not None else None
         self.hosts = HostPolicy(config.server.effective_allowed_hosts())
         self.forwarded = config.server.forwarded_headers
         self.connections: set[ClientProtocol] = set()
         self.quota = ClientQuota(config.limits)
-        self.sessions: dict[bytes, tuple[Route, float]] = {}
+        # Open sessions (for the metric), least recently used first: backend session id →
+        # [route, last seen].  Bounded by limits.max_sessions; idle ones expire.
+        self.sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
         self.pools: dict[str, UpstreamPool] = {}
         self.routes: dict[bytes, Route] = {}
         self.servers: list[asyncio.AbstractServer] = []
@@ -811,7 +885,15 @@ class Gateway:
                 registry=self.metrics.registry,
                 mcp_path=config.server.mcp_path,
                 session_idle=config.timeouts.session_idle,
+                session_keys=config.session_keys or (ephemeral_key(),),
             )
+            if config.session_key_ephemeral and any(
+                r.seal is not None for r in self.policy.routes.values()
+            ):
+                log.warning(
+                    "no session key configured: sealed session ids end with this process "
+                    "(set [sessions] key_file for restarts and several gateways)"
+                )
         self.new_exchange = functools.partial(Exchange, self)
         self._build_routes()
 
@@ -876,13 +958,41 @@ class Gateway:
         return None if r is None else (r[0], r[2])
 
     def session_opened(self, route: Route, sid: bytes) -> None:
-        if sid not in self.sessions:
+        sessions = self.sessions
+        entry = sessions.get(sid)
+        if entry is None:
             route.bm.sessions.inc()
-        self.sessions[sid] = (route, time.monotonic())
+            limit = self.config.limits.max_sessions
+            while len(sessions) >= limit:  # the least recently used goes first
+                _, (old, _) = sessions.popitem(last=False)
+                old.bm.sessions.dec()
+            sessions[sid] = [route, time.monotonic()]
+        else:
+            entry[1] = time.monotonic()
+            sessions.move_to_end(sid)
+
+    def session_used(self, sid: bytes, now: float) -> None:
+        """A request in session ``sid`` succeeded at ``now`` (monotonic)."""
+        entry = self.sessions.get(sid)
+        if entry is not None:
+            entry[1] = now
+            self.sessions.move_to_end(sid)
+
+    def sweep_sessions(self, now: float) -> None:
+        """Forget sessions unseen for ``timeouts.session_idle`` (least recently used
+        first, so the walk stops at the first one seen lately)."""
+        sessions = self.sessions
+        stale = now - self.config.timeouts.session_idle
+        while sessions:
+            sid, entry = next(iter(sessions.items()))
+            if entry[1] >= stale:
+                break
+            self.session_closed(entry[0], sid)
 
     def session_closed(self, route: Route, sid: bytes) -> None:
-        if self.sessions.pop(sid, None) is not None:
-            route.bm.sessions.dec()
+        entry = self.sessions.pop(sid, None)
+        if entry is not None:
+            entry[0].bm.sessions.dec()
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -920,10 +1030,7 @@ class Gateway:
         for pool in self.pools.values():
             pool.sweep(now)
         if self.sessions:
-            stale = now - self.config.timeouts.session_idle
-            for sid, (route, seen) in list(self.sessions.items()):
-                if seen < stale:
-                    self.session_closed(route, sid)
+            self.sweep_sessions(now)
         self.access.flush()
         if self.policy is not None:
             self.policy.tick(now)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from .config import BackendConfig
     from .observe import BackendMetrics
 
-__all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError"]
+__all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError", "set_nodelay"]
 
 log = logging.getLogger("mcpfast.upstream")
 
@@ -49,6 +50,19 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
+
+
+def set_nodelay(transport) -> None:
+    """Turn Nagle's algorithm off on ``transport``'s socket.  A request head and body
+    leave in one write, but a backend answering in small pieces must not meet a delayed
+    ACK on every kept-alive exchange.  uvloop and asyncio usually set it already; saying
+    it here makes it independent of the loop."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # not a TCP socket (a test transport, a Unix socket)
 
 
 # An asyncio protocol by its methods, not by inheritance: the build compiles this class
@@ -81,6 +95,7 @@ class UpstreamProtocol:
     # --- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        set_nodelay(transport)
         self.pool._open += 1
         self.pool.metrics.connections.inc()
 

@@ -20,6 +20,9 @@ import time
 import uvloop
 
 from .config import Config
+from .preflight import StartupError, listen_error
+
+EXIT_STARTUP = 2  # a worker that could not start: the parent stops, it does not retry
 
 log = logging.getLogger("mcpfast")
 
@@ -28,8 +31,21 @@ def _serve_one(cfg: Config, on_ready=None) -> None:
     from .gateway import Gateway
 
     async def main() -> None:
-        gw = Gateway(cfg)
-        await gw.start()
+        try:
+            gw = Gateway(cfg)
+        except OSError as exc:  # a log file (checked before, but the file system may change)
+            key = "log.access_log" if exc.filename in (None, cfg.log.access_log) else "audit.sink"
+            raise StartupError(key, f"cannot open {exc.filename}: {exc.strerror or exc}") from None
+        try:
+            await gw.start()
+        except OSError as exc:
+            # Which listener failed: the client one opens first, then the admin one.
+            s = cfg.server
+            if not gw.servers:
+                raise listen_error("server.listen", *s.listen, exc) from None
+            if s.admin_listen is not None and (gw.admin is None or gw.admin.server is None):
+                raise listen_error("server.admin_listen", *s.admin_listen, exc) from None
+            raise
         # Everything built so far lives as long as the process: move it out of the
         # collector's sight, and collect the young generation less often -- requests
         # allocate many short-lived, acyclic objects that reference counting frees.
@@ -60,6 +76,9 @@ def _fork_worker(cfg: Config, i: int, on_ready) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, signal.SIG_DFL)
             _serve_one(wcfg, on_ready)
+        except StartupError as exc:
+            print(f"startup error: {exc}", file=sys.stderr, flush=True)
+            code = EXIT_STARTUP
         except BaseException:  # noqa: BLE001 - a child must never return into the parent's code
             log.exception("worker failed", extra={"fields": {"worker": i}})
             code = 1
@@ -110,8 +129,14 @@ def run_workers(cfg: Config, on_ready=None) -> None:
         if i is None:
             continue
         code = os.waitstatus_to_exitcode(st)
+        if code == EXIT_STARTUP and not stopping:
+            # It could not listen or open its files: another would fail alike.
+            stopping = True
+            status = EXIT_STARTUP
+            forward(signal.SIGTERM, None)
+            continue
         if stopping:
-            if code != 0:
+            if code != 0 and status == 0:
                 status = 1
             continue
         log.warning("worker exited; starting another", extra={"fields": {"worker": i, "pid": pid, "exit": code}})

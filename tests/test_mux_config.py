@@ -19,7 +19,7 @@ def _cfg(route: dict | None = None, **top):
 def test_defaults_and_ephemeral_key():
     m = _cfg().routes[0].mux
     assert m.namespacing == "multi" and m.separator == "__" and m.fail_mode == "open"
-    assert m.list_cache == "shared" and m.server_name == "mcpfast"
+    assert m.list_cache == "session" and m.server_name == "mcpfast"
     assert len(m.session_key) == 32 and m.ephemeral_key
     # Made up once per process: every route and reload shares it (forked workers too).
     assert _cfg().routes[0].mux.session_key == m.session_key

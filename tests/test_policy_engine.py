@@ -1,5 +1,5 @@
 """The gateway-facing policy: ``Policy`` / ``RoutePolicy`` end to end below the sockets --
-authenticate → admit (session binding, authorization, rate limit) → filter, the answers
+authenticate → session seal → admit (authorization, rate limit) → filter, the answers
 each refusal produces, RFC 9728 discovery, audit events and their counters."""
 
 from __future__ import annotations
@@ -63,13 +63,13 @@ def raw_config(rsa_key, **over):
     return raw
 
 
-def make_policy(rsa_key, clock=None, **over):
+def make_policy(rsa_key, clock=None, session_keys=(), **over):
     buf = io.BytesIO()
     reg = CollectorRegistry()
     cfg = build_policy_config(raw_config(rsa_key, **over))
     audit = AuditLog("-", stream=buf, registry=reg, max_per_second=cfg.audit.max_events_per_second)
     clock = clock or FakeClock()
-    pol = Policy(cfg, ["/mcp", "/public"], registry=reg, audit=audit, clock=clock)
+    pol = Policy(cfg, ["/mcp", "/public"], registry=reg, audit=audit, clock=clock, session_keys=session_keys)
     return pol, buf, reg, clock
 
 
@@ -275,52 +275,37 @@ def test_a_session_belongs_to_its_principal(rsa_key):
     pol, buf, *_ = make_policy(rsa_key)
     rp = pol.route("/mcp")
     alice, bob = _alice(pol), _alice(pol, sub="bob")
-    rp.session_created(b"sess-A", alice)
-    assert rp.admit(alice, "tools/call", "echo", "b1", b"sess-A") is None
-    r = rp.admit(bob, "tools/call", "echo", "b1", b"sess-A")
-    assert (r.status, r.reason) == (403, "session_mismatch")
-    assert rp.admit_transport(bob, b"sess-A").reason == "session_mismatch"  # GET stream / DELETE too
-    assert rp.admit_transport(alice, b"sess-A") is None
+    sealed = rp.seal.seal(b"sess-A", alice.key)
+    assert sealed.startswith(b"sess-A.") and len(sealed) == len(b"sess-A.") + 22
+    assert rp.seal.open(sealed, alice.key) == b"sess-A"
+    assert rp.seal.open(sealed, bob.key) is None
     # the same subject from another issuer or as an API key is another principal
     key_alice = rp.authenticate(head(headers={"X-API-Key": API_KEY}), "10.0.0.1")
-    assert rp.admit_transport(key_alice, b"sess-A") is not None
+    assert rp.seal.open(sealed, key_alice.key) is None
+    # the raw backend id and another route's seal do not open either
+    assert rp.seal.open(b"sess-A", alice.key) is None
+    assert pol.route("/public").seal.open(sealed, alice.key) is None
+    r = rp.session_refused(bob, sealed, "tools/call")
+    assert (r.status, r.code, r.message, r.reason) == (404, -32001, "Session not found", "session_mismatch")
     ev = events(pol, buf)
-    assert (
-        ev[0]["event"] == "session_refused" and ev[0]["principal"]["subject"] == "bob" and ev[0]["session"] == "sess-A"
-    )
-    rp.session_ended(b"sess-A")
-    assert rp.admit_transport(bob, b"sess-A") is None
+    assert ev[0]["event"] == "session_refused" and ev[0]["principal"]["subject"] == "bob"
 
 
-def test_unbound_session_binds_on_first_successful_use(rsa_key):
-    pol, *_ = make_policy(rsa_key)
-    rp = pol.route("/mcp")
-    alice, bob = _alice(pol), _alice(pol, sub="bob")
-    assert rp.admit_transport(alice, b"after-restart") is None
-    rp.session_used(b"after-restart", alice)
-    assert rp.admit_transport(bob, b"after-restart") is not None
-    rp.session_used(b"after-restart", bob)  # does not re-bind
-    assert rp.admit_transport(bob, b"after-restart") is not None
-
-
-def test_binding_table_is_bounded_and_sweeps_idle(rsa_key):
-    pol, _, _, clock = make_policy(rsa_key, auth={"max_sessions": 10})
-    rp = pol.route("/mcp")
-    p = _alice(pol)
-    for i in range(25):
-        rp.session_created(b"s%d" % i, p)
-    assert len(pol.sessions) == 10 and pol.sessions.evicted == 15
-    clock.advance(pol.session_idle + 1)
-    pol.tick()
-    assert len(pol.sessions) == 0
+def test_binding_needs_no_table_and_survives_a_restart(rsa_key):
+    """Another ``Policy`` with the same keys (another worker, a restart) opens the ids."""
+    keys = (b"k" * 32,)
+    pol, *_ = make_policy(rsa_key, session_keys=keys)
+    alice = _alice(pol)
+    sealed = pol.route("/mcp").seal.seal(b"s1", alice.key)
+    again, *_ = make_policy(rsa_key, session_keys=(b"n" * 32, *keys))  # rotated: old key still opens
+    assert again.route("/mcp").seal.open(sealed, alice.key) == b"s1"
+    other, *_ = make_policy(rsa_key, session_keys=(b"n" * 32,))
+    assert other.route("/mcp").seal.open(sealed, alice.key) is None
 
 
 def test_binding_can_be_turned_off(rsa_key):
     pol, *_ = make_policy(rsa_key, auth={"bind_sessions": False})
-    assert pol.sessions is None
-    rp = pol.route("/mcp")
-    rp.session_created(b"x", _alice(pol))
-    assert rp.admit_transport(_alice(pol, sub="bob"), b"x") is None
+    assert pol.route("/mcp").seal is None
 
 
 # ---------------------------------------------------------------------------------
@@ -381,7 +366,7 @@ def test_no_event_ever_contains_a_credential(rsa_key):
     rp = pol.route("/mcp")
     tok = sign(rsa_key, sub="mallory")
     p = rp.authenticate(head(bearer(tok)), "10.0.0.66")
-    rp.session_created(b"sid", _alice(pol))
+    rp.session_refused(p, b"sid." + b"A" * 22)
     rp.admit(p, "tools/call", "shell", "b1", b"sid")
     rp.admit(p, "tools/call", "shell", "b1")
     for _ in range(3):
@@ -391,7 +376,7 @@ def test_no_event_ever_contains_a_credential(rsa_key):
             rp.authenticate(head(bearer(bad)), "10.0.0.66")
     pol.audit.flush()
     text = buf.getvalue().decode()
-    assert len(text.splitlines()) == 5
+    assert len(text.splitlines()) == 6
     for secret in (tok, tok.split(".")[1], tok.split(".")[2], API_KEY):
         assert secret not in text
 

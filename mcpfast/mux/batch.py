@@ -218,7 +218,7 @@ class Batch:
         """A message backend ``b`` sent about its element before answering it."""
         vr = self.vr
         if type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
-            vr.list_changed(b, env.method, vr._session(self.token, self.state, b))
+            vr.list_changed(b, env.method, vr._session(self.token, self.state, b), self.token)
         self._send(rewrite_backend_message(data, env, b, vr.ns))
 
     def _error(self, env, code: int, message: str, data=None) -> None:

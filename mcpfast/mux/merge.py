@@ -415,7 +415,8 @@ class ListCache:
     the backend and hand it to ``put``; a page fetched before an invalidation (or an
     eviction) is then not stored after it.  ``ttl`` (seconds) bounds staleness for
     backends that never send ``list_changed``; ``max_entries`` bounds the number of
-    pages (whole scope slots are evicted, oldest first).
+    pages (whole scope slots are evicted, least recently used first: the slots of
+    abandoned sessions go before those in use).
     """
 
     def __init__(self, ttl: float | None = None, max_entries: int = 4096, clock=time.monotonic) -> None:
@@ -437,13 +438,16 @@ class ListCache:
         return self._floor if slot is None else slot.gen
 
     def get(self, scope: Hashable, method: str, cursor: str | None) -> BackendPage | None:
-        slot = self._slots.get((scope, method))
+        key = (scope, method)
+        slots = self._slots
+        slot = slots.get(key)
         if slot is not None:
             hit = slot.pages.get(cursor)
             if hit is not None:
                 page, stored = hit
                 if self.ttl is None or self._clock() - stored < self.ttl:
                     self.hits += 1
+                    slots[key] = slots.pop(key)  # now the most recently used
                     return page
                 del slot.pages[cursor]
                 self._count -= 1

@@ -15,6 +15,7 @@ cdef class VirtualRoute:
     cdef public Namespace ns
     cdef public bint per_session, fail_open
     cdef public dict links, views, down, reopening
+    cdef public dict epochs, fingerprints, caps_keys
     cdef public long long _ids
     cpdef handle(self, _CExchange ex)
     cpdef _post(self, _CExchange ex)

@@ -43,9 +43,12 @@ import asyncio
 import collections
 import copy
 import dataclasses
+import json
 import logging
 import time
 from typing import Any
+
+import orjson
 
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
 from ..gateway import DONE, RELAYING
@@ -126,6 +129,14 @@ _CHECKED_AFTER_ROUTING = frozenset(
 )  # fmt: skip
 
 
+def _canonical(obj) -> bytes:
+    """JSON with sorted keys: equal values give equal bytes (cache keys, fingerprints)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def _alive(ex) -> bool:
     return ex.phase != DONE
 
@@ -173,8 +184,10 @@ def _sse_head(ex) -> tuple[bytes, bool]:
         framing = b""
     ex.keep_alive = keep
     ex.status = 200
+    cors = ex.gw.cors
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+        + (cors.answer_fields(ex.head.origin) if cors is not None else b"")
         + framing
         + (b"" if keep else b"Connection: close\r\n")
         + b"\r\n"
@@ -185,8 +198,8 @@ class VirtualRoute:
     """One multiplexed route: its namespace, token codec, list cache and backend links."""
 
     #: Methods whose authorization and rate limits wait until the message is routed:
-    #: ``Exchange._admit`` only checks the session binding for them, ``_dispatch`` checks
-    #: the rest against the owning backend and the backend's own name.
+    #: ``Exchange._admit`` lets them through, ``_dispatch`` checks them against the
+    #: owning backend and the backend's own name.
     checks_after_routing = _CHECKED_AFTER_ROUTING
 
     def __init__(self, gw, rc, route) -> None:
@@ -202,6 +215,14 @@ class VirtualRoute:
         self.codec = TokenCodec(mc.session_key, mc.old_keys, max_age=mc.max_age or None)
         self.cache = None if mc.list_cache == "off" else ListCache(ttl=mc.list_cache_ttl or None)
         self.per_session = mc.list_cache == "session"
+        # Shared list cache keys (``_scope``): backend → incarnation, bumped whenever the
+        # backend's lists may have changed for everyone (list_changed, a lost session, a
+        # different initialize answer, back after failing); backend → fingerprint of its
+        # last initialize answer; the client's capabilities JSON → the part of it the
+        # gateway declares to backends.
+        self.epochs: dict[str, int] = {}
+        self.fingerprints: dict[str, bytes] = {}
+        self.caps_keys: dict[bytes, bytes] = {}
         self.fail_open = mc.fail_mode == "open"
         self.server_info = {"name": mc.server_name, "version": mc.server_version}
         self.links: dict[str, BackendLink] = {}
@@ -282,11 +303,13 @@ class VirtualRoute:
             ex.respond_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
             return None, ""
         try:
-            return self.codec.open_sid(sid, self.path_b, self._subject(ex))
+            opened = self.codec.open_sid(sid, self.path_b, self._subject(ex))
         except InvalidToken as exc:
             log.debug("session token refused: %s", exc.reason if hasattr(exc, "reason") else exc)
             ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
             return None, sid.decode("latin-1")
+        self.gw.session_used(sid, ex.t0)
+        return opened
 
     def _next_id(self) -> str:
         self._ids += 1
@@ -425,7 +448,7 @@ class VirtualRoute:
                 self.down[b] = time.monotonic()
                 sessions.append(BackendSession(b, None, None))
             else:
-                self.down.pop(b, None)
+                self._answered(b)
                 opened.append((b, r[1]))
                 sessions.append(r[0])
         if failures and (not self.fail_open or not opened):
@@ -456,9 +479,6 @@ class VirtualRoute:
         tb = token.encode("ascii")
         ex.respond(200, response_body(env.id, dump_json(result)), b"Mcp-Session-Id: " + tb + b"\r\n")
         self.gw.session_opened(self.route, tb)
-        rp = self.route.policy
-        if rp is not None and ex.principal is not None:
-            rp.session_created(tb, ex.principal)
 
     async def _open_backend(self, b: str, version: str, caps: dict, info: dict | None) -> tuple[BackendSession, dict]:
         """Open a session with backend ``b`` on the client's behalf."""
@@ -482,6 +502,7 @@ class VirtualRoute:
         result = load_json(reply.result_bytes())
         if not isinstance(result, dict):
             raise BadBackendAnswer(f"backend {b}: initialize result is not an object")
+        self._saw_initialize(b, result)
         bver = result.get("protocolVersion")
         bver = bver if isinstance(bver, str) else version
         sid = reply.session_id
@@ -502,6 +523,7 @@ class VirtualRoute:
         """The backend session this process knows for (token, backend)."""
         hit = self.resessions.get((token, b))
         if hit is not None:
+            self.resessions.move_to_end((token, b))  # evicted least recently used first
             return hit
         return state.backend(b)
 
@@ -535,7 +557,11 @@ class VirtualRoute:
         except (UpstreamError, BadBackendAnswer, ValueError) as exc:
             self.down[b] = time.monotonic()
             raise UpstreamError("upstream_unavailable", f"backend {b} unavailable: {exc}") from None
-        self.down.pop(b, None)
+        self._answered(b)
+        if stale is not None:
+            # The backend forgot a session: most likely it restarted, perhaps with other
+            # lists.  What was cached for everyone is not trusted any more.
+            self._new_epoch(b)
         rs = self.resessions
         rs[(token, b)] = bs
         while len(rs) > _MAX_RESESSIONS:
@@ -582,7 +608,7 @@ class VirtualRoute:
                 bs = await self._ensure(token, state, b, stale=bs.session_id)
                 continue
             break
-        self.down.pop(b, None)
+        self._answered(b)
         return reply
 
     # --- routed requests --------------------------------------------------------------
@@ -723,7 +749,7 @@ class VirtualRoute:
         for b, c in plan:
             if b in down:
                 return False
-            page = cache.get(self._scope(b, self._session(token, state, b)), method, c)
+            page = cache.get(self._scope(b, self._session(token, state, b), state, token), method, c)
             if page is None:
                 return False
             pages.append(page)
@@ -749,14 +775,59 @@ class VirtualRoute:
         mask = rp.allowed_names(principal, method, names, page.backend)
         return page if mask is None else page.keeping(mask)
 
-    def _scope(self, b: str, bs: BackendSession | None):
-        if self.per_session:
-            return (self.path, b, bs.session_id if bs is not None else None)
-        return (self.path, b)
+    def _scope(self, b: str, bs: BackendSession | None, state: SessionState, token: str):
+        """The list cache key of backend ``b``'s lists for this client session.
+
+        ``session``: the client's session and its backend session -- their lists are
+        their own (the token too: a restarted backend may hand out an old session id
+        again).  ``shared`` (and a
+        backend that gives no session id): everything that can make a backend answer
+        one session differently from another -- the capabilities the gateway declared
+        to it (from the client's: sampling, elicitation, roots), the protocol version
+        agreed with it, and the backend's incarnation (``_new_epoch``).  A client's
+        credentials are not part of it: on a multiplexed route they never reach a
+        backend, which sees only its own configured headers, the same for every session."""
+        if self.per_session and bs is not None and bs.session_id is not None:
+            return (self.path, b, token, bs.session_id)
+        version = bs.protocol_version if bs is not None else None
+        return (self.path, b, self.epochs.get(b, 0), self._caps_key(state), version or state.protocol_version)
+
+    def _caps_key(self, state: SessionState) -> bytes:
+        raw = state.client_capabilities_json
+        key = self.caps_keys.get(raw)
+        if key is None:
+            key = _canonical(backend_client_capabilities(state.client_capabilities))
+            if len(self.caps_keys) >= 1024:
+                self.caps_keys.clear()  # client-chosen: bounded
+            self.caps_keys[raw] = key
+        return key
+
+    def _new_epoch(self, b: str) -> None:
+        """Backend ``b``'s shared lists may differ now: later lookups use a new key (pages
+        under the old one age out of the cache)."""
+        self.epochs[b] = self.epochs.get(b, 0) + 1
+
+    def _answered(self, b: str) -> None:
+        """Backend ``b`` answered: no longer down.  Back after failing, it may have
+        restarted with other lists."""
+        if self.down.pop(b, None) is not None:
+            self._new_epoch(b)
+
+    def _saw_initialize(self, b: str, result: dict) -> None:
+        """A restart with another version, other capabilities or instructions shows in
+        the initialize answer: a new incarnation."""
+        fp = _canonical(
+            [result.get("serverInfo"), result.get("capabilities"), result.get("instructions"), result.get("protocolVersion")]
+        )
+        old = self.fingerprints.get(b)
+        if old != fp:
+            if old is not None:
+                self._new_epoch(b)
+            self.fingerprints[b] = fp
 
     async def _page(self, state, token, b: str, method: str, cursor: str | None) -> BackendPage:
         cache = self.cache
-        scope = self._scope(b, self._session(token, state, b))
+        scope = self._scope(b, self._session(token, state, b), state, token)
         if cache is not None and b not in self.down:
             page = cache.get(scope, method, cursor)
             if page is not None:
@@ -788,11 +859,15 @@ class VirtualRoute:
             return None
         return load_json(reply.result_bytes())
 
-    def list_changed(self, b: str, method: str, bs: BackendSession | None) -> None:
+    def list_changed(self, b: str, method: str, bs: BackendSession | None, token: str) -> None:
         """A backend said one of its lists changed: forget what this process knows."""
         stale = LIST_CHANGED.get(method, ())
         if self.cache is not None and stale:
-            self.cache.on_notification(self._scope(b, bs), method)
+            if self.per_session and bs is not None and bs.session_id is not None:
+                self.cache.on_notification((self.path, b, token, bs.session_id), method)
+            else:
+                # Shared: the change holds for every key of this backend (any capabilities).
+                self._new_epoch(b)
         for m in stale:
             self.ns.forget(b, m)
 
@@ -811,9 +886,6 @@ class VirtualRoute:
             return
         tb = token.encode("latin-1")
         self.gw.session_closed(self.route, tb)
-        rp = self.route.policy
-        if rp is not None and ex.principal is not None:
-            rp.session_ended(tb)
         ex.respond(200, b"")
 
     # --- GET: the merged server→client stream ---------------------------------------------
@@ -897,7 +969,7 @@ class _Relay(CallHandler):
             if status != 200:
                 return  # answered at the end, without a body
             call.plain = True  # reads of plain answer events come to on_body unparsed
-            if ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11 and not ex.is_head:
+            if ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11 and not ex.is_head and ex.gw.cors is None:
                 data = _SSE_200_CHUNKED  # the usual answer: what _framed would make, preformatted
                 ex.chunked = True
             else:
@@ -906,7 +978,8 @@ class _Relay(CallHandler):
             call.stream = True
             n = head.content_length
             ct = head.content_type or _JSON
-            if status == 200 and n >= 0 and ct == _JSON and ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11:
+            if (status == 200 and n >= 0 and ct == _JSON and ex.keep_alive and ex.conn.keep_alive
+                    and ex.head.version == 11 and ex.gw.cors is None):  # fmt: skip
                 data = _JSON_200 % n  # the usual answer: what _framed would make, preformatted
             else:
                 data = ex._framed([b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, status_reason(status), ct)], n, status)
@@ -929,7 +1002,7 @@ class _Relay(CallHandler):
             ids = self.ids = MergedStreamIds(STREAM_POST)  # made for the first event id
         data, env = rewrite_sse_event(ev, b, self.vr.ns, ids)
         if env is not None and type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
-            self.vr.list_changed(b, env.method, self.bs)
+            self.vr.list_changed(b, env.method, self.bs, self.token)
         if data:
             self.ex._relay(data)
             call.pending = True
@@ -1138,7 +1211,7 @@ class _MergeLeg(CallHandler):
         if ev.data:
             self.attempts = 0
         if env is not None and type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
-            m.vr.list_changed(b, env.method, self.bs)
+            m.vr.list_changed(b, env.method, self.bs, m.token)
         if data:
             m.emit(data)
             call.pending = True

@@ -18,7 +18,7 @@ from .refusal import (
     AuthError,
     Refusal,
 )
-from .sessions import SessionBindings
+from .sessions import SessionSeal
 
 __all__ = [
     "AuditLog",
@@ -43,5 +43,5 @@ __all__ = [
     "CODE_FORBIDDEN",
     "CODE_RATE_LIMITED",
     "CODE_INVALID_PARAMS",
-    "SessionBindings",
+    "SessionSeal",
 ]

@@ -125,8 +125,8 @@ class AuthConfig:
     resource_name: str | None = None
     resource_documentation: str | None = None
     forward_credentials: bool = False
-    bind_sessions: bool = True
-    max_sessions: int = 100000
+    bind_sessions: bool = True  # seal passthrough session ids with the principal (policy/sessions.py)
+    max_sessions: int = 100000  # verified sealed ids cached per route (a miss costs one HMAC)
     jwt: JwtConfig | None = None
     api_keys: ApiKeysConfig | None = None
     routes: tuple[RouteAuthConfig, ...] = ()

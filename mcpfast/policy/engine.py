@@ -10,19 +10,24 @@ The gateway holds a ``RoutePolicy`` on each route and makes these calls (see
 ``docs/policy.md`` "Gateway hooks"):
 
     p = rp.authenticate(head, peer)              # Principal | Future; raises AuthError
+    raw = rp.seal.open(sid, p.key)               # sealed session id -> the backend's (or None)
+    r = rp.session_refused(p, sid)               # ... when it is None: audited 404
     r = rp.admit(p, method, name, backend, sid)  # JSON-RPC request/notification: Refusal | None
     r = rp.admit_transport(p, sid)               # GET / DELETE / client responses: Refusal | None
     body = rp.filter_list(p, method, body, backend)   # list answers, when rp.needs_filter(method)
-    rp.session_created(sid, p) / rp.session_used(sid, p) / rp.session_ended(sid)
 
 ``admit`` returns its refusal instead of raising it, so the allowed path (nearly every
-request) costs no exception machinery: session binding, then authorization, then rate
-limit; each refusal is audited here, so the gateway only writes the answer.
+request) costs no exception machinery: authorization, then rate limit; each refusal is
+audited here, so the gateway only writes the answer.  ``rp.seal`` (a ``SessionSeal``,
+see ``sessions.py``) is set on routes that authenticate, unless ``auth.bind_sessions``
+is off; the gateway uses it on passthrough routes (a multiplexed route's token binds
+the principal itself).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -39,7 +44,7 @@ from .oauth import WELL_KNOWN, canonical_resource, metadata_document, metadata_p
 from .principal import Principal
 from .ratelimit import RateLimiter
 from .refusal import Refusal
-from .sessions import SessionBindings
+from .sessions import SessionSeal
 
 __all__ = ["Policy", "RoutePolicy"]
 
@@ -50,13 +55,13 @@ _HIDDEN = {
     "resources/subscribe": "Resource not found: {}",
     "resources/unsubscribe": "Resource not found: {}",
 }
-_UPKEEP_EVERY = 10.0  # seconds between sweeps of token caches and binding tables
+_UPKEEP_EVERY = 10.0  # seconds between sweeps of token caches
 
 
 class RoutePolicy:
     """Policy as seen from one route.  All methods are synchronous."""
 
-    __slots__ = ("path", "enabled", "auth", "authz", "limiter", "sessions", "audit", "resource",
+    __slots__ = ("path", "enabled", "auth", "authz", "limiter", "seal", "audit", "resource",
                  "metadata_url", "drop_headers", "_hide", "_deny_status", "authenticate")  # fmt: skip
 
     def __init__(
@@ -65,7 +70,7 @@ class RoutePolicy:
         auth: Authenticator,
         authz: Authorizer | None,
         limiter: RateLimiter | None,
-        sessions: SessionBindings | None,
+        seal: SessionSeal | None,
         audit: AuditLog | None,
         resource: str | None,
         metadata_url: str | None,
@@ -78,7 +83,8 @@ class RoutePolicy:
         self.authenticate = auth.authenticate
         self.authz = authz
         self.limiter = limiter
-        self.sessions = sessions
+        #: Seals and opens this route's passthrough session ids (None: not bound).
+        self.seal = seal
         self.audit = audit
         self.resource = resource
         self.metadata_url = metadata_url
@@ -99,15 +105,13 @@ class RoutePolicy:
         session_id: bytes | None = None,
         shown: str | None = None,
     ) -> Refusal | None:
-        """Session binding, authorization and rate limit for one JSON-RPC request or
+        """Authorization and rate limit for one JSON-RPC request or
         notification.  ``name`` is ``params.name`` for tools/call and prompts/get,
         ``params.uri`` for resources/*, else None.  None means go on.
 
         ``shown`` is the name as the client wrote it when that differs from ``name``
         (a multiplexed route checks the backend's own name; the client sent the
         namespaced one): a ``hide_denied`` answer must name what the client asked for."""
-        if session_id is not None and self.sessions is not None and not self.sessions.allows(session_id, principal):
-            return self._session_refused(principal, session_id, method, name)
         authz = self.authz
         if authz is not None:
             d = authz.check(principal, method, name, backend)
@@ -123,9 +127,8 @@ class RoutePolicy:
 
     def admit_transport(self, principal: Principal, session_id: bytes | None) -> Refusal | None:
         """For requests that carry no JSON-RPC request (GET stream, DELETE, a POST of
-        client responses): only the session binding applies."""
-        if session_id is not None and self.sessions is not None and not self.sessions.allows(session_id, principal):
-            return self._session_refused(principal, session_id, None, None)
+        client responses): no rule applies to them beyond authentication and the session
+        binding, which the gateway checks with ``seal`` before any of these calls."""
         return None
 
     @staticmethod
@@ -151,30 +154,18 @@ class RoutePolicy:
             return None
         return self.authz.allowed_names(principal, method, names, backend)
 
-    # --- sessions ---------------------------------------------------------------------
-    def session_created(self, session_id: bytes, principal: Principal) -> None:
-        """The backend answered ``initialize`` (2xx) with this ``Mcp-Session-Id``."""
-        if self.sessions is not None:
-            self.sessions.bind(session_id, principal)
-
-    def session_used(self, session_id: bytes, principal: Principal) -> None:
-        """A request with this session got a 2xx: bind it if unbound (gateway restart)."""
-        if self.sessions is not None:
-            self.sessions.seen(session_id, principal)
-
-    def session_ended(self, session_id: bytes) -> None:
-        """DELETE succeeded, or the backend answered 404 for the session."""
-        if self.sessions is not None:
-            self.sessions.unbind(session_id)
-
     # --- refusals ---------------------------------------------------------------------
-    def _session_refused(self, p: Principal, sid: bytes, method: str | None, name: str | None) -> Refusal:
+    def session_refused(self, p: Principal, sid: bytes, method: str | None = None) -> Refusal:
+        """A session id that ``seal`` does not open for ``p``: not sealed here, forged,
+        another route's or another principal's.  To the client it is an unknown session
+        (404, after which an MCP client re-initializes); it learns nothing about whether
+        the session exists for someone else."""
         if self.audit is not None:
             self.audit.event(
                 SESSION_REFUSED, R.SESSION_MISMATCH, client=p.client_ip, principal=p, session=sid,
-                method=method, tool=name, route=self.path, status=403,
+                method=method, route=self.path, status=404,
             )  # fmt: skip
-        return Refusal(403, R.CODE_FORBIDDEN, "Forbidden: session belongs to another principal", R.SESSION_MISMATCH)
+        return Refusal(404, R.CODE_SESSION_NOT_FOUND, "Session not found", R.SESSION_MISMATCH)
 
     def _denied(
         self, d, p: Principal, method: str, name: str | None, sid: bytes | None, shown: str | None, backend: str | None
@@ -233,6 +224,7 @@ class Policy:
         keys: KeySource | None = None,
         mcp_path: str = "/mcp",
         session_idle: float = 3600.0,
+        session_keys: Iterable[bytes] = (),
         wall=time.time,
         clock=time.monotonic,
     ) -> None:
@@ -250,8 +242,7 @@ class Policy:
         self.keys = keys
         self.authz = Authorizer(cfg.authz) if cfg.authz.enabled else None
         self.limiter = RateLimiter(cfg.ratelimit, clock=clock) if cfg.ratelimit.limits else None
-        any_auth = a.mode != "off" or any(r.mode not in (None, "off") for r in a.routes)
-        self.sessions = SessionBindings(a.max_sessions, clock=clock) if any_auth and a.bind_sessions else None
+        self.session_keys = tuple(session_keys)
         self.routes: dict[str, RoutePolicy] = {}
         self.well_known: dict[bytes, bytes] = {}
         self._last_upkeep = -math.inf
@@ -293,9 +284,12 @@ class Policy:
             drop.add(b"authorization")
             if a.api_keys is not None and a.api_keys.header:
                 drop.add(a.api_keys.header.encode("ascii"))
-        rp = RoutePolicy(
-            path, auth, self.authz, self.limiter, self.sessions, self.audit, resource, meta_url, frozenset(drop)
-        )
+        seal = None
+        if mode != "off" and a.bind_sessions:
+            if not self.session_keys:  # built without a configuration's keys: this process's own
+                self.session_keys = (os.urandom(32),)
+            seal = SessionSeal(self.session_keys, path, max_cache=a.max_sessions)
+        rp = RoutePolicy(path, auth, self.authz, self.limiter, seal, self.audit, resource, meta_url, frozenset(drop))
         self.routes[path] = rp
         return rp
 
@@ -320,8 +314,6 @@ class Policy:
             wall = self._wall()
             for rp in self.routes.values():
                 rp.auth.sweep(wall)
-            if self.sessions is not None:
-                self.sessions.sweep(self.session_idle, now)
         if self.audit is not None:
             self.audit.flush()
 

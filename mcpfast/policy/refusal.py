@@ -21,6 +21,7 @@ __all__ = [
     "CODE_FORBIDDEN",
     "CODE_RATE_LIMITED",
     "CODE_INVALID_PARAMS",
+    "CODE_SESSION_NOT_FOUND",
     "AUTH_REASONS",
 ]
 
@@ -28,6 +29,7 @@ CODE_UNAUTHORIZED = -32030
 CODE_FORBIDDEN = -32031
 CODE_RATE_LIMITED = -32032
 CODE_INVALID_PARAMS = -32602
+CODE_SESSION_NOT_FOUND = -32001  # what MCP servers (the Python SDK) send with their 404 for an unknown session
 
 # Authentication reason codes (audit ``reason``, metric label).
 MISSING_CREDENTIALS = "missing_credentials"

@@ -1,76 +1,111 @@
-"""Session binding: an MCP session belongs to the principal that opened it.
+"""Session binding on passthrough routes: the session id the client sees is sealed.
 
 Theory of operation.  The MCP authorization spec says a session never authenticates
 anything: every request is verified on its own, and a session id presented by another
-principal must be refused (a leaked ``Mcp-Session-Id`` must not let someone else ride
-an existing session).  The gateway records, for each session id, the ``key`` of the
-principal that created it -- bound when the backend's ``initialize`` answer hands out
-the id -- and refuses a request whose principal key differs.
+principal must not let them ride the session.  A table from session id to principal
+would have to be bounded, and whatever a bounded table forgets can be claimed by
+someone else -- so the binding lives in the id itself, as the multiplexer's tokens do.
 
-Unknown ids are allowed through: the backend answers 404 for ids it does not know.
-After a gateway restart the table is empty while backends still hold live sessions; so
-a session id that is unbound when a request succeeds with it is bound then, to the
-principal that used it (``seen``).  The table is bounded: past ``max_entries`` the
-oldest binding is dropped (and re-bound on its next successful use); idle bindings are
-dropped by ``sweep`` after the same idle time the gateway uses for sessions.
+On an authenticated passthrough route the gateway never shows the client the backend's
+``Mcp-Session-Id``.  It hands out::
+
+    <backend session id> "." <tag>
+    tag = base64url(HMAC-SHA256(K, label || route || principal key || backend id)[:16])
+
+(22 characters; the whole value stays visible ASCII, as the Streamable HTTP transport
+requires of a session id.)  ``K`` is derived from the ``[sessions]`` key the
+multiplexer's tokens use, so every worker process -- and every gateway sharing the key
+-- verifies every other's ids, and a restart loses nothing.  On each request the tag is
+checked against the *caller's* principal and the route; the backend receives only its
+own id.  Nothing is stored per session, so no amount of traffic can flush a binding.
+
+Verification is a pure function of (keys, route, header bytes, principal key), so its
+results are cached in a bounded dict keyed by the header bytes: the parser hands a
+kept-alive connection's repeated field out as the same bytes object, so a hit costs one
+dict lookup and one string comparison.  The cache is only a shortcut -- an evicted entry
+costs one HMAC on its next use -- so it simply drops its oldest entry when full.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
 
-from .principal import Principal
+__all__ = ["SessionSeal", "TAG_CHARS"]
 
-__all__ = ["SessionBindings"]
+_LABEL = b"mcpfast/passthrough-session\x00"
+_DERIVE = b"mcpfast passthrough session seal"
+_TAG_BYTES = 16
+#: Length of the sealed suffix: "." and 16 bytes in unpadded base64url.
+TAG_CHARS = 22
+_SUFFIX = TAG_CHARS + 1
+#: Longest sealed id verified (a backend id of 1 KiB plus the tag); longer is refused unread.
+MAX_SEALED = 1024 + _SUFFIX
 
 
-class SessionBindings:
-    __slots__ = ("_table", "max_entries", "_clock", "evicted")
+def _derive(key: bytes) -> bytes:
+    # A key of its own for this use: the [sessions] key also encrypts multiplexer tokens.
+    return hmac.digest(key, _DERIVE, hashlib.sha256)
 
-    def __init__(self, max_entries: int = 100000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._table: dict[bytes, list] = {}  # session id → [principal key, last seen]
-        self.max_entries = max_entries
-        self._clock = clock
-        self.evicted = 0
 
-    def allows(self, session_id: bytes, principal: Principal) -> bool:
-        """False when the session is bound to another principal."""
-        entry = self._table.get(session_id)
-        if entry is None:
-            return True
-        if entry[0] != principal.key:
-            return False
-        entry[1] = self._clock()
-        return True
+class SessionSeal:
+    """Seals and opens the session ids of one route.  ``keys``: the current key first,
+    then older ones still accepted (rotation)."""
 
-    def bind(self, session_id: bytes, principal: Principal) -> None:
-        """Bind a new session (the backend just created it for ``principal``)."""
-        table = self._table
-        if session_id not in table and len(table) >= self.max_entries:
-            del table[next(iter(table))]
-            self.evicted += 1
-        table[session_id] = [principal.key, self._clock()]
+    __slots__ = ("_keys", "_prefix", "_cache", "max_cache")
 
-    def seen(self, session_id: bytes, principal: Principal) -> None:
-        """A request with this session succeeded: bind it if it is not bound yet."""
-        if session_id not in self._table:
-            self.bind(session_id, principal)
+    def __init__(self, keys: Iterable[bytes], route: str, max_cache: int = 100000) -> None:
+        ks = [_derive(k) for k in keys]
+        if not ks:
+            raise ValueError("a session seal needs a key")
+        self._keys = tuple(ks)
+        rb = route.encode("utf-8")
+        self._prefix = _LABEL + b"%d:" % len(rb) + rb
+        # sealed header bytes -> (principal key, backend session id)
+        self._cache: dict[bytes, tuple[str, bytes]] = {}
+        self.max_cache = max_cache
 
-    def unbind(self, session_id: bytes) -> None:
-        self._table.pop(session_id, None)
+    def _tag(self, key: bytes, pkey: bytes, sid: bytes) -> bytes:
+        mac = hmac.digest(key, b"%s%d:%s%s" % (self._prefix, len(pkey), pkey, sid), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac[:_TAG_BYTES])[:TAG_CHARS]
 
-    def owner(self, session_id: bytes) -> str | None:
-        entry = self._table.get(session_id)
-        return entry[0] if entry is not None else None
+    def seal(self, sid: bytes, principal_key: str) -> bytes:
+        """The id to show the client for backend session ``sid`` opened by
+        ``principal_key``."""
+        sid = bytes(sid)
+        sealed = sid + b"." + self._tag(self._keys[0], principal_key.encode("utf-8"), sid)
+        self._remember(sealed, principal_key, sid)
+        return sealed
 
-    def sweep(self, idle: float, now: float | None = None) -> int:
-        now = self._clock() if now is None else now
-        cutoff = now - idle
-        dead = [sid for sid, (_, seen) in self._table.items() if seen < cutoff]
-        for sid in dead:
-            del self._table[sid]
-        return len(dead)
+    def open(self, sealed: bytes, principal_key: str) -> bytes | None:
+        """The backend's session id inside ``sealed`` when it was sealed on this route
+        for ``principal_key``; None for anything else (unsealed, forged, another
+        route's, another principal's)."""
+        hit = self._cache.get(sealed)
+        if hit is not None:
+            return hit[1] if hit[0] == principal_key else None
+        n = len(sealed)
+        if n <= _SUFFIX or n > MAX_SEALED or sealed[n - _SUFFIX] != 0x2E:  # "."
+            return None
+        sid = sealed[: n - _SUFFIX]
+        tag = sealed[n - TAG_CHARS :]
+        pkey = principal_key.encode("utf-8")
+        for key in self._keys:
+            if hmac.compare_digest(self._tag(key, pkey, sid), tag):
+                sid = bytes(sid)
+                self._remember(bytes(sealed), principal_key, sid)
+                return sid
+        return None
 
-    def __len__(self) -> int:
-        return len(self._table)
+    def _remember(self, sealed: bytes, principal_key: str, sid: bytes) -> None:
+        cache = self._cache
+        if self.max_cache <= 0:
+            return
+        if len(cache) >= self.max_cache:
+            del cache[next(iter(cache))]
+        cache[sealed] = (principal_key, sid)
+
+    def cached(self) -> int:
+        return len(self._cache)
