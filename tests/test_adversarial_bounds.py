@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from gwutil import ROOT, GatewayThread
+from mcpfast.config import ConfigError, build_config
 from rawbackend import RawBackend, body_of, post, read_response, status_of
 
 CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}'
@@ -655,3 +656,29 @@ def test_answer_deadline_holds_with_a_request_waiting_behind_it():
         gt.stop()
         silent.close()
         good.close()
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"limits": {"max_connections_per_address": 0}}, "limits.max_connections_per_address"),
+        ({"limits": {"max_streams_per_principal": -1}}, "limits.max_streams_per_principal"),
+        ({"limits": {"max_streams_per_address": "64"}}, "limits.max_streams_per_address"),
+        ({"limits": {"max_streams_per_session": 1.5}}, "limits.max_streams_per_session"),
+        ({"backends": {"b": {"url": "http://127.0.0.1:1/mcp", "max_connections": 0}}}, "backends.b.max_connections"),
+        ({"backends": {"b": {"url": "http://127.0.0.1:1/mcp", "max_streams": True}}}, "backends.b.max_streams"),
+    ],
+)
+def test_bounds_are_validated_by_key(raw, key):
+    raw = {"backends": {"b": {"url": "http://127.0.0.1:1/mcp"}}, **raw}
+    with pytest.raises(ConfigError) as exc:
+        build_config(raw)
+    assert exc.value.key == key
+
+
+def test_bounds_defaults():
+    cfg = build_config({"backends": {"b": {"url": "http://127.0.0.1:1/mcp"}}})
+    lim, b = cfg.limits, cfg.backends[0]
+    assert (lim.max_connections_per_address, lim.max_streams_per_principal, lim.max_streams_per_address,
+            lim.max_streams_per_session) == (256, 128, 64, 4)  # fmt: skip
+    assert (b.max_connections, b.max_streams) == (1024, 1024)
