@@ -746,10 +746,12 @@ class Exchange:
 
     def phase_done(self, outcome: str) -> None:
         route = self.route
-        if self.phase == WAIT_CONN and route is not None:
-            # Waiting for a backend connection: leave the queue, which would hold this
-            # exchange (and its body) until a connection is free.
-            route.pool.cancel_wait(self._got_upstream)
+        if self.phase == WAIT_CONN:
+            # Maybe still in a backend pool's queue (dropped when its turn comes, see
+            # _got_upstream): keep nothing big alive meanwhile.
+            self.body = b""
+            self.out = None
+            self.chunks = []
         self.phase = DONE
         self.outcome = outcome
         t_end = self.t_end = _perf()

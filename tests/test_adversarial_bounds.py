@@ -11,6 +11,7 @@ import resource
 import selectors
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -682,3 +683,39 @@ def test_bounds_defaults():
     assert (lim.max_connections_per_address, lim.max_streams_per_principal, lim.max_streams_per_address,
             lim.max_streams_per_session) == (256, 128, 64, 4)  # fmt: skip
     assert (b.max_connections, b.max_streams) == (1024, 1024)
+
+
+def test_requests_waiting_for_a_busy_backend_let_go_of_their_bodies_when_clients_leave():
+    """A backend whose one request connection is held by a silent call: twenty 1 MiB
+    requests queue for it, and their clients leave.  The gateway keeps none of their
+    bodies while the queue drains, and none of them reaches the backend."""
+    silent = RawBackend("silent")
+    gt = GatewayThread({"backends": {"s": {"url": silent.url, "max_connections": 1}}}).start()
+    socks = []
+    try:
+        first = socket.create_connection(("127.0.0.1", gt.port), timeout=5)
+        first.sendall(post("/mcp", CALL))
+        socks.append(first)
+        assert _wait(lambda: len(silent.requests) == 1)
+        for i in range(20):
+            s = socket.create_connection(("127.0.0.1", gt.port), timeout=5)
+            s.sendall(post("/mcp", _big_call(100 + i, 1 << 20)))
+            socks.append(s)
+        pool = gt.gw.pools["s"]
+        assert _wait(lambda: gt.call(lambda: len(pool._waiters)) == 20)
+        for s in socks[1:]:
+            # Gone for good (a reset), not a half-close that still waits for its answer.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()
+        assert _wait(lambda: gt.call(lambda: len(gt.gw.connections)) == 1)
+
+        def held() -> int:
+            return sum(len(cb.__self__.body) for cb in pool._waiters)
+
+        assert gt.call(held) == 0
+        assert len(silent.requests) == 1
+    finally:
+        for s in socks:
+            s.close()
+        gt.stop()
+        silent.close()
