@@ -242,6 +242,11 @@ class Config:
         }
         for b in d["backends"].values():
             b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
+            if "?" in b["url"]:  # a backend URL's query may hold a key: its values are not shown
+                from .observe import log_path
+
+                base, _, query = b["url"].partition("?")
+                b["url"] = base + log_path(b"?" + query.encode("latin-1", "replace")).decode("latin-1")
         for r in d["routes"]:
             m = r.pop("mux", None)  # shown only for multiplexed routes
             if m is not None:

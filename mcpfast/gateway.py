@@ -35,7 +35,7 @@ from typing import Any
 from .config import BackendConfig, Config, RouteConfig, ephemeral_key
 from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
-from .observe import AccessLog, BackendMetrics, Metrics
+from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
 from .quota import ClientQuota
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
@@ -66,6 +66,22 @@ _ALLOW = b"GET, POST, DELETE, OPTIONS"
 _SESSION_FIELD = b"mcp-session-id"
 _ALLOW_PASSTHROUGH = b"GET, HEAD, POST, DELETE, OPTIONS"  # HEAD is forwarded; a multiplexed route has none
 _SSE = b"text/event-stream"
+
+_NAMED = frozenset(("tools/call", "prompts/get"))  # methods whose params.name is a tool or prompt name
+
+
+def _bad_name(env) -> tuple[int, str] | None:
+    """Why a JSON-RPC request's method or name is refused (error code, message), or None:
+    a method longer than ``MAX_METHOD_CHARS``, or a tool or prompt name longer than MCP
+    allows.  Refused before anything records or caches them."""
+    m = env.method
+    if len(m) > MAX_METHOD_CHARS:
+        return -32600, f"Invalid Request: method longer than {MAX_METHOD_CHARS} characters"
+    name = env.name
+    if name is not None and m in _NAMED and len(name) > MAX_NAME_CHARS:
+        return -32602, f"Invalid params: name longer than {MAX_NAME_CHARS} characters"
+    return None
+
 
 # Exchange phases.
 NEW, WAIT_CONN, WAIT_HEAD, RELAYING, DONE = range(5)
@@ -324,13 +340,29 @@ class Exchange:
                 self.env = env
                 if type(env) is list:
                     self.method = "batch"
+                    for e in env:
+                        bad = None if e.method is None else _bad_name(e)
+                        if bad is not None:
+                            self.method = "invalid"
+                            self.respond_error(400, *bad)
+                            return
                 else:
                     m = env.method
                     if m is not None:
-                        self.method = m
-                        if env.name is not None:
-                            self.tool = env.name
                         self.rpc_id = env.id
+                        # Metrics and the access log name a method by its label; the
+                        # tool is named only once the caller is authenticated.
+                        if m in METHOD_LABELS:
+                            self.method = m
+                        else:
+                            self.method = "other"
+                        name = env.name
+                        if len(m) > MAX_METHOD_CHARS or (name is not None and len(name) > MAX_NAME_CHARS):
+                            bad = _bad_name(env)
+                            if bad is not None:
+                                self.method = "invalid"
+                                self.respond_error(400, *bad)
+                                return
                     elif env.kind == KIND_ERROR:
                         self.method = "response:error"
                     else:
@@ -354,9 +386,21 @@ class Exchange:
                 p.add_done_callback(self._authenticated)
                 return
             self.principal = p
+            self._name_tool()
             if not self._admit(rp):
                 return
+        else:
+            self._name_tool()
         self._dispatch(route)
+
+    def _name_tool(self) -> None:
+        """The caller is authenticated: the tool or prompt name it asked for may now be
+        recorded (metrics and the access log label it; see ``observe.tool_label``)."""
+        env = self.env
+        if env is not None and type(env) is not list:
+            name = env.name
+            if name is not None and len(name) <= MAX_NAME_CHARS:
+                self.tool = name
 
     def _dispatch(self, route: "Route") -> None:
         """The request is admitted: the virtual server answers it, or it is forwarded."""
@@ -387,6 +431,7 @@ class Exchange:
                 self.respond_error(500, -32603, "Internal error during authentication")
             return
         self.principal = fut.result()
+        self._name_tool()
         route = self.route
         if self._admit(route.policy):
             self._dispatch(route)

@@ -21,4 +21,6 @@ cdef class BackendMetrics:
     cdef public _LoopHistogramChild gateway, upstream
     cdef public _LoopGaugeChild sse
     cdef public dict _req
+    cdef public set _tools
     cpdef count(self, method, tool, outcome)
+    cdef _child(self, method, tool, outcome)

@@ -9,12 +9,24 @@ metrics without bound.
 
 The access log is JSON lines, buffered in memory and written when the buffer passes
 64 KiB or on the gateway's once-a-second tick, so a request never waits on a write.
+
+What a client chose reaches a label or a log line only in a bounded, secret-free form,
+and the functions below are the one place that form is decided: a method label is a
+known MCP method or ``other``; a tool label is a name of the MCP tool-name grammar
+(1-128 characters of ``A-Za-z0-9_.-``), given by the gateway only once the caller is
+authenticated, at most ``MAX_TOOL_LABELS`` per route and backend; a logged path keeps
+its query keys but not their values and is cut at ``MAX_LOGGED_PATH`` bytes; a session
+id is logged as a short keyed hash (``session_tag``) that lets lines be correlated but
+is useless as a credential.  All of it is worked out when a line is formatted or a
+metric child is first made (both cached), not per request.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import sys
 import time
 from typing import IO, Any
@@ -25,7 +37,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-__all__ = ["Metrics", "BackendMetrics", "AccessLog", "LineSink", "setup_logging"]
+__all__ = [
+    "Metrics", "BackendMetrics", "AccessLog", "LineSink", "setup_logging", "method_label", "tool_label",
+    "session_tag", "log_path", "MAX_METHOD_CHARS", "MAX_NAME_CHARS",
+]  # fmt: skip
 
 # Latency buckets in seconds, dense where a proxy lives (tens of µs to tens of ms).
 _GATEWAY_BUCKETS = (
@@ -36,6 +51,77 @@ _UPSTREAM_BUCKETS = (
 )  # fmt: skip
 
 MAX_TOOL_LABELS = 512
+# Distinct (method, tool, outcome) keys remembered per route and backend; past it a new
+# key still counts, under its labels, without being remembered.
+_MAX_REQ_KEYS = 4 * MAX_TOOL_LABELS
+
+# --- what a client chose, as labels and log fields ----------------------------------------
+#: Longest JSON-RPC method the gateway accepts.  MCP's methods are short words; 128
+#: leaves room for extensions and none for a flood.
+MAX_METHOD_CHARS = 128
+#: Longest tool or prompt name (MCP: tool names are 1-128 characters).
+MAX_NAME_CHARS = 128
+#: Bytes of a request target the access log keeps (after its query values are removed).
+MAX_LOGGED_PATH = 256
+
+# The methods of the MCP specification (both directions), and the gateway's own words for
+# what is not one JSON-RPC request: any other method is labelled "other".
+METHOD_LABELS = frozenset((
+    "initialize", "ping", "tools/list", "tools/call", "prompts/list", "prompts/get", "resources/list",
+    "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
+    "completion/complete", "logging/setLevel", "server/discover", "tasks/get", "tasks/result", "tasks/list",
+    "tasks/cancel", "sampling/createMessage", "roots/list", "elicitation/create",
+    "notifications/initialized", "notifications/cancelled", "notifications/progress", "notifications/message",
+    "notifications/roots/list_changed", "notifications/resources/updated", "notifications/resources/list_changed",
+    "notifications/tools/list_changed", "notifications/prompts/list_changed", "notifications/elicitation/complete",
+    "notifications/tasks/status",
+    "-", "other", "invalid", "batch", "response", "response:error", "GET", "DELETE", "OPTIONS", "HEAD", "POST",
+))  # fmt: skip
+_HTTP_METHODS = frozenset((b"GET", b"POST", b"DELETE", b"OPTIONS", b"HEAD", b"PUT", b"PATCH", b"CONNECT", b"TRACE"))
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,%d}" % MAX_NAME_CHARS)
+
+
+def method_label(method: str) -> str:
+    """The label of a JSON-RPC method: itself when MCP defines it, else ``other``."""
+    return method if method in METHOD_LABELS else "other"
+
+
+def tool_label(name: str | None) -> str | None:
+    """A tool or prompt name as a label: itself when it is a valid MCP name, else ``other``."""
+    if not name:
+        return None
+    return name if _TOOL_NAME.fullmatch(name) else "other"
+
+
+# A per-process key: forked workers share it (it is drawn when this module is imported,
+# before they fork), so their lines correlate; it is never written anywhere.
+_TAG_KEY = os.urandom(32)
+
+
+def session_tag(sid: bytes | str | None) -> str | None:
+    """A session id as the logs show it: 12 hex digits of a keyed BLAKE2b hash.  Equal
+    ids give equal tags within one process; the tag cannot be turned back into the id."""
+    if sid is None:
+        return None
+    if type(sid) is str:
+        sid = sid.encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(bytes(sid), key=_TAG_KEY, digest_size=6).hexdigest()
+
+
+def log_path(target: bytes) -> bytes:
+    """A request target as the logs show it: each query parameter keeps its name and
+    loses its value (``?api_key=<redacted>``; a parameter without ``=`` is all value),
+    and the result is cut at ``MAX_LOGGED_PATH`` bytes."""
+    q = target.find(b"?")
+    if q >= 0:
+        out = []
+        for part in target[q + 1 :].split(b"&"):
+            key, eq, _ = part.partition(b"=")
+            out.append(key + b"=<redacted>" if eq else (b"<redacted>" if part else b""))
+        target = target[: q + 1] + b"&".join(out)
+    if len(target) > MAX_LOGGED_PATH:
+        target = target[: MAX_LOGGED_PATH - 3] + b"..."
+    return target
 
 
 # --- per-request collectors -----------------------------------------------------------
@@ -203,7 +289,7 @@ class BackendMetrics:
     """Children of every collector for one (route, backend), resolved once."""
 
     __slots__ = (
-        "_metrics", "route", "backend", "gateway", "upstream", "sessions", "sse", "connections", "_req",
+        "_metrics", "route", "backend", "gateway", "upstream", "sessions", "sse", "connections", "_req", "_tools",
     )  # fmt: skip
 
     def __init__(self, m: Metrics, route: str, backend: str) -> None:
@@ -216,18 +302,28 @@ class BackendMetrics:
         self.sse = m.sse_streams_open.labels(backend)
         self.connections = m.upstream_connections.labels(backend)
         self._req: dict[tuple, Any] = {}
+        self._tools: set[str] = set()
 
     def count(self, method: str, tool: str, outcome: str) -> None:
         key = (method, tool, outcome)
         child = self._req.get(key)
         if child is None:
-            if len(self._req) >= MAX_TOOL_LABELS:
-                key = (method if len(self._req) < 2 * MAX_TOOL_LABELS else "other", "other", outcome)
-                child = self._req.get(key)
-            if child is None:
-                child = self._metrics.requests.labels(self.route, self.backend, key[0], key[1], outcome)
-                self._req[key] = child
+            child = self._child(method, tool, outcome)
         child.inc()
+
+    def _child(self, method: str, tool: str, outcome: str):
+        """The counter of a (method, tool, outcome) not seen yet: labels made bounded
+        (see the module notes), at most ``MAX_TOOL_LABELS`` tool labels, the rest ``other``."""
+        t = tool_label(tool) or ""
+        if t and t not in self._tools:
+            if len(self._tools) >= MAX_TOOL_LABELS:
+                t = "other"
+            else:
+                self._tools.add(t)
+        child = self._metrics.requests.labels(self.route, self.backend, method_label(method), t, outcome)
+        if len(self._req) < _MAX_REQ_KEYS:
+            self._req[(method, tool, outcome)] = child
+        return child
 
 
 class LineSink:
@@ -353,8 +449,10 @@ class AccessLog(BufferedLog):
     def _middle(self, key: tuple) -> bytes:
         client, http, path, sid, method, tool, backend, status, outcome = key
         js = _json_str
-        return _MIDDLE % (js(client), js(http), js(path), js(sid), js(method), js(tool or None), js(backend),
-                          status, js(outcome))  # fmt: skip
+        if http not in _HTTP_METHODS:
+            http = b"other"
+        return _MIDDLE % (js(client), js(http), js(log_path(path)), js(session_tag(sid)), js(method_label(method)),
+                          js(tool_label(tool)), js(backend), status, js(outcome))  # fmt: skip
 
     def format(self, rows: list[tuple]) -> bytes:
         """The JSON lines of ``rows``: one object per row, keys in ``FIELDS`` order."""
@@ -377,7 +475,11 @@ class AccessLog(BufferedLog):
             key = row[1:10]
             m = cache.get(key)
             if m is None:
-                m = cache[key] = middle(key)
+                m = middle(key)
+                sid = key[3]
+                # Long values are not kept as keys: the cache stays small whatever clients send.
+                if len(key[2]) <= MAX_LOGGED_PATH and (sid is None or len(sid) <= 256):
+                    cache[key] = m
             add(_LINE % (ts, m, row[10], row[11], row[12]))
         add(b"")
         return b"\n".join(out)

@@ -57,6 +57,7 @@ class RawBackend:
         self.accepted = 0
         self.sessions: set[bytes] = set()  # mux: the sessions it knows
         self.amnesia = False  # mux: know no session at all
+        self.sid_prefix = b"s"  # mux: session ids are this and a number
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -137,10 +138,17 @@ class RawBackend:
             k, _, v = line.partition(b":")
             if k.strip().lower() == b"mcp-session-id":
                 sid = v.strip()
+        if head.startswith(b"DELETE ") or head.startswith(b"GET "):
+            # A DELETE ends the session; a GET stream is not offered (405).
+            known = sid in self.sessions
+            self.sessions.discard(sid)
+            status = b"405 Method Not Allowed" if head.startswith(b"GET ") else (b"200 OK" if known else b"404 Not Found")
+            conn.sendall(b"HTTP/1.1 %s\r\nContent-Length: 0\r\n\r\n" % status)
+            return
         msg = orjson.loads(body)
         method = msg.get("method")
         if method == "initialize":
-            sid = b"s%d" % (len(self.requests))
+            sid = self.sid_prefix + b"%d" % (len(self.requests))
             self.sessions.add(sid)
             out = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
                 "protocolVersion": msg["params"]["protocolVersion"], "capabilities": {"tools": {}},

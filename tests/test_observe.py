@@ -50,7 +50,7 @@ def test_request_counter_labels_and_cap():
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from mcpfast.observe import AccessLog  # noqa: E402
+from mcpfast.observe import _HTTP_METHODS, AccessLog, log_path, method_label, session_tag, tool_label  # noqa: E402
 
 _text = st.text(max_size=40)
 _raw = st.binary(max_size=40)
@@ -64,7 +64,8 @@ _raw = st.binary(max_size=40)
 )  # fmt: skip
 def test_access_log_lines_are_json_with_every_field(t, client, http, path, sid, method, tool, backend, status, nbytes):
     """Whatever a client puts in a path, a session id or a tool name, each row becomes
-    exactly one line of valid JSON that reads back to the values logged."""
+    exactly one line of valid JSON that reads back to the values logged (in their logged
+    form: labels, the path without query values, the session id's tag)."""
     log = AccessLog("off")
     row = (t, client, http, path, sid, method, tool, backend, status, "ok", nbytes, 12, 34)
     data = log.format([row, row])
@@ -72,9 +73,10 @@ def test_access_log_lines_are_json_with_every_field(t, client, http, path, sid, 
     assert lines[-1] == b"" and len(lines) == 3
     rec = orjson.loads(lines[0])
     assert list(rec) == list(AccessLog.FIELDS)
-    assert rec["client"] == client and rec["http"] == http.decode("latin-1") and rec["path"] == path.decode("latin-1")
-    assert rec["session"] == (sid.decode("latin-1") if sid is not None else None)
-    assert rec["method"] == method and rec["tool"] == (tool or None) and rec["backend"] == backend
+    assert rec["client"] == client and rec["path"] == log_path(path).decode("latin-1")
+    assert rec["http"] == (http.decode("latin-1") if http in _HTTP_METHODS else "other")
+    assert rec["session"] == session_tag(sid)
+    assert rec["method"] == method_label(method) and rec["tool"] == tool_label(tool) and rec["backend"] == backend
     assert (rec["status"], rec["outcome"], rec["bytes"], rec["gateway_us"], rec["upstream_us"]) == (
         status, "ok", nbytes, 12, 34,
     )  # fmt: skip

@@ -28,6 +28,7 @@ from policyutil import (
 )
 from prometheus_client import CollectorRegistry
 
+from mcpfast.observe import session_tag
 from mcpfast.policy import AuditLog, AuthError, Principal, build_policy_config
 from mcpfast.policy.auth import Authenticator
 from mcpfast.policy.oauth import metadata_url
@@ -515,7 +516,7 @@ def test_failures_are_audited_without_secrets(kp, audit_buf):
     for e in evs:
         assert e["event"] == "auth_failure" and e["principal"] is None
         assert e["status"] == 401 and e["time"].endswith("Z")
-    assert evs[0]["client"] == "192.0.2.7" and evs[0]["session"] == "sess-1"
+    assert evs[0]["client"] == "192.0.2.7" and evs[0]["session"] == session_tag(b"sess-1")
     text = audit_buf.getvalue().decode()
     for t in toks:
         for part in t.split("."):

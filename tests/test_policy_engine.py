@@ -14,6 +14,7 @@ import pytest
 from policyutil import ISSUER, PUBLIC_URL, RESOURCE, FakeClock, bearer, head, make_rsa, sign
 from prometheus_client import CollectorRegistry
 
+from mcpfast.observe import session_tag
 from mcpfast.core import scan_jsonrpc
 from mcpfast.policy import AuditLog, AuthError, Policy, Refusal, build_policy_config
 from mcpfast.policy.principal import KIND_ANONYMOUS
@@ -177,7 +178,7 @@ def test_allowed_call_is_none_and_denied_call_is_a_403(rsa_key):
     (e1, e2) = events(pol, buf)
     assert e1 == {
         "time": e1["time"], "event": "denied", "reason": "rule", "client": "10.0.0.1",
-        "principal": {"subject": "alice", "kind": "jwt", "issuer": ISSUER}, "session": "s1",
+        "principal": {"subject": "alice", "kind": "jwt", "issuer": ISSUER}, "session": session_tag(b"s1"),
         "method": "tools/call", "tool": "shell.exec", "backend": "b1", "rule": "shell-never", "route": "/mcp",
         "status": 403,
     }  # fmt: skip
@@ -289,6 +290,7 @@ def test_a_session_belongs_to_its_principal(rsa_key):
     assert (r.status, r.code, r.message, r.reason) == (404, -32001, "Session not found", "session_mismatch")
     ev = events(pol, buf)
     assert ev[0]["event"] == "session_refused" and ev[0]["principal"]["subject"] == "bob"
+    assert ev[0]["session"] == session_tag(sealed)  # the id as the logs show it
 
 
 def test_binding_needs_no_table_and_survives_a_restart(rsa_key):

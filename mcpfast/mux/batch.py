@@ -42,6 +42,7 @@ from ..core import (
     scan_jsonrpc,
 )
 from ..gateway import DONE, RELAYING
+from ..observe import method_label
 from ..server import jsonrpc_error_body
 from ..upstream import UpstreamError
 from .merge import LIST_CHANGED, LIST_METHODS, response_body
@@ -225,7 +226,8 @@ class Batch:
         if env.kind == KIND_REQUEST:
             self._send(jsonrpc_error_body(code, message, env.id, data))
         else:
-            log.debug("batch: %s %s not delivered: %s", env.method or "response", env.id, message)
+            # Method as a label and the id cut short: both came from the client.
+            log.debug("batch: %s %.64s not delivered: %.200s", method_label(env.method or "response"), env.id, message)
 
     def _send(self, message: bytes) -> None:
         ex = self.ex

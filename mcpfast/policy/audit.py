@@ -2,7 +2,8 @@
 
 Theory of operation.  Policy code calls ``AuditLog.event(...)`` with facts it already
 holds -- never a credential: the event has slots for the principal's *subject*, kind and
-issuer, the client address, the session id, the JSON-RPC method, the tool (or prompt
+issuer, the client address, the session id (written as the same short keyed hash as in
+the access log, ``observe.session_tag``), the JSON-RPC method, the tool (or prompt
 name, or resource URI), the backend the message was for (on a multiplexed route, the
 one it was routed to; null when no single backend was meant), the rule or limit that
 decided and a reason code from a closed set.  There is no free-form field a token could
@@ -26,7 +27,7 @@ from typing import IO, Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
-from ..observe import BufferedLog, LineSink
+from ..observe import BufferedLog, LineSink, session_tag
 from .principal import Principal
 
 __all__ = ["AuditLog", "AUTH_FAILURE", "DENIED", "RATE_LIMITED", "SESSION_REFUSED"]
@@ -35,6 +36,17 @@ AUTH_FAILURE = "auth_failure"
 DENIED = "denied"
 RATE_LIMITED = "rate_limited"
 SESSION_REFUSED = "session_refused"
+
+
+# Longest method, tool name or URI written as it is; longer ones are cut (a URI may be
+# long, and an event must stay a short line).
+_MAX_FIELD = 256
+
+
+def _cut(v: str | None) -> str | None:
+    if v is None or len(v) <= _MAX_FIELD:
+        return v
+    return v[: _MAX_FIELD - 3] + "..."
 
 
 def _iso(now: float) -> str:
@@ -109,17 +121,15 @@ class AuditLog(BufferedLog):
             self._suppressed += 1
             return
         self._written += 1
-        if isinstance(session, (bytes, bytearray, memoryview)):
-            session = bytes(session).decode("latin-1")
         rec = {
             "time": _iso(now),
             "event": event,
             "reason": reason,
             "client": client,
             "principal": principal.audit_view() if principal is not None else None,
-            "session": session,
-            "method": method,
-            "tool": tool,
+            "session": session_tag(session),
+            "method": _cut(method),
+            "tool": _cut(tool),
             "backend": backend,
             "rule": rule,
             "route": route,

@@ -53,6 +53,7 @@ LIST_METHODS: dict[str, tuple[str, str, str]] = {
 NAME_METHODS = frozenset(("tools/call", "prompts/get"))
 _RESOURCE_METHODS = ("resources/read", "resources/subscribe", "resources/unsubscribe")
 _MEMO_MAX = 65536
+_MEMO_NAME_MAX = 512  # longest name or URI a memo key may hold: the memo stays small
 _INDEX_MAX = 1024
 
 
@@ -240,6 +241,8 @@ class Authorizer:
         d = self._memo.get(key)
         if d is None:
             d = self.evaluate(principal, method, name, backend)
+            if name is not None and len(name) > _MEMO_NAME_MAX:
+                return d  # a long URI is decided each time, never kept
             memo = self._memo
             if len(memo) >= _MEMO_MAX:
                 memo.clear()

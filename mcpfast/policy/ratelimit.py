@@ -62,7 +62,9 @@ class Limit:
         getters = {
             "principal": lambda p, m, n, b: p.key,
             "ip": lambda p, m, n, b: p.client_ip,
-            "tool": lambda p, m, n, b: n or "",
+            # A URI can be megabytes long: a bucket key holds at most its first 512
+            # characters, so the table's size does not depend on what clients send.
+            "tool": lambda p, m, n, b: n[:512] if n else "",
             "method": lambda p, m, n, b: m,
             "backend": lambda p, m, n, b: b or "",
         }
