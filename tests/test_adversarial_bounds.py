@@ -719,3 +719,25 @@ def test_requests_waiting_for_a_busy_backend_let_go_of_their_bodies_when_clients
             s.close()
         gt.stop()
         silent.close()
+
+
+def test_a_connection_that_carried_a_finished_stream_serves_requests_again():
+    """A GET answered and finished goes back to the pool as a request connection: with
+    one connection for each budget, a GET then three calls use one backend connection,
+    and nothing stays counted as a stream."""
+    good = RawBackend("ok")
+    gt = GatewayThread({"backends": {"good": {"url": good.url, "max_connections": 1, "max_streams": 1}}}).start()
+    try:
+        with socket.create_connection(("127.0.0.1", gt.port), timeout=5) as s:
+            s.sendall(_get())
+            assert status_of(read_response(s)) == 200
+            for i in range(3):
+                s.sendall(post("/mcp", CALL.replace(b'"id":7', b'"id":%d' % (20 + i))))
+                assert orjson.loads(body_of(read_response(s)))["id"] == 20 + i
+        pool = gt.gw.pools["good"]
+        assert gt.call(lambda: (pool._streams, pool.open_connections)) == (0, 1)
+        assert good.accepted == 1 and len(good.requests) == 4
+        assert good.requests[0][0].startswith(b"GET ")
+    finally:
+        gt.stop()
+        good.close()
