@@ -117,6 +117,12 @@ class LimitsConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     max_sse_event_bytes: int = 16 * 1024 * 1024
     max_connections: int = 10000
+    # What one client may hold (docs/security.md, "Per-client resource bounds").  A client
+    # address is the peer IP of the TCP connection; a principal is the authenticated caller.
+    max_connections_per_address: int = 256
+    max_streams_per_principal: int = 128  # GET streams open at once, routes with authentication
+    max_streams_per_address: int = 64  # GET streams open at once by one address without credentials
+    max_streams_per_session: int = 4  # GET streams open at once in one MCP session
     max_sessions: int = 100000  # sessions tracked per process (least recently used dropped first)
 
 
@@ -153,6 +159,12 @@ class BackendConfig:
     # Forward the client's own credentials (Authorization, the API-key header) to this
     # backend.  Off by default: with auth on, a client's token is for the gateway.
     forward_credentials: bool = False
+    # Connections to this backend open at once for requests (POST, DELETE, ...): beyond
+    # it, requests wait for one to be free.  GET streams, which stay open as long as the
+    # client listens, count apart, up to max_streams; beyond that a GET is refused with
+    # 503.  Streams thus never take a request's connection.
+    max_connections: int = 1024
+    max_streams: int = 1024
 
     @property
     def host_header(self) -> bytes:
@@ -412,7 +424,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         _unknown_keys(
             b,
             {"url", "pool_size", "pool_idle_timeout", "connect_timeout", "response_timeout", "headers",
-             "bearer_token", "forward_credentials"},
+             "bearer_token", "forward_credentials", "max_connections", "max_streams"},
             key,
         )  # fmt: skip
         if "url" not in b:
@@ -463,6 +475,8 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
                 else _positive(_expect(b, "response_timeout", key, float, 0.0), f"{key}.response_timeout"),
                 headers=tuple(hdrs.items()),
                 forward_credentials=_expect(b, "forward_credentials", key, bool, False),
+                max_connections=_positive(_expect(b, "max_connections", key, int, 1024), f"{key}.max_connections"),
+                max_streams=_positive(_expect(b, "max_streams", key, int, 1024), f"{key}.max_streams"),
             )
         )
 

@@ -15,7 +15,7 @@ cdef class Exchange:
     cdef public ClientProtocol conn
     cdef public Route route
     cdef public double t0, t_sent, t_up_end, t_end, deadline
-    cdef public object method, tool, rpc_id, upstream, pending, outcome, out, principal, env, lfilter
+    cdef public object method, tool, rpc_id, upstream, pending, outcome, out, principal, env, lfilter, stream
     cdef public object upstream_sid
     cdef public int status, phase
     cdef public long long bytes_out, flushed

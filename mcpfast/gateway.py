@@ -38,6 +38,7 @@ from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_f
 from .heads import fixed_fields, host_line, origin_target, passthrough_head
 from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
 from .policy import AuthError, Policy, Principal
+from .quota import ClientQuota
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
 from .upstream import UpstreamError, UpstreamPool
 
@@ -250,7 +251,7 @@ class Exchange:
         "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
         "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
         "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
-        "env", "lfilter", "flushed", "upstream_sid",
+        "env", "lfilter", "flushed", "stream", "upstream_sid",
     )  # fmt: skip
 
     def __init__(self, gw: "Gateway", conn: ClientProtocol, head) -> None:
@@ -287,6 +288,7 @@ class Exchange:
         self.env: Any = None
         self.lfilter: _ListFilter | None = None
         self.flushed = 0  # bytes_out at the last flush
+        self.stream = None  # the quota keys of a GET stream while it is open
         # On a route with a session seal: the backend's own session id, once the client's
         # sealed one is verified for its principal (None: none sent, or not verified).
         self.upstream_sid: bytes | None = None
@@ -323,7 +325,11 @@ class Exchange:
             # One chunk (the usual case) is forwarded as the object the parser handed
             # out -- the received bytes or a view of them, never a copy; several are
             # joined once.
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if len(chunks) == 1:
+                body = chunks[0]
+            else:
+                body = b"".join(chunks)
+                chunks.clear()  # the pieces are in body now: hold the bytes once
             self.body = body
             if head.method == b"POST":
                 try:
@@ -399,6 +405,15 @@ class Exchange:
 
     def _dispatch(self, route: "Route") -> None:
         """The request is admitted: the virtual server answers it, or it is forwarded."""
+        if self.head.method == b"GET":
+            # A server->client stream holds a connection here and at a backend for as
+            # long as the client listens: counted per client and per session.
+            keys = self.gw.quota.open_stream(self.principal, self.conn.peer, route.path, self.head.session_id)
+            if type(keys) is str:
+                self.gw.metrics.error("stream_limit")
+                self.respond_error(429, -32000, keys, headers=b"Retry-After: 1\r\n")
+                return
+            self.stream = keys
         if route.virtual is not None:
             route.virtual.handle(self)
         else:
@@ -496,6 +511,10 @@ class Exchange:
         self.deadline = t + route.response_timeout
         self.t_sent = t
         self.out = [data, body] if body else [data]
+        if head.method == b"GET":
+            # Streams have their own connection budget at the backend (max_streams).
+            route.pool.acquire_stream(self._got_upstream)
+            return
         conn = route.pool.take_idle()
         if conn is not None:  # the usual case: a kept-alive connection is free
             self.upstream = conn
@@ -657,7 +676,8 @@ class Exchange:
                 # on a fresh connection.
                 self.retried = True
                 self.phase = WAIT_CONN
-                self.route.pool.acquire(self._got_upstream)
+                pool = self.route.pool
+                (pool.acquire_stream if self.head.method == b"GET" else pool.acquire)(self._got_upstream)
                 return
             self.gw.metrics.error(err.kind)
             self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
@@ -767,11 +787,21 @@ class Exchange:
         self.conn.exchange_done(self, self.keep_alive)
 
     def phase_done(self, outcome: str) -> None:
+        route = self.route
+        if self.phase == WAIT_CONN:
+            # Maybe still in a backend pool's queue (dropped when its turn comes, see
+            # _got_upstream): keep nothing big alive meanwhile.
+            self.body = b""
+            self.out = None
+            self.chunks = []
         self.phase = DONE
         self.outcome = outcome
         t_end = self.t_end = _perf()
-        route = self.route
         gw = self.gw
+        keys = self.stream
+        if keys is not None:
+            self.stream = None
+            gw.quota.close_stream(keys)
         if route is not None:
             bm = route.bm
             if self.sse:
@@ -878,6 +908,7 @@ class Gateway:
         self.hosts = HostPolicy(config.server.effective_allowed_hosts())
         self.forwarded = config.server.forwarded_headers
         self.connections: set[ClientProtocol] = set()
+        self.quota = ClientQuota(config.limits)
         # Open sessions (for the metric), least recently used first: backend session id →
         # [route, last seen].  Bounded by limits.max_sessions; idle ones expire.
         self.sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
@@ -933,8 +964,9 @@ class Gateway:
         if pool is None:
             cfg = self.config
             pool = self.pools[b.name] = UpstreamPool(
-                b, bm, connect_timeout=cfg.timeouts.upstream_connect, max_header_bytes=cfg.limits.max_header_bytes
-            )
+                b, bm, connect_timeout=cfg.timeouts.upstream_connect, max_header_bytes=cfg.limits.max_header_bytes,
+                max_connections=b.max_connections, max_streams=b.max_streams,
+            )  # fmt: skip
         return pool
 
     # --- pipeline hooks -------------------------------------------------------------

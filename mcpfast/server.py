@@ -3,10 +3,11 @@
 Theory of operation.  ``data_received`` feeds the compiled request parser; its callbacks
 build an ``Exchange`` (head, then body chunks) and hand it to the application (the
 gateway pipeline) once the body is complete.  Exchanges are answered strictly in order;
-pipelined requests wait in a short queue, and reading pauses if that queue grows, so a
-client cannot make us buffer without bound.  The connection owns its timers as one
-deadline checked by the gateway's once-a-second tick: idle keep-alive, header read, body
-read.  Upstream waits are the exchange's business.
+while an answer is being written, one more complete request may wait, and reading pauses
+until it is started, so a client cannot make us buffer more than one request (plus the
+rest of the read that brought it) behind the one being answered.  The connection owns
+its timers as one deadline checked by the gateway's once-a-second tick: idle keep-alive,
+header read, body read.  Upstream waits are the exchange's business.
 
 Writing goes through ``send``/``send_many`` (one transport call each).  When the client's
 socket buffer fills, ``pause_writing`` tells the exchange so it pauses its upstream, and
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +50,15 @@ _REASONS = {
 }  # fmt: skip
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
-MAX_PIPELINE = 8
+# Complete requests that may wait while an answer is written; reading pauses at this many.
+MAX_PIPELINE = 1
+# Linux TCP states (tcpi_state, the first byte of TCP_INFO): the peer sent FIN, or RST.
+_TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_REFUSED = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\n%s"
+)
 
 
 def status_reason(status: int) -> bytes:
@@ -107,17 +117,23 @@ class ClientProtocol:
         gw = self.gateway
         if len(gw.connections) >= gw.config.limits.max_connections:
             # Over the connection cap: refuse cheaply rather than degrade everyone.
-            gw.metrics.error("connection_limit")
-            transport.write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            transport.close()
-            self.closed = True
+            self._refuse("connection_limit", "too many connections")
+            return
+        if not gw.quota.connection_opened(self.peer):
+            # One address holds its share already: refuse it alone, before reading a byte.
+            self._refuse("address_connection_limit", "too many connections from this address")
             return
         gw.connections.add(self)
         gw.metrics.client_connections.inc()
         self.state = HEAD  # a fresh connection must send its head in time (slowloris)
         self.deadline = time.monotonic() + gw.config.timeouts.header_read
+
+    def _refuse(self, kind: str, message: str) -> None:
+        self.gateway.metrics.error(kind)
+        body = jsonrpc_error_body(-32000, message)
+        self.transport.write(_REFUSED % (len(body), body))
+        self.transport.close()
+        self.closed = True
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
@@ -137,6 +153,17 @@ class ClientProtocol:
             self.parser.feed_eof()
         except ProtocolError:
             pass  # a half-sent request: nobody to answer
+        active = self.active
+        if active is not None and active.head.method == b"GET":
+            # A server->client stream has no end of its own: a client that half-closes
+            # has stopped listening.  End it now, and with it the backend stream and its
+            # connection, rather than when the backend next writes.
+            self.active = None
+            self.queue.clear()
+            self.keep_alive = False
+            active.client_gone()
+            self.close()
+            return False
         # Keep the write side open while an answer is still being written (half-close);
         # exchange_done closes once the last one received is answered.
         return self.active is not None
@@ -148,6 +175,7 @@ class ClientProtocol:
         gw = self.gateway
         if self in gw.connections:
             gw.connections.discard(self)
+            gw.quota.connection_closed(self.peer)
             gw.metrics.client_connections.dec()
         active, self.active = self.active, None
         self.queue.clear()
@@ -200,7 +228,9 @@ class ClientProtocol:
             self.state = BUSY
             ex.start()
         else:
+            # Wait behind the answer being written; read no further until it starts.
             self.queue.append(ex)
+            self.state = BUSY
             if len(self.queue) >= MAX_PIPELINE and not self.read_paused:
                 self.read_paused = True
                 self.transport.pause_reading()
@@ -216,15 +246,20 @@ class ClientProtocol:
         if self.active is not ex:
             return
         self.active = None
-        if not keep_alive or self.closed or (self.eof and not self.queue):
+        if not keep_alive or not self.keep_alive or self.closed or (self.eof and not self.queue):
             self.close()
             return
         if self.queue:
             nxt = self.queue.popleft()
-            if self.read_paused and len(self.queue) < MAX_PIPELINE // 2:
+            resumed = self.read_paused and len(self.queue) < MAX_PIPELINE
+            if resumed:
                 self.read_paused = False
                 self.transport.resume_reading()
             self._start(nxt)
+            if resumed and self.active is nxt and (self.reading is not None or self.parser.in_message):
+                # A request cut by the pause is held to a read deadline again, from now.
+                self.state = BODY if self.reading is not None else HEAD
+                self.deadline = time.monotonic() + self.timeouts.header_read
             return
         if self.reading is not None or self.parser.in_message:
             self.state = BODY if self.reading is not None else HEAD
@@ -267,7 +302,9 @@ class ClientProtocol:
             # connection after the current answer by refusing keep-alive.
             self.keep_alive = False
             self.queue.clear()
-            self.transport.pause_reading()
+            if not self.read_paused:
+                self.read_paused = True  # and watched by _check_peer meanwhile
+                self.transport.pause_reading()
             return
         body = jsonrpc_error_body(-32700 if status == 400 else -32600, message)
         self.send(
@@ -276,14 +313,36 @@ class ClientProtocol:
         )
         self.close()
 
+    def _check_peer(self) -> None:
+        """With reading paused the event loop does not see the client leave, and a quiet
+        stream never writes to find out: ask the kernel.  A reset connection is closed,
+        and a FIN during a GET stream ends it as one read would (``eof_received``)."""
+        if _TCP_INFO is None:
+            return
+        try:
+            state = self.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 1)[0]
+        except (AttributeError, OSError):
+            return  # not a TCP socket
+        if state == _TCP_CLOSE:
+            self.abort()
+        elif state == _TCP_CLOSE_WAIT and self.active is not None and self.active.head.method == b"GET":
+            self.eof_received()
+
     # --- deadlines --------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:
         if self.closed:
             return
         st = self.state
-        if st == BUSY:
-            if self.active is not None:
-                self.active.check_deadline(now)
+        active = self.active
+        if active is not None:
+            active.check_deadline(now)
+            if self.read_paused and not self.closed:
+                self._check_peer()
+            # A request read behind the answer is held to its own deadline, unless we
+            # paused reading it.
+            if st == BUSY or self.read_paused or self.closed:
+                return
+        elif st == BUSY:
             return
         if now < self.deadline:
             return

@@ -7,7 +7,7 @@ cdef class UpstreamProtocol:
     cdef public _CResponseParser parser
     cdef public UpstreamPool pool
     cdef public object transport, sink, _write_buffer_size
-    cdef public bint closed, reused, got_bytes, keep_alive, ended, _paused, _write_paused, _forgotten
+    cdef public bint closed, reused, got_bytes, keep_alive, ended, _paused, _write_paused, _forgotten, stream
     cdef public double idle_since
     cpdef send(self, sink, list data, bint head_request=*)
     cpdef pause_reading(self)
@@ -15,7 +15,7 @@ cdef class UpstreamProtocol:
 cdef class UpstreamPool:
     cdef public object backend, metrics, host, port, connect_timeout, _waiters, _loop
     cdef public list _idle
-    cdef public Py_ssize_t size, max_header_bytes, max_connections, _open, _connecting
+    cdef public Py_ssize_t size, max_header_bytes, max_connections, max_streams, _open, _connecting, _streams
     cdef public double idle_timeout
     cdef public bint closed
     cpdef UpstreamProtocol take_idle(self)

@@ -21,6 +21,13 @@ answer, and nobody else ever reads those bytes.
 
 Flow control runs both ways through the sink: the client side pauses this transport's
 reading when the client's socket buffer fills (a slow SSE reader), and resumes it later.
+
+Two budgets per backend.  Requests (``acquire``) may have ``max_connections`` connections
+open, and wait their turn beyond that.  GET streams (``acquire_stream``) last as long as
+their client listens, so they are counted apart, up to ``max_streams``, and refused at
+once beyond it: however many streams are open, requests keep their own connections.  A
+connection counts as a stream's from the moment a stream takes it until it goes back to
+the pool or closes.
 """
 
 from __future__ import annotations
@@ -75,7 +82,7 @@ class UpstreamProtocol:
 
     __slots__ = (
         "pool", "transport", "parser", "sink", "closed", "reused", "got_bytes", "idle_since",
-        "keep_alive", "ended", "_paused", "_write_paused", "_forgotten", "_write_buffer_size",
+        "keep_alive", "ended", "_paused", "_write_paused", "_forgotten", "_write_buffer_size", "stream",
     )  # fmt: skip
 
     def __init__(self, pool: "UpstreamPool", max_header_bytes: int) -> None:
@@ -93,6 +100,7 @@ class UpstreamProtocol:
         self._write_paused = False
         self._forgotten = False
         self._write_buffer_size: Callable[[], int] | None = None  # the transport's, bound once
+        self.stream = False  # held by a GET stream: counted in the pool's stream budget
 
     # --- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -240,7 +248,8 @@ class UpstreamPool:
     """Keep-alive connections to one backend.
 
     ``pool_size`` idle connections are kept (LIFO); more may be open while busy, up to
-    ``max_connections``; beyond that requests wait their turn.  Idle connections older
+    ``max_connections`` for requests (beyond that requests wait their turn) plus
+    ``max_streams`` for GET streams (beyond that a stream is refused).  Idle connections older
     than ``idle_timeout`` are closed by ``sweep`` -- keep that below the backend's own
     keep-alive timeout (uvicorn closes after 5 s) so we rarely reuse a connection the
     backend is closing.
@@ -253,7 +262,8 @@ class UpstreamPool:
         *,
         connect_timeout: float,
         max_header_bytes: int = 65536,
-        max_connections: int = 1024,
+        max_connections: int | None = None,
+        max_streams: int | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         self.backend = backend
@@ -264,7 +274,11 @@ class UpstreamPool:
         self.idle_timeout = backend.pool_idle_timeout
         self.connect_timeout = backend.connect_timeout or connect_timeout
         self.max_header_bytes = max_header_bytes
-        self.max_connections = max_connections
+        self.max_connections = backend.max_connections if max_connections is None else max_connections
+        self.max_streams = backend.max_streams if max_streams is None else max_streams
+        # Connections held by (or being opened for) GET streams; the rest of the open
+        # and connecting ones count against max_connections.
+        self._streams = 0
         self._idle: list[UpstreamProtocol] = []
         self._open = 0
         self._connecting = 0
@@ -289,10 +303,36 @@ class UpstreamPool:
         if self.closed:
             callback(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))
             return
-        if self._open + self._connecting >= self.max_connections:
+        if self._open + self._connecting - self._streams >= self.max_connections:
             self._waiters.append(callback)
             return
         self._connect(callback)
+
+    def acquire_stream(self, callback: Callable[[UpstreamProtocol | None, UpstreamError | None], None]) -> None:
+        """``acquire`` for a GET stream: from the stream budget, and refused at once
+        (503) when it is spent rather than queued behind streams that may never end."""
+        if self.closed:
+            callback(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))
+            return
+        if self._streams >= self.max_streams:
+            callback(
+                None,
+                UpstreamError(
+                    "upstream_stream_limit",
+                    f"backend {self.backend.name} has {self.max_streams} streams open, its max_streams",
+                    503,
+                ),
+            )
+            return
+        self._streams += 1
+        conn = self.take_idle()
+        if conn is not None:
+            conn.stream = True
+            callback(conn, None)
+            return
+        self._connecting += 1
+        loop = self._loop or asyncio.get_running_loop()
+        loop.create_task(self._open_connection(callback, True))
 
     def take_idle(self) -> "UpstreamProtocol | None":
         """An idle kept-alive connection, or None (then use ``acquire``)."""
@@ -310,8 +350,9 @@ class UpstreamPool:
         loop = self._loop or asyncio.get_running_loop()
         loop.create_task(self._open_connection(callback))
 
-    async def _open_connection(self, callback) -> None:
+    async def _open_connection(self, callback, stream: bool = False) -> None:
         loop = self._loop or asyncio.get_running_loop()
+        err = None
         try:
             try:
                 _, conn = await asyncio.wait_for(
@@ -321,14 +362,19 @@ class UpstreamPool:
             finally:
                 self._connecting -= 1
         except asyncio.TimeoutError:
-            callback(None, UpstreamError("upstream_connect_timeout", f"connecting to backend {self.backend.name} timed out", 504))
-            return
+            err = UpstreamError("upstream_connect_timeout", f"connecting to backend {self.backend.name} timed out", 504)
         except OSError as exc:
-            callback(
-                None,
-                UpstreamError("upstream_unreachable", f"backend {self.backend.name} unreachable: {exc.strerror or exc}"),
-            )
+            err = UpstreamError("upstream_unreachable", f"backend {self.backend.name} unreachable: {exc.strerror or exc}")
+        except BaseException:
+            if stream:
+                self._streams -= 1
+            raise
+        if err is not None:
+            if stream:
+                self._streams -= 1
+            callback(None, err)
             return
+        conn.stream = stream
         if self.closed:
             conn.close()
             callback(None, UpstreamError("upstream_unavailable", "gateway is shutting down", 503))
@@ -338,6 +384,12 @@ class UpstreamPool:
     def release(self, conn: UpstreamProtocol) -> None:
         """A clean keep-alive connection is free again."""
         conn.reused = True
+        if conn.stream:
+            conn.stream = False
+            self._streams -= 1
+            if self._open + self._connecting - self._streams > self.max_connections:
+                conn.close()  # the request budget is full: no room to keep it
+                return
         if self._waiters:
             cb = self._waiters.popleft()
             conn.resume_reading()
@@ -359,7 +411,10 @@ class UpstreamPool:
         if conn.transport is not None:
             self._open -= 1
             self.metrics.connections.dec()
-        if self._waiters and not self.closed and self._open + self._connecting < self.max_connections:
+        if conn.stream:
+            conn.stream = False
+            self._streams -= 1
+        if self._waiters and not self.closed and self._open + self._connecting - self._streams < self.max_connections:
             self._connect(self._waiters.popleft())
 
     def sweep(self, now: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import weakref
 
 import orjson
 
@@ -266,8 +267,15 @@ def http_request(port: int, raw: bytes, timeout: float = 10.0) -> bytes:
         return read_response(s)
 
 
+# Bytes read past the end of a response on a socket: the start of the next one (two
+# pipelined answers can arrive in one recv).  Weak keys: a closed socket drops its entry.
+_LEFTOVER: "weakref.WeakKeyDictionary[socket.socket, bytes]" = weakref.WeakKeyDictionary()
+
+
 def read_response(s: socket.socket) -> bytes:
-    buf = b""
+    """Read one response with a Content-Length (or, without one, whatever arrived with
+    its head).  Bytes after its end are kept for the next call on the same socket."""
+    buf = _LEFTOVER.pop(s, b"")
     while b"\r\n\r\n" not in buf:
         d = s.recv(65536)
         if not d:
@@ -286,6 +294,9 @@ def read_response(s: socket.socket) -> bytes:
         if not d:
             break
         rest += d
+    if len(rest) > n:
+        _LEFTOVER[s] = rest[n:]
+        rest = rest[:n]
     return head + b"\r\n\r\n" + rest
 
 

@@ -136,11 +136,11 @@ class HostileBackend:
 @pytest.fixture
 def hostile():
     b = HostileBackend()
-    cfg = {"backends": {"evil": {"url": b.url, "response_timeout": 5.0}}, "limits": {"max_body_bytes": BIG * 2}}
+    # One upstream connection at most: a second request waits for the first one's.
+    cfg = {"backends": {"evil": {"url": b.url, "response_timeout": 5.0, "max_connections": 1}},
+           "limits": {"max_body_bytes": BIG * 2}}  # fmt: skip
     try:
         with GatewayThread(cfg) as gt:
-            # One upstream connection at most: a second request waits for the first one's.
-            gt.call(setattr, gt.gw.pools["evil"], "max_connections", 1)
             yield gt, b
     finally:
         b.close()

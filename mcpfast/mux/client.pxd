@@ -31,7 +31,7 @@ cdef class Call:
     cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head
-    cdef public bint whole, done, retried, paused, watched, stream, events, plain
+    cdef public bint whole, done, retried, paused, watched, stream, events, plain, listen
     cdef public Py_ssize_t size
     cdef public int status
     cpdef start(self, double now=*)

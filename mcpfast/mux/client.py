@@ -182,7 +182,7 @@ class Call:
 
     __slots__ = (
         "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
-        "retried", "pending", "timer", "status", "paused", "watched", "stream", "events", "plain",
+        "retried", "pending", "timer", "status", "paused", "watched", "stream", "events", "plain", "listen",
     )  # fmt: skip
 
     def __init__(self, link: BackendLink, data: list, handler: CallHandler, timeout: float | None = None, whole: bool = False):
@@ -210,6 +210,9 @@ class Call:
         self.paused = False
         self.watched = False
         self.stream = False  # set by the handler's on_head: body chunks go to on_body
+        # A GET stream: its connection comes from the backend's stream budget (set
+        # before ``start``).
+        self.listen = False
 
     def start(self, now: float = 0.0) -> "Call":
         """Send the request; ``now``: the monotonic time if the caller just read it."""
@@ -223,6 +226,9 @@ class Call:
                 loop = link.pool._loop or asyncio.get_running_loop()
                 self.timer = loop.call_later(t, self._timed_out)
         pool = self.link.pool
+        if self.listen:
+            pool.acquire_stream(self._got)
+            return self
         conn = pool.take_idle()
         if conn is None:
             pool.acquire(self._got)
@@ -393,7 +399,8 @@ class Call:
             # A pooled keep-alive connection the backend had already closed: the request
             # was never processed; one retry on a fresh connection.
             self.retried = True
-            self.link.pool.acquire(self._got)
+            pool = self.link.pool
+            (pool.acquire_stream if self.listen else pool.acquire)(self._got)
             return
         self._fail(err)
 

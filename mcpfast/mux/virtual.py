@@ -1140,6 +1140,9 @@ class _Merge:
         if not self.started:
             if self.ended:
                 ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
+            elif leg.status == 503:
+                # A backend's stream budget is spent (or it is shutting down).
+                ex.respond_error(503, -32000, leg.failure, headers=b"Retry-After: 1\r\n")
             elif self.ids.kind == STREAM_POST:
                 # The backend cannot resume that stream (not a 404 to the client: its
                 # session is fine).  A client gives up after a few such answers.
@@ -1187,6 +1190,7 @@ class _MergeLeg(CallHandler):
             return
         call = self.call = Call(link, [data], self)
         call.paused = m.paused
+        call.listen = True
         call.start()
 
     def stop(self) -> None:
