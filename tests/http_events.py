@@ -22,6 +22,23 @@ RESPONSE_ATTRS = (
 )  # fmt: skip
 
 
+class HeadList:
+    """Handler for ``RequestParser`` that keeps only the request heads, in order
+    (``heads``): what a backend received, as the strict parser read it."""
+
+    def __init__(self) -> None:
+        self.heads: list = []
+
+    def on_request(self, head) -> None:
+        self.heads.append(head)
+
+    def on_body(self, chunk) -> None:
+        pass
+
+    def on_request_end(self, trailers) -> None:
+        pass
+
+
 class Recorder:
     """Handler for either parser; ``events`` lists ``(kind, payload)`` in call order.
 

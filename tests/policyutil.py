@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from http_events import HeadList
 from mcpfast.core import RequestParser
 
 ISSUER = "https://idp.example.com"
@@ -36,18 +37,7 @@ HMAC_SECRET = b"s3cret-s3cret-s3cret-s3cret-0123456789abcdef-0123456789abcdef-xy
 # Request heads through the real parser
 
 
-class _Collect:
-    def __init__(self) -> None:
-        self.heads: list = []
-
-    def on_request(self, head) -> None:
-        self.heads.append(head)
-
-    def on_body(self, chunk) -> None:
-        pass
-
-    def on_request_end(self, trailers) -> None:
-        pass
+_Collect = HeadList
 
 
 def head(

@@ -26,6 +26,7 @@ import pytest
 
 from gwutil import GatewayThread
 from mcpfast.config import ConfigError, build_config
+from http_events import HeadList
 from mcpfast.core import RequestParser
 from rawbackend import read_request, read_response
 
@@ -37,20 +38,7 @@ ALL_CAPS = {"sampling": {}, "elicitation": {}, "roots": {"listChanged": True}}
 # A backend whose tool list depends on the client's capabilities
 
 
-class _Requests:
-    """What a connection received, parsed with the gateway's strict request parser."""
-
-    def __init__(self) -> None:
-        self.heads: list = []
-
-    def on_request(self, head) -> None:
-        self.heads.append(head)
-
-    def on_body(self, chunk) -> None:
-        pass
-
-    def on_request_end(self, trailers) -> None:
-        pass
+_Requests = HeadList
 
 
 class CapsBackend:

@@ -25,6 +25,7 @@ import pytest
 from gwutil import ROOT, GatewayThread, backend_process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from http_events import HeadList
 from mcpfast.core import RequestParser
 from mcpfast.policy.sessions import TAG_CHARS
 from rawbackend import RawBackend
@@ -43,18 +44,7 @@ def _auth(**extra) -> dict:
     return {"auth": {"api_keys": {"keys": keys}, **extra}, "audit": {"sink": "off"}}
 
 
-class _Heads:
-    def __init__(self) -> None:
-        self.heads: list = []
-
-    def on_request(self, head) -> None:
-        self.heads.append(head)
-
-    def on_body(self, chunk) -> None:
-        pass
-
-    def on_request_end(self, trailers) -> None:
-        pass
+_Heads = HeadList
 
 
 def received_sids(backend: RawBackend) -> list[bytes | None]:
