@@ -160,7 +160,13 @@ def check_config(config_file: str) -> None:
 @click.option("--admin-listen", default="127.0.0.1:9090", show_default=True, metavar="HOST:PORT")
 def demo(listen: str, admin_listen: str) -> None:
     """Start the gateway with an embedded demo MCP backend."""
-    from .demo_backend import wait_ready
+    try:
+        from .demo_backend import wait_ready
+    except ImportError as exc:  # the demo backend is an MCP Python SDK server
+        if exc.name is not None and exc.name.partition(".")[0] != "mcp":
+            raise
+        click.echo("mcpfast demo needs the MCP Python SDK: pip install 'mcpfast[demo]'", err=True)
+        sys.exit(EXIT_CONFIG)
 
     over = {"server.listen": listen, "server.admin_listen": admin_listen, "log.access_log": "-"}
     try:
