@@ -701,12 +701,3 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
             node = nxt
         node[parts[-1]] = value
     return build_config(raw, source=path)
-
-
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

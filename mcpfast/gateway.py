@@ -196,7 +196,7 @@ class Route:
     needs precomputed."""
 
     __slots__ = (
-        "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
+        "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy",
         "virtual", "host_line", "fields", "seal",
     )  # fmt: skip
 
@@ -218,7 +218,6 @@ class Route:
         self.seal = policy.seal if policy is not None and getattr(rc, "mux", None) is None else None
         if self.seal is not None:
             drop = drop | {_SESSION_FIELD}
-        self.drop = drop
         self.fields = _FieldClass(drop, cfg.server.forwarded_headers)
         self.name = rc.path
         self.backend = backend

@@ -242,13 +242,6 @@ class Authenticator:
             raise self._fail(R.MISSING_CREDENTIALS, head, peer)
         return self._anonymous(peer)
 
-    async def authenticate_async(self, head: Any, peer: str) -> Principal:
-        """The same, awaited: for callers that are coroutines anyway (tests, tools)."""
-        r = self.authenticate(head, peer)
-        if type(r) is not Principal:
-            r = await r
-        return r
-
     # --- slow paths -------------------------------------------------------------------
     def _from_authorization(self, value: bytes, head: Any, peer: str) -> Principal | asyncio.Future | None:
         scheme, _, cred = value.partition(b" ")
