@@ -11,8 +11,9 @@ Metadata lives in pyproject.toml; this file only describes the extensions.
   extension types with C-typed attributes and C-callable methods, so the request path
   skips dictionary lookups and Python calls between them.  The ``.py`` file stays the
   one source; ``MCPFAST_NO_EXTENSIONS=1`` at run time imports it as plain Python.
-  The build records a hash of each source (``_build_stamp.py``) so that a compiled
-  module older than an edited source is noticed at import (see ``mcpfast/__init__.py``).
+  The build records a hash of each source (``_build_stamp.py``, the core's ``.pyx``,
+  ``.pxd`` and ``.pxi`` files included) so that a compiled module older than an edited
+  source is noticed at import (see ``mcpfast/__init__.py``).
 
 Set ``MCPFAST_DEBUG_BUILD=1`` at build time for a debug core: invariant checks
 (``MCPFAST_DEBUG`` in the C code), bounds checks and line tracing, so a failure can be
@@ -61,7 +62,8 @@ if DEBUG:
 
 # Digests of the sources as cythonize reads them below (not as they are when the build
 # ends: a source edited during the build must not be stamped as built).
-SOURCE_DIGESTS = {name: _compiled.source_digest(name) for name in COMPILED}
+# The core's digest covers its .pyx, .pxd and the .pxi files they include.
+SOURCE_DIGESTS = {name: _compiled.source_digest(name) for name in (_compiled.CORE, *COMPILED)}
 
 
 def write_stamp(package_dir: str) -> None:

@@ -1,4 +1,5 @@
-"""Picks the protocol core: the compiled ``_core`` unless ``MCPFAST_NO_EXTENSIONS=1``.
+"""Picks the protocol core: the compiled ``_core`` unless ``MCPFAST_NO_EXTENSIONS=1`` or
+the build is older than the core's source (``mcpfast/__init__.py`` checks and warns).
 
 The pure-Python twin ``_core_py`` has the same API and is the reference the compiled
 core is tested against.  If the extension is missing (a source checkout that was never
@@ -11,11 +12,12 @@ from __future__ import annotations
 import os
 import warnings
 
+from . import FROM_SOURCE
 from .errors import ProtocolError  # noqa: F401  (re-exported)
 
 IMPLEMENTATION: str
 
-if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0"):
+if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0") or "_core" in FROM_SOURCE:
     from . import _core_py as _impl
 
     IMPLEMENTATION = "py"

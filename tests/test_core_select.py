@@ -109,10 +109,18 @@ with warnings.catch_warnings(record=True) as w:
     import importlib
     for n in mcpfast.COMPILED:
         importlib.import_module("mcpfast." + n)
+    import mcpfast.core
+    try:
+        import mcpfast._core
+        core_error = None
+    except ImportError as exc:
+        core_error = str(exc)
     caught = [str(x.message) for x in w]
 print(json.dumps({
     "files": {n: sys.modules["mcpfast." + n].__file__ for n in mcpfast.COMPILED},
     "from_source": sorted(mcpfast.FROM_SOURCE),
+    "core": mcpfast.core.IMPLEMENTATION,
+    "core_error": core_error,
     "warnings": caught,
 }))
 """
@@ -132,13 +140,16 @@ def test_gateway_modules_are_compiled_in_a_normal_install():
     got = probe_modules({})
     assert got["from_source"] == []
     assert got["warnings"] == []
+    assert got["core"] == "c" and got["core_error"] is None
     for name, path in got["files"].items():
         assert path.endswith((".so", ".pyd")), f"{name} was imported from {path}"
 
 
 def test_no_extensions_imports_the_gateway_sources():
     got = probe_modules({"MCPFAST_NO_EXTENSIONS": "1"})
-    assert sorted(got["from_source"]) == sorted(got["files"])
+    assert sorted(got["from_source"]) == sorted(["_core", *got["files"]])
+    # The twin runs; the compiled core stays importable (the tests compare the two).
+    assert got["core"] == "py" and got["core_error"] is None
     for name, path in got["files"].items():
         assert path.endswith(name.replace(".", "/") + ".py"), path
 
@@ -166,6 +177,46 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     others = [n for n in got["files"] if n not in expected]
     assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others)
     assert any(edited in w and "rebuild" in w for w in got["warnings"]), got["warnings"]
+    assert got["core"] == "c"
+
+
+@pytest.mark.parametrize("edited", ["_http.pxi", "_jsonrpc_decl.pxi", "_debug.pxi", "_core.pyx", "_core.pxd"])
+def test_an_edited_core_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
+    """The compiled core is built from _core.pyx, its .pxd and the .pxi files they
+    include: after an edit of any of them the old build must not run.  The twin does,
+    and so do the sources of the modules that cimport the core, with a warning; the
+    stale extension cannot be imported by name either."""
+    import shutil
+
+    import mcpfast
+
+    pkg = tmp_path / "mcpfast"
+    shutil.copytree(os.path.dirname(mcpfast.__file__), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    src = pkg / edited
+    src.write_text(src.read_text() + "\n# edited after the build\n")
+    got = probe_modules({}, root=str(tmp_path))
+    expected = ["_core", "gateway", "mux.client", "mux.virtual", "server", "upstream"]
+    assert got["from_source"] == expected
+    assert got["core"] == "py"
+    assert "older than its source" in got["core_error"] and "rebuild" in got["core_error"]
+    for n in expected[1:]:
+        assert got["files"][n] == str(pkg.joinpath(*n.split(".")).with_suffix(".py")), got["files"][n]
+    others = [n for n in got["files"] if n not in expected]
+    assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others), got["files"]
+    assert any("_core" in w and "twin" in w and "rebuild" in w for w in got["warnings"]), got["warnings"]
+
+
+def test_the_core_digest_covers_what_the_build_compiles():
+    """The files the core's digest reads are the package files Cython's own dependency
+    tracking lists for _core.pyx (what makes cythonize rebuild it)."""
+    from Cython.Build.Dependencies import create_dependency_tree
+
+    from mcpfast._compiled import PACKAGE_DIR, core_sources
+
+    deps = create_dependency_tree().all_dependencies(os.path.join(PACKAGE_DIR, "_core.pyx"))
+    ours = {os.path.relpath(d, PACKAGE_DIR) for d in deps if os.path.abspath(d).startswith(PACKAGE_DIR + os.sep)}
+    assert sorted(core_sources()) == sorted(ours)
+    assert {"_core.pyx", "_core.pxd", "_http.pxi", "_http_decl.pxi", "_sse.pxi", "_jsonrpc.pxi"} <= ours
 
 
 def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):
@@ -203,6 +254,9 @@ def test_cimport_dependencies_are_read_from_the_pxd_files():
     assert cimports("observe") == set()
     # Everything that reaches the upstream module's C layout, directly or not.
     assert with_dependents({"upstream"}) == {"upstream", "mux.client", "mux.virtual"}
+    # Everything that reaches the core's C layout.
+    assert "_core" in cimports("server")
+    assert with_dependents({"_core"}) == {"_core", "server", "upstream", "gateway", "mux.client", "mux.virtual"}
 
 
 def test_installed_packages_carry_the_pxd_files():
@@ -221,3 +275,8 @@ def test_installed_packages_carry_the_pxd_files():
         package, _, module = ("mcpfast." + name).rpartition(".")
         assert os.path.exists(os.path.join(ROOT, *package.split("."), module + ".pxd")), name
         assert any(fnmatch.fnmatch(module + ".pxd", pat) for pat in package_data.get(package, [])), (name, package)
+    # And the core's sources, which its digest covers.
+    from mcpfast._compiled import core_sources
+
+    for rel in core_sources():
+        assert any(fnmatch.fnmatch(rel, pat) for pat in package_data["mcpfast"]), rel
