@@ -147,3 +147,27 @@ def test_one_read_of_tiny_pipelined_requests_is_not_all_queued():
     finally:
         gt.stop()
         gated.close()
+
+
+def test_backend_url_credentials_are_refused_without_being_echoed(tmp_path):
+    """A backend URL with a user and password: the gateway never sends them (backends get
+    ``headers`` or ``bearer_token``), so the file is refused with one line naming the key
+    -- and neither that line nor any other configuration error shows the password or a
+    query value of the URL."""
+    from click.testing import CliRunner
+
+    from mcpfast.cli import main
+
+    cases = {
+        "http://user:PASSSECRET@127.0.0.1:1/mcp?key=QSECRET": "backends.a.url",
+        "https://user:PASSSECRET@127.0.0.1:1/mcp?key=QSECRET": "backends.a.url",
+        "http://user:PASSSECRET@127.0.0.1:notaport/mcp?key=QSECRET": "backends.a.url",
+        "http://:PASSSECRET@/mcp?key=QSECRET": "backends.a.url",
+    }
+    for url, key in cases.items():
+        f = tmp_path / "gw.toml"
+        f.write_text(f'[backends.a]\nurl = "{url}"\n')
+        r = CliRunner().invoke(main, ["check-config", str(f)])
+        assert r.exit_code == 2, (url, r.output)
+        assert key in r.output
+        assert "PASSSECRET" not in r.output and "QSECRET" not in r.output, r.output
