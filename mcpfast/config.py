@@ -133,6 +133,7 @@ class TimeoutsConfig:
     upstream_response: float = 60.0  # request sent to upstream response head
     drain: float = 20.0  # graceful shutdown: how long in-flight requests may finish
     session_idle: float = 3600.0  # a session unseen this long no longer counts as open (metrics)
+    client_write: float = 60.0  # a client that takes none of its answer this long is dropped
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ cdef class ClientProtocol:
     cdef public _CRequestParser parser
     cdef public object gateway, transport, peer, reading, active, queue, timeouts, xff_peer, held
     cdef public int state
-    cdef public double deadline
+    cdef public double deadline, write_stalled
     cdef public bint closed, write_paused, read_paused, keep_alive, eof, starting
     cpdef send(self, data)
     cpdef send_many(self, parts)

@@ -83,7 +83,7 @@ class ClientProtocol:
     __slots__ = (
         "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
         "closed", "write_paused", "read_paused", "keep_alive", "eof", "timeouts", "xff_peer",
-        "held", "starting",
+        "held", "starting", "write_stalled",
     )  # fmt: skip
 
     def __init__(self, gateway: "Gateway") -> None:
@@ -113,6 +113,7 @@ class ClientProtocol:
         self.eof = False  # the client half-closed: nothing more will arrive
         self.held = b""  # bytes read but not parsed while reading is paused
         self.starting = False  # exchange_done is starting queued exchanges
+        self.write_stalled = 0.0  # when writing last paused (the client took nothing more)
 
     # --- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -209,6 +210,7 @@ class ClientProtocol:
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_stalled = time.monotonic()
         if self.active is not None:
             self.active.pause_upstream()
 
@@ -384,6 +386,12 @@ class ClientProtocol:
     # --- deadlines --------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:
         if self.closed:
+            return
+        if self.write_paused and now - self.write_stalled >= self.timeouts.client_write:
+            # The client has taken nothing of its answer for that long: it holds a backend
+            # connection (and the answer's buffered bytes) for as long as it likes.
+            self.gateway.metrics.error("client_write_timeout")
+            self.abort()
             return
         st = self.state
         active = self.active

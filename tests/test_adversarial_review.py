@@ -5,6 +5,7 @@ and what the clients got back."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -171,3 +172,60 @@ def test_backend_url_credentials_are_refused_without_being_echoed(tmp_path):
         assert r.exit_code == 2, (url, r.output)
         assert key in r.output
         assert "PASSSECRET" not in r.output and "QSECRET" not in r.output, r.output
+
+
+def _session(port: int) -> bytes:
+    init = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(post("/mcp", init))
+        r = read_response(s)
+    for line in r.split(b"\r\n\r\n")[0].split(b"\r\n"):
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"mcp-session-id":
+            return v.strip()
+    raise AssertionError(r)
+
+
+def test_clients_that_stop_reading_do_not_hold_backend_connections_forever():
+    """Two clients ask for a large answer and never read it, on a backend with two request
+    connections: once their answers have stalled for ``timeouts.client_write`` the gateway
+    drops them, and with them the backend connections they pinned, so a third client's
+    call reaches the backend and is answered."""
+    from rawbackend import RawBackend
+
+    be = RawBackend("mux")
+    gt = GatewayThread({
+        "backends": {"b": {"url": be.url, "max_connections": 2, "response_timeout": 30}},
+        "timeouts": {"client_write": 1.0},
+    }).start()  # fmt: skip
+    try:
+        sid = _session(gt.port)
+        extra = b"Mcp-Session-Id: %s\r\nMCP-Protocol-Version: 2025-06-18\r\n" % sid
+        big = b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"big","arguments":{"size":40000000}}}'
+        stalled = []
+        for _ in range(2):
+            c = socket.create_connection(("127.0.0.1", gt.port))
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(post("/mcp", big, extra))
+            stalled.append(c)
+        assert _wait(lambda: len(be.requests) == 3)
+        time.sleep(0.5)
+        n = len(be.requests)
+        with socket.create_connection(("127.0.0.1", gt.port), timeout=15) as c:
+            c.sendall(post("/mcp", b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"n"}}', extra))
+            r = read_response(c)
+        assert status_of(r) == 200, r[:200]
+        assert orjson.loads(body_of(r))["id"] == 4
+        assert len(be.requests) == n + 1
+        # The stalled clients were cut (the gateway holds no connection of theirs) while
+        # they are still open on their side; the backend did not send all of them.
+        assert _wait(lambda: gt.call(lambda: len(gt.gw.connections)) == 0, 5)
+        assert be.bytes_sent < 2 * 40000000
+        for c in stalled:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+    finally:
+        gt.stop()
+        be.stop.set()
+        be.sock.close()
