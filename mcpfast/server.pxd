@@ -9,6 +9,7 @@ cdef class ClientProtocol:
     cdef public double deadline, write_stalled
     cdef public bint closed, write_paused, read_paused, keep_alive, eof, starting
     cpdef send(self, data)
+    cpdef _feed(self, data)
     cpdef send_many(self, parts)
     cpdef exchange_done(self, ex, bint keep_alive)
     cpdef close(self)
