@@ -792,11 +792,12 @@ class Exchange:
     def phase_done(self, outcome: str) -> None:
         route = self.route
         if self.phase == WAIT_CONN:
-            # Maybe still in a backend pool's queue (dropped when its turn comes, see
-            # _got_upstream): keep nothing big alive meanwhile.
+            # Maybe still in a backend pool's queue: leave it, and keep nothing big alive.
             self.body = b""
             self.out = None
             self.chunks = []
+            if route is not None and self.upstream is None and self.t_sent:
+                route.pool.cancel_wait(self._got_upstream)
         self.phase = DONE
         self.outcome = outcome
         t_end = self.t_end = _perf()

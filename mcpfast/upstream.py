@@ -248,6 +248,8 @@ class UpstreamPool:
         self._open = 0
         self._connecting = 0
         self._waiters: collections.deque[Callable] = collections.deque()
+        # The connection ``release`` is offering to a waiter right now (see there).
+        self._offering: UpstreamProtocol | None = None
         self._loop = loop
         self.closed = False
 
@@ -361,11 +363,21 @@ class UpstreamPool:
             if self._open + self._connecting - self._streams > self.max_connections:
                 conn.close()  # the request budget is full: no room to keep it
                 return
-        if self._waiters:
-            cb = self._waiters.popleft()
-            conn.resume_reading()
-            cb(conn, None)
-            return
+        waiters = self._waiters
+        if waiters:
+            if self._offering is conn:
+                # Handed straight back by a waiter that had already given up: the loop
+                # below offers it to the next one (no call per abandoned waiter).
+                self._offering = None
+                return
+            while waiters:
+                cb = waiters.popleft()
+                conn.resume_reading()
+                self._offering = conn
+                cb(conn, None)
+                if self._offering is conn:  # taken
+                    self._offering = None
+                    return
         if len(self._idle) >= self.size or self.closed:
             conn.close()
             return

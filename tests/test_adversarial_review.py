@@ -229,3 +229,37 @@ def test_clients_that_stop_reading_do_not_hold_backend_connections_forever():
         gt.stop()
         be.stop.set()
         be.sock.close()
+
+
+def test_requests_abandoned_while_waiting_for_a_backend_connection_are_let_go():
+    """A backend whose only request connection is busy: thousands of clients send a call
+    and leave at once.  Their waits are dropped from the pool's queue when they leave
+    (nothing of theirs is kept until a connection frees), and when the busy call ends,
+    a live client's call is served -- the abandoned waits are not walked one inside the
+    other."""
+    gated = GatedBackend()
+    gt = GatewayThread({"backends": {"b": {"url": gated.url, "max_connections": 1, "response_timeout": 30}}}).start()
+    try:
+        first = socket.create_connection(("127.0.0.1", gt.port), timeout=15)
+        first.sendall(post("/mcp", CALL))
+        assert _wait(lambda: len(gated.requests) == 1)
+        for i in range(3000):
+            with socket.create_connection(("127.0.0.1", gt.port)) as c:
+                c.sendall(post("/mcp", CALL))
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert _wait(lambda: gt.call(lambda: len(gt.gw.connections)) == 1)
+        waiting = gt.call(lambda: len(gt.gw.pools["b"]._waiters))
+        assert waiting == 0, waiting
+        live = socket.create_connection(("127.0.0.1", gt.port), timeout=15)
+        live.sendall(post("/mcp", CALL.replace(b'"id":7', b'"id":8')))
+        time.sleep(0.2)
+        gated.go.set()
+        assert orjson.loads(body_of(read_response(first)))["id"] == 7
+        r = read_response(live)
+        assert status_of(r) == 200 and orjson.loads(body_of(r))["id"] == 8
+        assert len(gated.requests) == 2
+        first.close()
+        live.close()
+    finally:
+        gt.stop()
+        gated.close()
