@@ -31,6 +31,7 @@ import signal
 import socket
 import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from .config import BackendConfig, Config, RouteConfig, ephemeral_key
 from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
@@ -185,6 +186,11 @@ class HostPolicy:
         return False
 
 
+def _param_name(part: bytes) -> bytes:
+    """The name of one ``name=value`` query parameter as a backend decodes it."""
+    return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
+
+
 def _has_port(p: str) -> bool:
     colon = p.rfind(":")
     return colon > 0 and p.rfind("]") < colon
@@ -196,7 +202,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy", "drop",
-        "virtual", "host_line", "fields", "seal",
+        "virtual", "host_line", "fields", "seal", "pinned",
     )  # fmt: skip
 
     def __init__(
@@ -226,6 +232,9 @@ class Route:
         path, _, query = backend.path.partition("?")
         self.target = path.encode()
         self.prefix = b"?" + query.encode() + b"&" if query else b"?"
+        # Parameters the backend URL sets: a client's own of the same name are dropped
+        # (frameworks differ on which of repeated parameters they take).
+        self.pinned = frozenset(_param_name(p) for p in query.encode().split(b"&") if p) if query else None
         self.extra = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode("latin-1")) for k, v in backend.headers)
         self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
 
@@ -490,7 +499,14 @@ class Exchange:
         gw = self.gw
         target = head.target
         q = target.find(b"?")
-        utarget = route.target if q < 0 else route.target + route.prefix + target[q + 1 :]
+        if q < 0:
+            utarget = route.target
+        elif route.pinned is None:
+            utarget = route.target + route.prefix + target[q + 1 :]
+        else:
+            pinned = route.pinned
+            kept = b"&".join(p for p in target[q + 1 :].split(b"&") if _param_name(p) not in pinned)
+            utarget = route.target + route.prefix + kept
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None

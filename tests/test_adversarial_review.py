@@ -263,3 +263,29 @@ def test_requests_abandoned_while_waiting_for_a_backend_connection_are_let_go():
     finally:
         gt.stop()
         gated.close()
+
+
+def test_a_client_cannot_override_the_query_parameters_of_the_backend_url():
+    """The operator pins ``tenant=acme`` in the backend URL.  A client that adds its own
+    ``tenant`` (plainly or percent-encoded) to the request target does not reach the
+    backend with it -- many frameworks take the last of repeated parameters -- while its
+    other parameters pass."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from rawbackend import RawBackend
+
+    be = RawBackend("ok")
+    gt = GatewayThread({"backends": {"b": {"url": be.url + "?tenant=acme&v=1"}}}).start()
+    try:
+        for query in (b"tenant=globex&x=1", b"x=1&ten%61nt=globex", b"x=1&tenant", b"x=1&+tenant=globex&tenant+=globex"):
+            with socket.create_connection(("127.0.0.1", gt.port), timeout=10) as c:
+                c.sendall(post("/mcp?" + query.decode(), CALL))
+                assert status_of(read_response(c)) == 200
+            target = be.requests[-1][0].split(b"\r\n")[0].split(b" ")[1].decode()
+            params = parse_qsl(urlsplit(target).query, keep_blank_values=True)
+            names = [k for k, _ in params]
+            assert names.count("tenant") == 1 and ("tenant", "acme") in params, (query, target)
+            assert ("x", "1") in params and ("v", "1") in params, (query, target)
+    finally:
+        gt.stop()
+        be.close()
