@@ -191,6 +191,11 @@ def _param_name(part: bytes) -> bytes:
     return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
 
 
+def _unpinned(query: bytes, pinned: frozenset) -> bytes:
+    """A client's query without the parameters the backend URL sets."""
+    return b"&".join([p for p in query.split(b"&") if _param_name(p) not in pinned])
+
+
 def _has_port(p: str) -> bool:
     colon = p.rfind(":")
     return colon > 0 and p.rfind("]") < colon
@@ -504,9 +509,7 @@ class Exchange:
         elif route.pinned is None:
             utarget = route.target + route.prefix + target[q + 1 :]
         else:
-            pinned = route.pinned
-            kept = b"&".join(p for p in target[q + 1 :].split(b"&") if _param_name(p) not in pinned)
-            utarget = route.target + route.prefix + kept
+            utarget = route.target + route.prefix + _unpinned(target[q + 1 :], route.pinned)
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
