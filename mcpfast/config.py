@@ -135,6 +135,7 @@ class TimeoutsConfig:
     upstream_response: float = 60.0  # request sent to upstream response head
     drain: float = 20.0  # graceful shutdown: how long in-flight requests may finish
     session_idle: float = 3600.0  # a session unseen this long no longer counts as open (metrics)
+    client_write: float = 60.0  # a client that takes none of its answer this long is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +312,16 @@ def _parse_origin_pattern(p: str, key: str) -> str:
     return p.rstrip("/").lower()
 
 
+def _shown_url(url: str, parts) -> str:
+    """A backend URL as an error message may show it: no user or password, no query
+    values (either may be a credential)."""
+    from .observe import log_path
+
+    netloc = parts.netloc.rpartition("@")[2]
+    path = log_path(("?" + parts.query).encode("latin-1", "replace")).decode("latin-1") if parts.query else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{path}" if parts.scheme else "<not a URL>"
+
+
 def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     # urlsplit silently drops tabs and line breaks, and the path and host go into every
     # request head: refuse anything but visible ASCII before it looks.
@@ -319,13 +330,16 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     parts = urlsplit(url)
     if parts.scheme != "http":
         # TLS to backends is a later feature; refuse rather than silently send plaintext.
-        raise ConfigError(key, f"only http:// backend URLs are supported, got {url!r}")
+        raise ConfigError(key, f"only http:// backend URLs are supported, got {_shown_url(url, parts)!r}")
+    if "@" in parts.netloc:
+        # Never sent: a backend gets credentials from ``headers`` or ``bearer_token``.
+        raise ConfigError(key, "a user or password in the URL is not supported (use bearer_token or headers)")
     if not parts.hostname:
-        raise ConfigError(key, f"missing host in {url!r}")
+        raise ConfigError(key, f"missing host in {_shown_url(url, parts)!r}")
     try:
         port = parts.port or 80
     except ValueError:
-        raise ConfigError(key, f"bad port in {url!r}") from None
+        raise ConfigError(key, f"bad port in {_shown_url(url, parts)!r}") from None
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

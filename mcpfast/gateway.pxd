@@ -6,7 +6,7 @@ from mcpfast.observe cimport BackendMetrics
 from mcpfast._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
 cdef class Route:
     cdef public object path, name, backend, pool, target, prefix, extra, policy, virtual, host_line, fields
-    cdef public object seal
+    cdef public object seal, pinned
     cdef public BackendMetrics bm
     cdef public double response_timeout
 cdef class Exchange:

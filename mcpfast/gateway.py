@@ -31,6 +31,7 @@ import signal
 import socket
 import time
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from .config import BackendConfig, Config, RouteConfig, ephemeral_key
 from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
@@ -186,6 +187,16 @@ class HostPolicy:
         return False
 
 
+def _param_name(part: bytes) -> bytes:
+    """The name of one ``name=value`` query parameter as a backend decodes it."""
+    return unquote_to_bytes(part.partition(b"=")[0].replace(b"+", b" "))
+
+
+def _unpinned(query: bytes, pinned: frozenset) -> bytes:
+    """A client's query without the parameters the backend URL sets."""
+    return b"&".join([p for p in query.split(b"&") if _param_name(p) not in pinned])
+
+
 def _has_port(p: str) -> bool:
     colon = p.rfind(":")
     return colon > 0 and p.rfind("]") < colon
@@ -197,7 +208,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy",
-        "virtual", "host_line", "fields", "seal",
+        "virtual", "host_line", "fields", "seal", "pinned",
     )  # fmt: skip
 
     def __init__(
@@ -224,8 +235,13 @@ class Route:
         self.pool = pool
         self.bm = bm
         path, _, query = origin_target(backend.path, f"backends.{backend.name}.url").partition(b"?")
-        self.target = path
-        self.prefix = b"?" + query + b"&" if query else b"?"
+        # ``target``: the backend URL's own path and query, for a request without one;
+        # ``prefix``: what a client's query is appended to.
+        self.target = path + b"?" + query if query else path
+        self.prefix = path + b"?" + query + b"&" if query else path + b"?"
+        # Parameters the backend URL sets: a client's own of the same name are dropped
+        # (frameworks differ on which of repeated parameters they take).
+        self.pinned = frozenset(_param_name(p) for p in query.split(b"&") if p) if query else None
         self.extra = fixed_fields(backend.headers)
         self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
 
@@ -490,7 +506,12 @@ class Exchange:
         gw = self.gw
         target = head.target
         q = target.find(b"?")
-        utarget = route.target if q < 0 else route.target + route.prefix + target[q + 1 :]
+        if q < 0:
+            utarget = route.target
+        elif route.pinned is None:
+            utarget = route.prefix + target[q + 1 :]
+        else:
+            utarget = route.prefix + _unpinned(target[q + 1 :], route.pinned)
         conn_listed = _connection_listed(head.connection) if head.connection else None
         if conn_listed is not None and conn_listed in _PLAIN_CONNECTION:
             conn_listed = None
@@ -788,11 +809,12 @@ class Exchange:
     def phase_done(self, outcome: str) -> None:
         route = self.route
         if self.phase == WAIT_CONN:
-            # Maybe still in a backend pool's queue (dropped when its turn comes, see
-            # _got_upstream): keep nothing big alive meanwhile.
+            # Maybe still in a backend pool's queue: leave it, and keep nothing big alive.
             self.body = b""
             self.out = None
             self.chunks = []
+            if route is not None and self.upstream is None and self.t_sent:
+                route.pool.cancel_wait(self._got_upstream)
         self.phase = DONE
         self.outcome = outcome
         t_end = self.t_end = _perf()

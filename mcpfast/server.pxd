@@ -4,11 +4,12 @@
 from mcpfast._core cimport RequestParser as _CRequestParser
 cdef class ClientProtocol:
     cdef public _CRequestParser parser
-    cdef public object gateway, transport, peer, reading, active, queue, timeouts, xff_peer
+    cdef public object gateway, transport, peer, reading, active, queue, timeouts, xff_peer, held
     cdef public int state
-    cdef public double deadline
-    cdef public bint closed, write_paused, read_paused, keep_alive, eof
+    cdef public double deadline, write_stalled
+    cdef public bint closed, write_paused, read_paused, keep_alive, eof, starting
     cpdef send(self, data)
+    cpdef _feed(self, data)
     cpdef send_many(self, parts)
     cpdef exchange_done(self, ex, bint keep_alive)
     cpdef close(self)

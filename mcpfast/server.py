@@ -52,6 +52,10 @@ _REASONS = {
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Complete requests that may wait while an answer is written; reading pauses at this many.
 MAX_PIPELINE = 1
+# A read larger than this is parsed in pieces of this size, so that parsing stops soon
+# after the queue is full: one read can hold thousands of small requests, each far
+# larger in memory as a parsed request than on the wire.  The rest waits, unparsed.
+_FEED_SLICE = 16384
 # Linux TCP states (tcpi_state, the first byte of TCP_INFO): the peer sent FIN, or RST.
 _TCP_CLOSE, _TCP_CLOSE_WAIT = 7, 8
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
@@ -79,6 +83,7 @@ class ClientProtocol:
     __slots__ = (
         "gateway", "transport", "parser", "peer", "state", "deadline", "reading", "active", "queue",
         "closed", "write_paused", "read_paused", "keep_alive", "eof", "timeouts", "xff_peer",
+        "held", "starting", "write_stalled",
     )  # fmt: skip
 
     def __init__(self, gateway: "Gateway") -> None:
@@ -106,6 +111,9 @@ class ClientProtocol:
         self.read_paused = False
         self.keep_alive = True
         self.eof = False  # the client half-closed: nothing more will arrive
+        self.held = b""  # bytes read but not parsed while reading is paused
+        self.starting = False  # exchange_done is starting queued exchanges
+        self.write_stalled = 0.0  # when writing last paused (the client took nothing more)
 
     # --- asyncio.Protocol ---------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -141,8 +149,23 @@ class ClientProtocol:
         if self.state == IDLE:
             self.state = HEAD
             self.deadline = time.monotonic() + self.timeouts.header_read
+        self._feed(data)
+
+    def _feed(self, data) -> None:
         try:
-            self.parser.feed(data)
+            if len(data) <= _FEED_SLICE:
+                self.parser.feed(data)
+                return
+            n = len(data)
+            pos = 0
+            while pos < n:
+                if self.read_paused or self.closed:
+                    # The queue is full: the rest is parsed when it drains.
+                    if not self.closed:
+                        self.held = data[pos:]
+                    return
+                self.parser.feed(data[pos : pos + _FEED_SLICE])
+                pos += _FEED_SLICE
         except ProtocolError as exc:
             self.gateway.metrics.error("client_protocol")
             self.fail_request(exc.status, str(exc))
@@ -187,6 +210,7 @@ class ClientProtocol:
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_stalled = time.monotonic()
         if self.active is not None:
             self.active.pause_upstream()
 
@@ -249,17 +273,36 @@ class ClientProtocol:
         if not keep_alive or not self.keep_alive or self.closed or (self.eof and not self.queue):
             self.close()
             return
-        if self.queue:
+        if self.starting:
+            return  # called from _start below: the loop there starts the next one
+        while self.queue:
+            # A loop, not a call from each exchange's end: requests answered at once
+            # (refusals) would otherwise nest one call per queued request.
             nxt = self.queue.popleft()
             resumed = self.read_paused and len(self.queue) < MAX_PIPELINE
+            self.starting = True
+            try:
+                self._start(nxt)
+            finally:
+                self.starting = False
+            if self.active is nxt:
+                if resumed:
+                    self._resume()
+                if resumed and self.active is nxt and (self.reading is not None or self.parser.in_message):
+                    # A request cut by the pause is held to a read deadline again, from now.
+                    self.state = BODY if self.reading is not None else HEAD
+                    self.deadline = time.monotonic() + self.timeouts.header_read
+                return
+            # Answered at once: its exchange_done has closed the connection if it was
+            # to end, and left the next one to this loop.
+            if self.closed:
+                return
             if resumed:
-                self.read_paused = False
-                self.transport.resume_reading()
-            self._start(nxt)
-            if resumed and self.active is nxt and (self.reading is not None or self.parser.in_message):
-                # A request cut by the pause is held to a read deadline again, from now.
-                self.state = BODY if self.reading is not None else HEAD
-                self.deadline = time.monotonic() + self.timeouts.header_read
+                self._resume()
+                if self.active is not None or self.closed:
+                    return
+        if self.closed or (self.eof and not self.queue):
+            self.close()
             return
         if self.reading is not None or self.parser.in_message:
             self.state = BODY if self.reading is not None else HEAD
@@ -268,6 +311,18 @@ class ClientProtocol:
         t = self.timeouts
         # The exchange's end time is now, on the deadline clock: no second reading.
         self.deadline = (ex.t_end or time.monotonic()) + (t.idle if self.state == IDLE else t.header_read)
+
+    def _resume(self) -> None:
+        """The queue has room again: parse what was held back, then read on unless that
+        filled the queue again."""
+        self.read_paused = False
+        held = self.held
+        if held:
+            self.held = b""
+            if not self.eof:
+                self._feed(held)  # may fill the queue and pause again
+        if not self.read_paused and not self.closed:
+            self.transport.resume_reading()
 
     # --- writing ---------------------------------------------------------------------
     def send(self, data) -> None:
@@ -331,6 +386,12 @@ class ClientProtocol:
     # --- deadlines --------------------------------------------------------------------
     def check_deadline(self, now: float) -> None:
         if self.closed:
+            return
+        if self.write_paused and now - self.write_stalled >= self.timeouts.client_write:
+            # The client has taken nothing of its answer for that long: it holds a backend
+            # connection (and the answer's buffered bytes) for as long as it likes.
+            self.gateway.metrics.error("client_write_timeout")
+            self.abort()
             return
         st = self.state
         active = self.active

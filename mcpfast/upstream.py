@@ -283,6 +283,8 @@ class UpstreamPool:
         self._open = 0
         self._connecting = 0
         self._waiters: collections.deque[Callable] = collections.deque()
+        # The connection ``release`` is offering to a waiter right now (see there).
+        self._offering: UpstreamProtocol | None = None
         self._loop = loop
         self.closed = False
 
@@ -345,6 +347,14 @@ class UpstreamPool:
                 return conn
         return None
 
+    def cancel_wait(self, callback) -> None:
+        """Take a waiter whose request ended out of the queue (a no-op if it is not
+        there any more)."""
+        try:
+            self._waiters.remove(callback)
+        except ValueError:
+            pass
+
     def _connect(self, callback) -> None:
         self._connecting += 1
         loop = self._loop or asyncio.get_running_loop()
@@ -390,11 +400,21 @@ class UpstreamPool:
             if self._open + self._connecting - self._streams > self.max_connections:
                 conn.close()  # the request budget is full: no room to keep it
                 return
-        if self._waiters:
-            cb = self._waiters.popleft()
-            conn.resume_reading()
-            cb(conn, None)
-            return
+        waiters = self._waiters
+        if waiters:
+            if self._offering is conn:
+                # Handed straight back by a waiter that had already given up: the loop
+                # below offers it to the next one (no call per abandoned waiter).
+                self._offering = None
+                return
+            while waiters:
+                cb = waiters.popleft()
+                conn.resume_reading()
+                self._offering = conn
+                cb(conn, None)
+                if self._offering is conn:  # taken
+                    self._offering = None
+                    return
         if len(self._idle) >= self.size or self.closed:
             conn.close()
             return

@@ -267,6 +267,8 @@ class Call:
             return
         self.done = True
         self._cancel_timer()
+        if self.conn is None:  # maybe still waiting for a connection: wait no more
+            self.link.pool.cancel_wait(self._got)
         try:
             self.handler.on_error(self, err)
         except Exception:
@@ -431,6 +433,8 @@ class Call:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.detach()
+        else:  # maybe still waiting for a connection: wait no more
+            self.link.pool.cancel_wait(self._got)
 
     def _abandon(self, err: UpstreamError) -> None:
         conn, self.conn = self.conn, None
