@@ -9,7 +9,7 @@ before the next request: the pattern that shows a Nagle/delayed-ACK stall (~40 m
 call) when a socket on the path lacks ``TCP_NODELAY`` and an answer leaves in two small
 writes.  Targets alternate round by round; the report gives each round's p50 and the
 median over rounds, and the gateway's added p50 (through - direct).  The figure that
-matters is that difference: the issue's target is under 1 ms.
+matters is that difference: the target is under 1 ms added.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ _MCPFAST_SERVE = (
     "--log-level", "warning",
 )  # fmt: skip
 
-# One virtual server over three bench backends (issue #5): tools are exposed as
+# One virtual server over three bench backends: tools are exposed as
 # b1__echo, b2__echo, b3__echo; the harness calls b2's.  Two routes over the same
 # backends so that one gateway serves the cached and the uncached tools/list.
 _MUX_TOML = """
@@ -165,7 +165,8 @@ GATEWAY_VARIANTS: list[GatewayVariant] = [
         baseline="mcpfast",
     ),
 ]
-# Routed tools/call through a multiplexed variant vs single-backend passthrough (issue #5).
+# Target for routed tools/call through a multiplexed variant: at least this share of
+# single-backend passthrough requests/s.
 MUX_TARGET_RATIO = 0.85
 
 
@@ -741,7 +742,7 @@ def table_compare(scenarios, direct: dict, through: dict, variant: str) -> str:
 
 def table_vs_baseline(scenarios, base: dict, through: dict, bname: str, vname: str) -> str:
     """One gateway variant against another of the same run, e.g. multiplexed vs
-    single-backend passthrough; tools/call rows carry the issue's target ratio."""
+    single-backend passthrough; tools/call rows carry the routed target ratio."""
     rows = [
         f"| scenario | {bname} req/s | {vname} req/s | ratio | {bname} p50/p99 µs | {vname} p50/p99 µs "
         f"| {bname} / {vname} gateway CPU µs/req | target |",

@@ -113,7 +113,7 @@ def _pipeline(sse: bool, loop=None):
 
 
 def _routed_pipeline(sse: bool, loop):
-    """The same round on a multiplexed route over three backends (issue #5): the call
+    """The same round on a multiplexed route over three backends: the call
     names ``b2__echo``; the gateway opens the session token (from its cache after the
     first request), splits the name, splices ``echo`` into the body and sends it on
     b2's pooled connection under b2's own session id.  The answer is relayed as on a

@@ -176,8 +176,8 @@ class BackendConfig:
 
 @dataclass(frozen=True, slots=True)
 class MuxConfig:
-    """Settings of a route over several backends: the virtual server (issue #5,
-    docs/multiplexing.md).  Keys are the raw 32 bytes, already parsed."""
+    """Settings of a route over several backends: the virtual server
+    (docs/multiplexing.md).  Keys are the raw 32 bytes, already parsed."""
 
     namespacing: str = "multi"  # always | multi | never
     separator: str = "__"
@@ -563,7 +563,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
 
 
 # ---------------------------------------------------------------------------------
-# Multiplexed routes (issue #5): [sessions] defaults and per-route keys.
+# Multiplexed routes: [sessions] defaults and per-route keys.
 
 _MUX_ROUTE_KEYS = (
     "namespacing", "separator", "uri_scheme", "server_name", "server_version", "instructions", "fail_mode",

@@ -969,7 +969,7 @@ class Gateway:
             bm = self.metrics.for_backend(rc.path, b.name)
             pool = self.pool_for(b, bm)
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
-            if getattr(rc, "mux", None) is not None:  # several backends: the virtual server (issue #5)
+            if getattr(rc, "mux", None) is not None:  # several backends: the virtual server
                 from .mux.virtual import VirtualRoute
 
                 route.virtual = VirtualRoute(self, rc, route)

@@ -399,8 +399,8 @@ def test_content_length(core, feed_mode, value, length):
 
 
 def test_content_length_with_thousands_of_leading_zeros(core, feed_mode):
-    # Regression: the twin turned the digits into an int as written, and Python's int()
-    # refuses more than 4300 digits -- a ValueError instead of a parse.
+    # The digits must not go to int() as written: Python's int() refuses more than 4300
+    # digits, which would be a ValueError instead of a parse.
     value = b"0" * 5000 + b"12"
     head, body, _ = parse_one(core, feed_mode, req(H, b"Content-Length: " + value, body=b"x" * 12))
     assert head["content_length"] == 12 and body == b"x" * 12

@@ -1,4 +1,4 @@
-"""Client batches on a multiplexed route (issue #5): real SDK backends behind the virtual
+"""Client batches on a multiplexed route: real SDK backends behind the virtual
 server, a raw HTTP client in front (the SDK clients never send batches).
 
 A 2025-03-26 session may send a JSON-RPC batch; the gateway splits it, routes each

@@ -1,5 +1,5 @@
 """The virtual server end to end: three real SDK servers behind one multiplexed route,
-real SDK clients in front of it (issue #5).
+real SDK clients in front of it.
 
 alpha and beta both offer ``whoami`` and ``steps`` (same names: only the namespace
 tells them apart); gamma answers in JSON mode.  Every backend has ``mem://info``, the

@@ -1,5 +1,5 @@
 """Policy on a multiplexed route: real SDK backends behind one virtual server, real SDK
-clients with real HS256 tokens in front of it (issues #4 and #5).
+clients with real HS256 tokens in front of it.
 
 Rules see what a single-backend route shows them: the backend a message goes to and
 the name the backend itself uses (``whoami``), never the namespaced ``alpha__whoami``.

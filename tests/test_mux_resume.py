@@ -1,4 +1,4 @@
-"""Server→client streams of a multiplexed route across backend disconnects (issue #5).
+"""Server→client streams of a multiplexed route across backend disconnects.
 
 The merged GET stream has one leg per backend.  A backend may close its leg after an
 event with an id (2025-11-25 SSE polling) and expects a ``Last-Event-ID`` reconnection;

@@ -1,4 +1,4 @@
-"""Routed answers on a multiplexed route stream through as they arrive (issue #5).
+"""Routed answers on a multiplexed route stream through as they arrive.
 
 The backend is ``rawbackend``'s ``mux`` behaviour, so each test controls exactly when
 the backend sends what: a gated answer shows whether the client gets the first bytes

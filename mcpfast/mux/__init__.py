@@ -1,4 +1,4 @@
-"""The virtual server: one MCP endpoint over several backends (issue #5).
+"""The virtual server: one MCP endpoint over several backends (docs/multiplexing.md).
 
 Self-contained building blocks the gateway wires in; none of them does I/O:
 

@@ -1,4 +1,4 @@
-"""The virtual server of a route over several backends (issue #5, docs/multiplexing.md §6).
+"""The virtual server of a route over several backends (docs/multiplexing.md §6).
 
 Theory of operation.  ``Exchange.start`` hands every request of a multiplexed route to
 ``VirtualRoute.handle`` once it has been read, scanned and admitted by policy.  What
