@@ -4,9 +4,10 @@
 from mcpfast.server cimport ClientProtocol
 from mcpfast.observe cimport BackendMetrics
 from mcpfast._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
+from mcpfast.heads cimport passthrough_head
 cdef class Route:
     cdef public object path, name, backend, pool, target, prefix, extra, policy, virtual, host_line, fields
-    cdef public object seal, pinned
+    cdef public object seal, pinned, cors, rfields, sessions
     cdef public BackendMetrics bm
     cdef public double response_timeout
 cdef class Exchange:

@@ -208,7 +208,7 @@ class Route:
 
     __slots__ = (
         "path", "name", "backend", "pool", "bm", "target", "prefix", "extra", "response_timeout", "policy",
-        "virtual", "host_line", "fields", "seal", "pinned",
+        "virtual", "host_line", "fields", "seal", "pinned", "cors", "rfields", "sessions",
     )  # fmt: skip
 
     def __init__(
@@ -244,6 +244,11 @@ class Route:
         self.pinned = frozenset(_param_name(p) for p in query.split(b"&") if p) if query else None
         self.extra = fixed_fields(backend.headers)
         self.response_timeout = backend.response_timeout or cfg.timeouts.upstream_response
+        # Decided once: the CORS policy its answers carry (None without [cors]; set by
+        # the gateway) and which fields of a backend's answer head the gateway drops.
+        self.cors = None
+        self.rfields = _RESPONSE_FIELD_CLASSES[2 * (self.seal is not None)]
+        self.sessions = None  # the gateway's session table (Gateway.sessions), set by it
 
 
 _RESPONSE_FIELDS = _FieldClass(_DROP_RESPONSE, False)
@@ -253,10 +258,6 @@ _RESPONSE_FIELDS_SEALED = _FieldClass(_DROP_RESPONSE | {_SESSION_FIELD}, False)
 _RESPONSE_FIELDS_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS, False)
 _RESPONSE_FIELDS_SEALED_CORS = _FieldClass(_DROP_RESPONSE | CORS_RESPONSE_FIELDS | {_SESSION_FIELD}, False)
 _RESPONSE_FIELD_CLASSES = (_RESPONSE_FIELDS, _RESPONSE_FIELDS_CORS, _RESPONSE_FIELDS_SEALED, _RESPONSE_FIELDS_SEALED_CORS)
-
-
-def _response_fields(sealed: bool, cors: bool) -> _FieldClass:
-    return _RESPONSE_FIELD_CLASSES[2 * sealed + cors]
 
 
 class Exchange:
@@ -572,8 +573,7 @@ class Exchange:
         route = self.route
         seal = route.seal
         parts = [b"HTTP/1.1 %d " % status, head.reason or status_reason(status), b"\r\n",
-                 join_fields(head.headers, _response_fields(seal is not None, self.gw.cors is not None),
-                             conn_listed)[0]]  # fmt: skip
+                 join_fields(head.headers, route.rfields, conn_listed)[0]]  # fmt: skip
         p = self.principal
         if seal is None:
             sid = self.head.session_id
@@ -602,13 +602,17 @@ class Exchange:
         elif sid is not None and (status == 404 or (self.head.method == b"DELETE" and 200 <= status < 300)):
             gw.session_closed(route, sid)
         elif sid is not None and 200 <= status < 300:
-            gw.session_used(sid, self.t0)
+            sessions = route.sessions  # Gateway.session_used, inline: once per request
+            entry = sessions.get(sid)
+            if entry is not None:
+                entry[1] = self.t0
+                sessions.move_to_end(sid)
 
     def _framed(self, parts: list, content_length: int, status: int) -> bytes:
         """Finish a client response head: framing (RFC 9112 §6), connection and CORS
         fields."""
         keep = self.keep_alive and self.conn.keep_alive
-        cors = self.gw.cors
+        cors = self.route.cors
         if cors is not None:
             parts.append(cors.answer_fields(self.head.origin))
         if status < 200 or status in (204, 304):
@@ -969,6 +973,10 @@ class Gateway:
             bm = self.metrics.for_backend(rc.path, b.name)
             pool = self.pool_for(b, bm)
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
+            route.sessions = self.sessions
+            if self.cors is not None:
+                route.cors = self.cors
+                route.rfields = _RESPONSE_FIELD_CLASSES[2 * (route.seal is not None) + 1]
             if getattr(rc, "mux", None) is not None:  # several backends: the virtual server
                 from .mux.virtual import VirtualRoute
 
