@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .core import ProtocolError, RequestParser
 from .server import status_reason
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
 
 __all__ = ["AdminServer"]
 
@@ -80,7 +77,8 @@ class _AdminProtocol(asyncio.Protocol):
 
 
 class AdminServer:
-    def __init__(self, gateway: "Gateway") -> None:
+    # ``gateway``: the running gateway; this module reads its status only.
+    def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
         self.server: asyncio.AbstractServer | None = None
         self._ready_at = 0.0

@@ -17,6 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import heads
+from .cors import build_cors_config
+from .policy.config import build_policy_config
+from .validate import ConfigError
+from .validate import expect as _expect
+from .validate import parse_origin_pattern as _parse_origin_pattern
+from .validate import positive as _positive
 
 __all__ = [
     "ConfigError",
@@ -32,15 +38,6 @@ __all__ = [
     "build_config",
     "parse_hostport",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration problem; ``key`` is the dotted path of the offending setting."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 # Tool names may use [A-Za-z0-9_.-] (MCP spec, "Tool names"); backend names become
@@ -271,26 +268,6 @@ def _fmt_hostport(hp: tuple[str, int]) -> str:
 # Validation helpers: each takes the dotted key so errors name it.
 
 
-def _expect(section: dict, key: str, prefix: str, typ, default):
-    if key not in section:
-        return default
-    v = section[key]
-    full = f"{prefix}.{key}" if prefix else key
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if typ is int and isinstance(v, bool):
-        raise ConfigError(full, f"expected an integer, got {v!r}")
-    if not isinstance(v, typ):
-        raise ConfigError(full, f"expected {typ.__name__}, got {type(v).__name__} {v!r}")
-    return v
-
-
-def _positive(v, key: str, allow_zero: bool = False):
-    if v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-    return v
-
-
 def _unknown_keys(section: dict, known: set[str], prefix: str) -> None:
     for k in section:
         if k not in known:
@@ -303,13 +280,6 @@ def _section(raw: dict, name: str) -> dict:
     if not isinstance(v, dict):
         raise ConfigError(name, "expected a table")
     return v
-
-
-def _parse_origin_pattern(p: str, key: str) -> str:
-    parts = urlsplit(p)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
-        raise ConfigError(key, f"expected an origin like https://host[:port] or http://host:*, got {p!r}")
-    return p.rstrip("/").lower()
 
 
 def _shown_url(url: str, parts) -> str:
@@ -542,11 +512,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
             for b in backends:
                 routes.append(RouteConfig(path=f"{server.mcp_path.rstrip('/')}/{b.name}", backends=(b.name,)))
 
-    from .policy.config import build_policy_config  # here: policy.config imports this module
-
     policy = build_policy_config(raw)
-    from .cors import build_cors_config
-
     return Config(
         cors=build_cors_config(raw),
         policy=policy,

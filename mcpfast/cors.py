@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ConfigError
+from .validate import ConfigError, parse_origin_pattern
 
 __all__ = ["CorsConfig", "CorsPolicy", "build_cors_config", "CORS_RESPONSE_FIELDS"]
 
@@ -73,8 +73,6 @@ def _names(section: dict, name: str, default: tuple[str, ...]) -> tuple[str, ...
 
 def build_cors_config(raw: dict[str, Any]) -> CorsConfig | None:
     """The ``[cors]`` section, or None when it is absent (no CORS fields at all)."""
-    from .config import _parse_origin_pattern
-
     if "cors" not in raw:
         return None
     s = raw["cors"]
@@ -93,7 +91,7 @@ def build_cors_config(raw: dict[str, Any]) -> CorsConfig | None:
         # Checked before parsing: urlsplit silently drops CR, LF and tab.
         if any(c in o for c in "\r\n\t\0 "):
             raise ConfigError(key, "contains whitespace, CR, LF or NUL")
-        parsed.append("*" if o == "*" else _parse_origin_pattern(o, key))
+        parsed.append("*" if o == "*" else parse_origin_pattern(o, key))
     max_age = s.get("max_age", 600)
     if not isinstance(max_age, int) or isinstance(max_age, bool) or not 0 <= max_age <= 86400:
         raise ConfigError("cors.max_age", f"expected whole seconds from 0 to 86400, got {max_age!r}")

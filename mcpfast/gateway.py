@@ -38,6 +38,7 @@ from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
 from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
 from .heads import fixed_fields, host_line, origin_target, passthrough_head
 from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
+from .phases import DONE, NEW, RELAYING, WAIT_CONN, WAIT_HEAD
 from .policy import AuthError, Policy, Principal
 from .quota import ClientQuota
 from .server import ClientProtocol, jsonrpc_error_body, status_reason
@@ -83,10 +84,6 @@ def _bad_name(env) -> tuple[int, str] | None:
     if name is not None and m in _NAMED and len(name) > MAX_NAME_CHARS:
         return -32602, f"Invalid params: name longer than {MAX_NAME_CHARS} characters"
     return None
-
-
-# Exchange phases.
-NEW, WAIT_CONN, WAIT_HEAD, RELAYING, DONE = range(5)
 
 
 class OriginPolicy:

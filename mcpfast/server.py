@@ -23,14 +23,11 @@ import collections
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from .core import ProtocolError, RequestParser
-
-if TYPE_CHECKING:
-    from .gateway import Gateway
 
 __all__ = ["ClientProtocol", "status_reason", "jsonrpc_error_body"]
 
@@ -86,7 +83,8 @@ class ClientProtocol:
         "held", "starting", "write_stalled",
     )  # fmt: skip
 
-    def __init__(self, gateway: "Gateway") -> None:
+    # ``gateway``: the gateway that owns this listener (gateway.py imports this module).
+    def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
         lim = gateway.config.limits
         self.parser = RequestParser(

@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from .core import ProtocolError, ResponseParser
 
 if TYPE_CHECKING:
-    from .config import BackendConfig
     from .observe import BackendMetrics
 
 __all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError", "set_nodelay"]
@@ -257,7 +256,7 @@ class UpstreamPool:
 
     def __init__(
         self,
-        backend: "BackendConfig",
+        backend: Any,  # a config.BackendConfig (config imports this module's callers)
         metrics: "BackendMetrics",
         *,
         connect_timeout: float,

@@ -41,8 +41,8 @@ from ..core import (
     encode_sse_event,
     scan_jsonrpc,
 )
-from ..gateway import DONE, RELAYING
 from ..observe import method_label
+from ..phases import DONE, RELAYING
 from ..server import jsonrpc_error_body
 from ..upstream import UpstreamError
 from .merge import LIST_CHANGED, LIST_METHODS, response_body

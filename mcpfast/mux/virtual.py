@@ -51,8 +51,8 @@ from typing import Any
 import orjson
 
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
-from ..gateway import DONE, RELAYING
 from ..heads import HeadError, is_field_value, is_visible
+from ..phases import DONE, RELAYING
 from ..server import jsonrpc_error_body, status_reason
 from ..upstream import UpstreamError
 from .batch import Batch

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError, _expect, _positive
+from ..validate import ConfigError
+from ..validate import expect as _expect
+from ..validate import positive as _positive
 from .keys import SUPPORTED_ALGORITHMS, KeyError_, VerifyKey, key_from_jwk, load_pem, make_key
 
 __all__ = [
@@ -239,7 +241,7 @@ def _unknown(section: dict, known: set[str], prefix: str) -> None:
 
 
 def _get(section: dict, name: str, prefix: str, typ, default):
-    """``config._expect``, but a boolean is refused wherever a number is expected."""
+    """``validate.expect``, but a boolean is refused wherever a number is expected."""
     if typ in (int, float) and isinstance(section.get(name), bool):
         raise ConfigError(f"{prefix}.{name}", f"expected a number, got {section[name]!r}")
     return _expect(section, name, prefix, typ, default)
