@@ -16,7 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .core import ProtocolError, RequestParser
-from .server import status_reason
+from .rpcerrors import status_reason
 
 __all__ = ["AdminServer"]
 

@@ -41,7 +41,11 @@ from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog,
 from .phases import DONE, NEW, RELAYING, WAIT_CONN, WAIT_HEAD
 from .policy import AuthError, Policy, Principal
 from .quota import ClientQuota
-from .server import ClientProtocol, jsonrpc_error_body, status_reason
+from .rpcerrors import (
+    INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SERVER_ERROR,
+    jsonrpc_error_body, status_reason,
+)
+from .server import ClientProtocol
 from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
@@ -79,10 +83,10 @@ def _bad_name(env) -> tuple[int, str] | None:
     allows.  Refused before anything records or caches them."""
     m = env.method
     if len(m) > MAX_METHOD_CHARS:
-        return -32600, f"Invalid Request: method longer than {MAX_METHOD_CHARS} characters"
+        return INVALID_REQUEST, f"Invalid Request: method longer than {MAX_METHOD_CHARS} characters"
     name = env.name
     if name is not None and m in _NAMED and len(name) > MAX_NAME_CHARS:
-        return -32602, f"Invalid params: name longer than {MAX_NAME_CHARS} characters"
+        return INVALID_PARAMS, f"Invalid params: name longer than {MAX_NAME_CHARS} characters"
     return None
 
 
@@ -320,7 +324,7 @@ class Exchange:
                 if doc is not None:  # RFC 9728 protected-resource metadata
                     self.respond(200, doc, b"Cache-Control: max-age=300\r\n")
                     return
-            self.respond_error(404, -32601, "no MCP endpoint at this path", mcp=False)
+            self.respond_error(404, METHOD_NOT_FOUND, "no MCP endpoint at this path", mcp=False)
             return
         self.route = route
         refusal = gw.check_request(head)
@@ -349,7 +353,7 @@ class Exchange:
                     env = scan_jsonrpc(body)
                 except ProtocolError as exc:
                     self.method = "invalid"
-                    self.respond_error(400, exc.code or -32700, f"{'Parse error' if exc.code == -32700 else 'Invalid Request'}: {exc}")
+                    self.respond_error(400, exc.code or PARSE_ERROR, f"{'Parse error' if exc.code == PARSE_ERROR else 'Invalid Request'}: {exc}")
                     return
                 self.env = env
                 if type(env) is list:
@@ -382,7 +386,7 @@ class Exchange:
                     else:
                         self.method = "response"
         elif head.method == b"POST":
-            self.respond_error(400, -32700, "Parse error: empty body")
+            self.respond_error(400, PARSE_ERROR, "Parse error: empty body")
             return
         else:
             self.method = head.method.decode("latin-1")
@@ -424,7 +428,7 @@ class Exchange:
             keys = self.gw.quota.open_stream(self.principal, self.conn.peer, route.path, self.head.session_id)
             if type(keys) is str:
                 self.gw.metrics.error("stream_limit")
-                self.respond_error(429, -32000, keys, headers=b"Retry-After: 1\r\n")
+                self.respond_error(429, SERVER_ERROR, keys, headers=b"Retry-After: 1\r\n")
                 return
             self.stream = keys
         if route.virtual is not None:
@@ -442,7 +446,7 @@ class Exchange:
                 self.respond_error(exc.status, exc.code, exc.message, headers=exc.headers)
             else:
                 log.error("authentication failed unexpectedly", exc_info=exc)
-                self.respond_error(500, -32603, "Internal error during authentication")
+                self.respond_error(500, INTERNAL_ERROR, "Internal error during authentication")
             return
         self.principal = fut.result()
         self._name_tool()
@@ -550,7 +554,7 @@ class Exchange:
             return
         if err is not None:
             self.gw.metrics.error(err.kind)
-            self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
+            self.respond_error(err.status, SERVER_ERROR, f"{err} (backend {self.route.backend.name})")
             return
         self.upstream = conn
         self.phase = WAIT_HEAD
@@ -701,13 +705,13 @@ class Exchange:
                 (pool.acquire_stream if self.head.method == b"GET" else pool.acquire)(self._got_upstream)
                 return
             self.gw.metrics.error(err.kind)
-            self.respond_error(err.status, -32000, f"{err} (backend {self.route.backend.name})")
+            self.respond_error(err.status, SERVER_ERROR, f"{err} (backend {self.route.backend.name})")
             return
         lf = self.lfilter
         if lf is not None and lf.sse is None:
             # A list answer being collected for filtering: nothing was sent yet.
             self.gw.metrics.error(err.kind)
-            self.respond_error(502, -32000, f"{err} (backend {self.route.backend.name})")
+            self.respond_error(502, SERVER_ERROR, f"{err} (backend {self.route.backend.name})")
             return
         # Mid-answer: pass on what arrived intact, then cut the client connection so
         # it sees an incomplete stream.
@@ -745,7 +749,7 @@ class Exchange:
                 up.detach()
             self.gw.metrics.error("upstream_timeout")
             self.respond_error(
-                504, -32000, f"backend {self.route.backend.name} did not answer within {self.route.response_timeout:g}s"
+                504, SERVER_ERROR, f"backend {self.route.backend.name} did not answer within {self.route.response_timeout:g}s"
             )
 
     # --- answers made here --------------------------------------------------------------
@@ -1002,19 +1006,19 @@ class Gateway:
     def check_request(self, head) -> tuple[int, int, str] | None:
         """Cheap refusals that need no body: method, Origin."""
         if head.method not in _FORWARDED_METHODS:
-            return (405, -32600, f"method {head.method.decode('latin-1')} not allowed on an MCP endpoint")
+            return (405, INVALID_REQUEST, f"method {head.method.decode('latin-1')} not allowed on an MCP endpoint")
         hosts = self.hosts
         if head.host not in hosts.seen and not hosts.allows(head.host):
             # A name we do not serve under: a DNS-rebinding page, or a misrouted request.
             self.metrics.error("host_refused")
-            return (421, -32600, "Host not allowed")
+            return (421, INVALID_REQUEST, "Host not allowed")
         origin = head.origin
         if origin is not None and not self.origins.allows(origin):
             # MCP transports: servers MUST validate Origin; an invalid one gets 403.
             self.metrics.error("origin_refused")
-            return (403, -32600, "Origin not allowed")
+            return (403, INVALID_REQUEST, "Origin not allowed")
         if self.draining:
-            return (503, -32000, "gateway is shutting down")
+            return (503, SERVER_ERROR, "gateway is shutting down")
         return None
 
     def early_refusal(self, ex: Exchange) -> tuple[int, str] | None:

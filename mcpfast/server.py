@@ -25,9 +25,8 @@ import socket
 import time
 from typing import Any
 
-import orjson
-
 from .core import ProtocolError, RequestParser
+from .rpcerrors import INVALID_REQUEST, PARSE_ERROR, SERVER_ERROR, jsonrpc_error_body, status_reason
 
 __all__ = ["ClientProtocol", "status_reason", "jsonrpc_error_body"]
 
@@ -35,16 +34,6 @@ log = logging.getLogger("mcpfast.server")
 
 # Connection states, for the deadline sweep.
 IDLE, HEAD, BODY, BUSY, CLOSING = range(5)
-
-_REASONS = {
-    100: b"Continue", 200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
-    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed", 421: b"Misdirected Request",
-    406: b"Not Acceptable", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
-    415: b"Unsupported Media Type", 417: b"Expectation Failed", 429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
-    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}  # fmt: skip
 
 CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
 # Complete requests that may wait while an answer is written; reading pauses at this many.
@@ -60,17 +49,6 @@ _REFUSED = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
     b"Retry-After: 1\r\nConnection: close\r\n\r\n%s"
 )
-
-
-def status_reason(status: int) -> bytes:
-    return _REASONS.get(status, b"Unknown")
-
-
-def jsonrpc_error_body(code: int, message: str, rpc_id: Any = None, data: Any = None) -> bytes:
-    err: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        err["data"] = data
-    return orjson.dumps({"jsonrpc": "2.0", "id": rpc_id, "error": err})
 
 
 # An asyncio protocol by its methods, not by inheritance: the build compiles this class
@@ -136,7 +114,7 @@ class ClientProtocol:
 
     def _refuse(self, kind: str, message: str) -> None:
         self.gateway.metrics.error(kind)
-        body = jsonrpc_error_body(-32000, message)
+        body = jsonrpc_error_body(SERVER_ERROR, message)
         self.transport.write(_REFUSED % (len(body), body))
         self.transport.close()
         self.closed = True
@@ -359,7 +337,7 @@ class ClientProtocol:
                 self.read_paused = True  # and watched by _check_peer meanwhile
                 self.transport.pause_reading()
             return
-        body = jsonrpc_error_body(-32700 if status == 400 else -32600, message)
+        body = jsonrpc_error_body(PARSE_ERROR if status == 400 else INVALID_REQUEST, message)
         self.send(
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (status, status_reason(status), len(body), body)

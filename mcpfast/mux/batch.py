@@ -43,7 +43,10 @@ from ..core import (
 )
 from ..observe import method_label
 from ..phases import DONE, RELAYING
-from ..server import jsonrpc_error_body
+from ..rpcerrors import INTERNAL_ERROR as _INTERNAL
+from ..rpcerrors import INVALID_REQUEST as _INVALID_REQUEST
+from ..rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
+from ..rpcerrors import jsonrpc_error_body
 from ..upstream import UpstreamError
 from .merge import LIST_CHANGED, LIST_METHODS, response_body
 from .rewrite import (
@@ -65,9 +68,6 @@ MAX_BATCH = 64
 #: Client-facing protocol versions whose sessions may send batches.
 BATCH_VERSIONS = frozenset(("2024-11-05", "2025-03-26"))
 
-_INVALID_REQUEST = -32600
-_INTERNAL = -32603
-_SESSION_NOT_FOUND = -32001
 _SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 _ANSWERS = (KIND_RESPONSE, KIND_ERROR)
 

@@ -57,6 +57,7 @@ from typing import Any
 
 import orjson
 
+from ..rpcerrors import INVALID_PARAMS
 from .ids import json_id
 from .names import Namespace
 
@@ -108,8 +109,6 @@ LIST_CHANGED: dict[str, tuple[str, ...]] = {
     "notifications/prompts/list_changed": ("prompts/list",),
     "notifications/resources/list_changed": ("resources/list", "resources/templates/list"),
 }
-
-INVALID_PARAMS = -32602
 
 
 class InvalidCursor(Exception):

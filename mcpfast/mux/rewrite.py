@@ -62,7 +62,7 @@ from ..core import (
     splice,
     splice_many,
 )
-from ..server import jsonrpc_error_body
+from ..rpcerrors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, jsonrpc_error_body
 from .ids import (
     MergedStreamIds,
     decode_progress_token,
@@ -90,10 +90,6 @@ __all__ = [
     "replace_id",
 ]
 
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INVALID_REQUEST = -32600
-RESOURCE_NOT_FOUND = -32002
 
 FORWARD, FANOUT, LOCAL, DROP = 1, 2, 3, 4
 

@@ -53,7 +53,10 @@ import orjson
 from ..core import KIND_NOTIFICATION, KIND_REQUEST
 from ..heads import HeadError, is_field_value, is_visible
 from ..phases import DONE, RELAYING
-from ..server import jsonrpc_error_body, status_reason
+from ..rpcerrors import INTERNAL_ERROR as _INTERNAL
+from ..rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
+from ..rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
+from ..rpcerrors import UNSUPPORTED_VERSION as _UNSUPPORTED_VERSION
 from ..upstream import UpstreamError
 from .batch import Batch
 from .client import BackendLink, Call, CallHandler, request
@@ -92,12 +95,9 @@ __all__ = ["VirtualRoute"]
 
 log = logging.getLogger("mcpfast.mux")
 
-_SESSION_NOT_FOUND = -32001  # what the Python SDK answers with its 404
-_INTERNAL = -32603
 _EMPTY_RESULT = b"{}"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 _PING = b'{"jsonrpc":"2.0","id":"mcpfast-probe","method":"ping"}'
-_UNSUPPORTED_VERSION = -32022  # MCP 2026-07-28: UnsupportedProtocolVersionError
 _ALLOW = b"Allow: GET, POST, DELETE\r\n"
 _LAST_EVENT_ID = b"Last-Event-ID"
 _JSON = b"application/json"
@@ -268,7 +268,7 @@ class VirtualRoute:
                 if state is not None:
                     self._spawn(ex, self._delete(ex, state, token))
             else:
-                ex.respond_error(405, -32600, "method not allowed on a multiplexed MCP endpoint", headers=_ALLOW)
+                ex.respond_error(405, INVALID_REQUEST, "method not allowed on a multiplexed MCP endpoint", headers=_ALLOW)
         except Exception:
             log.exception("multiplexer: request failed")
             if _alive(ex):
@@ -289,7 +289,7 @@ class VirtualRoute:
                 ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
         except UpstreamError as err:
             if _alive(ex):
-                ex.respond_error(err.status, -32000, str(err))
+                ex.respond_error(err.status, SERVER_ERROR, str(err))
         except Exception:
             log.exception("multiplexer: request failed")
             if _alive(ex):
@@ -302,7 +302,7 @@ class VirtualRoute:
     def _open_token(self, ex) -> tuple[SessionState | None, str]:
         sid = ex.head.session_id
         if sid is None:
-            ex.respond_error(400, -32600, "Bad Request: Mcp-Session-Id header is required")
+            ex.respond_error(400, INVALID_REQUEST, "Bad Request: Mcp-Session-Id header is required")
             return None, ""
         try:
             opened = self.codec.open_sid(sid, self.path_b, self._subject(ex))
@@ -428,7 +428,7 @@ class VirtualRoute:
             s, e = env.params_span
             params = load_json(memoryview(body)[s:e])
         if not isinstance(params, dict):
-            ex.respond(200, jsonrpc_error_body(-32602, "Invalid params: initialize params must be an object", env.id))
+            ex.respond(200, jsonrpc_error_body(INVALID_PARAMS, "Invalid params: initialize params must be an object", env.id))
             return
         requested = params.get("protocolVersion")
         version = negotiate_version(requested if isinstance(requested, str) else None)
@@ -459,7 +459,7 @@ class VirtualRoute:
                     asyncio.get_running_loop().create_task(self._end_backend(bs))
             status = 504 if any(getattr(f, "status", 0) == 504 for _, f in failures) else 502
             why = "; ".join(f"{b}: {f}" for b, f in failures)
-            ex.respond_error(status, -32000, f"backends unavailable: {why}")
+            ex.respond_error(status, SERVER_ERROR, f"backends unavailable: {why}")
             return
         for b, f in failures:
             log.warning("route %s: backend %s left out of a new session: %s", self.path, b, f)
@@ -660,7 +660,7 @@ class VirtualRoute:
         if self.fail_open and env.kind == KIND_REQUEST:
             ex.respond(200, jsonrpc_error_body(_INTERNAL, msg, env.id))
         else:
-            ex.respond_error(getattr(err, "status", 502), -32000, msg)
+            ex.respond_error(getattr(err, "status", 502), SERVER_ERROR, msg)
 
     async def _refresh_then_route(self, ex, body, env, state, token) -> None:
         await self.refresh_lists(state, token, env.method)
@@ -723,7 +723,7 @@ class VirtualRoute:
         try:
             plan = plan_page(method, env.cursor, self.backends)
         except InvalidCursor:
-            return jsonrpc_error_body(-32602, "Invalid params: invalid cursor", env.id)
+            return jsonrpc_error_body(INVALID_PARAMS, "Invalid params: invalid cursor", env.id)
         got = await asyncio.gather(*(self._page(state, token, b, method, c) for b, c in plan), return_exceptions=True)
         pages: list[BackendPage] = []
         for (b, _), p in zip(plan, got, strict=True):
@@ -906,20 +906,20 @@ class VirtualRoute:
         if lei is not None:
             decoded = decode_event_id(lei)
             if decoded is None:
-                ex.respond_error(400, -32600, "Bad Request: unknown Last-Event-ID")
+                ex.respond_error(400, INVALID_REQUEST, "Bad Request: unknown Last-Event-ID")
                 return
             kind, resume = decoded
             resume = {b: pos for b, pos in resume.items() if b in self.links}
             if not all(is_field_value(pos) for pos in resume.values()):
                 # Each position goes back to its backend as a Last-Event-ID field.
-                ex.respond_error(400, -32600, "Bad Request: unknown Last-Event-ID")
+                ex.respond_error(400, INVALID_REQUEST, "Bad Request: unknown Last-Event-ID")
                 return
             if kind == STREAM_POST:
                 # The client resumes a POST answer (its ids are "p!<backend>~<id>"): that
                 # one backend stream, continued by that backend alone.
                 bs = self._session(token, state, next(iter(resume))) if resume else None
                 if bs is None or bs.session_id is None or bs.protocol_version is None:
-                    ex.respond_error(400, -32600, "Bad Request: Last-Event-ID names no stream of this session")
+                    ex.respond_error(400, INVALID_REQUEST, "Bad Request: Last-Event-ID names no stream of this session")
                     return
                 ex.route = self.views[bs.name]
                 _Merge(self, ex, state, token, [bs], MergedStreamIds(STREAM_POST, resume)).start()
@@ -930,7 +930,7 @@ class VirtualRoute:
             if bs is not None and bs.session_id is not None and bs.protocol_version is not None:
                 targets.append(bs)
         if not targets:
-            ex.respond_error(405, -32600, "no backend offers a server-to-client stream", headers=_ALLOW)
+            ex.respond_error(405, INVALID_REQUEST, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
         _Merge(self, ex, state, token, targets, MergedStreamIds(kind, resume)).start()
 
@@ -1142,14 +1142,14 @@ class _Merge:
                 ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
             elif leg.status == 503:
                 # A backend's stream budget is spent (or it is shutting down).
-                ex.respond_error(503, -32000, leg.failure, headers=b"Retry-After: 1\r\n")
+                ex.respond_error(503, SERVER_ERROR, leg.failure, headers=b"Retry-After: 1\r\n")
             elif self.ids.kind == STREAM_POST:
                 # The backend cannot resume that stream (not a 404 to the client: its
                 # session is fine).  A client gives up after a few such answers.
                 why = leg.failure or "no answer"
-                ex.respond_error(leg.status or 502, -32000, f"backend {leg.bs.name} cannot resume this stream: {why}")
+                ex.respond_error(leg.status or 502, SERVER_ERROR, f"backend {leg.bs.name} cannot resume this stream: {why}")
             else:
-                ex.respond_error(405, -32600, "no backend offers a server-to-client stream", headers=_ALLOW)
+                ex.respond_error(405, INVALID_REQUEST, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
         if self.chunked:
             self.out.append(b"0\r\n\r\n")

@@ -14,6 +14,8 @@ unknown tool, prompt or resource (MCP "Tools: Error Handling"; SEP-2164 for reso
 
 from __future__ import annotations
 
+from ..rpcerrors import FORBIDDEN, INVALID_PARAMS, RATE_LIMITED, SESSION_NOT_FOUND, UNAUTHORIZED
+
 __all__ = [
     "Refusal",
     "AuthError",
@@ -25,11 +27,11 @@ __all__ = [
     "AUTH_REASONS",
 ]
 
-CODE_UNAUTHORIZED = -32030
-CODE_FORBIDDEN = -32031
-CODE_RATE_LIMITED = -32032
-CODE_INVALID_PARAMS = -32602
-CODE_SESSION_NOT_FOUND = -32001  # what MCP servers (the Python SDK) send with their 404 for an unknown session
+CODE_UNAUTHORIZED = UNAUTHORIZED
+CODE_FORBIDDEN = FORBIDDEN
+CODE_RATE_LIMITED = RATE_LIMITED
+CODE_INVALID_PARAMS = INVALID_PARAMS
+CODE_SESSION_NOT_FOUND = SESSION_NOT_FOUND
 
 # Authentication reason codes (audit ``reason``, metric label).
 MISSING_CREDENTIALS = "missing_credentials"
