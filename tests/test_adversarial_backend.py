@@ -23,7 +23,7 @@ import time
 import orjson
 import pytest
 
-from gwutil import GatewayThread
+from gwutil import GatewayThread, wait_until as _wait
 from mcpfast.core import ProtocolError, RequestParser
 from test_adversarial_heads import read_answers
 
@@ -196,13 +196,6 @@ class _Recording:
 _SEEN: collections.deque = collections.deque(maxlen=10000)
 
 
-def _wait(pred, limit: float = 5.0) -> bool:
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def _marker_of(answer) -> str:

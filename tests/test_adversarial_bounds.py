@@ -20,20 +20,13 @@ import time
 import orjson
 import pytest
 
-from gwutil import ROOT, GatewayThread
+from gwutil import ROOT, GatewayThread, wait_until as _wait
 from mcpfast.config import ConfigError, build_config
 from rawbackend import RawBackend, body_of, post, read_response, status_of
 
 CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}'
 
 
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def test_two_pipelined_answers_in_one_read_are_both_delivered():

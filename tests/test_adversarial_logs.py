@@ -22,13 +22,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from gwutil import ROOT, GatewayThread
+from gwutil import ROOT, GatewayThread, wait_port as _wait_port
 from mcpfast.mux.token import new_key_text
 from mcpfast.observe import METHOD_LABELS
 from rawbackend import RawBackend, post, read_response, status_of
@@ -219,15 +218,6 @@ def _free_port() -> int:
     return p
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
 
 
 def _session_of(resp: bytes) -> bytes | None:

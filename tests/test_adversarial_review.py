@@ -11,7 +11,7 @@ import time
 
 import orjson
 
-from gwutil import GatewayThread
+from gwutil import GatewayThread, wait_until as _wait
 from rawbackend import read_request, post, read_response, status_of, body_of
 
 CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}'
@@ -19,13 +19,6 @@ CALL = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","
 TINY = b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def _wait(pred, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 class GatedBackend:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from gwutil import ROOT
+from gwutil import ROOT, wait_port as _wait_port
 from mcpfast import __version__
 from mcpfast.cli import main
 from mcpfast.config import ConfigError, build_config, load_config
@@ -101,15 +101,6 @@ def test_several_backends_get_a_path_each():
     assert e.value.key == "routes[0].path"
 
 
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(port)
 
 
 def test_serve_metrics_health_ready_and_access_log(tmp_path):
