@@ -163,10 +163,35 @@ class BackendConfig:
     # 503.  Streams thus never take a request's connection.
     max_connections: int = 1024
     max_streams: int = 1024
+    # How the gateway reaches it (docs/transports.md): "http" (Streamable HTTP), "sse"
+    # (the 2024-11-05 HTTP+SSE transport) or "stdio" (a child process).
+    transport: str = "http"
+    tls: bool = False  # an https:// URL
+    # TLS to the backend: verification on unless tls_verify is false; ca_file instead of
+    # the system's trust store; a client certificate for mutual TLS.
+    tls_verify: bool = True
+    ca_file: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    # stdio: the program and its arguments (never a shell), its environment (only what
+    # is given, plus env_passthrough names from the gateway's own, or all of it with
+    # inherit_env), its working directory.
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    inherit_env: bool = False
+    env_passthrough: tuple[str, ...] = ()
+    cwd: str | None = None
+    mode: str = "per_session"  # per_session: a child per client session | shared: one child
+    max_processes: int = 16  # children alive at once (per gateway process)
+    idle_timeout: float = 300.0  # a per-session child unused this long is stopped (0: never)
+    spawn_rate: float = 10.0  # new children per second, at most (bursts up to max_processes)
+    shutdown_grace: float = 2.0  # after closing stdin, and again after SIGTERM, before SIGKILL
+    max_line_bytes: int | None = None  # one message line from a child; None: limits.max_sse_event_bytes
 
     @property
     def host_header(self) -> bytes:
-        default = 80
+        default = 443 if self.tls else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
 
@@ -197,7 +222,11 @@ class MuxConfig:
 class RouteConfig:
     path: str
     backends: tuple[str, ...]
-    mux: MuxConfig | None = None  # set for a route over several backends
+    mux: MuxConfig | None = None  # set for a terminating route (see ``terminating``)
+    # Where 2024-11-05 HTTP+SSE clients reach this route: the stream (GET) and the
+    # message endpoint (POST ?session_id=); "" turns that transport off for the route.
+    sse_path: str | None = None  # None until load fills in the default
+    messages_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,11 +265,15 @@ class Config:
         d["server"]["listen"] = _fmt_hostport(self.server.listen)
         if self.server.admin_listen:
             d["server"]["admin_listen"] = _fmt_hostport(self.server.admin_listen)
+        shown = {t: keys - {"bearer_token"} for t, keys in _KEYS.items()}
         d["backends"] = {
-            b.name: {k: v for k, v in conv(b).items() if k not in ("name", "host", "port", "path")}
-            for b in self.backends
+            b.name: {k: v for k, v in conv(b).items() if k in shown[b.transport]} for b in self.backends
         }
         for b in d["backends"].values():
+            if "env" in b:  # a child's environment may carry credentials
+                b["env"] = {k: "<redacted>" for k, _ in b["env"]}
+            if "url" not in b:
+                continue
             b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
             if "?" in b["url"]:  # a backend URL's query may hold a key: its values are not shown
                 from .observe import log_path
@@ -298,16 +331,15 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     if not heads.is_visible(url.encode("utf-8", "replace")):
         raise ConfigError(key, f"URL must be visible ASCII without spaces or control characters, got {url!r}")
     parts = urlsplit(url)
-    if parts.scheme != "http":
-        # TLS to backends is a later feature; refuse rather than silently send plaintext.
-        raise ConfigError(key, f"only http:// backend URLs are supported, got {_shown_url(url, parts)!r}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(key, f"expected an http:// or https:// URL, got {_shown_url(url, parts)!r}")
     if "@" in parts.netloc:
         # Never sent: a backend gets credentials from ``headers`` or ``bearer_token``.
         raise ConfigError(key, "a user or password in the URL is not supported (use bearer_token or headers)")
     if not parts.hostname:
         raise ConfigError(key, f"missing host in {_shown_url(url, parts)!r}")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         raise ConfigError(key, f"bad port in {_shown_url(url, parts)!r}") from None
     path = parts.path or "/"
@@ -398,73 +430,10 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     log = LogConfig(level=level, format=fmt, access_log=_expect(lg, "access_log", "log", str, "-"))
 
     bsec = _section(raw, "backends")
-    backends = []
-    for name, b in bsec.items():
-        key = f"backends.{name}"
-        if not _NAME_RE.match(name):
-            raise ConfigError(key, "backend names use 1-64 characters of [A-Za-z0-9_.-]")
-        if not isinstance(b, dict):
-            raise ConfigError(key, "expected a table")
-        _unknown_keys(
-            b,
-            {"url", "pool_size", "pool_idle_timeout", "connect_timeout", "response_timeout", "headers",
-             "bearer_token", "forward_credentials", "max_connections", "max_streams"},
-            key,
-        )  # fmt: skip
-        if "url" not in b:
-            raise ConfigError(f"{key}.url", "missing")
-        url = _expect(b, "url", key, str, "")
-        host, port, path = parse_backend_url(url, f"{key}.url")
-        hdrs = b.get("headers", {})
-        if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
-            raise ConfigError(f"{key}.headers", "expected a table of strings")
-        for hk, hv in hdrs.items():
-            try:
-                heads.field_name(hk)
-            except heads.HeadError:
-                raise ConfigError(f"{key}.headers.{hk}", "not a valid header name") from None
-            try:
-                heads.field_value(hv)
-            except heads.HeadError:
-                raise ConfigError(
-                    f"{key}.headers.{hk}",
-                    "value must be Latin-1 text without control characters (CR, LF, NUL, ...) or surrounding spaces",
-                ) from None
-        hdrs = dict(hdrs)
-        bearer = b.get("bearer_token")
-        if bearer is not None:
-            if not isinstance(bearer, str) or not heads.is_visible(bearer.encode("utf-8", "replace")):
-                raise ConfigError(f"{key}.bearer_token", "expected a non-empty token of visible ASCII (no spaces or control characters)")
-            if any(k.lower() == "authorization" for k in hdrs):
-                raise ConfigError(f"{key}.bearer_token", "conflicts with headers.Authorization")
-            hdrs["Authorization"] = f"Bearer {bearer}"
-        ct = b.get("connect_timeout")
-        rt = b.get("response_timeout")
-        backends.append(
-            BackendConfig(
-                name=name,
-                url=url,
-                host=host,
-                port=port,
-                path=path,
-                pool_size=_positive(_expect(b, "pool_size", key, int, 64), f"{key}.pool_size"),
-                pool_idle_timeout=_positive(
-                    _expect(b, "pool_idle_timeout", key, float, 30.0), f"{key}.pool_idle_timeout"
-                ),
-                connect_timeout=None
-                if ct is None
-                else _positive(_expect(b, "connect_timeout", key, float, 0.0), f"{key}.connect_timeout"),
-                response_timeout=None
-                if rt is None
-                else _positive(_expect(b, "response_timeout", key, float, 0.0), f"{key}.response_timeout"),
-                headers=tuple(hdrs.items()),
-                forward_credentials=_expect(b, "forward_credentials", key, bool, False),
-                max_connections=_positive(_expect(b, "max_connections", key, int, 1024), f"{key}.max_connections"),
-                max_streams=_positive(_expect(b, "max_streams", key, int, 1024), f"{key}.max_streams"),
-            )
-        )
+    backends = [_backend(name, b) for name, b in bsec.items()]
 
     names = {b.name for b in backends}
+    kinds = {b.name: b.transport for b in backends}
     sessions = _sessions_defaults(_section(raw, "sessions"))
     rsec = raw.get("routes", [])
     if not isinstance(rsec, list):
@@ -475,7 +444,7 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         key = f"routes[{i}]"
         if not isinstance(r, dict):
             raise ConfigError(key, "expected a table")
-        _unknown_keys(r, {"path", "backends", "backend", *_MUX_ROUTE_KEYS}, key)
+        _unknown_keys(r, {"path", "backends", "backend", "sse_path", "messages_path", *_MUX_ROUTE_KEYS}, key)
         path = _expect(r, "path", key, str, server.mcp_path)
         if not path.startswith("/"):
             raise ConfigError(f"{key}.path", f"must start with '/', got {path!r}")
@@ -492,26 +461,32 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         if len(set(blist)) != len(blist):
             raise ConfigError(f"{key}.backends", "a backend is listed twice")
         mux = None
-        if len(blist) > 1:
+        if terminating(blist, kinds):
             mux = _mux_route(r, key, blist, sessions)
         else:
             for k in _MUX_ROUTE_KEYS:
                 if k in r:
-                    raise ConfigError(f"{key}.{k}", "only applies to a route over several backends")
+                    raise ConfigError(f"{key}.{k}", "only applies to a route over several backends or a stdio or sse backend")
         if path in seen_paths:
             raise ConfigError(f"{key}.path", f"duplicate route path {path!r}")
         seen_paths.add(path)
-        routes.append(RouteConfig(path=path, backends=tuple(blist), mux=mux))
+        legacy = {k: _text(r, k, key) for k in ("sse_path", "messages_path") if k in r}
+        routes.append(RouteConfig(path=path, backends=tuple(blist), mux=mux, **legacy))
 
     if not routes and backends:
         # Without explicit routes: one backend is served at the MCP path; several are
         # each served at <mcp_path>/<name>.
+        def implicit(path: str, name: str) -> RouteConfig:
+            mux = _mux_route({}, "routes", [name], sessions) if terminating([name], kinds) else None
+            return RouteConfig(path=path, backends=(name,), mux=mux)
+
         if len(backends) == 1:
-            routes.append(RouteConfig(path=server.mcp_path, backends=(backends[0].name,)))
+            routes.append(implicit(server.mcp_path, backends[0].name))
         else:
             for b in backends:
-                routes.append(RouteConfig(path=f"{server.mcp_path.rstrip('/')}/{b.name}", backends=(b.name,)))
+                routes.append(implicit(f"{server.mcp_path.rstrip('/')}/{b.name}", b.name))
 
+    routes = _legacy_paths(routes, server.mcp_path)
     policy = build_policy_config(raw)
     return Config(
         cors=build_cors_config(raw),
@@ -525,6 +500,212 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
         backends=tuple(backends),
         routes=tuple(routes),
         source=source,
+    )
+
+
+def _legacy_paths(routes: list[RouteConfig], mcp_path: str) -> tuple[RouteConfig, ...]:
+    """Each route's 2024-11-05 HTTP+SSE endpoints: as configured, or by default ``/sse``
+    and ``/messages`` for the route at the MCP path and ``<route>/sse`` and
+    ``<route>/messages`` for the others.  None may collide with a route or another's."""
+    taken = {r.path: f"routes path {r.path!r}" for r in routes}
+    out = []
+    for i, r in enumerate(routes):
+        paths = {}
+        for k, leaf in (("sse_path", "/sse"), ("messages_path", "/messages")):
+            v = getattr(r, k)
+            if v is None:  # not given
+                v = leaf if r.path == mcp_path else r.path.rstrip("/") + leaf
+            elif v and (not v.startswith("/") or "?" in v or len(v) > 1024):
+                raise ConfigError(f"routes[{i}].{k}", f"must be an absolute path without query, or \"\" for off, got {v!r}")
+            if v:
+                v = v.rstrip("/") or "/"
+                if v in taken:
+                    raise ConfigError(f"routes[{i}].{k}", f"{v!r} is already used by {taken[v]}")
+                taken[v] = f"{k} of route {r.path!r}"
+            paths[k] = v
+        if bool(paths["sse_path"]) != bool(paths["messages_path"]):
+            raise ConfigError(f"routes[{i}].sse_path", "sse_path and messages_path are on or off together")
+        out.append(dataclasses.replace(r, **paths))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------
+# Backends: [backends.NAME], one table each; its transport decides which keys apply.
+
+TRANSPORTS = ("http", "sse", "stdio")
+_COMMON_KEYS = {"transport", "connect_timeout", "response_timeout"}
+_URL_KEYS = {
+    "url", "pool_size", "pool_idle_timeout", "headers", "bearer_token", "max_connections", "max_streams",
+    "tls_verify", "ca_file", "client_cert", "client_key",
+}  # fmt: skip
+_KEYS = {
+    "http": _COMMON_KEYS | _URL_KEYS | {"forward_credentials"},
+    "sse": _COMMON_KEYS | _URL_KEYS,
+    "stdio": _COMMON_KEYS | {
+        "command", "args", "env", "inherit_env", "env_passthrough", "cwd", "mode", "max_processes",
+        "idle_timeout", "spawn_rate", "shutdown_grace", "max_line_bytes",
+    },
+}  # fmt: skip
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def terminating(blist, kinds: dict[str, str]) -> bool:
+    """Is a route over these backends a terminating one (the gateway is the MCP server
+    to its clients and a client of each backend)?  Everything but one plain Streamable
+    HTTP backend, which stays a byte passthrough."""
+    return len(blist) > 1 or kinds[blist[0]] != "http"
+
+
+def _opt_float(b: dict, name: str, key: str) -> float | None:
+    if b.get(name) is None:
+        return None
+    return _positive(_expect(b, name, key, float, 0.0), f"{key}.{name}")
+
+
+def _text(b: dict, name: str, key: str, default: str = "") -> str:
+    """A string that may not hold NUL or line breaks (it reaches a head, a log line or an
+    exec call)."""
+    v = _expect(b, name, key, str, default)
+    if any(c in v for c in "\x00\r\n"):
+        raise ConfigError(f"{key}.{name}", "must not contain NUL or line breaks")
+    return v
+
+
+def _path_file(b: dict, name: str, key: str) -> str | None:
+    if b.get(name) is None:
+        return None
+    v = _text(b, name, key)
+    if not v:
+        raise ConfigError(f"{key}.{name}", "must not be empty")
+    return v
+
+
+def _backend(name: str, b) -> BackendConfig:
+    key = f"backends.{name}"
+    if not _NAME_RE.match(name):
+        raise ConfigError(key, "backend names use 1-64 characters of [A-Za-z0-9_.-]")
+    if not isinstance(b, dict):
+        raise ConfigError(key, "expected a table")
+    transport = _expect(b, "transport", key, str, "http")
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"{key}.transport", f"expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    known = _KEYS[transport]
+    for k in b:
+        if k not in known:
+            where = [t for t in TRANSPORTS if k in _KEYS[t]]
+            if where:
+                raise ConfigError(f"{key}.{k}", f"only applies to transport = {' or '.join(repr(t) for t in where)}")
+            raise ConfigError(f"{key}.{k}", f"unknown setting (known for transport {transport!r}: {', '.join(sorted(known))})")
+    common = dict(
+        name=name,
+        transport=transport,
+        connect_timeout=_opt_float(b, "connect_timeout", key),
+        response_timeout=_opt_float(b, "response_timeout", key),
+    )
+    if transport == "stdio":
+        return _stdio_backend(b, key, common)
+    if "url" not in b:
+        raise ConfigError(f"{key}.url", "missing")
+    url = _expect(b, "url", key, str, "")
+    host, port, path = parse_backend_url(url, f"{key}.url")
+    tls = url[:8].lower() == "https://"
+    hdrs = b.get("headers", {})
+    if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
+        raise ConfigError(f"{key}.headers", "expected a table of strings")
+    for hk, hv in hdrs.items():
+        try:
+            heads.field_name(hk)
+        except heads.HeadError:
+            raise ConfigError(f"{key}.headers.{hk}", "not a valid header name") from None
+        try:
+            heads.field_value(hv)
+        except heads.HeadError:
+            raise ConfigError(
+                f"{key}.headers.{hk}",
+                "value must be Latin-1 text without control characters (CR, LF, NUL, ...) or surrounding spaces",
+            ) from None
+    hdrs = dict(hdrs)
+    bearer = b.get("bearer_token")
+    if bearer is not None:
+        if not isinstance(bearer, str) or not heads.is_visible(bearer.encode("utf-8", "replace")):
+            raise ConfigError(f"{key}.bearer_token", "expected a non-empty token of visible ASCII (no spaces or control characters)")
+        if any(k.lower() == "authorization" for k in hdrs):
+            raise ConfigError(f"{key}.bearer_token", "conflicts with headers.Authorization")
+        hdrs["Authorization"] = f"Bearer {bearer}"
+    if not tls:
+        for k in ("tls_verify", "ca_file", "client_cert", "client_key"):
+            if k in b:
+                raise ConfigError(f"{key}.{k}", "only applies to an https:// URL")
+    client_cert = _path_file(b, "client_cert", key)
+    client_key = _path_file(b, "client_key", key)
+    if client_key is not None and client_cert is None:
+        raise ConfigError(f"{key}.client_key", "needs client_cert")
+    return BackendConfig(
+        url=url,
+        host=host,
+        port=port,
+        path=path,
+        tls=tls,
+        tls_verify=_expect(b, "tls_verify", key, bool, True),
+        ca_file=_path_file(b, "ca_file", key),
+        client_cert=client_cert,
+        client_key=client_key,
+        pool_size=_positive(_expect(b, "pool_size", key, int, 64), f"{key}.pool_size"),
+        pool_idle_timeout=_positive(_expect(b, "pool_idle_timeout", key, float, 30.0), f"{key}.pool_idle_timeout"),
+        headers=tuple(hdrs.items()),
+        forward_credentials=_expect(b, "forward_credentials", key, bool, False),
+        max_connections=_positive(_expect(b, "max_connections", key, int, 1024), f"{key}.max_connections"),
+        max_streams=_positive(_expect(b, "max_streams", key, int, 1024), f"{key}.max_streams"),
+        **common,
+    )
+
+
+def _stdio_backend(b: dict, key: str, common: dict) -> BackendConfig:
+    if "command" not in b:
+        raise ConfigError(f"{key}.command", "missing (the program to start, e.g. \"npx\" or \"/usr/bin/python3\")")
+    command = _text(b, "command", key)
+    if not command:
+        raise ConfigError(f"{key}.command", "must not be empty")
+    args = b.get("args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise ConfigError(f"{key}.args", "expected a list of strings")
+    for i, a in enumerate(args):
+        if "\x00" in a:
+            raise ConfigError(f"{key}.args[{i}]", "must not contain NUL")
+    env = b.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise ConfigError(f"{key}.env", "expected a table of strings")
+    for ek, ev in env.items():
+        if not _ENV_NAME_RE.match(ek):
+            raise ConfigError(f"{key}.env.{ek}", "not a valid environment variable name")
+        if "\x00" in ev:
+            raise ConfigError(f"{key}.env.{ek}", "must not contain NUL")
+    passthrough = b.get("env_passthrough", [])
+    if not isinstance(passthrough, list) or not all(isinstance(v, str) and _ENV_NAME_RE.match(v) for v in passthrough):
+        raise ConfigError(f"{key}.env_passthrough", "expected a list of environment variable names")
+    mode = _expect(b, "mode", key, str, "per_session")
+    if mode not in ("per_session", "shared"):
+        raise ConfigError(f"{key}.mode", f"expected per_session or shared, got {mode!r}")
+    cwd = _path_file(b, "cwd", key)
+    mlb = b.get("max_line_bytes")
+    return BackendConfig(
+        url="",
+        host="",
+        port=0,
+        path="/",
+        command=command,
+        args=tuple(args),
+        env=tuple(env.items()),
+        inherit_env=_expect(b, "inherit_env", key, bool, False),
+        env_passthrough=tuple(passthrough),
+        cwd=cwd,
+        mode=mode,
+        max_processes=_positive(_expect(b, "max_processes", key, int, 16), f"{key}.max_processes"),
+        idle_timeout=_positive(_expect(b, "idle_timeout", key, float, 300.0), f"{key}.idle_timeout", allow_zero=True),
+        spawn_rate=_positive(_expect(b, "spawn_rate", key, float, 10.0), f"{key}.spawn_rate"),
+        shutdown_grace=_positive(_expect(b, "shutdown_grace", key, float, 2.0), f"{key}.shutdown_grace"),
+        max_line_bytes=None if mlb is None else _positive(_expect(b, "max_line_bytes", key, int, 0), f"{key}.max_line_bytes"),
+        **common,
     )
 
 

@@ -58,7 +58,7 @@ def test_check_config_prints_effective_config(tmp_path):
     assert doc["server"]["listen"] == "127.0.0.1:9999"
     assert doc["timeouts"]["upstream_response"] == 12.0
     assert doc["backends"]["weather"]["pool_size"] == 8
-    assert doc["routes"] == [{"path": "/mcp", "backends": ["weather"]}]
+    assert doc["routes"] == [{"path": "/mcp", "backends": ["weather"], "sse_path": "/sse", "messages_path": "/messages"}]
     assert "s3cret" not in r.output  # secrets are not printed
 
 

@@ -1,0 +1,1 @@
+"""Transports: how the gateway reaches its backends (base.py: the ``Backend`` seam)."""
