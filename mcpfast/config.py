@@ -142,6 +142,11 @@ class LogConfig:
     access_log: str = "-"  # "-" stdout, a path, or "off"
 
 
+# What a child gets from the gateway's own environment unless ``env_passthrough`` says
+# otherwise: enough to find programs and run them, nothing that is likely a secret.
+ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
@@ -180,7 +185,7 @@ class BackendConfig:
     args: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     inherit_env: bool = False
-    env_passthrough: tuple[str, ...] = ()
+    env_passthrough: tuple[str, ...] = ENV_PASSTHROUGH
     cwd: str | None = None
     mode: str = "per_session"  # per_session: a child per client session | shared: one child
     max_processes: int = 16  # children alive at once (per gateway process)
@@ -680,7 +685,7 @@ def _stdio_backend(b: dict, key: str, common: dict) -> BackendConfig:
             raise ConfigError(f"{key}.env.{ek}", "not a valid environment variable name")
         if "\x00" in ev:
             raise ConfigError(f"{key}.env.{ek}", "must not contain NUL")
-    passthrough = b.get("env_passthrough", [])
+    passthrough = b.get("env_passthrough", list(ENV_PASSTHROUGH))
     if not isinstance(passthrough, list) or not all(isinstance(v, str) and _ENV_NAME_RE.match(v) for v in passthrough):
         raise ConfigError(f"{key}.env_passthrough", "expected a list of environment variable names")
     mode = _expect(b, "mode", key, str, "per_session")
