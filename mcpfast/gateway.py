@@ -324,8 +324,20 @@ class Exchange:
                 if doc is not None:  # RFC 9728 protected-resource metadata
                     self.respond(200, doc, b"Cache-Control: max-age=300\r\n")
                     return
+            front = gw.fronts.get(path)
+            if front is not None:  # another transport's endpoint (mcpfast/front/)
+                front.handle(self)
+                return
             self.respond_error(404, METHOD_NOT_FOUND, "no MCP endpoint at this path", mcp=False)
             return
+        self.begin(route)
+
+    def begin(self, route: "Route") -> None:
+        """The request is for ``route``: checks, scan, authentication and policy, then
+        dispatch.  A front calls this for requests that are to meet exactly what a
+        request to the route itself meets."""
+        gw = self.gw
+        head = self.head
         self.route = route
         refusal = gw.check_request(head)
         if refusal is not None:
@@ -757,7 +769,7 @@ class Exchange:
         """Answer with a JSON-RPC error body (the MCP transport's way of saying no)."""
         body = jsonrpc_error_body(code, message, self.rpc_id)
         self.status = status
-        if status == 405:
+        if status == 405 and b"Allow:" not in headers:
             headers += b"Allow: " + _ALLOW + b"\r\n"
         cors = self.gw.cors
         if cors is not None:
@@ -940,6 +952,9 @@ class Gateway:
         self.sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
         self.pools: dict[str, UpstreamPool] = {}
         self.routes: dict[bytes, Route] = {}
+        # Endpoints of other client transports, by path (legacy HTTP+SSE: the stream and
+        # the message path of each route that has them).  Asked only when no route matches.
+        self.fronts: dict[bytes, Any] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.admin = None
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -986,6 +1001,11 @@ class Gateway:
             self.routes[p] = route
             if p != b"/":
                 self.routes[p + b"/"] = route
+            if getattr(rc, "sse_path", None):  # 2024-11-05 HTTP+SSE clients
+                from .front.legacy_sse import LegacyFront
+
+                front = LegacyFront(self, rc, route)
+                self.fronts[rc.sse_path.encode()] = self.fronts[rc.messages_path.encode()] = front
 
     def pool_for(self, b: BackendConfig, bm: BackendMetrics) -> UpstreamPool:
         """The one connection pool of backend ``b`` (made on first use): every route
@@ -1026,7 +1046,8 @@ class Gateway:
         head = ex.head
         target = head.target
         q = target.find(b"?")
-        if (target if q < 0 else target[:q]) not in self.routes:
+        path = target if q < 0 else target[:q]
+        if path not in self.routes and path not in self.fronts:
             return (404, "no MCP endpoint at this path")
         r = self.check_request(head)
         return None if r is None else (r[0], r[2])

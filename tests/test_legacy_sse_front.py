@@ -1,0 +1,189 @@
+"""Legacy HTTP+SSE clients (2024-11-05) through the gateway: the MCP SDK's own legacy
+client (``sse_client`` + ``ClientSession``) in front, real SDK Streamable HTTP servers
+behind -- one on a passthrough route, two on a multiplexed one -- and the policy a
+direct Streamable HTTP request meets, judged by what the backend actually got."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import anyio
+import httpx
+import jwt
+import pytest
+
+from gwutil import ROOT, GatewayThread, backend_process, wait_until
+from mcp import ClientSession, types
+from mcp.client.sse import sse_client
+from mcp.shared.exceptions import MCPError
+
+pytestmark = pytest.mark.e2e
+
+SDK_SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
+MUX_SERVER = os.path.join(ROOT, "tests", "fixtures", "mux_server.py")
+KEY = "ab" * 32
+SECRET = "s" * 64
+ISSUER = "https://login.test.example"
+PUBLIC = "https://mcp.test.example"
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def token(sub: str) -> str:
+    now = int(time.time())
+    payload = {"sub": sub, "iss": ISSUER, "aud": PUBLIC + "/mcp", "iat": now, "exp": now + 600}
+    return jwt.encode(payload, SECRET, algorithm="HS256", headers={"kid": "k1"})
+
+
+POLICY = {
+    "auth": {
+        "mode": "required",
+        "public_url": PUBLIC,
+        "authorization_servers": [ISSUER],
+        "jwt": {"issuer": ISSUER, "algorithms": ["HS256"], "keys": [{"kid": "k1", "secret": SECRET}]},
+    },
+    "authz": {
+        "default": "deny",
+        "rules": [
+            {"id": "alice-everything", "effect": "allow", "subjects": ["alice"]},
+            {"id": "bob-some-tools", "effect": "allow", "subjects": ["bob"], "tools": ["calls", "steps"]},
+        ],
+    },
+    "audit": {"sink": "off"},
+}
+
+
+# --- the real peers -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sdk_backend():
+    with backend_process(SDK_SERVER, "--port", "0") as (_, url):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def mux_backends():
+    with (
+        backend_process(MUX_SERVER, "--name", "alpha", "--tools", "add,steps,ask_model") as (_, a),
+        backend_process(MUX_SERVER, "--name", "beta", "--tools", "steps,ask_user") as (_, b),
+    ):
+        yield {"alpha": a, "beta": b}
+
+
+@pytest.fixture(scope="module")
+def access_log():
+    with tempfile.TemporaryDirectory() as d:
+        yield os.path.join(d, "access.log")
+
+
+@pytest.fixture(scope="module")
+def gateway(sdk_backend, mux_backends, access_log):
+    """One gateway: the SDK server passthrough at /mcp (legacy at /sse, /messages) and
+    the two mux servers multiplexed at /mcp/both (/mcp/both/sse, /mcp/both/messages)."""
+    raw = {
+        "backends": {
+            "e2e": {"url": sdk_backend, "response_timeout": 10.0},
+            **{n: {"url": u, "response_timeout": 10.0} for n, u in mux_backends.items()},
+        },
+        "routes": [{"path": "/mcp", "backend": "e2e"}, {"path": "/mcp/both", "backends": ["alpha", "beta"]}],
+        "sessions": {"key": KEY},
+        "log": {"access_log": access_log},
+    }
+    with GatewayThread(raw) as gt:
+        yield gt
+
+
+@pytest.fixture(scope="module")
+def policy_gateway(sdk_backend):
+    with GatewayThread({"backends": {"e2e": {"url": sdk_backend}}, **POLICY}) as gt:
+        yield gt
+
+
+async def _sampling(ctx, params):
+    q = params.messages[0].content.text
+    return types.CreateMessageResult(
+        role="assistant", content=types.TextContent(type="text", text=f"answer to {q}"), model="test-model"
+    )
+
+
+async def _elicit(ctx, params):
+    return types.ElicitResult(action="accept", content={"colour": "blue"})
+
+
+def _text(result) -> str:
+    return result.content[0].text
+
+
+class Legacy:
+    """An SDK legacy client session: ``async with Legacy(url) as (session, ids)``; ids
+    receives the legacy session id the gateway handed out."""
+
+    def __init__(self, url: str, tok: str | None = None, **kw) -> None:
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {tok}"} if tok else None
+        self.kw = kw
+        self.ids: list[str] = []
+
+    async def __aenter__(self):
+        self._sse = sse_client(self.url, headers=self.headers, on_session_created=self.ids.append)
+        read, write = await self._sse.__aenter__()
+        self._cs = ClientSession(
+            read, write, sampling_callback=_sampling, elicitation_callback=_elicit, read_timeout_seconds=20, **self.kw
+        )
+        session = await self._cs.__aenter__()
+        with anyio.fail_after(20):
+            await session.initialize()
+        return session
+
+    async def __aexit__(self, *exc):
+        await self._cs.__aexit__(*exc)
+        await self._sse.__aexit__(*exc)
+
+
+def _sessions(gt, path: str = "/mcp") -> dict:
+    """The legacy sessions of a route, read on the gateway's loop."""
+    front = gt.gw.fronts[b"/sse" if path == "/mcp" else (path + "/sse").encode()]
+    return gt.call(lambda: dict(front.sessions))
+
+
+# --- a passthrough route ----------------------------------------------------------------------
+
+
+def test_passthrough_lists_calls_resources_prompts(gateway):
+    async def run():
+        async with Legacy(gateway.url("/sse")) as c:
+            tools = {t.name for t in (await c.list_tools()).tools}
+            assert {"echo", "steps", "ask_model", "ask_user", "big"} <= tools
+            assert _text(await c.call_tool("echo", {"text": "héllo ✓"})) == "héllo ✓"
+            assert (await c.read_resource("e2e://static")).contents[0].text == "static content"
+            assert (await c.read_resource("e2e://item/42")).contents[0].text == "item 42"
+            templates = (await c.list_resource_templates()).resource_templates
+            assert any(t.uri_template == "e2e://item/{item_id}" for t in templates)
+            assert "greet" in {p.name for p in (await c.list_prompts()).prompts}
+            p = await c.get_prompt("greet", {"who": "Ann"})
+            assert p.messages[0].content.text == "Hello, Ann!"
+
+    anyio.run(run)
+
+
+def test_passthrough_progress_logging_sampling_elicitation(gateway):
+    async def run():
+        seen, logs = [], []
+
+        async def progress(p, total, message):
+            seen.append((p, total, message))
+
+        async def logging_cb(params):
+            logs.append(params.data)
+
+        async with Legacy(gateway.url("/sse"), logging_callback=logging_cb) as c:
+            assert _text(await c.call_tool("steps", {"n": 4}, progress_callback=progress)) == "done 4"
+            assert _text(await c.call_tool("ask_model", {"question": "2+2?"})) == "model said: answer to 2+2?"
+            assert _text(await c.call_tool("ask_user", {})) == "user chose blue"
+        assert seen == [(float(i), 4.0, f"step {i}") for i in range(1, 5)]
+        assert logs == [f"step {i}" for i in range(1, 5)]
+
+    anyio.run(run)
