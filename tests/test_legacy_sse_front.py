@@ -67,7 +67,7 @@ def sdk_backend():
 @pytest.fixture(scope="module")
 def mux_backends():
     with (
-        backend_process(MUX_SERVER, "--name", "alpha", "--tools", "add,steps,ask_model") as (_, a),
+        backend_process(MUX_SERVER, "--name", "alpha", "--tools", "add,steps,ask_model,grow") as (_, a),
         backend_process(MUX_SERVER, "--name", "beta", "--tools", "steps,ask_user") as (_, b),
     ):
         yield {"alpha": a, "beta": b}
@@ -185,5 +185,90 @@ def test_passthrough_progress_logging_sampling_elicitation(gateway):
             assert _text(await c.call_tool("ask_user", {})) == "user chose blue"
         assert seen == [(float(i), 4.0, f"step {i}") for i in range(1, 5)]
         assert logs == [f"step {i}" for i in range(1, 5)]
+
+    anyio.run(run)
+
+
+def test_a_quiet_session_is_kept_alive_and_closing_the_stream_ends_the_backend_session(gateway, sdk_backend):
+    async def run():
+        async with Legacy(gateway.url("/sse")) as c:
+            await c.list_tools()
+            (sid,) = list(_sessions(gateway))
+            mcp_sid = _sessions(gateway)[sid].mcp_sid.decode()
+            assert not mcp_sid.startswith(sid)
+            # The backend knows the session while the legacy client holds its stream.
+            hdrs = {**HEADERS, "Mcp-Session-Id": mcp_sid, "MCP-Protocol-Version": "2025-06-18"}
+            async with httpx.AsyncClient(timeout=10) as h:
+                r = await h.post(sdk_backend, json={"jsonrpc": "2.0", "id": 5, "method": "ping"}, headers=hdrs)
+                assert r.status_code == 200
+        # The client closed its stream: the gateway ended the session at the backend.
+        assert wait_until(lambda: not _sessions(gateway))
+        with httpx.Client(timeout=10) as h:
+
+            def gone():
+                r = h.post(sdk_backend, json={"jsonrpc": "2.0", "id": 6, "method": "ping"}, headers=hdrs)
+                return r.status_code == 404
+
+            assert wait_until(gone)
+
+    anyio.run(run)
+
+
+# --- a multiplexed route ----------------------------------------------------------------------
+
+
+def test_multiplexed_route_through_the_legacy_front(gateway):
+    async def run():
+        seen = {"alpha": [], "beta": []}
+        changed = anyio.Event()
+
+        def progress_for(b):
+            async def cb(p, total, message):
+                seen[b].append((p, total, message))
+
+            return cb
+
+        async def on_message(msg):
+            if isinstance(msg, types.ToolListChangedNotification):
+                changed.set()
+
+        async with Legacy(gateway.url("/mcp/both/sse"), message_handler=on_message) as c:
+            names = {t.name for t in (await c.list_tools()).tools}
+            assert {"alpha__add", "alpha__steps", "alpha__ask_model", "beta__steps", "beta__ask_user"} <= names
+            assert _text(await c.call_tool("alpha__add", {"a": 2, "b": 3})) == "5"
+            results = {}
+
+            async def call(b):
+                results[b] = _text(await c.call_tool(f"{b}__steps", {"n": 3}, progress_callback=progress_for(b)))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "alpha")
+                tg.start_soon(call, "beta")
+            for b in ("alpha", "beta"):
+                assert results[b] == f"{b} done 3"
+                assert seen[b] == [(float(i), 3.0, f"{b} step {i}") for i in range(1, 4)]
+            assert _text(await c.call_tool("alpha__ask_model", {"question": "2+2?"})) == "alpha: model said answer to 2+2?"
+            assert _text(await c.call_tool("beta__ask_user", {})) == "beta: user chose blue"
+            uris = {str(r.uri) for r in (await c.list_resources()).resources}
+            assert {"mcpfast:alpha/mem://info", "mcpfast:beta/mem://info"} <= uris
+            assert (await c.read_resource("mcpfast:beta/mem://info")).contents[0].text == "info from beta"
+            assert "alpha__hello" in {p.name for p in (await c.list_prompts()).prompts}
+            p = await c.get_prompt("beta__hello", {"who": "Ann"})
+            assert p.messages[0].content.text == "beta says hello to Ann"
+            # A notification outside any request comes over the route's GET stream.
+            (legacy,) = _sessions(gateway, "/mcp/both").values()
+            assert legacy.listener is not None and legacy.listener.head.status == 200
+            await c.call_tool("alpha__grow", {})
+            with anyio.fail_after(10):
+                await changed.wait()
+            token = _sessions(gateway, "/mcp/both")[next(iter(_sessions(gateway, "/mcp/both")))].mcp_sid.decode()
+        assert wait_until(lambda: not _sessions(gateway, "/mcp/both"))
+        # The session token was ended with a DELETE through the route: it is refused now.
+        with httpx.Client(timeout=10) as h:
+            r = h.post(
+                gateway.url("/mcp/both"), json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                headers={**HEADERS, "Mcp-Session-Id": token, "MCP-Protocol-Version": "2025-06-18"},
+            )  # fmt: skip
+            assert r.status_code == 404
 
     anyio.run(run)
