@@ -272,3 +272,76 @@ def test_multiplexed_route_through_the_legacy_front(gateway):
             assert r.status_code == 404
 
     anyio.run(run)
+
+
+# --- policy --------------------------------------------------------------------------------
+
+
+def _post(h: httpx.Client, gt, sid: str, msg, tok: str | None = None, path: str = "/messages") -> httpx.Response:
+    hdrs = {"Content-Type": "application/json"}
+    if tok:
+        hdrs["Authorization"] = f"Bearer {tok}"
+    body = msg if isinstance(msg, bytes) else json.dumps(msg).encode()
+    return h.post(gt.url(f"{path}?session_id={sid}"), content=body, headers=hdrs)
+
+
+def _echo(text: str, rid: int = 77) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": text}}}
+
+
+@pytest.mark.parametrize("tok", [None, "not-a-token", "wrong-key"])
+def test_wrong_credentials_get_401_on_the_stream_and_on_messages(policy_gateway, tok):
+    if tok == "wrong-key":
+        tok = jwt.encode({"sub": "alice", "iss": ISSUER, "aud": PUBLIC + "/mcp", "exp": time.time() + 600},
+                         "x" * 64, algorithm="HS256", headers={"kid": "k1"})  # fmt: skip
+    hdrs = {"Authorization": f"Bearer {tok}"} if tok else {}
+    with httpx.Client(timeout=10) as h:
+        r = h.get(policy_gateway.url("/sse"), headers={**hdrs, "Accept": "text/event-stream"})
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer ")
+        assert "resource_metadata=" in r.headers["www-authenticate"]
+        r = _post(h, policy_gateway, "0" * 32, _echo("x"), tok)
+        assert r.status_code == 401
+        assert "resource_metadata=" in r.headers["www-authenticate"]
+        assert r.json()["error"]["code"] < 0
+
+
+def test_denied_tool_is_refused_and_never_reaches_the_backend(policy_gateway):
+    async def run():
+        async with Legacy(policy_gateway.url("/sse"), token("bob")) as c:
+            before = int(_text(await c.call_tool("calls", {})))
+            for _ in range(2):
+                with pytest.raises(MCPError) as ei:
+                    await c.call_tool("echo", {"text": "counted if it arrives"})
+                assert "not allowed" in str(ei.value)
+            # Refusals do not break the session: the next allowed call works.
+            assert int(_text(await c.call_tool("calls", {}))) == before
+            # bob's tools/list is cut to what he may call, as on the route itself.
+            assert {t.name for t in (await c.list_tools()).tools} == {"calls", "steps"}
+        async with Legacy(policy_gateway.url("/sse"), token("alice")) as c:
+            await c.call_tool("echo", {"text": "counted"})
+            assert int(_text(await c.call_tool("calls", {}))) == before + 1
+
+    anyio.run(run)
+
+
+def test_another_principal_cannot_post_into_a_session(policy_gateway):
+    async def run():
+        async with Legacy(policy_gateway.url("/sse"), token("alice")) as legacy:
+            c = legacy
+            before = int(_text(await c.call_tool("calls", {})))
+            (sid,) = [s for s in _sessions(policy_gateway)]
+            async with httpx.AsyncClient(timeout=10) as h:
+                for tok in (token("bob"), token("carol")):
+                    r = await h.post(
+                        policy_gateway.url(f"/messages?session_id={sid}"), content=json.dumps(_echo("stolen")),
+                        headers={"Content-Type": "application/json", "Authorization": f"Bearer {tok}"},
+                    )  # fmt: skip
+                    assert r.status_code == 404
+                    assert r.json()["error"] == {"code": -32001, "message": "Session not found"}
+            # Nothing reached the backend, and alice's session is untouched.
+            assert int(_text(await c.call_tool("calls", {}))) == before
+            assert _text(await c.call_tool("echo", {"text": "mine"})) == "mine"
+            assert int(_text(await c.call_tool("calls", {}))) == before + 1
+
+    anyio.run(run)
