@@ -91,6 +91,7 @@ def gateway(sdk_backend, mux_backends, access_log):
         "routes": [{"path": "/mcp", "backend": "e2e"}, {"path": "/mcp/both", "backends": ["alpha", "beta"]}],
         "sessions": {"key": KEY},
         "log": {"access_log": access_log},
+        "limits": {"max_body_bytes": 256 * 1024},
     }
     with GatewayThread(raw) as gt:
         yield gt
@@ -345,3 +346,106 @@ def test_another_principal_cannot_post_into_a_session(policy_gateway):
             assert int(_text(await c.call_tool("calls", {}))) == before + 1
 
     anyio.run(run)
+
+
+# --- hostile or broken input ------------------------------------------------------------------
+
+
+def test_bad_messages_get_clear_errors_and_other_sessions_keep_working(gateway):
+    async def run():
+        async with Legacy(gateway.url("/sse")) as c:
+            before = int(_text(await c.call_tool("calls", {})))
+            (sid,) = list(_sessions(gateway))
+            async with httpx.AsyncClient(timeout=10) as h:
+
+                async def post(target: str, body: bytes, **hdrs) -> httpx.Response:
+                    return await h.post(
+                        gateway.url(target), content=body, headers={"Content-Type": "application/json", **hdrs}
+                    )
+
+                ok = json.dumps(_echo("must not arrive")).encode()
+                for target in (
+                    "/messages", "/messages?session_id=", f"/messages?session_id={sid.upper()}",
+                    f"/messages?session_id={sid}0", f"/messages?session_id={sid[:-1]}",
+                    f"/messages?session_id={sid}&session_id={sid}", f"/messages?sessionid={sid}",
+                    f"/messages?session_id={sid[:-2]}%0d", "/messages?session_id=" + "a" * 4000,
+                ):  # fmt: skip
+                    r = await post(target, ok)
+                    assert r.status_code == 400, target
+                    assert r.json()["error"]["code"] == -32600
+                    assert "session_id" in r.json()["error"]["message"]
+                r = await post(f"/messages?session_id={'0' * 32}", ok)
+                assert (r.status_code, r.json()["error"]["code"]) == (404, -32001)
+                # Invalid JSON, an empty body, a body that is not JSON-RPC: the route's own
+                # refusal, on the POST.
+                r = await post(f"/messages?session_id={sid}", b'{"jsonrpc": "2.0", "id": 1, "method": ')
+                assert (r.status_code, r.json()["error"]["code"]) == (400, -32700)
+                r = await post(f"/messages?session_id={sid}", b"")
+                assert (r.status_code, r.json()["error"]["code"]) == (400, -32700)
+                r = await post(f"/messages?session_id={sid}", b'{"hello": "world"}')
+                assert (r.status_code, r.json()["error"]["code"]) == (400, -32600)
+                # A body over limits.max_body_bytes is refused before anything reads it.
+                huge = json.dumps(_echo("x" * 300_000)).encode()
+                r = await post(f"/messages?session_id={sid}", huge)
+                assert r.status_code == 413
+                # Other methods, and the stream path for messages.
+                r = await h.get(gateway.url(f"/messages?session_id={sid}"))
+                assert (r.status_code, r.headers["allow"]) == (405, "POST, OPTIONS")
+                r = await post(f"/sse?session_id={sid}", ok)
+                assert (r.status_code, r.headers["allow"]) == (405, "GET, OPTIONS")
+                r = await h.request("OPTIONS", gateway.url("/messages"))
+                assert (r.status_code, r.headers["allow"]) == (204, "POST, OPTIONS")
+            # None of it reached the backend, and the session works on.
+            assert int(_text(await c.call_tool("calls", {}))) == before
+            assert _text(await c.call_tool("echo", {"text": "still here"})) == "still here"
+            assert list(_sessions(gateway)) == [sid]
+
+    anyio.run(run)
+
+
+def test_requests_are_recorded_like_streamable_http_ones(gateway, access_log):
+    from prometheus_client import generate_latest
+
+    def echo_count() -> float:
+        text = gateway.call(lambda: generate_latest(gateway.gw.metrics.registry)).decode()
+        for line in text.splitlines():
+            if line.startswith("mcpfast_requests_total{") and 'route="/mcp"' in line and 'tool="echo"' in line \
+                    and 'method="tools/call"' in line and 'outcome="ok"' in line:  # fmt: skip
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = echo_count()
+    with open(access_log) as f:
+        logged_before = sum(1 for x in f if '"tool":"echo"' in x and '"path":"/mcp"' in x)
+
+    async def run():
+        async with Legacy(gateway.url("/sse")) as c:
+            for i in range(3):
+                await c.call_tool("echo", {"text": f"logged {i}"})
+
+    anyio.run(run)
+    # Counted once each, under the route (an exchange ends when the route's answer has,
+    # which may be just after the client has its result).
+    assert wait_until(lambda: echo_count() == before + 3)
+    time.sleep(0.3)
+    assert echo_count() == before + 3
+
+    def lines() -> list[dict]:
+        with open(access_log) as f:
+            return [json.loads(x) for x in f if x.strip()]
+
+    def calls() -> list[dict]:
+        return [r for r in lines() if r["path"] == "/mcp" and r["method"] == "tools/call" and r["tool"] == "echo"]
+
+    assert wait_until(lambda: len(calls()) >= logged_before + 3)
+    rows = lines()
+    mine = calls()[logged_before:]
+    assert all(r["client"] == "127.0.0.1" and r["http"] == "POST" and r["status"] == 200 for r in mine)
+    assert all(r["outcome"] == "ok" and r["backend"] == "e2e" for r in mine)
+    assert all(r["session"] and len(r["session"]) == 12 for r in mine)
+    assert any(r["path"] == "/sse" and r["http"] == "GET" and r["status"] == 200 for r in rows)
+    acks = [r for r in rows if r["path"] == "/messages?session_id=<redacted>"]
+    assert any(r["status"] == 202 and r["backend"] is None for r in acks)
+    # The legacy session id is never written: only its redacted form is.
+    raw = open(access_log).read()
+    assert "session_id=" + "0" * 32 not in raw and not any(len(r["path"]) > 40 and "sse" in r["path"] for r in rows)

@@ -56,7 +56,7 @@ from typing import Any
 
 import orjson
 
-from ..core import KIND_REQUEST, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc
+from ..core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc
 from ..heads import is_visible
 from ..phases import DONE, RELAYING
 from ..policy import AuthError
@@ -86,6 +86,9 @@ _REFUSAL_BYTES = 65536
 # A new message is refused while the session's stream holds this much unread.
 _STREAM_BACKLOG = 4 * 1024 * 1024
 _ACCEPTED = b"Accepted"
+# Seconds a request whose answer the client already has may take to end after its session.
+_GRACE = 2.0
+_ANSWERS = (KIND_RESPONSE, KIND_ERROR)
 
 
 def _session_param(target: bytes) -> str | None:
@@ -146,7 +149,7 @@ class _Leg:
         self.early: list = []
         self.closed = False
         self.done = False
-        self.ids = ids  # ids of the requests posted: each is owed an answer
+        self.ids = list(ids)  # ids of the requests posted and not answered yet
         self.initialize = initialize
         self.opens_listener = opens_listener
         self.refusal: tuple | None = None  # (head, body) of a non-2xx answer not yet passed on
@@ -174,6 +177,8 @@ class _Leg:
             self.session.send(data)
         if self.refusal is not None:
             self._answer_refusal()
+        if self.closed and self.ids:
+            self._owed(502, "the route's answer was cut off")
 
     def cancel(self) -> None:
         """The session ended: drop this request (the gateway closes its backend side)."""
@@ -229,8 +234,8 @@ class _Leg:
         if s.listener is self:
             s.listener = None
         asyncio.get_running_loop().call_soon(self.proto.connection_lost, None)
-        if not self.done and self.ids:
-            # Cut before its answer ended (a backend that failed mid-stream): say so
+        if self.ids and self.live and not s.closed:
+            # Cut before its answer came (a backend that failed mid-stream): say so
             # rather than leave the client waiting for ever.
             self._owed(502, "the route's answer was cut off")
 
@@ -299,6 +304,14 @@ class _Leg:
         self._deliver(body)
 
     def _deliver(self, data: bytes) -> None:
+        ids = self.ids
+        if ids:
+            try:
+                env = scan_jsonrpc(data)
+            except ProtocolError:
+                env = None
+            if env is not None and type(env) is not list and env.kind in _ANSWERS and env.id in ids:
+                ids.remove(env.id)
         if self.initialize:
             self._learn_version(data)
         if self.live:
@@ -320,16 +333,16 @@ class _Leg:
         head, body = self.refusal
         self.refusal = None
         if _error_id(body) is not None:
-            self.session.send(body)  # the request's own error: the client matches it by id
+            self._deliver(body)  # the request's own error: the client matches it by id
         else:
             self._owed(head.status, f"the route answered HTTP {head.status}")
 
     def _owed(self, status: int, message: str) -> None:
         """Each posted request that got no answer gets an error of its own."""
         code = SERVER_ERROR if status >= 500 else INVALID_REQUEST
-        for rid in self.ids:
+        ids, self.ids = self.ids, []
+        for rid in ids:
             self.session.send(jsonrpc_error_body(code, message, rid))
-        self.ids = ()
 
 
 class LegacySession:
@@ -397,7 +410,7 @@ class LegacySession:
             # Refused as a whole, with nothing to say on the stream: the POST says it.
             head, rbody = ref
             leg.refusal = None
-            leg.ids = ()
+            leg.ids = []
             fields = b"".join([n + b": " + v + b"\r\n" for n, v in head.headers if n.lower() in _REFUSAL_FIELDS])
             ex.respond(head.status, rbody, fields)
             return
@@ -459,8 +472,14 @@ class LegacySession:
         self.closed = True
         self.front.sessions.pop(self.id, None)
         self.ping.cancel()
+        loop = asyncio.get_running_loop()
         for leg in list(self.legs):
-            leg.cancel()
+            if leg.ids or leg is self.listener:
+                leg.cancel()  # nobody will read its answer: its backend side is closed
+            else:
+                # Its answers were all delivered: let it end by itself (metrics and the
+                # access log then record what happened), but not wait for ever.
+                loop.call_later(_GRACE, leg.cancel)
         self.legs.clear()
         self.listener = None
         if self.mcp_sid is not None and not self.front.gw.draining:
