@@ -449,3 +449,87 @@ def test_requests_are_recorded_like_streamable_http_ones(gateway, access_log):
     # The legacy session id is never written: only its redacted form is.
     raw = open(access_log).read()
     assert "session_id=" + "0" * 32 not in raw and not any(len(r["path"]) > 40 and "sse" in r["path"] for r in rows)
+
+
+# --- streams: keep-alive, a client that stops reading -------------------------------------------
+
+
+def _open_raw_stream(port: int, rcvbuf: int | None = None):
+    """A raw legacy stream: (socket, session id, bytes read so far)."""
+    import socket
+
+    s = socket.socket()
+    if rcvbuf is not None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.connect(("127.0.0.1", port))
+    s.sendall(b"GET /sse HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+    s.settimeout(10)
+    got = b""
+    while b"session_id=" not in got or b"\n\n" not in got[got.index(b"session_id=") :]:
+        chunk = s.recv(4096)
+        assert chunk, got
+        got += chunk
+    sid = got.split(b"session_id=", 1)[1][:32].decode()
+    return s, sid, got
+
+
+def test_a_quiet_stream_gets_keep_alive_comments(gateway, monkeypatch):
+    from mcpfast.front import legacy_sse
+
+    monkeypatch.setattr(legacy_sse, "PING_EVERY", 0.3)
+    s, sid, got = _open_raw_stream(gateway.port)
+    try:
+        assert b"HTTP/1.1 200 OK" in got and b"text/event-stream" in got
+        assert b"event: endpoint\ndata: /messages?session_id=" + sid.encode() + b"\n\n" in got
+        while b": ping\n\n" not in got:
+            chunk = s.recv(4096)
+            assert chunk
+            got += chunk
+    finally:
+        s.close()
+    assert wait_until(lambda: sid not in _sessions(gateway))
+
+
+@pytest.fixture(scope="module")
+def stall_gateway(sdk_backend):
+    raw = {"backends": {"e2e": {"url": sdk_backend, "response_timeout": 20.0}}, "timeouts": {"client_write": 2.0}}
+    with GatewayThread(raw) as gt:
+        yield gt
+
+
+def test_a_client_that_stops_reading_is_paused_then_dropped(stall_gateway, sdk_backend):
+    gt = stall_gateway
+    s, sid, _ = _open_raw_stream(gt.port, rcvbuf=16384)
+    try:
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+        with httpx.Client(timeout=10) as h:
+            assert _post(h, gt, sid, init).status_code == 202
+            assert wait_until(lambda: _sessions(gt)[sid].mcp_sid is not None)
+            mcp_sid = _sessions(gt)[sid].mcp_sid.decode()
+            assert _post(h, gt, sid, {"jsonrpc": "2.0", "method": "notifications/initialized"}).status_code == 202
+            big = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "big", "arguments": {"size": 400_000}}}
+            for i in range(12):
+                r = _post(h, gt, sid, {**big, "id": 10 + i})
+                assert r.status_code in (202, 503), r.text  # 503: the stream's backlog is full
+            # The stream is not read: the session pauses, and with it every request under way.
+            assert wait_until(lambda: _sessions(gt)[sid].paused)
+            legacy = _sessions(gt)[sid]
+            backlog = gt.call(legacy.backlog)
+            legs = gt.call(lambda: [leg.proto.write_paused for leg in legacy.legs])
+            print(f"stalled stream: {backlog} bytes held, {len(legs)} requests paused")
+            assert legs and all(legs)
+            assert backlog < 8 * 1024 * 1024
+            # After timeouts.client_write with nothing taken, the client is dropped and the
+            # route's session ended.
+            assert wait_until(lambda: sid not in _sessions(gt), timeout=15)
+            hdrs = {**HEADERS, "Mcp-Session-Id": mcp_sid, "MCP-Protocol-Version": "2025-06-18"}
+            assert wait_until(
+                lambda: h.post(sdk_backend, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=hdrs).status_code
+                == 404
+            )
+            # Every internal connection is released (the one left is this test's own).
+            assert wait_until(lambda: gt.call(lambda: len(gt.gw.connections)) <= 1)
+            assert wait_until(lambda: not gt.call(lambda: dict(gt.gw.quota.streams)))
+    finally:
+        s.close()
