@@ -533,3 +533,16 @@ def test_a_client_that_stops_reading_is_paused_then_dropped(stall_gateway, sdk_b
             assert wait_until(lambda: not gt.call(lambda: dict(gt.gw.quota.streams)))
     finally:
         s.close()
+
+
+def test_origin_and_host_checks_apply_to_both_paths(gateway):
+    before = set(_sessions(gateway))
+    with httpx.Client(timeout=10) as h:
+        evil = {"Origin": "https://evil.example"}
+        r = h.get(gateway.url("/sse"), headers={**evil, "Accept": "text/event-stream"})
+        assert (r.status_code, r.json()["error"]["message"]) == (403, "Origin not allowed")
+        r = h.post(gateway.url(f"/messages?session_id={'0' * 32}"), content=b"{}", headers=evil)
+        assert (r.status_code, r.json()["error"]["message"]) == (403, "Origin not allowed")
+        r = h.get(gateway.url("/sse"), headers={"Host": "rebinding.example", "Accept": "text/event-stream"})
+        assert r.status_code == 421
+        assert set(_sessions(gateway)) <= before
