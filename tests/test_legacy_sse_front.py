@@ -19,40 +19,15 @@ from gwutil import ROOT, GatewayThread, backend_process, wait_until
 from mcp import ClientSession, types
 from mcp.client.sse import sse_client
 from mcp.shared.exceptions import MCPError
+from test_e2e_sdk import _elicit, _sampling  # the client's answers: "answer to <q>", colour blue
+from test_policy_e2e import ISSUER, POLICY, PUBLIC, token  # bearer JWTs; alice may do anything, bob calls/steps
 
 pytestmark = pytest.mark.e2e
 
 SDK_SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
 MUX_SERVER = os.path.join(ROOT, "tests", "fixtures", "mux_server.py")
 KEY = "ab" * 32
-SECRET = "s" * 64
-ISSUER = "https://login.test.example"
-PUBLIC = "https://mcp.test.example"
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-def token(sub: str) -> str:
-    now = int(time.time())
-    payload = {"sub": sub, "iss": ISSUER, "aud": PUBLIC + "/mcp", "iat": now, "exp": now + 600}
-    return jwt.encode(payload, SECRET, algorithm="HS256", headers={"kid": "k1"})
-
-
-POLICY = {
-    "auth": {
-        "mode": "required",
-        "public_url": PUBLIC,
-        "authorization_servers": [ISSUER],
-        "jwt": {"issuer": ISSUER, "algorithms": ["HS256"], "keys": [{"kid": "k1", "secret": SECRET}]},
-    },
-    "authz": {
-        "default": "deny",
-        "rules": [
-            {"id": "alice-everything", "effect": "allow", "subjects": ["alice"]},
-            {"id": "bob-some-tools", "effect": "allow", "subjects": ["bob"], "tools": ["calls", "steps"]},
-        ],
-    },
-    "audit": {"sink": "off"},
-}
 
 
 # --- the real peers -------------------------------------------------------------------------
@@ -74,21 +49,34 @@ def mux_backends():
 
 
 @pytest.fixture(scope="module")
+def polling_backend():
+    """A server that closes SSE streams early (2025-11-25 polling) and keeps its events."""
+    with backend_process(MUX_SERVER, "--name", "alpha", "--tools", "notify,poll_get,poll_call", "--event-store",
+                         "--retry-ms", "100") as (_, url):  # fmt: skip
+        yield url
+
+
+@pytest.fixture(scope="module")
 def access_log():
     with tempfile.TemporaryDirectory() as d:
         yield os.path.join(d, "access.log")
 
 
 @pytest.fixture(scope="module")
-def gateway(sdk_backend, mux_backends, access_log):
+def gateway(sdk_backend, mux_backends, polling_backend, access_log):
     """One gateway: the SDK server passthrough at /mcp (legacy at /sse, /messages) and
     the two mux servers multiplexed at /mcp/both (/mcp/both/sse, /mcp/both/messages)."""
     raw = {
         "backends": {
             "e2e": {"url": sdk_backend, "response_timeout": 10.0},
             **{n: {"url": u, "response_timeout": 10.0} for n, u in mux_backends.items()},
+            "poll": {"url": polling_backend, "response_timeout": 10.0},
         },
-        "routes": [{"path": "/mcp", "backend": "e2e"}, {"path": "/mcp/both", "backends": ["alpha", "beta"]}],
+        "routes": [
+            {"path": "/mcp", "backend": "e2e"},
+            {"path": "/mcp/both", "backends": ["alpha", "beta"]},
+            {"path": "/poll", "backend": "poll"},
+        ],
         "sessions": {"key": KEY},
         "log": {"access_log": access_log},
         "limits": {"max_body_bytes": 256 * 1024},
@@ -101,17 +89,6 @@ def gateway(sdk_backend, mux_backends, access_log):
 def policy_gateway(sdk_backend):
     with GatewayThread({"backends": {"e2e": {"url": sdk_backend}}, **POLICY}) as gt:
         yield gt
-
-
-async def _sampling(ctx, params):
-    q = params.messages[0].content.text
-    return types.CreateMessageResult(
-        role="assistant", content=types.TextContent(type="text", text=f"answer to {q}"), model="test-model"
-    )
-
-
-async def _elicit(ctx, params):
-    return types.ElicitResult(action="accept", content={"colour": "blue"})
 
 
 def _text(result) -> str:
@@ -546,3 +523,34 @@ def test_origin_and_host_checks_apply_to_both_paths(gateway):
         r = h.get(gateway.url("/sse"), headers={"Host": "rebinding.example", "Accept": "text/event-stream"})
         assert r.status_code == 421
         assert set(_sessions(gateway)) <= before
+
+
+def test_streams_the_route_closes_early_are_resumed(gateway):
+    """A server that closes its SSE streams and expects clients to come back with
+    Last-Event-ID: the front resumes them, so the legacy client misses nothing."""
+
+    async def run():
+        got = {"prompts": anyio.Event(), "resources": anyio.Event()}
+
+        async def on_message(msg):
+            if isinstance(msg, types.PromptListChangedNotification):
+                got["prompts"].set()
+            elif isinstance(msg, types.ResourceListChangedNotification):
+                got["resources"].set()
+
+        async with Legacy(gateway.url("/poll/sse"), message_handler=on_message) as c:
+            assert _text(await c.call_tool("poll_call", {})) == "alpha answered after polling"
+            # An event on the route's GET stream gives it a position to resume from.
+            assert _text(await c.call_tool("notify", {})) == "sent"
+            with anyio.fail_after(10):
+                await got["prompts"].wait()
+            assert _text(await c.call_tool("poll_get", {})) == "closed"
+            with anyio.fail_after(10):
+                await got["resources"].wait()
+            # The continued answer of poll_call ended with it: only the route's GET stream
+            # remains open for this session.
+            (legacy,) = _sessions(gateway, "/poll").values()
+            assert wait_until(lambda: gateway.call(lambda: len(legacy.legs)) == 1), gateway.call(
+                lambda: [(leg.polling, leg.ids, leg is legacy.listener, leg.head and leg.head.status) for leg in legacy.legs])
+
+    anyio.run(run)

@@ -59,7 +59,7 @@ import orjson
 from ..core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc
 from ..heads import is_visible
 from ..phases import DONE, RELAYING
-from ..policy import AuthError
+from ..policy import AuthError, Principal
 from ..rpcerrors import INTERNAL_ERROR, INVALID_REQUEST, SERVER_ERROR, SESSION_NOT_FOUND, jsonrpc_error_body
 from ..server import ClientProtocol
 
@@ -89,6 +89,10 @@ _ACCEPTED = b"Accepted"
 # Seconds a request whose answer the client already has may take to end after its session.
 _GRACE = 2.0
 _ANSWERS = (KIND_RESPONSE, KIND_ERROR)
+# Resuming an SSE answer the route closed early: the delay when it asked for none, and
+# how many resumptions in a row may bring no message before the requests are failed.
+_RESUME_DELAY = 1.0
+_MAX_RESUMES = 8
 
 
 def _session_param(target: bytes) -> str | None:
@@ -134,7 +138,8 @@ class _Leg:
     answer here, and it is parsed into messages for the session's stream."""
 
     __slots__ = ("session", "proto", "parser", "sse", "head", "buf", "size", "limit", "live", "early",
-                 "closed", "done", "ids", "initialize", "opens_listener", "refusal")  # fmt: skip
+                 "closed", "done", "ids", "initialize", "opens_listener", "refusal", "last_id", "retry",
+                 "resumes", "polling")  # fmt: skip
 
     def __init__(self, session: "LegacySession", ids: tuple = (), initialize: bool = False, opens_listener: bool = False):
         self.session = session
@@ -153,6 +158,12 @@ class _Leg:
         self.initialize = initialize
         self.opens_listener = opens_listener
         self.refusal: tuple | None = None  # (head, body) of a non-2xx answer not yet passed on
+        # Where an SSE answer can be resumed (its last event id, and the retry delay it
+        # asked for in ms), and how many resumptions in a row brought no message.
+        self.last_id: bytes | None = None
+        self.retry: int | None = None
+        self.resumes = 0
+        self.polling = False  # a GET that continues a POST's answer: ends with its last answer
         self.proto = ClientProtocol(gw)
 
     def start(self, head: bytes, body: bytes = b"") -> None:
@@ -184,6 +195,10 @@ class _Leg:
         """The session ended: drop this request (the gateway closes its backend side)."""
         if not self.closed:
             self.closed = True
+            s = self.session
+            s.legs.discard(self)
+            if s.listener is self:
+                s.listener = None
             self.proto.connection_lost(None)
 
     # --- the transport the gateway writes to --------------------------------------------
@@ -231,10 +246,21 @@ class _Leg:
         self.closed = True
         s = self.session
         s.legs.discard(self)
-        if s.listener is self:
+        listener = s.listener is self
+        if listener:
             s.listener = None
         asyncio.get_running_loop().call_soon(self.proto.connection_lost, None)
-        if self.ids and self.live and not s.closed:
+        if s.closed or not self.live:
+            return
+        if self.resumes < _MAX_RESUMES and (
+            (self.ids and self.last_id is not None) or (listener and self.sse is not None and self.done)
+        ):
+            # An SSE answer closed before it was complete (the server asks the client to
+            # poll, or it failed), or the server's own stream ended: resume it as a
+            # Streamable HTTP client would.
+            s.resume(self, listener)
+            return
+        if self.ids:
             # Cut before its answer came (a backend that failed mid-stream): say so
             # rather than leave the client waiting for ever.
             self._owed(502, "the route's answer was cut off")
@@ -287,6 +313,10 @@ class _Leg:
             self._answer_refusal()
 
     def _event(self, ev) -> None:
+        if ev.id is not None:
+            self.last_id = ev.id
+        if ev.retry is not None:
+            self.retry = ev.retry
         data = ev.data
         if data and ev.event in (None, b"message"):
             self._deliver(data)
@@ -304,6 +334,7 @@ class _Leg:
         self._deliver(body)
 
     def _deliver(self, data: bytes) -> None:
+        self.resumes = 0
         ids = self.ids
         if ids:
             try:
@@ -312,6 +343,8 @@ class _Leg:
                 env = None
             if env is not None and type(env) is not list and env.kind in _ANSWERS and env.id in ids:
                 ids.remove(env.id)
+                if not ids and self.polling:
+                    asyncio.get_running_loop().call_soon(self.cancel)  # nothing more to wait for
         if self.initialize:
             self._learn_version(data)
         if self.live:
@@ -378,7 +411,7 @@ class LegacySession:
         self.fields = _replayed(head)
 
     # --- requests to the route ----------------------------------------------------------
-    def request_head(self, method: bytes, length: int) -> bytes:
+    def request_head(self, method: bytes, length: int, position: bytes | None = None) -> bytes:
         parts = [method, b" ", self.front.target, b" HTTP/1.1\r\nHost: ", self.host, b"\r\n", self.fields]
         if method == b"POST":
             parts.append(b"Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n")
@@ -388,6 +421,8 @@ class LegacySession:
             parts += (b"Mcp-Session-Id: ", self.mcp_sid, b"\r\n")
         if self.version is not None:
             parts += (b"MCP-Protocol-Version: ", self.version, b"\r\n")
+        if position is not None:
+            parts += (b"Last-Event-ID: ", position, b"\r\n")
         if length >= 0:
             parts.append(b"Content-Length: %d\r\n" % length)
         parts.append(b"Connection: close\r\n\r\n")
@@ -424,6 +459,32 @@ class LegacySession:
         leg = self.listener = _Leg(self)
         leg.live = True
         leg.start(self.request_head(b"GET", -1))
+
+    def resume(self, old: _Leg, listener: bool) -> None:
+        """Continue ``old``'s SSE answer with a GET from its last event id, after the
+        delay it asked for; the requests it still owes answers to move to the new leg."""
+        pos = old.last_id
+        if pos is not None and (len(pos) > 1024 or not is_visible(pos)):
+            pos = None
+        if pos is None and not listener:
+            old._owed(502, "the route's answer was cut off")
+            return
+        leg = _Leg(self, old.ids, old.initialize)
+        old.ids = []
+        leg.polling = not listener
+        leg.live = True
+        leg.last_id = pos
+        leg.retry = old.retry
+        leg.resumes = old.resumes + 1
+        if listener:
+            self.listener = leg
+        delay = min(old.retry / 1000.0, 30.0) if old.retry is not None else _RESUME_DELAY
+        asyncio.get_running_loop().call_later(delay, self._resumed, leg, pos)
+
+    def _resumed(self, leg: _Leg, pos: bytes | None) -> None:
+        if self.closed:
+            return
+        leg.start(self.request_head(b"GET", -1, pos))
 
     # --- the client's stream -------------------------------------------------------------
     def send(self, data: bytes) -> None:
@@ -565,7 +626,7 @@ class LegacyFront:
         except AuthError as exc:
             ex.respond_error(exc.status, exc.code, exc.message, headers=exc.headers)
             return
-        if isinstance(p, asyncio.Future):  # a key fetch is under way
+        if type(p) is not Principal:  # a future: a key fetch is under way
             p.add_done_callback(lambda fut: self._authenticated(ex, sid, fut))
             return
         self._post_as(ex, sid, p)
