@@ -33,7 +33,10 @@ for ``timeouts.client_write``), the session ends: its internal connections are d
 and the route's session is ended with a DELETE through the pipeline.  The route's session
 id comes from the answer to ``initialize``; after the client's
 ``notifications/initialized`` a GET stream on the route is opened for the server's
-messages that belong to no request.
+messages that belong to no request.  An SSE answer the route closes before it is complete
+(a server asking its clients to poll, as the 2025-11-25 revision allows) is continued the
+way a Streamable HTTP client would: a GET with ``Last-Event-ID`` after the ``retry`` delay
+it gave, and the route's GET stream is reopened when it ends.
 
 A POST is refused at once when it is not for a live session of the caller (404), has no
 well-formed ``session_id`` (400), or fails authentication (as on the route).  Otherwise
@@ -56,7 +59,9 @@ from typing import Any
 
 import orjson
 
-from ..core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc
+from ..core import (
+    KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc,
+)  # fmt: skip
 from ..heads import is_visible
 from ..phases import DONE, RELAYING
 from ..policy import AuthError, Principal
@@ -116,9 +121,12 @@ def _session_param(target: bytes) -> str | None:
 def _replayed(head) -> bytes:
     """The client's fields a request to the route carries on its behalf."""
     listed = frozenset(x.strip().lower() for x in head.connection.split(b",")) if head.connection else ()
-    return b"".join(
-        [n + b": " + v + b"\r\n" for n, v in head.headers if (ln := n.lower()) not in _NOT_REPLAYED and ln not in listed]
-    )
+    out = []
+    for n, v in head.headers:
+        ln = n.lower()
+        if ln not in _NOT_REPLAYED and ln not in listed:
+            out += (n, b": ", v, b"\r\n")
+    return b"".join(out)
 
 
 def _error_id(body: bytes) -> Any:
@@ -141,7 +149,9 @@ class _Leg:
                  "closed", "done", "ids", "initialize", "opens_listener", "refusal", "last_id", "retry",
                  "resumes", "polling")  # fmt: skip
 
-    def __init__(self, session: "LegacySession", ids: tuple = (), initialize: bool = False, opens_listener: bool = False):
+    def __init__(
+        self, session: "LegacySession", ids: tuple = (), initialize: bool = False, opens_listener: bool = False
+    ) -> None:
         self.session = session
         gw = session.front.gw
         self.limit = gw.config.limits.max_sse_event_bytes
@@ -293,6 +303,8 @@ class _Leg:
 
     def on_response_end(self, trailers) -> None:
         self.done = True
+        if self.opens_listener and 200 <= self.head.status < 300:
+            self.session.listen()
         if self.sse is not None:
             for ev in self.sse.feed_eof():
                 self._event(ev)
@@ -303,8 +315,6 @@ class _Leg:
         if 200 <= head.status < 300:
             if body:
                 self._messages(body)
-            if self.opens_listener:
-                self.session.listen()
             return
         if self is self.session.listener:
             return  # no server->client stream on this route: the session works without
