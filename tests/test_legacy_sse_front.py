@@ -554,3 +554,92 @@ def test_streams_the_route_closes_early_are_resumed(gateway):
                 lambda: [(leg.polling, leg.ids, leg is legacy.listener, leg.head and leg.head.status) for leg in legacy.legs])
 
     anyio.run(run)
+
+
+def test_rate_limited_request_gets_its_error_on_the_stream(policy_gateway):
+    """carol may call echo three times in a burst (test_policy_e2e's limit): the fourth
+    is refused, and her session goes on."""
+
+    async def run():
+        async with Legacy(policy_gateway.url("/sse"), token("carol")) as c:
+            for i in range(3):
+                assert _text(await c.call_tool("echo", {"text": f"n{i}"})) == f"n{i}"
+            with pytest.raises(MCPError) as ei:
+                await c.call_tool("echo", {"text": "one too many"})
+            assert "Too many requests" in str(ei.value)
+            assert int(_text(await c.call_tool("calls", {}))) >= 3
+
+    anyio.run(run)
+
+
+class RawLegacy:
+    """A legacy session by hand (httpx): the stream's events as (event, data) pairs."""
+
+    def __init__(self, h: httpx.AsyncClient, url: str) -> None:
+        self.h = h
+        self.url = url
+
+    async def __aenter__(self):
+        self._cm = self.h.stream("GET", self.url, headers={"Accept": "text/event-stream"})
+        self.resp = await self._cm.__aenter__()
+        self.lines = self.resp.aiter_lines()
+        event, data = await self.next()
+        assert event == "endpoint"
+        self.endpoint = data
+        return self
+
+    async def __aexit__(self, *exc):
+        await self._cm.__aexit__(*exc)
+
+    async def next(self) -> tuple[str | None, str]:
+        event, data = None, []
+        with anyio.fail_after(10):
+            async for line in self.lines:
+                if line.startswith(":"):
+                    continue
+                if not line:
+                    if data:
+                        return event, "\n".join(data)
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "event":
+                    event = value
+                elif name == "data":
+                    data.append(value)
+        raise AssertionError("stream ended")
+
+    async def post(self, msg) -> httpx.Response:
+        origin = self.url.split("/", 3)
+        return await self.h.post(f"{origin[0]}//{origin[2]}{self.endpoint}", content=json.dumps(msg),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+
+
+def test_a_batch_on_a_multiplexed_route_is_answered_message_by_message(gateway):
+    async def run():
+        async with httpx.AsyncClient(timeout=10) as h, RawLegacy(h, gateway.url("/mcp/both/sse")) as s:
+            assert s.endpoint.startswith("/mcp/both/messages?session_id=")
+            init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}  # fmt: skip
+            assert (await s.post(init)).status_code == 202
+            event, data = await s.next()
+            assert event == "message" and json.loads(data)["id"] == 1
+            assert json.loads(data)["result"]["protocolVersion"] == "2025-03-26"
+            assert (await s.post({"jsonrpc": "2.0", "method": "notifications/initialized"})).status_code == 202
+            batch = [
+                {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alpha__add",
+                                                                               "arguments": {"a": 1, "b": 2}}},
+                {"jsonrpc": "2.0", "id": "three", "method": "tools/call", "params": {"name": "beta__whoami",
+                                                                                     "arguments": {}}},
+            ]  # fmt: skip
+            assert (await s.post(batch)).status_code == 202
+            answers = {}
+            while len(answers) < 2:
+                event, data = await s.next()
+                msg = json.loads(data)
+                assert event == "message" and isinstance(msg, dict)
+                if "id" in msg:
+                    answers[msg["id"]] = msg["result"]["content"][0]["text"]
+            assert answers == {2: "3", "three": "beta"}
+
+    anyio.run(run)
