@@ -99,9 +99,9 @@ class Legacy:
     """An SDK legacy client session: ``async with Legacy(url) as (session, ids)``; ids
     receives the legacy session id the gateway handed out."""
 
-    def __init__(self, url: str, tok: str | None = None, **kw) -> None:
+    def __init__(self, url: str, tok: str | None = None, headers: dict | None = None, **kw) -> None:
         self.url = url
-        self.headers = {"Authorization": f"Bearer {tok}"} if tok else None
+        self.headers = {"Authorization": f"Bearer {tok}"} if tok else headers
         self.kw = kw
         self.ids: list[str] = []
 
@@ -643,3 +643,39 @@ def test_a_batch_on_a_multiplexed_route_is_answered_message_by_message(gateway):
             assert answers == {2: "3", "three": "beta"}
 
     anyio.run(run)
+
+
+def test_api_key_header_on_a_multiplexed_route(mux_backends):
+    """Credentials in a header of the operator's choosing go with every message, and a
+    multiplexed route binds its sessions to the key's subject as for direct clients."""
+    import hashlib
+
+    raw = {
+        "backends": {n: {"url": u, "response_timeout": 10.0} for n, u in mux_backends.items()},
+        "routes": [{"path": "/mcp", "backends": ["alpha", "beta"]}],
+        "sessions": {"key": KEY},
+        "auth": {"mode": "required", "api_keys": {"header": "X-Team-Key", "keys": [
+            {"sha256": hashlib.sha256(k.encode()).hexdigest(), "subject": k} for k in ("red-key", "blue-key")]}},
+    }  # fmt: skip
+    with GatewayThread(raw) as gt:
+
+        async def run():
+            async with Legacy(gt.url("/sse"), headers={"X-Team-Key": "red-key"}) as c:
+                assert _text(await c.call_tool("alpha__add", {"a": 20, "b": 22})) == "42"
+                (sid,) = list(_sessions(gt))
+                async with httpx.AsyncClient(timeout=10) as h:
+                    add = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                           "params": {"name": "alpha__add", "arguments": {"a": 1, "b": 1}}}  # fmt: skip
+                    url = gt.url(f"/messages?session_id={sid}")
+                    r = await h.post(url, json=add, headers={"X-Team-Key": "blue-key"})
+                    assert (r.status_code, r.json()["error"]["code"]) == (404, -32001)
+                    r = await h.post(url, json=add, headers={"X-Team-Key": "green-key"})
+                    assert r.status_code == 401
+                    r = await h.post(url, json=add)
+                    assert r.status_code == 401
+                assert _text(await c.call_tool("beta__whoami", {})) == "beta"
+
+        anyio.run(run)
+        with httpx.Client(timeout=10) as h:
+            r = h.get(gt.url("/sse"), headers={"X-Team-Key": "green-key", "Accept": "text/event-stream"})
+            assert r.status_code == 401
