@@ -939,6 +939,9 @@ class Gateway:
         # [route, last seen].  Bounded by limits.max_sessions; idle ones expire.
         self.sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
         self.pools: dict[str, UpstreamPool] = {}
+        # Backends of terminating routes, through the seam (transport/base.py): name →
+        # backend, made by the first route that needs one.
+        self.backends: dict[str, Any] = {}
         self.routes: dict[bytes, Route] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.admin = None
@@ -972,13 +975,13 @@ class Gateway:
         for rc in cfg.routes:
             b = cfg.backend(rc.backends[0])
             bm = self.metrics.for_backend(rc.path, b.name)
-            pool = self.pool_for(b, bm)
+            pool = self.pool_for(b, bm) if b.transport != "stdio" else None
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
             route.sessions = self.sessions
             if self.cors is not None:
                 route.cors = self.cors
                 route.rfields = _RESPONSE_FIELD_CLASSES[2 * (route.seal is not None) + 1]
-            if getattr(rc, "mux", None) is not None:  # several backends: the virtual server
+            if getattr(rc, "mux", None) is not None:  # a terminating route: the virtual server
                 from .mux.virtual import VirtualRoute
 
                 route.virtual = VirtualRoute(self, rc, route)
@@ -1130,6 +1133,8 @@ class Gateway:
             self._tick_handle.cancel()
         for pool in self.pools.values():
             pool.close()
+        if self.backends:  # children stopped, streams closed
+            await asyncio.gather(*(b.close() for b in self.backends.values()), return_exceptions=True)
         if self.policy is not None:
             self.policy.close()
         if self.admin is not None:

@@ -25,6 +25,16 @@ Wire format (all of it then base64url without padding, so it is visible ASCII
   and session id.  Known protocol versions are one byte; session ids that are 32 hex
   digits or a canonical UUID (what the Python and TypeScript SDKs mint) pack to 16 bytes.
 
+Which process can serve a token.  The token holds every backend session, so any process
+with the key serves a session whose backends are reachable from anywhere: Streamable
+HTTP backends, legacy SSE backends re-opened where needed, and a shared stdio child
+(each process runs its own).  A backend session that *is* a process-local object -- a
+per-session stdio child, a legacy SSE stream -- is named in the token by an id that
+starts with its process's random instance id; another process cannot serve it and says
+so (``transport.base.SessionLost``), and the client gets 404 and initializes again.
+Behind several replicas, route a session to the process that opened it (sticky on
+``Mcp-Session-Id``) when such backends are in use.
+
 Nonces are random (96 bits); with one encryption per *session* (not per request) a key
 stays far below the 2^32 messages NIST SP 800-38D allows for random nonces.
 

@@ -14,7 +14,7 @@ cdef class VirtualRoute:
     cdef public TokenCodec codec
     cdef public Namespace ns
     cdef public bint per_session, fail_open
-    cdef public dict links, views, down, reopening
+    cdef public dict links, ends, views, down, reopening
     cdef public dict epochs, fingerprints, caps_keys
     cdef public long long _ids
     cpdef handle(self, _CExchange ex)
