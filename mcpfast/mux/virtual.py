@@ -50,17 +50,17 @@ from typing import Any
 
 import orjson
 
-from ..core import KIND_NOTIFICATION, KIND_REQUEST
-from ..heads import HeadError, is_field_value, is_visible
-from ..phases import DONE, RELAYING
-from ..rpcerrors import INTERNAL_ERROR as _INTERNAL
-from ..rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
-from ..rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
-from ..rpcerrors import UNSUPPORTED_VERSION as _UNSUPPORTED_VERSION
-from ..upstream import UpstreamError
+from ..wire.core import KIND_NOTIFICATION, KIND_REQUEST
+from ..wire.heads import HeadError, is_field_value, is_visible
+from ..pipeline.phases import DONE, RELAYING
+from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
+from ..wire.rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
+from ..wire.rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
+from ..wire.rpcerrors import UNSUPPORTED_VERSION as _UNSUPPORTED_VERSION
+from ..transport.pool import UpstreamError
 from .batch import Batch
-from ..transport.base import SessionLost
-from .client import BackendLink, Call, CallHandler, HttpBackend
+
+from ..transport.http_mcp import BackendLink, Call, CallHandler, HttpBackend
 from .ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id
 from .merge import (
     LIST_CHANGED,
@@ -90,9 +90,10 @@ from .rewrite import (
     rewrite_sse_event,
     route_client_message,
 )
-from .token import BackendSession, InvalidToken, SessionEnded, SessionState, TokenCodec
+from ..transport.base import BackendSession, SessionLost
+from .token import InvalidToken, SessionEnded, SessionState, TokenCodec
 
-__all__ = ["VirtualRoute", "backend_for"]
+__all__ = ["VirtualRoute"]
 
 log = logging.getLogger("mcpfast.mux")
 
@@ -196,32 +197,6 @@ def _sse_head(ex) -> tuple[bytes, bool]:
     ), chunked
 
 
-def backend_for(gw, b, bm):
-    """Backend ``b`` through the seam (``transport/base.py``), made once per gateway and
-    shared by every route that uses it: the transport's implementation, by config."""
-    end = gw.backends.get(b.name)
-    if end is not None:
-        return end
-    cfg = gw.config
-    timeout = b.response_timeout or cfg.timeouts.upstream_response
-    max_body = cfg.limits.max_sse_event_bytes
-    if b.transport == "http":
-        link = BackendLink(b, gw.pool_for(b, bm), timeout, max_body)
-        end = HttpBackend(link, b.host, b.port)
-    elif b.transport == "stdio":
-        from ..transport.stdio import StdioBackend
-
-        end = StdioBackend(b, response_timeout=timeout, max_line=b.max_line_bytes or max_body)
-    elif b.transport == "sse":
-        from ..transport.sse_legacy import SseBackend
-
-        end = SseBackend(b, gw.pool_for(b, bm), response_timeout=timeout, max_event=max_body)
-    else:  # config refuses any other
-        raise ValueError(f"backend {b.name}: unknown transport {b.transport!r}")
-    gw.backends[b.name] = end
-    return end
-
-
 class VirtualRoute:
     """One multiplexed route: its namespace, token codec, list cache and backend links."""
 
@@ -265,7 +240,7 @@ class VirtualRoute:
         for name in self.backends:
             b = cfg.backend(name)
             bm = gw.metrics.for_backend(rc.path, name)
-            end = self.ends[name] = backend_for(gw, b, bm)
+            end = self.ends[name] = gw.backend_for(b, bm)
             if type(end) is HttpBackend:
                 self.links[name] = end.link
             self.views[name] = _view(route, self, b, bm, getattr(end, "pool", None))

@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .core import ProtocolError, RequestParser
-from .rpcerrors import status_reason
+from ..wire.core import ProtocolError, RequestParser
+from ..wire.rpcerrors import status_reason
 
 __all__ = ["AdminServer"]
 

@@ -53,10 +53,10 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
-from ..heads import fixed_fields, host_line, origin_target, request_head
-from ..upstream import UpstreamError, UpstreamPool
-from .token import BackendSession
+from ..wire.core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
+from ..wire.heads import fixed_fields, host_line, origin_target, request_head
+from .pool import UpstreamError, UpstreamPool
+from .base import BackendSession
 
 __all__ = ["BackendLink", "Call", "CallHandler", "HttpBackend", "Reply", "request"]
 
