@@ -76,7 +76,8 @@ class NDJSONFramer:
                 if size > self._max:
                     self._fail()
                     break
-                line = (bytes(buf) + data[start:nl])[:size]
+                buf += memoryview(data)[start:nl]
+                line = bytes(memoryview(buf)[:size])
                 self._buf = buf = bytearray()
             else:
                 size = _content(nl - start, data[nl - 1] if nl > start else 0)
