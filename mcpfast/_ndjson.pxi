@@ -12,6 +12,8 @@
 # limit is refused as soon as its bytes show it, so a child printing 100 MB costs at most
 # max_line of memory.  Each byte is searched for LF once: the held part has none.
 
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+
 cdef enum:
     # A buffer grown beyond this for one long line is released once the line is out, so
     # one huge message does not pin its size for the life of the child.
@@ -111,6 +113,11 @@ cdef class NDJSONFramer:
                     self._len = n - pos
         finally:
             PyBuffer_Release(&view)
+        if MCPFAST_DEBUG:
+            if not (0 <= self._len <= PyByteArray_GET_SIZE(self._buf)
+                    and _ndj_content(self._len, (<unsigned char*>PyByteArray_AS_STRING(self._buf))[self._len - 1]
+                                     if self._len else 0) <= self.max_line):
+                raise AssertionError(f"NDJSON framer holds {self._len} bytes (max_line {self.max_line})")
         # Lines completed before a fault are handed out first; the fault is raised now if
         # there are none, else by the next call -- so the outcome does not depend on how
         # the stream was split into feed() calls.

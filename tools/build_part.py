@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.join(os.path.dirname(HERE), "mcpfast")
 
 
-PARTS = ("http", "sse", "jsonrpc")
+PARTS = ("http", "sse", "jsonrpc", "ndjson")
 
 
 def main(part: str, out: str | None = None) -> None:
