@@ -48,25 +48,13 @@ IMPLS = {"c": C, "py": PY}
 
 def _frame(core, pieces):
     framer = core.NDJSONFramer()
-    lines = []
-    for piece in pieces:
-        lines += framer.feed(piece)
-    return lines
+    return [line for piece in pieces for line in framer.feed(piece)]
 
 
-def _make(case: str, impl: str):
+@pytest.mark.parametrize("impl", list(IMPLS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_frame(benchmark, case, impl):
+    benchmark.group = f"ndjson:{case}"
     pieces, count = CASES[case]
-    core = IMPLS[impl]
-
-    @pytest.mark.benchmark(group=f"ndjson:{case}")
-    def bench(benchmark):
-        lines = benchmark(_frame, core, pieces)
-        assert len(lines) == count
-
-    bench.__name__ = f"test_{case}__{impl}"
-    return bench
-
-
-for _case in CASES:
-    for _impl in IMPLS:
-        globals()[f"test_{_case}__{_impl}"] = _make(_case, _impl)
+    lines = benchmark(_frame, IMPLS[impl], pieces)
+    assert len(lines) == count
