@@ -34,7 +34,8 @@ def _cut(data: bytes, size: int) -> list[bytes]:
 
 SMALL_LF = _small(b"\n")
 SMALL_CRLF = _small(b"\r\n")
-LARGE = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"content": [{"type": "text", "text": "x" * (1 << 20)}]}}).encode() + b"\n"
+_RESULT = {"content": [{"type": "text", "text": "x" * (1 << 20)}]}
+LARGE = json.dumps({"jsonrpc": "2.0", "id": 7, "result": _RESULT}).encode() + b"\n"
 
 CASES = {
     "small_lf": ([SMALL_LF], 100),

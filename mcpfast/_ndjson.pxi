@@ -114,9 +114,7 @@ cdef class NDJSONFramer:
         finally:
             PyBuffer_Release(&view)
         if MCPFAST_DEBUG:
-            if not (0 <= self._len <= PyByteArray_GET_SIZE(self._buf)
-                    and _ndj_content(self._len, (<unsigned char*>PyByteArray_AS_STRING(self._buf))[self._len - 1]
-                                     if self._len else 0) <= self.max_line):
+            if not (0 <= self._len <= PyByteArray_GET_SIZE(self._buf) and self._held_content() <= self.max_line):
                 raise AssertionError(f"NDJSON framer holds {self._len} bytes (max_line {self.max_line})")
         # Lines completed before a fault are handed out first; the fault is raised now if
         # there are none, else by the next call -- so the outcome does not depend on how
@@ -134,11 +132,16 @@ cdef class NDJSONFramer:
             return []
         self._state = NDJ_CLOSED
         # The last line, without LF: it ends as if an LF followed (so a last CR goes).
-        k = _ndj_content(self._len, (<unsigned char*>PyByteArray_AS_STRING(self._buf))[self._len - 1]) if self._len else 0
+        k = self._held_content()
         line = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf), k) if k else None
         self._buf = bytearray()
         self._len = 0
         return [line] if k else []
+
+    cdef Py_ssize_t _held_content(self) noexcept:
+        if self._len == 0:
+            return 0
+        return _ndj_content(self._len, (<unsigned char*>PyByteArray_AS_STRING(self._buf))[self._len - 1])
 
     cdef int _reserve(self, Py_ssize_t need) except -1:
         # bytearray grows to the exact size asked for once that is well past its

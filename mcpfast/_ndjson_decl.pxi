@@ -16,6 +16,8 @@ cdef class NDJSONFramer:
     cdef str _error                    # message of the fault once _state is NDJ_FAILED
     # Consume the next bytes of the stream; the lines they complete.
     cpdef list feed(self, data)
+    # The held line's bytes that count against max_line (a last CR does not).
+    cdef Py_ssize_t _held_content(self) noexcept
     # Grow _buf's capacity to at least ``need`` bytes (geometrically, never past
     # max_line + 1), keeping its contents.
     cdef int _reserve(self, Py_ssize_t need) except -1

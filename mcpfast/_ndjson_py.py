@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import operator
 
+from ._jsonrpc_py import _as_bytes  # a C-contiguous buffer's bytes, as the compiled core reads it
 from .errors import ProtocolError
 
 __all__ = ["NDJSONFramer"]
@@ -61,7 +62,7 @@ class NDJSONFramer:
             raise ProtocolError(self._error, 502)
         if self._closed:
             raise RuntimeError("NDJSONFramer.feed() after feed_eof()")
-        data = bytes(data)  # the very object when it is bytes already
+        data = _as_bytes(data)  # the very object when it is bytes already
         out: list[bytes] = []
         buf = self._buf
         n = len(data)

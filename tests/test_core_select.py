@@ -100,7 +100,9 @@ def test_stub_is_valid_python_and_both_cores_implement_it():
         if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_")
         and not (isinstance(n, ast.ClassDef) and any(getattr(b, "id", "") == "Protocol" for b in n.bases))
     ]  # fmt: skip
-    assert {"RequestParser", "ResponseParser", "SSEParser", "scan_jsonrpc", "splice", "NDJSONFramer"} <= set(names)
+    assert {"RequestParser", "ResponseParser", "SSEParser", "scan_jsonrpc", "splice", "NDJSONFramer"} <= set(
+        names
+    )
     for name in names:
         assert hasattr(c_core, name), f"compiled core lacks {name}"
         assert hasattr(py_core, name), f"twin lacks {name}"

@@ -158,8 +158,11 @@ def test_arguments(core):
             core.NDJSONFramer(bad)
     with pytest.raises(TypeError):
         core.NDJSONFramer(2.5)
-    with pytest.raises(TypeError):
-        core.NDJSONFramer(10).feed("text")
+    for not_bytes in ("text", 5, None):
+        with pytest.raises(TypeError):
+            core.NDJSONFramer(10).feed(not_bytes)
+    with pytest.raises(BufferError):
+        core.NDJSONFramer(10).feed(memoryview(b"a\nb\n")[::2])
     framer = core.NDJSONFramer()
     assert framer.max_line == 16 * 1024 * 1024
     assert core.NDJSONFramer(1).feed(b"a\nbb\n") == [b"a"]
