@@ -46,6 +46,7 @@ from .rpcerrors import (
     jsonrpc_error_body, status_reason,
 )
 from .server import ClientProtocol
+from .transport.tls import insecure_warnings
 from .upstream import UpstreamError, UpstreamPool
 
 __all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
@@ -1093,6 +1094,8 @@ class Gateway:
             await self.admin.start(*s.admin_listen)
         if self.policy is not None:
             await self.policy.start()
+        for warning in insecure_warnings(self.config):
+            log.warning(warning)
         self._tick_handle = loop.call_later(1.0, self._tick)
         self.ready = True
 
