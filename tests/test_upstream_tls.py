@@ -369,6 +369,35 @@ def test_unknown_ca_is_a_502_and_the_backend_never_sees_a_request(tls_backend, p
         gt.stop()
 
 
+def test_multiplexed_route_names_the_tls_failure(tls_backend, pki):
+    """A multiplexed route that cannot start without every backend says which one failed
+    TLS and why; with fail_mode open the others keep working and a call to the failed one
+    gets the same reason."""
+    plain = RawBackend("mux")
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    backends = {"secure": {"url": tls_backend.url(), "ca_file": pki["ca2_pem"]}, "plain": {"url": plain.url}}
+    gt = _gateway(backends, sessions={"key": new_key_text()},
+                  routes=[{"path": "/closed", "backends": ["secure", "plain"], "fail_mode": "closed"},
+                          {"path": "/open", "backends": ["secure", "plain"], "fail_mode": "open"}])  # fmt: skip
+    try:
+        r = httpx.post(gt.url("/closed"), content=orjson.dumps(init), headers=HEADERS, timeout=10)
+        assert r.status_code == 502
+        assert "secure: TLS with backend secure failed (unknown CA)" in _error_message(r), r.text
+        r = httpx.post(gt.url("/open"), content=orjson.dumps(init), headers=HEADERS, timeout=10)
+        assert r.status_code == 200, r.text
+        sid = r.headers["mcp-session-id"]
+        call = {**CALL, "params": {"name": "secure__hello", "arguments": {}}}
+        hs = {**HEADERS, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+        r = httpx.post(gt.url("/open"), content=orjson.dumps(call), headers=hs, timeout=10)
+        assert "TLS with backend secure failed (unknown CA)" in _error_message(r), r.text
+        assert tls_backend.requests == [] and tls_backend.accepted == 0
+        assert any(b'"initialize"' in req[1] for req in plain.requests)
+    finally:
+        gt.stop()
+        plain.close()
+
+
 def test_system_trust_store_does_not_trust_a_private_ca(tls_backend):
     gt = _gateway({"secure": {"url": tls_backend.url()}})
     try:
