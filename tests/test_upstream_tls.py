@@ -534,6 +534,20 @@ def test_plain_http_server_behind_an_https_url_is_a_502(sdk_plain):
         gt.stop()
 
 
+def test_connect_timeout_covers_the_handshake():
+    """A server that accepts the connection and never answers the ClientHello."""
+    mute = RawBackend("ok")  # waits for an HTTP head, which a ClientHello never completes
+    gt = _gateway({"secure": {"url": f"https://127.0.0.1:{mute.port}/mcp", "connect_timeout": 0.5}})
+    try:
+        resp = _post(gt)
+        assert resp.status_code == 504
+        assert "connecting to backend secure timed out" in _error_message(resp)
+        assert mute.accepted == 1 and mute.requests == []
+    finally:
+        gt.stop()
+        mute.close()
+
+
 # --- startup checks through check-config ------------------------------------------------------
 
 
