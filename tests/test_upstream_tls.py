@@ -591,6 +591,14 @@ def test_check_config_refuses_missing_and_bad_tls_files(tmp_path, pki):
     _refused(_check(tmp_path, _backend(client_cert=pki["client_pem"])), "backends.b.client_key", "holds no private key")
     _refused(_check(tmp_path, _backend(client_cert=pki["client_key"], client_key=pki["client_key"])),
              "backends.b.client_cert", "no PEM certificate")  # fmt: skip
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    _refused(_check(tmp_path, _backend(ca_file=str(broken))), "backends.b.ca_file", "cannot load CA certificates")
+    # Certificate and key in one file: client_key may be left out.
+    both = tmp_path / "both.pem"
+    both.write_bytes(open(pki["client_pem"], "rb").read() + open(pki["client_key"], "rb").read())
+    r = _check(tmp_path, _backend(ca_file=pki["ca_pem"], client_cert=str(both)))
+    assert r.exit_code == 0, r.output
 
 
 def test_check_config_refuses_an_encrypted_client_key(tmp_path, pki):
