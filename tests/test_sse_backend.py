@@ -269,6 +269,12 @@ def test_sdk_sessions_apart_ids_listen_and_end(sdk_url):
             listener = backend.listen(a, lr, None)
             await asyncio.sleep(0.05)
             assert lr.head is not None and lr.head.status == 200 and lr.head.content_type == b"text/event-stream"
+            # One call in flight: its log line is its own, listen stream or not.
+            ch = Recorder()
+            backend.send(a, tool_call(19, "chatty"), ch)
+            assert await ch.fut == ("end", 200)
+            assert [m.get("method") for m in ch.messages] == ["notifications/message", None]
+            assert lr.events == []
             nap = Recorder()
             backend.send(a, tool_call(20, "nap", {"seconds": 0.3}), nap)
             ch = Recorder()
@@ -451,19 +457,20 @@ def test_endpoint_target_rules():
         return endpoint_target(url, "http", "127.0.0.1", 8000, data)
 
     assert target(b"/messages/?session_id=ab12") == b"/messages/?session_id=ab12"
+    assert target(b"/messages/?session_id=ab%0D%0A12") == b"/messages/?session_id=ab%0D%0A12"
     assert target(b"messages?x=1") == b"/base/messages?x=1"
     assert target(b"http://127.0.0.1:8000/m#frag") == b"/m"
     assert target(b"../up") == b"/up"
     for bad in (
         b"http://127.0.0.1:8001/m", b"//127.0.0.1:9/m", b"https://127.0.0.1:8000/m", b"http://localhost:8000/m",
-        b"http://evil.example/m", b"http://u:p@127.0.0.1:8000/m", b"/m x", b"/m\r\nHost: evil", b"/m\nX: y",
+        b"http://evil.example/m", b"http://u:p@127.0.0.1:8000/m", b"/m x", b"/m\r\nHost: evil", b"/m\nX: y", b"/m\nX-Evil:1", b"/m\tx",
         b"/caf\xc3\xa9", b"", b"http://127.0.0.1:99999/m",
     ):  # fmt: skip
         with pytest.raises(ValueError):
             target(bad)
 
 
-@pytest.mark.parametrize("where", ["port", "scheme-relative", "crlf", "space"])
+@pytest.mark.parametrize("where", ["port", "scheme-relative", "crlf", "lf-no-space", "space"])
 def test_hostile_endpoint_is_refused_and_nothing_is_sent(raw, where):
     trap = Counter()
     endpoint = {
@@ -471,6 +478,8 @@ def test_hostile_endpoint_is_refused_and_nothing_is_sent(raw, where):
         "scheme-relative": b"//127.0.0.1:%d/messages" % trap.port,
         # Two data lines join with LF into one value: a header injection attempt.
         "crlf": b"/messages?s=1\r\ndata: Host: 127.0.0.1:%d" % trap.port,
+        # No space anywhere: a URL parser would drop the line break and accept it.
+        "lf-no-space": b"/messages?s=1\r\ndata:X-Evil:1",
         "space": b"/messages?s=1 HTTP/1.1",
     }[where]
     r = raw(endpoint)
