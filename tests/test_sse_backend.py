@@ -264,6 +264,17 @@ def test_sdk_sessions_apart_ids_listen_and_end(sdk_url):
             assert await slow.fut == ("end", 200)
             assert slow.messages[-1]["result"]["content"][0]["text"] == "rested"
 
+            # A request the client cancels: its answer ends there (the backend sends none).
+            nap = Recorder()
+            backend.send(a, tool_call(15, "nap", {"seconds": 20}), nap)
+            await asyncio.sleep(0.1)
+            ack = Recorder()
+            cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 15}}
+            backend.send(a, orjson.dumps(cancel), ack)
+            assert await nap.fut == ("end", 200) and nap.events == []
+            assert await ack.fut == ("end", 202)
+            assert 15 not in [k[1] for k in backend.sessions[a.session_id].inflight]
+
             # Two calls in flight: a log line of neither's is the listen stream's.
             lr = Recorder()
             listener = backend.listen(a, lr, None)
@@ -345,6 +356,7 @@ class LegacyRaw:
         self.endpoint = endpoint
         self.mode = mode
         self.post_status = 202
+        self.get_status = 200
         self.flood = 0
         self.huge = 0
         self.sock = socket.socket()
@@ -379,6 +391,9 @@ class LegacyRaw:
                 head, body = req
                 if head.startswith(b"GET "):
                     self.gets.append(head)
+                    if self.get_status != 200:
+                        conn.sendall(b"HTTP/1.1 %d No\r\nContent-Length: 2\r\n\r\nno" % self.get_status)
+                        continue
                     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
                     if self.endpoint is not None:
                         conn.sendall(b"event: endpoint\r\ndata: " + self.endpoint + b"\r\n\r\n")
@@ -683,3 +698,39 @@ def test_instance_changes_after_fork():
     os.close(rd)
     os.waitpid(pid, 0)
     assert child and child != mine and instance_id() == mine
+
+
+def test_stream_refused_and_back_pressure(raw):
+    r = raw()
+    r.get_status = 500
+
+    async def main():
+        backend = make_backend(r.url)
+        try:
+            with pytest.raises(UpstreamError) as ei:
+                await backend.ask(None, V, init_body())
+            assert ei.value.status == 502 and "HTTP 500" in str(ei.value)
+            assert await backend.probe() == "HTTP 500"
+            r.get_status = 200
+            await asyncio.sleep(0.3)  # past the back-off
+            bs = await open_session(backend)
+            stream = backend.sessions[bs.session_id].stream
+            # A client that stops reading stops the backend stream's reading.
+            r.mode = "silent"
+            rec = Recorder()
+            call = backend.send(bs, tool_call(1, "whoami"), rec)
+            call.pause_reading()
+            assert stream.conn._paused
+            call.resume_reading()
+            assert not stream.conn._paused
+            call.pause_reading()
+            call.detach()  # leaving undoes the pause, and nothing more reaches the call
+            assert not stream.conn._paused
+            r.mode = "echo"
+            r._answer({"jsonrpc": "2.0", "id": 1, "method": "tools/call"})
+            await asyncio.sleep(0.1)
+            assert rec.head is None and not rec.fut.done()
+        finally:
+            await shut(backend)
+
+    run(main)
