@@ -172,8 +172,8 @@ def test_sdk_initialize_list_and_calls(sdk_url):
             assert await r.fut == ("end", 200)
             assert r.head.content_type == b"text/event-stream"
             kinds = [m.get("method", "response") for m in r.messages]
-            assert kinds == ["notifications/progress"] * 3 + ["response"]
-            assert [m["params"]["progress"] for m in r.messages[:3]] == [1, 2, 3]
+            assert kinds == ["notifications/message", "notifications/progress"] * 3 + ["response"]
+            assert [m["params"]["progress"] for m in r.messages[1:6:2]] == [1, 2, 3]
             assert r.messages[-1]["id"] == "s-1"
             assert r.flushes >= 1 and r.unflushed == 0
 
@@ -209,7 +209,7 @@ def test_sdk_server_requests_reach_their_call_and_replies_go_back(sdk_url):
             backend.send(bs, tool_call(10, "ask_model", {"question": "meaning?"}), r)
             assert await r.fut == ("end", 200)
             assert r.messages[0]["method"] == "sampling/createMessage"
-            assert r.messages[-1]["result"]["content"][0]["text"] == "model said forty-two"
+            assert r.messages[-1]["result"]["content"][0]["text"] == "model said: forty-two"
             method, ack = acks[0]
             assert method == "sampling/createMessage"
             assert await ack.fut == ("end", 202) and ack.head.status == 202
@@ -245,7 +245,7 @@ def test_sdk_sessions_apart_ids_listen_and_end(sdk_url):
 
             # An id already in flight in the session is refused; the first call is intact.
             slow = Recorder()
-            backend.send(a, tool_call(7, "nap", {"seconds": 0.3}), slow)
+            backend.send(a, tool_call(7, "slow", {"seconds": 0.3}), slow)
             dup = Recorder()
             backend.send(a, tool_call(7, "whoami"), dup)
             assert await dup.fut == ("end", 200)
@@ -255,18 +255,18 @@ def test_sdk_sessions_apart_ids_listen_and_end(sdk_url):
             # The gateway's own request with the very id of a call in flight: both answered.
             own = await backend.ask(a.session_id, V, rpc("mcpfast-1", "tools/list"))
             clash = Recorder()
-            backend.send(a, tool_call("mcpfast-sse-1", "nap", {"seconds": 0.2}), clash)
+            backend.send(a, tool_call("mcpfast-sse-1", "slow", {"seconds": 0.2}), clash)
             own2 = await backend.ask(a.session_id, V, rpc("mcpfast-sse-1", "ping"))
             assert own.error_text() is None and orjson.loads(own.message)["id"] == "mcpfast-1"
             assert own2.error_text() is None and orjson.loads(own2.message)["id"] == "mcpfast-sse-1"
             assert await clash.fut == ("end", 200)
-            assert clash.messages[-1]["result"]["content"][0]["text"] == "rested"
+            assert clash.messages[-1]["result"]["content"][0]["text"] == "slept"
             assert await slow.fut == ("end", 200)
-            assert slow.messages[-1]["result"]["content"][0]["text"] == "rested"
+            assert slow.messages[-1]["result"]["content"][0]["text"] == "slept"
 
             # A request the client cancels: its answer ends there (the backend sends none).
             nap = Recorder()
-            backend.send(a, tool_call(15, "nap", {"seconds": 20}), nap)
+            backend.send(a, tool_call(15, "slow", {"seconds": 20}), nap)
             await asyncio.sleep(0.1)
             ack = Recorder()
             cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 15}}
@@ -287,7 +287,7 @@ def test_sdk_sessions_apart_ids_listen_and_end(sdk_url):
             assert [m.get("method") for m in ch.messages] == ["notifications/message", None]
             assert lr.events == []
             nap = Recorder()
-            backend.send(a, tool_call(20, "nap", {"seconds": 0.3}), nap)
+            backend.send(a, tool_call(20, "slow", {"seconds": 0.3}), nap)
             ch = Recorder()
             backend.send(a, tool_call(21, "chatty"), ch)
             assert await ch.fut == ("end", 200)
