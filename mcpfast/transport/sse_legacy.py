@@ -218,8 +218,8 @@ class SseCall(Call):
         self.watched = False
         if self.done:
             return
-        what = "an answer" if self.whole else "a first message"
-        self.fail(UpstreamError("upstream_timeout", f"backend {self.link.name} sent {what} within {self.timeout:g}s", 504))
+        what = "answer" if self.whole else "first message"
+        self.fail(UpstreamError("upstream_timeout", f"backend {self.link.name} sent no {what} within {self.timeout:g}s", 504))
         self._flush()
 
     def _forget(self) -> None:
@@ -246,7 +246,7 @@ class SseCall(Call):
         self.events = True
         self.status = 200
         self.head = answer_head(200, _SSE)
-        return self._guard(self.handler.on_head, self.head)
+        return self._guard(self.handler.on_head, self.head) and not self.done  # False: failed or left
 
     def deliver(self, data: bytes, final: bool) -> None:
         """One message for this call (``final``: its response).  Flushing is the
@@ -263,7 +263,7 @@ class SseCall(Call):
                 return
         if not self._guard(h.on_event, Message(data)):
             return
-        if final:
+        if final:  # end() does nothing if the client left meanwhile
             self.end()
 
     def answer(self, status: int, body: bytes | None = None) -> None:
@@ -275,8 +275,8 @@ class SseCall(Call):
         self.status = status
         h = self.handler
         self.head = answer_head(status) if body is None else answer_head(status, _JSON, len(body))
-        if not self._guard(h.on_head, self.head):
-            return
+        if not self._guard(h.on_head, self.head) or self.done:
+            return  # failed, or the client left
         if body is not None and self.stream:
             if not self._guard(h.on_body, body):
                 return
