@@ -192,14 +192,15 @@ class SseCall(Call):
         self._forget()
 
     # --- internal -------------------------------------------------------------------
-    def _arm(self) -> None:
-        """Bound the wait for the first message (or, ``whole``, for the answer)."""
+    def _arm(self, now: float = 0.0) -> None:
+        """Bound the wait for the first message (or, ``whole``, for the answer); ``now``:
+        the monotonic time, read here when 0."""
         t = self.timeout
         if not t:
             return
         if not self.whole and t == self.link.response_timeout:
             self.watched = True
-            self.link.watch(self)
+            self.link.watch(self, now)
         else:
             loop = self.link.pool._loop or asyncio.get_running_loop()
             self.timer = loop.call_later(t, self._timed_out)
@@ -741,9 +742,11 @@ class SseBackend:
             renv = scan_jsonrpc(message)
         return 200, message, renv
 
-    def send(self, bs, body: bytes, handler: CallHandler) -> SseCall:
+    def send(self, bs, body: bytes, handler: CallHandler, paused: bool = False, now: float = 0.0) -> SseCall:
         """A client's routed message in backend session ``bs``; its answer goes to
-        ``handler`` (see the module docstring).  Raises ``SessionLost``."""
+        ``handler`` (see the module docstring).  ``paused``: the client is not reading
+        yet (the stream is not read until it resumes); ``now``: the monotonic time if
+        the caller just read it.  Raises ``SessionLost``."""
         s = self._lookup(bs.session_id)
         loop = self.pool._loop or asyncio.get_running_loop()
         try:
@@ -758,6 +761,7 @@ class SseBackend:
             return call
         request = env.kind == KIND_REQUEST
         call = SseCall(self, handler, _ROUTED if request else _POSTED)
+        call.paused = paused
         if s is None:
             loop.call_soon(_later_answer, call, 404, None)
             return call
@@ -774,7 +778,7 @@ class SseBackend:
                 )  # fmt: skip
                 return call
             s.add(call, key, env.progress_token, True)
-            call._arm()
+            call._arm(now)
         else:
             call.sess = s
             if env.kind == KIND_NOTIFICATION and env.method == _CANCELLED and env.request_id is not None:
@@ -786,11 +790,13 @@ class SseBackend:
         s.post(body, call)
         return call
 
-    def listen(self, bs, handler: CallHandler, position: bytes | None = None) -> SseCall:
+    def listen(self, bs, handler: CallHandler, position: bytes | None = None, paused: bool = False) -> SseCall:
         """The server→client stream of session ``bs`` (``position`` is ignored: legacy
-        streams cannot be resumed).  A newer ``listen`` of the session ends an older one."""
+        streams cannot be resumed; ``paused``: as for ``send``).  A newer ``listen`` of
+        the session ends an older one."""
         s = self._lookup(bs.session_id)
         call = SseCall(self, handler, _LISTEN)
+        call.paused = paused
         loop = self.pool._loop or asyncio.get_running_loop()
         if s is None:
             loop.call_soon(_later_answer, call, 404, None)
