@@ -730,6 +730,19 @@ def test_stream_refused_and_back_pressure(raw):
             r._answer({"jsonrpc": "2.0", "id": 1, "method": "tools/call"})
             await asyncio.sleep(0.1)
             assert rec.head is None and not rec.fut.done()
+            # A route whose client is not reading yet sends paused: the stream waits for it.
+            rec = Recorder()
+            call = backend.send(bs, tool_call(2, "whoami"), rec, True)
+            assert stream.conn._paused
+            await asyncio.sleep(0.2)
+            assert rec.head is None
+            call.resume_reading()
+            assert await rec.fut == ("end", 200)
+            lr = Recorder()
+            listener = backend.listen(bs, lr, None, True)
+            assert stream.conn._paused
+            listener.detach()
+            assert not stream.conn._paused
         finally:
             await shut(backend)
 
