@@ -582,6 +582,7 @@ class SseBackend:
     says how).  ``max_event``: bytes of one event; ``max_inflight``: answers waited for
     at once per session."""
 
+    kind = "sse"
     local_sessions = True
 
     def __init__(
