@@ -15,12 +15,12 @@ import uvloop
 
 from gwutil import backend_process
 from mcpfast.config import build_config
-from mcpfast.mux.client import CallHandler
-from mcpfast.mux.token import BackendSession
+from mcpfast.transport.http_mcp import CallHandler
+
 from mcpfast.observe import Metrics
-from mcpfast.transport.base import SessionLost
+from mcpfast.transport.base import BackendSession, SessionLost
 from mcpfast.transport.sse_legacy import SseBackend, SseCall, endpoint_target, instance_id
-from mcpfast.upstream import UpstreamError, UpstreamPool
+from mcpfast.transport.pool import UpstreamError, UpstreamPool
 from rawbackend import read_request
 
 V = "2024-11-05"

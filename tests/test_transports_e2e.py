@@ -19,7 +19,7 @@ from mcp import Client, types
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("mcpfast.transport.stdio", reason="stdio backend not merged yet")
-pytest.importorskip("mcpfast.transport.sse_legacy", reason="legacy SSE backend not merged yet")
+
 
 SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
 KINDS = ["stdio", "stdio-shared", "sse", "mixed"]

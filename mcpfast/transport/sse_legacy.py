@@ -54,11 +54,11 @@ import time
 from typing import Any, Callable
 from urllib.parse import urljoin, urlsplit
 
-from ..core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
-from ..heads import HeadError, is_visible, origin_target, request_head
-from ..mux.client import BackendLink, Call, CallHandler, Reply
-from ..rpcerrors import INVALID_REQUEST, jsonrpc_error_body
-from ..upstream import UpstreamError, UpstreamPool
+from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
+from ..wire.heads import HeadError, is_visible, origin_target, request_head
+from .http_mcp import BackendLink, Call, CallHandler, Reply
+from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
+from .pool import UpstreamError, UpstreamPool
 from .base import Message, SessionLost, answer_head
 
 __all__ = ["SseBackend", "SseCall"]
