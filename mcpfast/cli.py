@@ -16,8 +16,9 @@ import click
 import orjson
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, as_dict, load_config
 from .preflight import StartupError, probe_listeners, static_checks
+from .transport.tls import insecure_warnings
 
 EXIT_CONFIG = 2  # a configuration error or any other failure to start
 
@@ -152,7 +153,9 @@ def check_config(config_file: str) -> None:
         static_checks(cfg)  # what serve refuses without touching the network
     except ConfigError as exc:
         _fail("configuration error", exc)
-    click.echo(orjson.dumps(cfg.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    for warning in insecure_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(orjson.dumps(as_dict(cfg), option=orjson.OPT_INDENT_2).decode())
 
 
 @main.command()

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ["tests/test_http_request.py", "tests/test_http_response.py", "tests/test_sse.py", "tests/test_jsonrpc.py"]
+SUITES = ["tests/test_http_request.py", "tests/test_http_response.py", "tests/test_sse.py", "tests/test_jsonrpc.py",
+          "tests/test_ndjson.py"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +28,9 @@ def debug_core(tmp_path_factory):
 
 
 def test_release_core_is_not_a_debug_build():
-    import mcpfast._core
+    import mcpfast.wire._core
 
-    assert mcpfast._core.DEBUG_BUILD is False
+    assert mcpfast.wire._core.DEBUG_BUILD is False
 
 
 def test_debug_core_has_its_checks_and_passes_the_parser_suites(debug_core):

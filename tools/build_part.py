@@ -1,13 +1,13 @@
 """Build one component of the compiled core on its own, for development.
 
 ``python tools/build_part.py http`` compiles a module ``_core_http`` holding only
-``mcpfast/_http.pxi`` (plus the shared debug include) into ``build/parts/``.  Run the
+``mcpfast/wire/_http.pxi`` (plus the shared debug include) into ``build/parts/``.  Run the
 test suite against it with::
 
     PYTHONPATH=.:build/parts MCPFAST_CORE_MODULE=_core_http python -m pytest tests/test_http_parser.py
 
 so work on one component does not wait for the others to compile.  The real build is
-``pip install -e .`` (setup.py), which compiles them all into ``mcpfast._core``.
+``pip install -e .`` (setup.py), which compiles them all into ``mcpfast.wire._core``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from setuptools import Extension
 from setuptools.dist import Distribution
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PKG = os.path.join(os.path.dirname(HERE), "mcpfast")
+PKG = os.path.join(os.path.dirname(HERE), "mcpfast", "wire")
 
 
-PARTS = ("http", "sse", "jsonrpc")
+PARTS = ("http", "sse", "jsonrpc", "ndjson")
 
 
 def main(part: str, out: str | None = None) -> None:
@@ -41,7 +41,7 @@ def main(part: str, out: str | None = None) -> None:
             "from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE\n"
             "from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE\n"
             "from libc.string cimport memcpy, memchr\n"
-            "from mcpfast.errors import ProtocolError\n"
+            "from mcpfast.wire.errors import ProtocolError\n"
             'include "_debug.pxi"\n'
             + "".join(f'include "_{p}.pxi"\n' for p in parts)
         )

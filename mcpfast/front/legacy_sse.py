@@ -59,14 +59,14 @@ from typing import Any
 
 import orjson
 
-from ..core import (
+from ..pipeline.phases import DONE, RELAYING
+from ..policy import AuthError, Principal
+from ..transport.listener import ClientProtocol
+from ..wire.core import (
     KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, ProtocolError, ResponseParser, SSEParser, encode_sse_event, scan_jsonrpc,
 )  # fmt: skip
-from ..heads import is_visible
-from ..phases import DONE, RELAYING
-from ..policy import AuthError, Principal
-from ..rpcerrors import INTERNAL_ERROR, INVALID_REQUEST, SERVER_ERROR, SESSION_NOT_FOUND, jsonrpc_error_body
-from ..server import ClientProtocol
+from ..wire.heads import is_visible
+from ..wire.rpcerrors import INTERNAL_ERROR, INVALID_REQUEST, SERVER_ERROR, SESSION_NOT_FOUND, jsonrpc_error_body
 
 __all__ = ["LegacyFront", "LegacySession", "PING_EVERY"]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import warnings
 
-from . import FROM_SOURCE
+from .. import FROM_SOURCE
 from .errors import ProtocolError  # noqa: F401  (re-exported)
 
 IMPLEMENTATION: str
 
-if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0") or "_core" in FROM_SOURCE:
+if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0") or "wire._core" in FROM_SOURCE:
     from . import _core_py as _impl
 
     IMPLEMENTATION = "py"
@@ -53,8 +53,4 @@ KIND_REQUEST = _impl.KIND_REQUEST
 KIND_NOTIFICATION = _impl.KIND_NOTIFICATION
 KIND_RESPONSE = _impl.KIND_RESPONSE
 KIND_ERROR = _impl.KIND_ERROR
-# The NDJSON framer (stdio transport): the compiled one when the core has it.
-if hasattr(_impl, "NDJSONFramer"):
-    NDJSONFramer = _impl.NDJSONFramer
-else:
-    from ._ndjson_py import NDJSONFramer  # noqa: E402
+NDJSONFramer = _impl.NDJSONFramer

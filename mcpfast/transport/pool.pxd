@@ -1,7 +1,7 @@
 # C declarations for the compiled build of upstream.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
-from mcpfast._core cimport ResponseParser as _CResponseParser
+from mcpfast.wire._core cimport ResponseParser as _CResponseParser
 cdef class UpstreamPool
 cdef class UpstreamProtocol:
     cdef public _CResponseParser parser
@@ -13,7 +13,7 @@ cdef class UpstreamProtocol:
     cpdef pause_reading(self)
     cpdef close(self)
 cdef class UpstreamPool:
-    cdef public object backend, metrics, host, port, connect_timeout, _waiters, _loop, _offering
+    cdef public object backend, metrics, host, port, connect_timeout, _waiters, _loop, _offering, tls, server_hostname
     cdef public list _idle
     cdef public Py_ssize_t size, max_header_bytes, max_connections, max_streams, _open, _connecting, _streams
     cdef public double idle_timeout
