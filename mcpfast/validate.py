@@ -120,7 +120,7 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
     if m := re.match(r"Object missing required field `(.*)`$", problem):
         return _join(key, m[1]), "missing"
     if m := re.match(r"Expected `([^`]*)`, got `[^`]*`$", problem):
-        what = " or ".join(_NOUNS.get(t, t) for t in m[1].split(" | "))
+        what = " or ".join(_NOUNS.get(t, t) for t in m[1].split(" | ") if t != "null")
         return key, f"expected {what}, got {raw!r}"
     if problem.startswith("Invalid enum value"):
         values = next((get_args(t) for t in _members(typ) if get_origin(t) is Literal), ())
@@ -131,6 +131,8 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
             return key, _description(typ) or f"does not match {cond[15:]}"
         if cond == "of length >= 1":
             return key, "must not be empty"
+        if cond.startswith("of length"):
+            return key, f"must have length {cond[10:]}"
         return key, f"must be {cond.replace('.0', '') if cond.endswith('.0') else cond}, got {raw!r}"
     return key, problem[:1].lower() + problem[1:]
 
@@ -183,27 +185,6 @@ def origin_patterns(origins: tuple[str, ...], key: str) -> tuple[str, ...]:
             raise ConfigError(f"{key}[{i}]", f"expected an origin like https://host[:port] or http://host:*, got {o!r}")
         out.append(o.rstrip("/").lower())
     return tuple(out)
-
-
-# Kept while policy/config.py still checks by hand.
-def expect(section: dict, key: str, prefix: str, typ, default):
-    if key not in section:
-        return default
-    v = section[key]
-    full = f"{prefix}.{key}" if prefix else key
-    if typ is float and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
-    if typ is int and isinstance(v, bool):
-        raise ConfigError(full, f"expected an integer, got {v!r}")
-    if not isinstance(v, typ):
-        raise ConfigError(full, f"expected {typ.__name__}, got {type(v).__name__} {v!r}")
-    return v
-
-
-def positive(v, key: str, allow_zero: bool = False):
-    if v < 0 or (v == 0 and not allow_zero):
-        raise ConfigError(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
-    return v
 
 
 def as_plain(v: Any, special: Any = None) -> Any:
