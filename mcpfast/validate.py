@@ -119,9 +119,14 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
         return _join(key, m[1]), f"unknown setting (known: {known})"
     if m := re.match(r"Object missing required field `(.*)`$", problem):
         return _join(key, m[1]), "missing"
-    if m := re.match(r"Expected `([^`]*)`, got `[^`]*`$", problem):
-        what = " or ".join(_NOUNS.get(t, t) for t in m[1].split(" | ") if t != "null")
-        return key, f"expected {what}, got {raw!r}"
+    if m := re.match(r"Expected `([^`]*)`, got `([^`]*)`$", problem):
+        wanted = [t for t in m[1].split(" | ") if t != "null"]
+        nouns = [_NOUNS.get(t, t) for t in wanted]
+        what = nouns[0] if len(nouns) == 1 else f"{', '.join(nouns[:-1])} or {nouns[-1]}"
+        # The value is shown unless it is text that may be a secret in the wrong place
+        # (``old_keys = "<key>"``): text is shown only where a number or boolean was wanted.
+        shown = isinstance(raw, (bool, int, float)) or (isinstance(raw, str) and set(wanted) <= {"int", "float", "bool"})
+        return key, f"expected {what}, got {repr(raw) if shown else _NOUNS.get(m[2], m[2])}"
     if problem.startswith("Invalid enum value"):
         values = next((get_args(t) for t in _members(typ) if get_origin(t) is Literal), ())
         return key, f"expected one of {', '.join(map(str, values))}, got {raw!r}"
@@ -166,9 +171,11 @@ def _item_type(t: Any) -> Any:
 
 
 def _description(t: Any) -> str | None:
-    for meta in get_args(t)[1:] if get_origin(t) is Annotated else ():
-        if isinstance(meta, msgspec.Meta) and meta.description:
-            return meta.description
+    """The ``Meta(description=...)`` of ``t`` (or of a member of the union ``t``)."""
+    for m in get_args(t) if get_origin(t) in (Union, types.UnionType) else (t,):
+        for meta in get_args(m)[1:] if get_origin(m) is Annotated else ():
+            if isinstance(meta, msgspec.Meta) and meta.description:
+                return meta.description
     return None
 
 
