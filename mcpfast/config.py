@@ -30,7 +30,7 @@ import msgspec
 
 from . import heads
 from .cors import build_cors_config
-from .policy.config import POLICY_SECTIONS, build_policy_config
+from .policy.config import build_policy_config
 from .validate import (
     ConfigError, HeaderName, NonEmpty, Positive, Seconds, SecondsOrZero, Section, Text, as_plain, decode,
     origin_patterns,
@@ -308,14 +308,17 @@ def _fmt_hostport(hp: tuple[str, int]) -> str:
 # The file's top level, and [server]
 
 
+_SERVER = ServerConfig()  # the defaults where the file gives none
+
+
 class ServerSection(Section):
-    listen: str = "127.0.0.1:8080"
+    listen: str = _fmt_hostport(_SERVER.listen)
     admin_listen: str | None = None  # "" or "off": none
-    mcp_path: str = "/mcp"
-    backlog: Positive = 1024
-    workers: Positive = 1
-    allowed_origins: tuple[str, ...] | None = None
-    forwarded_headers: bool = True
+    mcp_path: str = _SERVER.mcp_path
+    backlog: Positive = _SERVER.backlog
+    workers: Positive = _SERVER.workers
+    allowed_origins: tuple[str, ...] | None = None  # None: LOOPBACK_ORIGINS
+    forwarded_headers: bool = _SERVER.forwarded_headers
     allowed_hosts: tuple[NonEmpty, ...] | None = None
 
 
@@ -424,9 +427,6 @@ class _File(Section):
     ratelimit: Any = None
     audit: Any = None
     cors: Any = None
-
-
-assert set(POLICY_SECTIONS) < set(_File.__struct_fields__)
 
 
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
@@ -540,14 +540,17 @@ class _BackendSection(Section):
     response_timeout: Seconds | None = None  # None: timeouts.upstream_response
 
 
+_BACKEND = BackendConfig(name="", url="", host="", port=0, path="")  # the defaults where a table gives none
+
+
 class SseBackendSection(_BackendSection, kw_only=True):
     url: str
-    pool_size: Positive = 64
-    pool_idle_timeout: Seconds = 30.0
+    pool_size: Positive = _BACKEND.pool_size
+    pool_idle_timeout: Seconds = _BACKEND.pool_idle_timeout
     headers: dict[HeaderName, str] = {}
     bearer_token: str | None = None
-    max_connections: Positive = 1024
-    max_streams: Positive = 1024
+    max_connections: Positive = _BACKEND.max_connections
+    max_streams: Positive = _BACKEND.max_streams
     tls_verify: bool | None = None  # these four: an https:// URL only (None: not given)
     ca_file: _Path | None = None
     client_cert: _Path | None = None
@@ -555,22 +558,22 @@ class SseBackendSection(_BackendSection, kw_only=True):
 
 
 class HttpBackendSection(SseBackendSection):
-    forward_credentials: bool = False
+    forward_credentials: bool = _BACKEND.forward_credentials
 
 
 class StdioBackendSection(_BackendSection):
     command: Text = ""
     args: tuple[_NoNul, ...] = ()
     env: dict[_EnvName, _NoNul] = {}
-    inherit_env: bool = False
+    inherit_env: bool = _BACKEND.inherit_env
     env_passthrough: tuple[_EnvName, ...] = ENV_PASSTHROUGH
     cwd: _Path | None = None
-    mode: Literal["per_session", "shared"] = "per_session"
-    max_processes: Positive = 16
-    idle_timeout: SecondsOrZero = 300.0
-    spawn_rate: Seconds = 10.0
-    shutdown_grace: Seconds = 2.0
-    max_line_bytes: Positive | None = None
+    mode: Literal["per_session", "shared"] = _BACKEND.mode
+    max_processes: Positive = _BACKEND.max_processes
+    idle_timeout: SecondsOrZero = _BACKEND.idle_timeout
+    spawn_rate: Seconds = _BACKEND.spawn_rate
+    shutdown_grace: Seconds = _BACKEND.shutdown_grace
+    max_line_bytes: Positive | None = None  # None: limits.max_sse_event_bytes
 
 
 _BACKEND_SCHEMAS = {"http": HttpBackendSection, "sse": SseBackendSection, "stdio": StdioBackendSection}

@@ -76,20 +76,22 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass(frozen=True, slots=True)
 class JwtConfig:
+    """Built from ``[auth.jwt]`` only (its defaults are ``JwtSection``'s)."""
+
     issuers: tuple[str, ...]
-    keys: tuple[VerifyKey, ...] = ()
-    algorithms: frozenset[str] = SUPPORTED_ALGORITHMS
-    jwks_url: str | None = None
-    jwks_refresh_seconds: float = 300.0
-    jwks_min_refresh_seconds: float = 30.0
-    jwks_timeout_seconds: float = 5.0
-    jwks_max_bytes: int = 1 << 20
-    leeway_seconds: float = 30.0
-    required_claims: tuple[str, ...] = ("exp",)
-    subject_claim: str = "sub"
-    scope_claims: tuple[str, ...] = ("scope", "scp")
-    cache_size: int = 10000
-    cache_seconds: float = 300.0  # a token without exp is re-verified after this long
+    keys: tuple[VerifyKey, ...]
+    algorithms: frozenset[str]
+    jwks_url: str | None
+    jwks_refresh_seconds: float
+    jwks_min_refresh_seconds: float
+    jwks_timeout_seconds: float
+    jwks_max_bytes: int
+    leeway_seconds: float
+    required_claims: tuple[str, ...]
+    subject_claim: str
+    scope_claims: tuple[str, ...]
+    cache_size: int
+    cache_seconds: float  # a token without exp is re-verified after this long
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +104,9 @@ class ApiKeyEntry:
 
 @dataclass(frozen=True, slots=True)
 class ApiKeysConfig:
-    header: str | None = "x-api-key"  # lower-cased; None: not read from a header
-    bearer: bool = True  # also accepted as "Authorization: Bearer <key>"
-    keys: tuple[ApiKeyEntry, ...] = ()
+    header: str | None  # lower-cased; None: not read from a header
+    bearer: bool  # also accepted as "Authorization: Bearer <key>"
+    keys: tuple[ApiKeyEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,9 @@ class RouteAuthSection(Section):
     required_scopes: OneOrMore | None = None
 
 
+_AUTH, _AUTHZ = AuthConfig(), AuthzConfig()  # the defaults where a section gives none
+
+
 class AuthSection(Section):
     mode: str = "required"  # an [auth] section means authentication, unless it says otherwise
     public_url: str | None = None
@@ -285,9 +290,9 @@ class AuthSection(Section):
     audiences: OneOrMore = ()
     resource_name: str | None = None
     resource_documentation: str | None = None
-    forward_credentials: bool = False
-    bind_sessions: bool = True
-    max_sessions: Positive = 100000
+    forward_credentials: bool = _AUTH.forward_credentials
+    bind_sessions: bool = _AUTH.bind_sessions
+    max_sessions: Positive = _AUTH.max_sessions
     jwt: JwtSection | None = None
     api_keys: ApiKeysSection | None = None
     routes: dict[str, RouteAuthSection] = {}
@@ -312,10 +317,10 @@ class RuleSection(Section, kw_only=True):
 
 
 class AuthzSection(Section):
-    default: Literal["allow", "deny"] = "deny"
-    hide_denied: bool = False
-    deny_status: Literal[200, 403, 404] = 403
-    open_methods: Globs = DEFAULT_OPEN_METHODS
+    default: Literal["allow", "deny"] = _AUTHZ.default
+    hide_denied: bool = _AUTHZ.hide_denied
+    deny_status: Literal[200, 403, 404] = _AUTHZ.deny_status
+    open_methods: Globs = _AUTHZ.open_methods
     rules: tuple[RuleSection, ...] = ()
 
 
@@ -331,7 +336,7 @@ class LimitSection(Section, kw_only=True):
 
 
 class RateLimitSection(Section):
-    max_keys: Positive = 100000
+    max_keys: Positive = RateLimitConfig().max_keys
     limits: tuple[LimitSection, ...] = ()
 
 
