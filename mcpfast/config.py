@@ -409,6 +409,9 @@ class RouteSection(Section):
 
 
 _MUX_ROUTE_KEYS = RouteSection.__struct_fields__[5:]
+# Route keys that become the MuxConfig field of the same name as they are.
+_MUX_AS_GIVEN = ("namespacing", "separator", "uri_scheme", "server_name", "server_version", "fail_mode", "list_cache", "list_cache_ttl")
+_MUX = MuxConfig()  # the defaults where a route gives none
 
 
 class _File(Section):
@@ -589,11 +592,13 @@ def terminating(blist, kinds: dict[str, str]) -> bool:
 
 def _backend(name: str, b: dict) -> BackendConfig:
     key = f"backends.{name}"
-    transport = decode(b.get("transport", "http"), Transport, f"{key}.transport")
+    transport = b.get("transport", "http")
+    if transport not in _BACKEND_SCHEMAS:
+        decode(transport, Transport, f"{key}.transport")  # raises, naming the transports
     schema = _BACKEND_SCHEMAS[transport]
-    for k in b:
+    for k in b.keys() - schema.__struct_fields__:
         where = [t for t, other in _BACKEND_SCHEMAS.items() if k in other.__struct_fields__]
-        if k not in schema.__struct_fields__ and where:
+        if where:
             raise ConfigError(f"{key}.{k}", f"only applies to transport = {' or '.join(repr(t) for t in where)}")
     if transport == "stdio" and "command" not in b:
         raise ConfigError(f"{key}.command", "missing (the program to start, e.g. \"npx\" or \"/usr/bin/python3\")")
@@ -698,9 +703,8 @@ def ephemeral_key() -> bytes:
 def _mux_route(r: RouteSection, key: str, blist: list[str], sessions: _Sessions) -> MuxConfig:
     from .mux.names import Namespace, check_backend_names, validate_separator
 
-    d = MuxConfig()
-    given = {k: v for k in _MUX_ROUTE_KEYS if (v := getattr(r, k)) is not None}
-    sep, mode, scheme = given.get("separator", d.separator), given.get("namespacing", d.namespacing), given.get("uri_scheme", d.uri_scheme)
+    given = {k: v for k in _MUX_AS_GIVEN if (v := getattr(r, k)) is not None}
+    sep, mode, scheme = (given.get(k, getattr(_MUX, k)) for k in ("separator", "namespacing", "uri_scheme"))
     for where, check in (
         ("separator", lambda: validate_separator(sep)),
         ("backends", lambda: check_backend_names(blist, sep)),
@@ -721,10 +725,7 @@ def _mux_route(r: RouteSection, key: str, blist: list[str], sessions: _Sessions)
         # configuration).  Sessions then end with the process.
         current = ephemeral_key()
         ephemeral = True
-    for k in ("session_key", "session_key_file", "old_keys", "old_key_files", "max_age", "instructions"):
-        given.pop(k, None)
-    return dataclasses.replace(
-        d,
+    return MuxConfig(
         **given,
         instructions=r.instructions or None,
         session_key=current,
