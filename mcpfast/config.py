@@ -23,7 +23,7 @@ import ipaddress
 import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -530,7 +530,6 @@ def _legacy_paths(routes: list[RouteConfig], mcp_path: str) -> tuple[RouteConfig
 # Backends: [backends.NAME], one table each; its transport decides which keys apply.
 
 Transport = Literal["http", "sse", "stdio"]
-TRANSPORTS = get_args(Transport)
 # A file path: not empty, and it reaches an exec call or an open.
 _Path = Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[^\x00\r\n]*\Z", description="must not contain NUL or line breaks")]
 _NoNul = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*\Z", description="must not contain NUL")]

@@ -67,8 +67,8 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 Text = Annotated[str, msgspec.Meta(pattern=r"^[^\x00\r\n]*\Z", description="must not contain NUL or line breaks")]
 # RFC 9110 §5.6.2 token.
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z", description="not a valid header name")]
-# A key that takes one string or a list of them.
-OneOrMore = Union[str, tuple[str, ...]]
+# A key that takes one string or a list of them, none empty.
+OneOrMore = Union[NonEmpty, tuple[NonEmpty, ...]]
 
 
 def one_or_more(v: str | tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -91,6 +91,8 @@ _NOUNS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "
 
 
 def _explain(message: str, raw: Any, typ: Any, key: str) -> ConfigError:
+    """msgspec's refusal ``message`` of ``raw`` as ``typ`` (at dotted ``key``), in our words:
+    its path is followed through ``raw`` and ``typ`` to the value at fault."""
     m = _AT.match(message)
     problem, path = m[1], (m[3] or "") + ("[...]" if m[2] else "")  # a bad key: find its entry
     for seg in _SEGMENT.finditer(path):
@@ -103,10 +105,10 @@ def _explain(message: str, raw: Any, typ: Any, key: str) -> ConfigError:
                     try:
                         msgspec.convert(part, t)
                     except msgspec.ValidationError as exc:
-                        return _explain(str(exc), part, t, f"{key}.{k}" if key else k)
+                        return _explain(str(exc), part, t, _join(key, k))
             break  # not reached: msgspec refused one of them
         if name is not None:
-            raw, typ, key = raw[name], _field_type(typ, name), f"{key}.{name}" if key else name
+            raw, typ, key = raw[name], _field_type(typ, name), _join(key, name)
         else:
             raw, typ, key = raw[int(index)], _item_type(typ), f"{key}[{index}]"
     return ConfigError(*_say(problem, raw, typ, key))
@@ -138,7 +140,7 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
             return key, "must not be empty"
         if cond.startswith("of length"):
             return key, f"must have length {cond[10:]}"
-        return key, f"must be {cond.replace('.0', '') if cond.endswith('.0') else cond}, got {raw!r}"
+        return key, f"must be {cond.removesuffix('.0')}, got {raw!r}"
     return key, problem[:1].lower() + problem[1:]
 
 

@@ -183,6 +183,8 @@ BAD = [
     (_auth(public_url="ftp://x"), "auth.public_url", "expected an http(s) URL"),
     (_auth(jwt={**JWT, "algorithms": ["none"]}), "auth.jwt.algorithms[0]", "unsigned tokens are never accepted"),
     (_auth(scopes_supported=['bad"scope']), "auth.scopes_supported[0]", "not a valid OAuth scope token"),
+    (_auth(audiences=["a", ""]), "auth.audiences[1]", "must not be empty"),
+    ({"authz": {"rules": [{"effect": "allow", "subjects": ""}]}}, "authz.rules[0].subjects", "must not be empty"),
     ({"authz": {"rules": [{"effect": "allow", "client_ips": ["10.0.0.300"]}]}}, "authz.rules[0].client_ips[0]", "CIDR"),
     ({"authz": {"rules": [{"effect": "allow", "id": "a b"}]}}, "authz.rules[0].id", "1-64 characters"),
     ({"authz": {"rules": [{"effect": "allow", "tools": ["x" * 1025]}]}}, "authz.rules[0].tools[0]", "length <= 1024"),
