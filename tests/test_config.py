@@ -119,6 +119,7 @@ BAD = [
     ({"backends": {"fs": {"transport": "stdio"}}}, "backends.fs.command", "missing (the program to start"),
     ({"authz": {"rules": [{"id": "r"}]}}, "authz.rules[0].effect", "missing"),
     ({"auth": {"api_keys": {"keys": [{"subject": "x"}]}}}, "auth.api_keys.keys[0].sha256", "missing"),
+    ({"auth": {"api_keys": {"keys": [{"sha256": "a" * 64 + "\n", "subject": "x"}]}}}, "auth.api_keys.keys[0].sha256", "64 hex"),
     (_auth(jwt={"keys": JWT["keys"]}), "auth.jwt.issuer", "missing"),
     ({"ratelimit": {"limits": [{"rate": 1}]}}, "ratelimit.limits[0].key", "missing"),
     ({"auth": {"mode": "required"}}, "auth", "needs [auth.jwt] or [auth.api_keys]"),

@@ -1,9 +1,14 @@
-"""The ``[auth]``, ``[authz]``, ``[ratelimit]`` and ``[audit]`` sections: TOML → frozen dataclasses.
+"""The ``[auth]``, ``[authz]``, ``[ratelimit]`` and ``[audit]`` sections: TOML → frozen values.
 
 Theory of operation.  ``build_policy_config(raw)`` takes the whole TOML-shaped dict (it
 only reads these four sections) and returns a ``PolicyConfig``, or raises
 ``ConfigError(key, problem)`` naming the dotted key at fault, as the rest of the
-configuration does.  Everything that can fail is tried here, at load time: PEM files
+configuration does.  Each section's TOML shape is a ``validate.Section`` (``AuthSection``,
+``JwtSection``, ...: types, ranges, enumerations, no unknown keys), decoded in one
+``validate.decode``; the ``_build_*`` functions then turn the decoded sections into the
+dataclasses the policy engine reads, with the checks a type cannot say (URLs, scope
+tokens, key material, which keys go together, duplicate ids).  ``[audit]``'s shape is its
+value, so ``AuditConfig`` is its Struct.  Everything that can fail is tried here, at load time: PEM files
 are read and parsed, JWKs decoded, secrets checked for length, globs compiled, CIDRs
 parsed, so ``mcpfast check-config`` reports a bad key file before the gateway starts.
 Secrets are kept only as key objects (HMAC bytes) or hashes (API keys); ``as_dict``
@@ -489,7 +494,7 @@ def _build_api_keys(a: ApiKeysSection, prefix: str) -> ApiKeysConfig:
     for i, k in enumerate(a.keys):
         kp = f"{prefix}.keys[{i}]"
         digest = k.sha256.lower()
-        if not _SHA256_RE.match(digest):
+        if not _SHA256_RE.fullmatch(digest):
             raise ConfigError(f"{kp}.sha256", "expected 64 hex digits")
         if digest in (e.sha256 for e in entries):
             raise ConfigError(f"{kp}.sha256", "duplicate key")
