@@ -408,9 +408,10 @@ class RouteSection(Section):
     max_age: SecondsOrZero | None = None
 
 
-_MUX_ROUTE_KEYS = RouteSection.__struct_fields__[5:]
-# Route keys that become the MuxConfig field of the same name as they are.
+# Route keys that become the MuxConfig field of the same name as they are, and all of a
+# multiplexed route's keys.
 _MUX_AS_GIVEN = ("namespacing", "separator", "uri_scheme", "server_name", "server_version", "fail_mode", "list_cache", "list_cache_ttl")
+_MUX_ROUTE_KEYS = (*_MUX_AS_GIVEN, "instructions", "session_key", "session_key_file", "old_keys", "old_key_files", "max_age")
 _MUX = MuxConfig()  # the defaults where a route gives none
 
 
@@ -592,7 +593,7 @@ def terminating(blist, kinds: dict[str, str]) -> bool:
 def _backend(name: str, b: dict) -> BackendConfig:
     key = f"backends.{name}"
     transport = b.get("transport", "http")
-    if transport not in _BACKEND_SCHEMAS:
+    if not isinstance(transport, str) or transport not in _BACKEND_SCHEMAS:
         decode(transport, Transport, f"{key}.transport")  # raises, naming the transports
     schema = _BACKEND_SCHEMAS[transport]
     for k in b.keys() - schema.__struct_fields__:

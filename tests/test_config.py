@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mcpfast.cli import main
-from mcpfast.config import ConfigError, build_config
+from mcpfast.config import ConfigError, RouteSection, build_config
 
 HTTP = {"url": "http://127.0.0.1:9/mcp"}
 HTTPS = {"url": "https://127.0.0.1:9/mcp"}
@@ -84,6 +84,7 @@ BAD = [
     ({"log": {"format": "xml"}}, "log.format", "expected one of json, text, got 'xml'"),
     ({"log": {"level": "loud"}}, "log.level", "expected one of debug, info, warning, error, critical"),
     (_b(transport="grpc"), "backends.a.transport", "expected one of http, sse, stdio, got 'grpc'"),
+    (_b(transport=["http"]), "backends.a.transport", "expected a string, got a list"),
     (_s(mode="forked"), "backends.fs.mode", "expected one of per_session, shared"),
     (_r({"path": "/m", "backends": ["a", "b"], "namespacing": "maybe"}), "routes[0].namespacing", "always, multi, never"),
     (_r({"path": "/m", "backends": ["a", "b"], "fail_mode": "soft"}), "routes[0].fail_mode", "open, closed"),
@@ -222,6 +223,19 @@ def test_check_config_exits_2_with_one_line(tmp_path, toml, line):
     r = CliRunner().invoke(main, ["check-config", str(f)])
     assert r.exit_code == 2, r.output
     assert r.output.count("\n") == 1 and f"configuration error: {line}" in r.output, r.output
+
+
+MUX_KEYS = sorted(set(RouteSection.__struct_fields__) - {"path", "backends", "backend", "sse_path", "messages_path"})
+
+
+@pytest.mark.parametrize("name", MUX_KEYS)
+def test_every_multiplexing_key_is_refused_on_a_passthrough_route(name):
+    valid = {"list_cache_ttl": 1, "max_age": 1, "old_keys": [], "old_key_files": [], "namespacing": "always",
+             "fail_mode": "open", "list_cache": "off"}  # fmt: skip
+    value = valid.get(name, "x")
+    with pytest.raises(ConfigError) as ei:
+        build_config(_r({"path": "/m", "backend": "a", name: value}))
+    assert ei.value.key == f"routes[0].{name}" and "only applies to a route over several" in ei.value.problem
 
 
 def _same(a, b) -> bool:
