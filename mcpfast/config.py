@@ -564,8 +564,8 @@ class HttpBackendSection(SseBackendSection):
     forward_credentials: bool = _BACKEND.forward_credentials
 
 
-class StdioBackendSection(_BackendSection):
-    command: Text = ""
+class StdioBackendSection(_BackendSection, kw_only=True):
+    command: Annotated[Text, msgspec.Meta(extra={"missing": 'the program to start, e.g. "npx" or "/usr/bin/python3"'})]
     args: tuple[_NoNul, ...] = ()
     env: dict[_EnvName, _NoNul] = {}
     inherit_env: bool = _BACKEND.inherit_env
@@ -600,8 +600,6 @@ def _backend(name: str, b: dict) -> BackendConfig:
         where = [t for t, other in _BACKEND_SCHEMAS.items() if k in other.__struct_fields__]
         if where:
             raise ConfigError(f"{key}.{k}", f"only applies to transport = {' or '.join(repr(t) for t in where)}")
-    if transport == "stdio" and "command" not in b:
-        raise ConfigError(f"{key}.command", "missing (the program to start, e.g. \"npx\" or \"/usr/bin/python3\")")
     sec = decode(b, schema, key)
     d = msgspec.structs.asdict(sec)
     if transport == "stdio":

@@ -11,7 +11,8 @@ the path is walked through the raw table and the type's annotations side by side
 unknown key lists the known ones, a bad enumeration value lists the allowed ones, and a
 failing entry of a table keyed by user names (which msgspec shows as ``[...]``) is found
 and named.  What a type cannot say (URL syntax, cross-references, combinations of keys)
-stays in small functions in the module owning the section, raising ``ConfigError``.
+stays in small functions in the module owning the section, raising ``ConfigError``.  A pattern's refusal is told by its ``Meta(description=...)``, a
+missing key's by its ``Meta(extra={"missing": ...})`` when it has one.
 
 This module imports nothing else of mcpfast, so any section's parser can use it.
 """
@@ -120,7 +121,9 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
         known = ", ".join(sorted(_struct(typ).__struct_fields__))
         return _join(key, m[1]), f"unknown setting (known: {known})"
     if m := re.match(r"Object missing required field `(.*)`$", problem):
-        return _join(key, m[1]), "missing"
+        # A field may say what it holds: Meta(extra={"missing": "..."}).
+        hint = _meta(_field_type(typ, m[1]), lambda meta: (meta.extra or {}).get("missing"))
+        return _join(key, m[1]), f"missing ({hint})" if hint else "missing"
     if m := re.match(r"Expected `([^`]*)`, got `([^`]*)`$", problem):
         wanted = [t for t in m[1].split(" | ") if t != "null"]
         nouns = [_NOUNS.get(t, t) for t in wanted]
@@ -135,7 +138,7 @@ def _say(problem: str, raw: Any, typ: Any, key: str) -> tuple[str, str]:
     if m := re.match(r"Expected `\w+` (.*)$", problem):
         cond = m[1]
         if cond.startswith("matching regex"):
-            return key, _description(typ) or f"does not match {cond[15:]}"
+            return key, _meta(typ, lambda meta: meta.description) or f"does not match {cond[15:]}"
         if cond == "of length >= 1":
             return key, "must not be empty"
         if cond.startswith("of length"):
@@ -172,12 +175,13 @@ def _item_type(t: Any) -> Any:
     return get_args(seq)[0]
 
 
-def _description(t: Any) -> str | None:
-    """The ``Meta(description=...)`` of ``t`` (or of a member of the union ``t``)."""
+def _meta(t: Any, get: Any) -> str | None:
+    """``get(meta)`` of the first ``msgspec.Meta`` of ``t`` (or of a member of the union
+    ``t``) that has it."""
     for m in get_args(t) if get_origin(t) in (Union, types.UnionType) else (t,):
         for meta in get_args(m)[1:] if get_origin(m) is Annotated else ():
-            if isinstance(meta, msgspec.Meta) and meta.description:
-                return meta.description
+            if isinstance(meta, msgspec.Meta) and (v := get(meta)):
+                return v
     return None
 
 

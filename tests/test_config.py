@@ -119,10 +119,10 @@ BAD = [
     ({"backends": {"a": {"pool_size": 3}}}, "backends.a.url", "missing"),
     ({"backends": {"fs": {"transport": "stdio"}}}, "backends.fs.command", "missing (the program to start"),
     ({"authz": {"rules": [{"id": "r"}]}}, "authz.rules[0].effect", "missing"),
-    ({"auth": {"api_keys": {"keys": [{"subject": "x"}]}}}, "auth.api_keys.keys[0].sha256", "missing"),
+    ({"auth": {"api_keys": {"keys": [{"subject": "x"}]}}}, "auth.api_keys.keys[0].sha256", "missing (hex SHA-256"),
     ({"auth": {"api_keys": {"keys": [{"sha256": "a" * 64 + "\n", "subject": "x"}]}}}, "auth.api_keys.keys[0].sha256", "64 hex"),
-    (_auth(jwt={"keys": JWT["keys"]}), "auth.jwt.issuer", "missing"),
-    ({"ratelimit": {"limits": [{"rate": 1}]}}, "ratelimit.limits[0].key", "missing"),
+    (_auth(jwt={"keys": JWT["keys"]}), "auth.jwt.issuer", "missing (the accepted token issuer"),
+    ({"ratelimit": {"limits": [{"rate": 1}]}}, "ratelimit.limits[0].key", "missing (one or more of principal, ip"),
     ({"auth": {"mode": "required"}}, "auth", "needs [auth.jwt] or [auth.api_keys]"),
     # keys of another transport, or of a TLS backend on plain http
     (_b(command="x"), "backends.a.command", "only applies to transport = 'stdio'"),
@@ -201,7 +201,7 @@ def test_bad_input_names_its_key(raw, key, problem):
         build_config(raw)
     assert ei.value.key == key, str(ei.value)
     assert problem in ei.value.problem, str(ei.value)
-    assert "$" not in str(ei.value) and "`" not in str(ei.value)  # msgspec's own wording never shows
+    assert not any(w in str(ei.value) for w in ("$.", "Expected `", "Object ", "[...]"))  # msgspec's wording never shows
     assert KEY not in str(ei.value)
 
 

@@ -249,7 +249,10 @@ class JwtKeySection(Section):
 
 
 class JwtSection(Section):
-    issuer: Union[NonEmpty, Annotated[tuple[NonEmpty, ...], msgspec.Meta(min_length=1)]]
+    issuer: Annotated[
+        Union[NonEmpty, Annotated[tuple[NonEmpty, ...], msgspec.Meta(min_length=1)]],
+        msgspec.Meta(extra={"missing": "the accepted token issuer, or a list of them"}),
+    ]
     algorithms: OneOrMore | None = None
     keys: tuple[JwtKeySection, ...] = ()
     jwks_url: str | None = None
@@ -266,7 +269,7 @@ class JwtSection(Section):
 
 
 class ApiKeySection(Section, kw_only=True):
-    sha256: str
+    sha256: Annotated[str, msgspec.Meta(extra={"missing": "hex SHA-256 of the key: `printf %s KEY | sha256sum`"})]
     subject: NonEmpty
     scopes: OneOrMore = ()
     attributes: dict[str, Union[str, tuple[str, ...]]] = {}
@@ -331,7 +334,10 @@ class AuthzSection(Section):
 
 class LimitSection(Section, kw_only=True):
     id: _Id | None = None  # None: limit-<index>
-    key: Union[_Dimension, Annotated[tuple[_Dimension, ...], msgspec.Meta(min_length=1)]]
+    key: Annotated[
+        Union[_Dimension, Annotated[tuple[_Dimension, ...], msgspec.Meta(min_length=1)]],
+        msgspec.Meta(extra={"missing": f"one or more of {', '.join(get_args(_Dimension))}"}),
+    ]
     rate: Seconds | None = None  # tokens per second
     per_minute: Seconds | None = None
     burst: Annotated[float, msgspec.Meta(ge=1)] | None = None  # None: max(1, rate)
