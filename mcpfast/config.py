@@ -7,34 +7,40 @@ can point a user at the line to fix.  The gateway never reads raw TOML.
 
 Theory of operation.  Each section's TOML shape is a ``validate.Section`` (a msgspec
 Struct: types, ranges, enumerations, no unknown keys), decoded by ``validate.decode``,
-which names the dotted key of any refusal.  Where the TOML shape is already the value
-the gateway reads (``[limits]``, ``[timeouts]``, ``[log]``) the Struct is the result
-type itself.  Elsewhere a small function per section turns the decoded Struct into the
-dataclass the rest of the code reads, doing the checks a type cannot express: host:port
-and URL syntax, header values, which keys a backend's transport takes, route references
-to backends, path collisions, session keys.  ``build_config`` composes them; the policy
-sections and ``[cors]`` are decoded by the modules that own them.
+which names the dotted key of any refusal.  The values the rest of the code reads are
+``model``'s dataclasses, which import nothing of mcpfast; the sections whose shape is
+theirs field for field (``[limits]``, ``[timeouts]``, ``[log]``) are made from their
+fields and defaults (``_section_of``), the others are written out here with the
+result's defaults.  A small function per section turns the decoded Struct into its
+value, doing the checks a type cannot express: host:port and URL syntax, header
+values, which keys a backend's transport takes, route references to backends, path
+collisions, session keys.  ``build_config`` composes them; the policy sections and
+``[cors]`` are decoded by the modules that own them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-from . import heads
-from .cors import build_cors_config
+from .model import (
+    ENV_PASSTHROUGH, BackendConfig, Config, LimitsConfig, LogConfig, MuxConfig, RouteConfig, ServerConfig,
+    TimeoutsConfig, ephemeral_key, fmt_hostport,
+)  # fmt: skip
+from .observe import log_path
+from .pipeline.cors import build_cors_config
 from .policy.config import build_policy_config
 from .validate import (
     ConfigError, HeaderName, NonEmpty, Positive, Seconds, SecondsOrZero, Section, Text, as_plain, decode,
     origin_patterns,
 )  # fmt: skip
+from .wire import heads
 
 __all__ = [
     "ConfigError",
@@ -49,6 +55,7 @@ __all__ = [
     "load_config",
     "build_config",
     "parse_hostport",
+    "as_dict",
 ]
 
 
@@ -82,228 +89,6 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
     return host, port
 
 
-LOOPBACK_ORIGINS = (
-    "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
-    "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*",
-)  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    listen: tuple[str, int] = ("127.0.0.1", 8080)
-    admin_listen: tuple[str, int] | None = None
-    mcp_path: str = "/mcp"
-    backlog: int = 1024
-    workers: int = 1
-    # Origins allowed to call the MCP endpoint (DNS-rebinding defence, MCP transports
-    # "Security Warning").  Entries are exact origins ("https://app.example") or with a
-    # port wildcard ("http://localhost:*").  A request without Origin is allowed: it is
-    # not a browser.
-    allowed_origins: tuple[str, ...] = LOOPBACK_ORIGINS
-    forwarded_headers: bool = True  # add X-Forwarded-For / X-Forwarded-Proto upstream
-    # Host header values accepted (DNS-rebinding defence for a gateway on loopback:
-    # a page on evil.example resolving to 127.0.0.1 still sends "Host: evil.example").
-    # Entries are "name" (any port) or "name:port"; "*" accepts any.  None means: the
-    # loopback names when listening on a loopback address, else any.
-    allowed_hosts: tuple[str, ...] | None = None
-
-    def effective_allowed_hosts(self) -> tuple[str, ...]:
-        if self.allowed_hosts is not None:
-            return self.allowed_hosts
-        host = self.listen[0]
-        try:
-            loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        return ("localhost", "127.0.0.1", "[::1]") if loopback else ("*",)
-
-
-class LimitsConfig(Section):
-    max_header_bytes: Annotated[int, msgspec.Meta(ge=256)] = 65536
-    max_headers: Positive = 128
-    max_target_bytes: Positive = 8192
-    max_body_bytes: Positive = 4 * 1024 * 1024
-    max_sse_event_bytes: Positive = 16 * 1024 * 1024
-    max_connections: Positive = 10000
-    # What one client may hold (docs/security.md, "Per-client resource bounds").  A client
-    # address is the peer IP of the TCP connection; a principal is the authenticated caller.
-    max_connections_per_address: Positive = 256
-    max_streams_per_principal: Positive = 128  # GET streams open at once, routes with authentication
-    max_streams_per_address: Positive = 64  # GET streams open at once by one address without credentials
-    max_streams_per_session: Positive = 4  # GET streams open at once in one MCP session
-    max_sessions: Positive = 100000  # sessions tracked per process (least recently used dropped first)
-
-
-class TimeoutsConfig(Section):
-    header_read: Seconds = 10.0  # first byte of a request to the end of its head
-    idle: Seconds = 75.0  # keep-alive connection with no request in flight
-    body_read: Seconds = 30.0  # end of head to end of body
-    upstream_connect: Seconds = 5.0
-    upstream_response: Seconds = 60.0  # request sent to upstream response head
-    drain: Seconds = 20.0  # graceful shutdown: how long in-flight requests may finish
-    session_idle: Seconds = 3600.0  # a session unseen this long no longer counts as open (metrics)
-    client_write: Seconds = 60.0  # a client that takes none of its answer this long is dropped
-
-
-class LogConfig(Section):
-    level: Literal["debug", "info", "warning", "error", "critical"] = "info"  # case-insensitive in TOML
-    format: Literal["json", "text"] = "json"
-    access_log: str = "-"  # "-" stdout, a path, or "off"
-
-
-# What a child gets from the gateway's own environment unless ``env_passthrough`` says
-# otherwise: enough to find programs and run them, nothing that is likely a secret.
-ENV_PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
-
-
-@dataclass(frozen=True, slots=True)
-class BackendConfig:
-    name: str
-    url: str
-    host: str
-    port: int
-    path: str
-    pool_size: int = 64
-    pool_idle_timeout: float = 30.0
-    connect_timeout: float | None = None  # None: timeouts.upstream_connect
-    response_timeout: float | None = None  # None: timeouts.upstream_response
-    headers: tuple[tuple[str, str], ...] = ()  # added to every upstream request
-    # Forward the client's own credentials (Authorization, the API-key header) to this
-    # backend.  Off by default: with auth on, a client's token is for the gateway.
-    forward_credentials: bool = False
-    # Connections to this backend open at once for requests (POST, DELETE, ...): beyond
-    # it, requests wait for one to be free.  GET streams, which stay open as long as the
-    # client listens, count apart, up to max_streams; beyond that a GET is refused with
-    # 503.  Streams thus never take a request's connection.
-    max_connections: int = 1024
-    max_streams: int = 1024
-    # How the gateway reaches it (docs/transports.md): "http" (Streamable HTTP), "sse"
-    # (the 2024-11-05 HTTP+SSE transport) or "stdio" (a child process).
-    transport: str = "http"
-    tls: bool = False  # an https:// URL
-    # TLS to the backend: verification on unless tls_verify is false; ca_file instead of
-    # the system's trust store; a client certificate for mutual TLS.
-    tls_verify: bool = True
-    ca_file: str | None = None
-    client_cert: str | None = None
-    client_key: str | None = None
-    # stdio: the program and its arguments (never a shell), its environment (only what
-    # is given, plus env_passthrough names from the gateway's own, or all of it with
-    # inherit_env), its working directory.
-    command: str = ""
-    args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    inherit_env: bool = False
-    env_passthrough: tuple[str, ...] = ENV_PASSTHROUGH
-    cwd: str | None = None
-    mode: str = "per_session"  # per_session: a child per client session | shared: one child
-    max_processes: int = 16  # children alive at once (per gateway process)
-    idle_timeout: float = 300.0  # a per-session child unused this long is stopped (0: never)
-    spawn_rate: float = 10.0  # new children per second, at most (bursts up to max_processes)
-    shutdown_grace: float = 2.0  # after closing stdin, and again after SIGTERM, before SIGKILL
-    max_line_bytes: int | None = None  # one message line from a child; None: limits.max_sse_event_bytes
-
-    @property
-    def host_header(self) -> bytes:
-        default = 443 if self.tls else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("ascii")
-
-
-@dataclass(frozen=True, slots=True)
-class MuxConfig:
-    """Settings of a route over several backends: the virtual server
-    (docs/multiplexing.md).  Keys are the raw 32 bytes, already parsed."""
-
-    namespacing: str = "multi"  # always | multi | never
-    separator: str = "__"
-    uri_scheme: str = "mcpfast"
-    server_name: str = "mcpfast"
-    server_version: str = "0.1.0"
-    instructions: str | None = None
-    fail_mode: str = "open"  # open | closed
-    list_cache: str = "session"  # session | shared | off (docs/security.md)
-    list_cache_ttl: float = 300.0  # 0: until list_changed only
-    session_key: bytes = b""
-    old_keys: tuple[bytes, ...] = ()
-    max_age: float = 86400.0  # 0: unlimited
-    # True when no key was configured: one was made up at load, so sessions survive
-    # neither a restart nor a second gateway process (forked workers share it).
-    ephemeral_key: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RouteConfig:
-    path: str
-    backends: tuple[str, ...]
-    mux: MuxConfig | None = None  # set for a terminating route (see ``terminating``)
-    # Where 2024-11-05 HTTP+SSE clients reach this route: the stream (GET) and the
-    # message endpoint (POST ?session_id=); "" turns that transport off for the route.
-    sse_path: str | None = None  # None until load fills in the default
-    messages_path: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    server: ServerConfig = field(default_factory=ServerConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    timeouts: TimeoutsConfig = field(default_factory=TimeoutsConfig)
-    log: LogConfig = field(default_factory=LogConfig)
-    backends: tuple[BackendConfig, ...] = ()
-    routes: tuple[RouteConfig, ...] = ()
-    policy: Any = None  # mcpfast.policy.config.PolicyConfig (imported lazily: it imports us)
-    # [sessions] keys, current first (raw 32 bytes): they seal passthrough session ids on
-    # authenticated routes.  Made up at load when none is configured (``session_key_ephemeral``).
-    session_keys: tuple[bytes, ...] = ()
-    session_key_ephemeral: bool = False
-    cors: Any = None  # mcpfast.cors.CorsConfig, or None without a [cors] section
-    source: str | None = None  # the file it came from, for messages
-
-    def backend(self, name: str) -> BackendConfig:
-        for b in self.backends:
-            if b.name == name:
-                return b
-        raise KeyError(name)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The effective configuration as plain data (for ``check-config``)."""
-
-        d = as_plain(self)
-        d["server"]["listen"] = _fmt_hostport(self.server.listen)
-        if self.server.admin_listen:
-            d["server"]["admin_listen"] = _fmt_hostport(self.server.admin_listen)
-        shown = {t: set(schema.__struct_fields__) - {"bearer_token"} for t, schema in _BACKEND_SCHEMAS.items()}
-        d["backends"] = {
-            b.name: {k: v for k, v in as_plain(b).items() if k in shown[b.transport]} for b in self.backends
-        }
-        for b in d["backends"].values():
-            if "env" in b:  # a child's environment may carry credentials
-                b["env"] = {k: "<redacted>" for k, _ in b["env"]}
-            if "url" not in b:
-                continue
-            b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
-            if "?" in b["url"]:  # a backend URL's query may hold a key: its values are not shown
-                from .observe import log_path
-
-                base, _, query = b["url"].partition("?")
-                b["url"] = base + log_path(b"?" + query.encode("latin-1", "replace")).decode("latin-1")
-        for r in d["routes"]:
-            m = r.pop("mux", None)  # shown only for multiplexed routes
-            if m is not None:
-                r["mux"] = m
-                m["session_key"] = "<redacted>"
-                m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
-        d.pop("source", None)
-        d["session_keys"] = ["<redacted>"] * len(self.session_keys)
-        d["policy"] = self.policy.as_dict() if self.policy is not None else None
-        return d
-
-
-def _fmt_hostport(hp: tuple[str, int]) -> str:
-    host, port = hp
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 # ---------------------------------------------------------------------------------
 # The file's top level, and [server]
 
@@ -311,13 +96,30 @@ def _fmt_hostport(hp: tuple[str, int]) -> str:
 _SERVER = ServerConfig()  # the defaults where the file gives none
 
 
+def _section_of(model: type, typ: Any, **other: Any) -> type[Section]:
+    """A section with the fields and defaults of the dataclass ``model``, each of type
+    ``typ`` unless ``other`` gives its own."""
+    fields = [(f.name, other.get(f.name, typ), f.default) for f in dataclasses.fields(model)]
+    return msgspec.defstruct(model.__name__.replace("Config", "Section"), fields, bases=(Section,), module=__name__)
+
+
+LimitsSection = _section_of(LimitsConfig, Positive, max_header_bytes=Annotated[int, msgspec.Meta(ge=256)])
+TimeoutsSection = _section_of(TimeoutsConfig, Seconds)
+LogSection = _section_of(
+    LogConfig,
+    str,  # access_log: "-" stdout, a path, or "off"
+    level=Literal["debug", "info", "warning", "error", "critical"],  # case-insensitive in TOML
+    format=Literal["json", "text"],
+)
+
+
 class ServerSection(Section):
-    listen: str = _fmt_hostport(_SERVER.listen)
+    listen: str = fmt_hostport(_SERVER.listen)
     admin_listen: str | None = None  # "" or "off": none
     mcp_path: str = _SERVER.mcp_path
     backlog: Positive = _SERVER.backlog
     workers: Positive = _SERVER.workers
-    allowed_origins: tuple[str, ...] | None = None  # None: LOOPBACK_ORIGINS
+    allowed_origins: tuple[str, ...] | None = None  # None: ServerConfig's (the loopback origins)
     forwarded_headers: bool = _SERVER.forwarded_headers
     allowed_hosts: tuple[NonEmpty, ...] | None = None
 
@@ -338,7 +140,7 @@ def _server(s: ServerSection) -> ServerConfig:
         mcp_path=mcp_path.rstrip("/") or "/",
         backlog=s.backlog,
         workers=s.workers,
-        allowed_origins=LOOPBACK_ORIGINS if s.allowed_origins is None else origin_patterns(s.allowed_origins, "server.allowed_origins"),
+        allowed_origins=_SERVER.allowed_origins if s.allowed_origins is None else origin_patterns(s.allowed_origins, "server.allowed_origins"),
         forwarded_headers=s.forwarded_headers,
         allowed_hosts=None if s.allowed_hosts is None else tuple(h.lower() for h in s.allowed_hosts),
     )
@@ -347,8 +149,6 @@ def _server(s: ServerSection) -> ServerConfig:
 def _shown_url(url: str, parts) -> str:
     """A backend URL as an error message may show it: no user or password, no query
     values (either may be a credential)."""
-    from .observe import log_path
-
     netloc = parts.netloc.rpartition("@")[2]
     path = log_path(("?" + parts.query).encode("latin-1", "replace")).decode("latin-1") if parts.query else ""
     return f"{parts.scheme}://{netloc}{parts.path}{path}" if parts.scheme else "<not a URL>"
@@ -420,9 +220,9 @@ class _File(Section):
     sections and ``[cors]`` by their own modules."""
 
     server: ServerSection = ServerSection()
-    limits: LimitsConfig = LimitsConfig()
-    timeouts: TimeoutsConfig = TimeoutsConfig()
-    log: LogConfig = LogConfig()
+    limits: LimitsSection = LimitsSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
+    log: LogSection = LogSection()
     sessions: SessionsSection = SessionsSection()
     backends: dict[_BackendName, dict] = {}
     routes: tuple[RouteSection, ...] = ()
@@ -445,9 +245,9 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     routes = _routes(f.routes, backends, server.mcp_path, sessions)
     return Config(
         server=server,
-        limits=f.limits,
-        timeouts=f.timeouts,
-        log=f.log,
+        limits=LimitsConfig(**msgspec.structs.asdict(f.limits)),
+        timeouts=TimeoutsConfig(**msgspec.structs.asdict(f.timeouts)),
+        log=LogConfig(**msgspec.structs.asdict(f.log)),
         backends=backends,
         routes=_legacy_paths(routes, server.mcp_path),
         policy=build_policy_config(raw),
@@ -686,18 +486,6 @@ def _sessions(s: SessionsSection) -> _Sessions:
     return _Sessions(current, tuple(old), s.max_age)
 
 
-_EPHEMERAL: list[bytes] = []
-
-
-def ephemeral_key() -> bytes:
-    """This process's made-up session key (made once, at load, so forked workers share it)."""
-    if not _EPHEMERAL:
-        import os
-
-        _EPHEMERAL.append(os.urandom(32))
-    return _EPHEMERAL[0]
-
-
 def _mux_route(r: RouteSection, key: str, blist: list[str], sessions: _Sessions) -> MuxConfig:
     from .mux.names import Namespace, check_backend_names, validate_separator
 
@@ -755,3 +543,35 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
             node = nxt
         node[parts[-1]] = value
     return build_config(raw, source=path)
+
+
+def as_dict(self: Config) -> dict[str, Any]:  # noqa: N805 (it reads as a method of Config)
+    """The effective configuration as plain data (for ``check-config``)."""
+
+    d = as_plain(self)
+    d["server"]["listen"] = fmt_hostport(self.server.listen)
+    if self.server.admin_listen:
+        d["server"]["admin_listen"] = fmt_hostport(self.server.admin_listen)
+    shown = {t: set(schema.__struct_fields__) - {"bearer_token"} for t, schema in _BACKEND_SCHEMAS.items()}
+    d["backends"] = {
+        b.name: {k: v for k, v in as_plain(b).items() if k in shown[b.transport]} for b in self.backends
+    }
+    for b in d["backends"].values():
+        if "env" in b:  # a child's environment may carry credentials
+            b["env"] = {k: "<redacted>" for k, _ in b["env"]}
+        if "url" not in b:
+            continue
+        b["headers"] = {k: "<redacted>" for k, _ in b["headers"]} if b["headers"] else {}
+        if "?" in b["url"]:  # a backend URL's query may hold a key: its values are not shown
+            base, _, query = b["url"].partition("?")
+            b["url"] = base + log_path(b"?" + query.encode("latin-1", "replace")).decode("latin-1")
+    for r in d["routes"]:
+        m = r.pop("mux", None)  # shown only for multiplexed routes
+        if m is not None:
+            r["mux"] = m
+            m["session_key"] = "<redacted>"
+            m["old_keys"] = ["<redacted>"] * len(m["old_keys"])
+    d.pop("source", None)
+    d["session_keys"] = ["<redacted>"] * len(self.session_keys)
+    d["policy"] = self.policy.as_dict() if self.policy is not None else None
+    return d

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mcpfast.cli import main
-from mcpfast.config import ConfigError, RouteSection, build_config
+from mcpfast.config import ConfigError, RouteSection, as_dict, build_config
 
 HTTP = {"url": "http://127.0.0.1:9/mcp"}
 HTTPS = {"url": "https://127.0.0.1:9/mcp"}
@@ -245,7 +245,7 @@ def _same(a, b) -> bool:
 
 def test_rich_config_gives_the_same_effective_config():
     cfg = build_config(tomllib.loads(RICH))
-    assert _same(cfg.as_dict(), RICH_EFFECTIVE)
+    assert _same(as_dict(cfg), RICH_EFFECTIVE)
     assert cfg.backend("fs").env == (("API_TOKEN", "hush"), ("MODE", "x"))  # redacted above, kept here
     assert dict(cfg.backend("weather").headers)["Authorization"] == "Bearer tok3n"
 
@@ -264,7 +264,7 @@ def test_check_config_prints_the_rich_config(tmp_path):
 
 
 def test_defaults_without_a_file():
-    d = build_config({}).as_dict()
+    d = as_dict(build_config({}))
     assert d["server"]["listen"] == "127.0.0.1:8080" and d["limits"]["max_body_bytes"] == 4 * 1024 * 1024
     assert d["timeouts"]["idle"] == 75.0 and d["log"] == {"level": "info", "format": "json", "access_log": "-"}
     assert d["backends"] == {} and d["routes"] == [] and d["cors"] is None and d["session_key_ephemeral"]

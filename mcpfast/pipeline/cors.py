@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .validate import ConfigError, HeaderName, Section, decode, origin_patterns
+from ..validate import ConfigError, HeaderName, Section, decode, origin_patterns
 
 __all__ = ["CorsConfig", "CorsPolicy", "build_cors_config", "CORS_RESPONSE_FIELDS"]
 
