@@ -1,7 +1,7 @@
 """The configuration as a user meets it: every kind of bad input is refused with the
 dotted key at fault (and ``mcpfast check-config`` exits 2 naming it), and a good file
-with every section gives the same effective configuration as before the sections were
-typed (``RICH_EFFECTIVE`` was produced once by the previous, hand-checked loader)."""
+with every section gives the effective configuration pinned in ``RICH_EFFECTIVE``, value
+for value and type for type, redactions included."""
 
 from __future__ import annotations
 
