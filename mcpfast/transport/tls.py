@@ -120,7 +120,8 @@ def _load_client_pair(ctx: ssl.SSLContext, key: str, cert: str, keyfile: str | N
 def insecure_warnings(cfg: Any) -> list[str]:
     """One warning per https backend whose certificate is not checked."""
     return [
-        f"backends.{b.name}.tls_verify = false: the certificate and host name of {b.url} are not checked; "
+        f"backends.{b.name}.tls_verify = false: the certificate and host name of "
+        f"https://{'[' + b.host + ']' if ':' in b.host else b.host}:{b.port} are not checked; "
         "anyone on the network path can pose as this backend"
         for b in cfg.backends
         if b.tls and not b.tls_verify
