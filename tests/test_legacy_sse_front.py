@@ -679,3 +679,30 @@ def test_api_key_header_on_a_multiplexed_route(mux_backends):
         with httpx.Client(timeout=10) as h:
             r = h.get(gt.url("/sse"), headers={"X-Team-Key": "green-key", "Accept": "text/event-stream"})
             assert r.status_code == 401
+
+
+def test_legacy_clients_on_a_route_to_a_legacy_backend():
+    """Both ends on the 2024-11-05 transport, the gateway between (a terminating route):
+    the client's stream and the backend's are two different sessions, bridged."""
+    server = os.path.join(ROOT, "tests", "fixtures", "sse_server.py")
+    with (
+        backend_process(server, "--name", "legacy", "--port", "0") as (_, url),
+        GatewayThread({"backends": {"old": {"url": url, "transport": "sse", "response_timeout": 10.0}},
+                       "sessions": {"key": KEY}}) as gt,  # fmt: skip
+    ):
+
+        async def run():
+            seen = []
+
+            async def progress(p, total, message):
+                seen.append(p)
+
+            async with Legacy(gt.url("/sse")) as c:
+                tools = {t.name for t in (await c.list_tools()).tools}
+                assert {"whoami", "steps", "ask_model"} <= tools
+                assert _text(await c.call_tool("whoami", {})) == "legacy"
+                assert _text(await c.call_tool("steps", {"n": 3}, progress_callback=progress)) == "done 3"
+                assert _text(await c.call_tool("ask_model", {"question": "2+2?"})) == "model said: answer to 2+2?"
+            assert seen == [1.0, 2.0, 3.0]
+
+        anyio.run(run)
