@@ -195,6 +195,10 @@ def test_a_quiet_session_is_kept_alive_and_closing_the_stream_ends_the_backend_s
 # --- a multiplexed route ----------------------------------------------------------------------
 
 
+async def _steps_of(c, b: str, progress, results: dict) -> None:
+    results[b] = _text(await c.call_tool(f"{b}__steps", {"n": 3}, progress_callback=progress))
+
+
 def test_multiplexed_route_through_the_legacy_front(gateway):
     async def run():
         seen = {"alpha": [], "beta": []}
@@ -214,17 +218,13 @@ def test_multiplexed_route_through_the_legacy_front(gateway):
             names = {t.name for t in (await c.list_tools()).tools}
             assert {"alpha__add", "alpha__steps", "alpha__ask_model", "beta__steps", "beta__ask_user"} <= names
             assert _text(await c.call_tool("alpha__add", {"a": 2, "b": 3})) == "5"
+            # Two calls at once, each with its own progress, from two backends.
             results = {}
-
-            async def call(b):
-                results[b] = _text(await c.call_tool(f"{b}__steps", {"n": 3}, progress_callback=progress_for(b)))
-
             async with anyio.create_task_group() as tg:
-                tg.start_soon(call, "alpha")
-                tg.start_soon(call, "beta")
-            for b in ("alpha", "beta"):
-                assert results[b] == f"{b} done 3"
-                assert seen[b] == [(float(i), 3.0, f"{b} step {i}") for i in range(1, 4)]
+                for b in seen:
+                    tg.start_soon(_steps_of, c, b, progress_for(b), results)
+            assert results == {b: f"{b} done 3" for b in seen}
+            assert seen == {b: [(float(i), 3.0, f"{b} step {i}") for i in range(1, 4)] for b in seen}
             assert _text(await c.call_tool("alpha__ask_model", {"question": "2+2?"})) == "alpha: model said answer to 2+2?"
             assert _text(await c.call_tool("beta__ask_user", {})) == "beta: user chose blue"
             uris = {str(r.uri) for r in (await c.list_resources()).resources}
@@ -530,23 +530,21 @@ def test_streams_the_route_closes_early_are_resumed(gateway):
     Last-Event-ID: the front resumes them, so the legacy client misses nothing."""
 
     async def run():
-        got = {"prompts": anyio.Event(), "resources": anyio.Event()}
+        got = {types.PromptListChangedNotification: anyio.Event(), types.ResourceListChangedNotification: anyio.Event()}
 
         async def on_message(msg):
-            if isinstance(msg, types.PromptListChangedNotification):
-                got["prompts"].set()
-            elif isinstance(msg, types.ResourceListChangedNotification):
-                got["resources"].set()
+            if type(msg) in got:
+                got[type(msg)].set()
 
         async with Legacy(gateway.url("/poll/sse"), message_handler=on_message) as c:
             assert _text(await c.call_tool("poll_call", {})) == "alpha answered after polling"
             # An event on the route's GET stream gives it a position to resume from.
             assert _text(await c.call_tool("notify", {})) == "sent"
             with anyio.fail_after(10):
-                await got["prompts"].wait()
+                await got[types.PromptListChangedNotification].wait()
             assert _text(await c.call_tool("poll_get", {})) == "closed"
             with anyio.fail_after(10):
-                await got["resources"].wait()
+                await got[types.ResourceListChangedNotification].wait()
             # The continued answer of poll_call ended with it: only the route's GET stream
             # remains open for this session.
             (legacy,) = _sessions(gateway, "/poll").values()
