@@ -704,3 +704,25 @@ def test_legacy_clients_on_a_route_to_a_legacy_backend():
             assert seen == [1.0, 2.0, 3.0]
 
         anyio.run(run)
+
+
+def test_legacy_sessions_count_against_the_stream_quotas(sdk_backend):
+    raw = {"backends": {"e2e": {"url": sdk_backend}}, "limits": {"max_streams_per_address": 3}}
+    with GatewayThread(raw) as gt:
+        socks = []
+        try:
+            for _ in range(3):
+                socks.append(_open_raw_stream(gt.port)[0])
+            with httpx.Client(timeout=10) as h:
+                r = h.get(gt.url("/sse"), headers={"Accept": "text/event-stream"})
+                assert r.status_code == 429 and r.headers["retry-after"] == "1"
+                assert "too many open streams" in r.json()["error"]["message"]
+            assert len(_sessions(gt)) == 3
+            socks.pop().close()  # one leaves: its place is free again
+            assert wait_until(lambda: len(_sessions(gt)) == 2)
+            socks.append(_open_raw_stream(gt.port)[0])
+            assert len(_sessions(gt)) == 3
+        finally:
+            for s in socks:
+                s.close()
+        assert wait_until(lambda: not _sessions(gt) and not gt.call(lambda: dict(gt.gw.quota.streams)))
