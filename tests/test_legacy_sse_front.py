@@ -573,12 +573,13 @@ def test_rate_limited_request_gets_its_error_on_the_stream(policy_gateway):
 class RawLegacy:
     """A legacy session by hand (httpx): the stream's events as (event, data) pairs."""
 
-    def __init__(self, h: httpx.AsyncClient, url: str) -> None:
+    def __init__(self, h: httpx.AsyncClient, url: str, headers: dict | None = None) -> None:
         self.h = h
         self.url = url
+        self.headers = headers or {}
 
     async def __aenter__(self):
-        self._cm = self.h.stream("GET", self.url, headers={"Accept": "text/event-stream"})
+        self._cm = self.h.stream("GET", self.url, headers={**self.headers, "Accept": "text/event-stream"})
         self.resp = await self._cm.__aenter__()
         self.lines = self.resp.aiter_lines()
         event, data = await self.next()
@@ -607,10 +608,10 @@ class RawLegacy:
                     data.append(value)
         raise AssertionError("stream ended")
 
-    async def post(self, msg) -> httpx.Response:
+    async def post(self, msg, headers: dict | None = None) -> httpx.Response:
         origin = self.url.split("/", 3)
         return await self.h.post(f"{origin[0]}//{origin[2]}{self.endpoint}", content=json.dumps(msg),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
+                                 headers={**(headers or self.headers), "Content-Type": "application/json"})  # fmt: skip
 
 
 def test_a_batch_on_a_multiplexed_route_is_answered_message_by_message(gateway):
@@ -726,3 +727,40 @@ def test_legacy_sessions_count_against_the_stream_quotas(sdk_backend):
             for s in socks:
                 s.close()
         assert wait_until(lambda: not _sessions(gt) and not gt.call(lambda: dict(gt.gw.quota.streams)))
+
+
+def test_a_message_waits_for_a_key_fetch_then_goes_on(sdk_backend):
+    """A POST signed with a key the gateway has not fetched yet waits for the JWKS fetch
+    (without blocking anyone) and is then handled; an unpublished key gets 401."""
+    from policyutil import ISSUER as P_ISSUER
+    from policyutil import RESOURCE as P_RESOURCE
+    from policyutil import JwksServer, make_rsa, sign
+
+    old, new = make_rsa("old"), make_rsa("new")
+    public = P_RESOURCE.rsplit("/", 1)[0]
+    with JwksServer() as jwks:
+        jwks.set_keys(old)
+        cfg = {
+            "backends": {"e2e": {"url": sdk_backend}},
+            "auth": {"mode": "required", "public_url": public,
+                     "jwt": {"issuer": P_ISSUER, "jwks_url": jwks.url, "algorithms": ["RS256"],
+                             "jwks_min_refresh_seconds": 0}},
+        }  # fmt: skip
+        with GatewayThread(cfg) as gt:
+
+            async def run():
+                bearer = {"Authorization": f"Bearer {sign(old)}"}
+                async with httpx.AsyncClient(timeout=10) as h, RawLegacy(h, gt.url("/sse"), bearer) as s:
+                    jwks.set_keys(old, new)  # the issuer rotates in a new key
+                    hits = jwks.hits
+                    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "r", "version": "1"}}}  # fmt: skip
+                    r = await s.post(init, {"Authorization": f"Bearer {sign(new)}"})
+                    assert r.status_code == 202
+                    assert jwks.hits == hits + 1
+                    event, data = await s.next()
+                    assert event == "message" and json.loads(data)["result"]["serverInfo"]["name"] == "e2e"
+                    r = await s.post(init, {"Authorization": f"Bearer {sign(make_rsa('never-published'))}"})
+                    assert r.status_code == 401 and "invalid_token" in r.headers["www-authenticate"]
+
+            anyio.run(run)
