@@ -167,7 +167,7 @@ def test_passthrough_progress_logging_sampling_elicitation(gateway):
     anyio.run(run)
 
 
-def test_a_quiet_session_is_kept_alive_and_closing_the_stream_ends_the_backend_session(gateway, sdk_backend):
+def test_closing_the_stream_ends_the_backend_session(gateway, sdk_backend):
     async def run():
         async with Legacy(gateway.url("/sse")) as c:
             await c.list_tools()
