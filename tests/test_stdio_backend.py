@@ -648,7 +648,7 @@ def test_cli_stdio_backend_shorthand(tmp_path):
     )
     assert res.exit_code == 0, res.output
     cfg = orjson.loads(res.output)
-    by_name = {b["name"]: b for b in cfg["backends"]}
+    by_name = cfg["backends"]
     assert by_name["fs"]["transport"] == "stdio"
     assert by_name["fs"]["command"] == "npx"
     assert by_name["fs"]["args"] == ["-y", "@scope/server fs", "--root", "/a b"]
