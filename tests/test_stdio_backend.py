@@ -362,15 +362,28 @@ def test_shared_child_is_initialized_once(tmp_path):
         r = await b.ask(None, V, rpc("second", "initialize", {"protocolVersion": V, "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}))
         assert r.session_id == SHARED and orjson.loads(r.message)["id"] == "second"
         assert (await b.ask(SHARED, V, INITIALIZED)).status == 202
+        # Cancellation: the request id is mapped to its wire id, and only the session
+        # that sent the request (known by its BackendSession) can cancel it.
+        mine, other = BackendSession("kid", SHARED, V), BackendSession("kid", SHARED, V)
+        slow = Rec()
+        b.send(mine, tool(7, "sleep", {"seconds": 0.3}), slow)
+        cancel = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+        assert (await answer(b, other, cancel)).heads == [(202, None)]
+        assert (await answer(b, mine, cancel)).heads == [(202, None)]
+        await slow.fut
+        assert slow.response()["id"] == 7
         reply = await b.ask(SHARED, V, rpc("s", "stats"))
         assert orjson.loads(reply.message)["id"] == "s"
         await b.close()
         return orjson.loads(reply.result_bytes())
 
     stats = run(main())
-    assert stats == {"initialize": 1, "notifications/initialized": 1, "stats": 1}
-    ids = [orjson.loads(orjson.loads(x)).get("id") for x in record.read_text().splitlines()]
-    assert "second" not in ids and "s" not in ids  # the wire ids are the gateway's
+    assert stats == {"initialize": 1, "notifications/initialized": 1, "tools/call": 1, "notifications/cancelled": 1, "stats": 1}
+    msgs = [orjson.loads(orjson.loads(x)) for x in record.read_text().splitlines()]
+    ids = [m.get("id") for m in msgs]
+    assert "second" not in ids and "s" not in ids and 7 not in ids  # the wire ids are the gateway's
+    wire = next(m["id"] for m in msgs if m.get("method") == "tools/call")
+    assert [m["params"]["requestId"] for m in msgs if m.get("method") == "notifications/cancelled"] == [wire]
 
 
 def test_garbage_lines_are_dropped(caplog):
@@ -561,6 +574,9 @@ def test_duplicate_request_id_is_refused():
         dup = await answer(b, bs, tool(5, "echo"))
         err = dup.response()
         assert dup.heads == [(200, b"application/json")] and err["error"]["code"] == -32600 and err["id"] == 5
+        # The gateway's own request with that id is sent under another one.
+        own = await b.ask(bs.session_id, V, rpc(5, "custom", {"k": 1}))
+        assert orjson.loads(own.message) == {"jsonrpc": "2.0", "id": 5, "result": {"k": 1}}
         await first.fut
         assert first.response()["result"] == {"slept": True}
         await b.close()
@@ -580,6 +596,44 @@ def test_crash_mid_call_names_the_backend():
         assert isinstance(rec.error, UpstreamError) and rec.error.status == 502
         assert str(rec.error) == f"backend kid: process {info['pid']} exited (status -9)"
         assert (await b.ask(bs.session_id, V, rpc(2, "ping"))).status == 404
+        await b.close()
+
+    run(main())
+
+
+def test_input_the_child_does_not_read_is_bounded():
+    """A child that stops reading: what waits for it is bounded, the call beyond is
+    refused, and the child later gets only what was accepted."""
+
+    async def main():
+        b = backend(raw_cfg(), max_line=1 << 20)  # at most 2 MiB queued
+        bs, _ = await opened(b)
+        sleeper = Rec()
+        b.send(bs, tool(1, "sleep", {"seconds": 0.5}), sleeper)
+        big = "z" * 800_000
+        recs = [Rec() for _ in range(3)]
+        for i, rec in enumerate(recs):
+            b.send(bs, tool(10 + i, "echo", {"big": big}), rec)
+        await asyncio.gather(sleeper.fut, *(r.fut for r in recs))
+        assert [r.error is None for r in recs] == [True, True, False]
+        assert recs[2].error.status == 503 and "not reading" in str(recs[2].error)
+        assert [r.response()["id"] for r in recs[:2]] == [10, 11]
+        stats = await b.ask(bs.session_id, V, rpc(2, "stats"))
+        assert orjson.loads(stats.result_bytes())["tools/call"] == 3  # sleep and two echoes
+        await b.close()
+
+    run(main())
+
+
+def test_spawn_rate_is_limited():
+    async def main():
+        b = backend(raw_cfg(max_processes=2, spawn_rate=0.5))
+        await opened(b)
+        await opened(b)
+        with pytest.raises(UpstreamError) as ei:
+            await b.ask(None, V, INIT)
+        assert ei.value.status == 503 and "too many process starts" in str(ei.value)
+        assert len(my_children(RAW)) == 2  # nobody was evicted for it
         await b.close()
 
     run(main())

@@ -73,10 +73,6 @@ SHARED = "shared"  # the session id of a shared child
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
-_BROADCAST = frozenset(
-    ("notifications/tools/list_changed", "notifications/prompts/list_changed",
-     "notifications/resources/list_changed", "notifications/resources/updated", "notifications/roots/list_changed")
-)  # fmt: skip
 _ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
@@ -132,6 +128,15 @@ def _json_key(value):
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
     return orjson.dumps(value)
+
+
+def _for_everyone(method: str | None) -> bool:
+    """A shared child's notification that concerns every session (a list changed, a
+    resource was updated) rather than one client's request."""
+    return method is not None and (
+        (method.startswith("notifications/") and method.endswith("/list_changed"))
+        or method == "notifications/resources/updated"
+    )
 
 
 def _empty_head(status: int):
@@ -952,7 +957,7 @@ class StdioBackend:
             self._deliver(calls[0], line, False, touched)
             return
         if self.shared:
-            if env.method in _BROADCAST:
+            if _for_everyone(env.method):
                 for call in list(self.listeners):
                     self._deliver(call, line, False, touched)
                 return
@@ -976,10 +981,14 @@ class StdioBackend:
 
     # --- processes ----------------------------------------------------------------------------------
     def _program(self) -> str | None:
+        """The command as an absolute path: a bare name is looked up on the gateway's
+        PATH, a relative path is taken from the child's working directory."""
         cmd = self.cfg.command
-        if os.path.isabs(cmd):
-            return cmd if os.access(cmd, os.X_OK) else None
-        return shutil.which(cmd, path=os.environ.get("PATH", os.defpath))
+        if os.sep in cmd:
+            path = os.path.abspath(os.path.join(self.cfg.cwd or os.getcwd(), cmd))
+            return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+        found = shutil.which(cmd, path=os.environ.get("PATH", os.defpath))
+        return os.path.abspath(found) if found is not None else None
 
     def _environment(self) -> dict[str, str]:
         cfg = self.cfg
@@ -1046,16 +1055,21 @@ class StdioBackend:
         if program is None:
             raise UpstreamError("upstream_unavailable", f"backend {self.name}: command {self.cfg.command!r} not found", 503)
         self._check_backoff()
-        await self._make_room()
-        self._check_backoff()
         wait = self._spawn_wait()
+        t0 = time.monotonic()
+        try:
+            await self._make_room()
+        except BaseException:
+            self.bucket += 1.0  # no start after all: the token goes back
+            raise
         if sid is None:
             self.serial += 1
             sid = f"{instance_id()}.{self.serial}"
         child = _Child(self, sid)
         self.children.append(child)  # counted from now on
         try:
-            if wait:
+            wait -= time.monotonic() - t0  # the time spent making room counts
+            if wait > 0:
                 await asyncio.sleep(wait)
             self._check_backoff()
             cfg = self.cfg
