@@ -625,6 +625,32 @@ def test_input_the_child_does_not_read_is_bounded():
     run(main())
 
 
+def test_paused_call_stops_reading_the_child():
+    """A slow client pauses its call: a per-session child's output waits in its pipe
+    until the client reads again."""
+
+    async def main():
+        b = backend(raw_cfg())
+        bs, _ = await opened(b)
+        rec = Rec()
+        call = b.send(bs, tool(1, "notify", {"text": "held"}), rec)
+        call.pause_reading()
+        call.pause_reading()  # idempotent
+        await asyncio.sleep(0.3)
+        assert rec.heads == [] and rec.events == [] and not rec.fut.done()
+        call.resume_reading()
+        await rec.fut
+        assert [m.get("id") for m in rec.messages()] == [None, 1]
+        # Another call is not held up by a resume of a call that never paused.
+        other = Rec()
+        b.send(bs, tool(2, "echo"), other).resume_reading()
+        await other.fut
+        assert other.response()["id"] == 2
+        await b.close()
+
+    run(main())
+
+
 def test_spawn_rate_is_limited():
     async def main():
         b = backend(raw_cfg(max_processes=2, spawn_rate=0.5))

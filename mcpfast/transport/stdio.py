@@ -147,7 +147,10 @@ class StdioCall(Call):
     """One message sent to a child and its answer, delivered to ``handler`` as
     ``mux.client.Call`` delivers an HTTP answer (or a session's listen stream)."""
 
-    __slots__ = ("backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "listening", "touched")
+    __slots__ = (
+        "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "listening", "touched",
+        "holds_pause",
+    )  # fmt: skip
 
     def __init__(self, backend: StdioBackend, handler: CallHandler, bs=None) -> None:
         # The base initializer prepares an HTTP exchange: nothing of it applies here.
@@ -172,23 +175,23 @@ class StdioCall(Call):
         self.client_key = None  # the caller's id as a key (cancellation in shared mode)
         self.listening = False
         self.touched = False  # got a delivery in the read being processed
+        self.holds_pause = False  # its child's stdout is paused on its behalf
 
     # --- the client side ----------------------------------------------------------------
     def pause_reading(self) -> None:
-        if self.paused or self.done:
-            return
+        """A slow client: in per_session mode the child's stdout is not read meanwhile
+        (a shared child serves others too: it is not paused for one of them)."""
         self.paused = True
         child = self.child
-        if child is not None and not self.backend.shared:
+        if not self.holds_pause and not self.done and child is not None and not self.backend.shared:
+            self.holds_pause = True
             child.pause()
 
     def resume_reading(self) -> None:
-        if not self.paused:
-            return
         self.paused = False
-        child = self.child
-        if child is not None and not self.backend.shared:
-            child.resume()
+        if self.holds_pause:
+            self.holds_pause = False
+            self.child.resume()
 
     def detach(self) -> None:
         """The client left: its answer is dropped as it comes (the child still finishes
@@ -207,7 +210,7 @@ class StdioCall(Call):
         if t is not None:
             self.timer = None
             t.cancel()
-        if self.paused:
+        if self.holds_pause:
             self.resume_reading()
 
     def _unregister(self) -> None:
