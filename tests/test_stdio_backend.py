@@ -46,7 +46,7 @@ def raw_cfg(*flags, **kw) -> BackendConfig:
 
 def sdk_cfg(**kw) -> BackendConfig:
     kw.setdefault("shutdown_grace", 1.0)
-    return make_cfg([SDK], name="sdk", inherit_env=True, **kw)
+    return make_cfg([SDK], name="sdk", inherit_env=True, env=(("PYTHONPATH", os.path.dirname(HERE)),), **kw)
 
 
 def backend(cfg, timeout=10.0, max_line=1 << 20) -> StdioBackend:

@@ -222,14 +222,18 @@ class StdioCall(Call):
         if self.token_key is not None and child.tokens.get(self.token_key) is self:
             del child.tokens[self.token_key]
 
+    def _safely(self, method, *args) -> None:
+        """Call a handler method; one that raises is logged and the call given up."""
+        try:
+            method(self, *args)
+        except Exception as exc:
+            log.exception("stdio backend %s: handler failed", self.backend.name)
+            self._broken(exc)
+
     def _head(self, head) -> None:
         self.head = head
         self.status = head.status
-        try:
-            self.handler.on_head(self, head)
-        except Exception as exc:
-            log.exception("stdio backend: handler failed")
-            self._broken(exc)
+        self._safely(self.handler.on_head, head)
 
     def _message(self, line: bytes, final: bool) -> None:
         """One message of this call's answer (``final``: its response)."""
@@ -254,22 +258,13 @@ class StdioCall(Call):
             if self.done:
                 return
         self.touched = True
-        try:
-            self.handler.on_event(self, Message(line))
-        except Exception as exc:
-            log.exception("stdio backend: handler failed")
-            self._broken(exc)
-            return
+        self._safely(self.handler.on_event, Message(line))
         if final:
             self._end(None)
 
     def _body(self, data: bytes) -> None:
         self.touched = True
-        try:
-            self.handler.on_body(self, data)
-        except Exception as exc:
-            log.exception("stdio backend: handler failed")
-            self._broken(exc)
+        self._safely(self.handler.on_body, data)
 
     def _end(self, body) -> None:
         if self.done:
@@ -278,21 +273,13 @@ class StdioCall(Call):
         self._settle()
         if self.child is not None:
             self.child.last_used = time.monotonic()
-        try:
-            self.handler.on_end(self, body)
-        except Exception as exc:
-            log.exception("stdio backend: handler failed")
-            self._broken(exc)
+        self._safely(self.handler.on_end, body)
 
     def _flush(self) -> None:
         self.touched = False
         if self.pending:
             self.pending = None
-            try:
-                self.handler.on_flush(self)
-            except Exception as exc:
-                log.exception("stdio backend: handler failed")
-                self._broken(exc)
+            self._safely(self.handler.on_flush)
 
     def _fail(self, err: UpstreamError) -> None:
         if self.done:
