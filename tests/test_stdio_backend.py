@@ -549,6 +549,22 @@ def test_close_leaves_no_child():
     run(main())
 
 
+def test_close_while_a_child_is_being_started():
+    async def main():
+        b = backend(raw_cfg())
+        opening = asyncio.ensure_future(b.ask(None, V, INIT))
+        await asyncio.sleep(0)
+        assert len(b.children) == 1 and not b.children[0].pid  # its start is under way
+        await b.close()
+        with pytest.raises(UpstreamError) as ei:
+            await opening
+        assert ei.value.status in (502, 503)
+        await until(lambda: not my_children(RAW), 5)
+        assert not b.children
+
+    run(main())
+
+
 def test_sessions_of_another_process_and_forgotten_ones():
     async def main():
         b = backend(raw_cfg())
@@ -706,6 +722,65 @@ def test_notification_without_its_call_goes_to_the_listen_stream():
         await b.close()
 
     run(main())
+
+
+def test_shared_child_never_leaks_one_sessions_messages():
+    """Two calls in flight on a shared child: a log message belongs to one of them but
+    nobody can tell which, so nobody gets it; a list change concerns everyone, so every
+    listen stream gets it."""
+
+    async def main():
+        b = backend(raw_cfg(mode="shared"))
+        one, _ = await opened(b)
+        two = BackendSession("kid", SHARED, V)
+        s1, s2 = Rec(), Rec()
+        b.listen(one, s1, None)
+        b.listen(two, s2, None)
+        for name in ("notify", "changed"):
+            first, second = Rec(), Rec()
+            b.send(one, tool(1, name), first)
+            b.send(two, tool(1, "sleep", {"seconds": 0.1}), second)
+            await asyncio.gather(first.fut, second.fut)
+            assert [m.get("id") for m in first.messages()] == [1]
+            assert [m.get("id") for m in second.messages()] == [1]
+        for stream in (s1, s2):
+            assert [orjson.loads(e)["method"] for e in stream.events] == ["notifications/tools/list_changed"]
+        await b.close()
+        assert s1.fut.done() and s1.error is None  # the streams end with the backend
+
+    run(main())
+
+
+def test_all_processes_busy_is_503():
+    async def main():
+        b = backend(raw_cfg(max_processes=1))
+        bs, _ = await opened(b)
+        rec = Rec()
+        b.send(bs, tool(1, "sleep", {"seconds": 0.3}), rec)
+        with pytest.raises(UpstreamError) as ei:
+            await b.ask(None, V, INIT)
+        assert ei.value.status == 503 and "busy" in str(ei.value) and "kid" in str(ei.value)
+        await rec.fut
+        assert rec.error is None
+        await opened(b)  # now the idle one makes room
+        assert (await b.ask(bs.session_id, V, rpc(2, "ping"))).status == 404
+        await b.close()
+
+    run(main())
+
+
+def test_instance_id_is_new_after_fork():
+    mine = instance_id()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports and leaves at once
+        os.write(w, instance_id().encode())
+        os._exit(0)
+    os.close(w)
+    theirs = os.read(r, 64).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert theirs and theirs != mine and instance_id() == mine
 
 
 def test_probe():

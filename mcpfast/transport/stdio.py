@@ -1085,6 +1085,10 @@ class StdioBackend:
             raise
         child.started = child.last_used = time.monotonic()
         log.info("backend %s: process %d started (%s)", self.name, child.pid, program)
+        if child.stopping:  # stopped (gateway stop, reload) while it was being started
+            child.stopping = False
+            await self._stop(child, "the gateway is stopping")
+            raise UpstreamError("upstream_unavailable", f"backend {self.name}: the gateway is stopping", 503)
         self._arm_reaper()
         return child
 
@@ -1143,6 +1147,9 @@ class StdioBackend:
             await asyncio.shield(child.done_fut)
             return
         child.stopping = True
+        if not child.pid:  # still being started: _spawn stops it as soon as it runs
+            self._forget(child)
+            return
         if self.sessions.get(child.sid) is child:
             del self.sessions[child.sid]  # no new calls reach it
         log.info("backend %s: stopping process %d (%s)", self.name, child.pid, why)
