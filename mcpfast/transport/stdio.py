@@ -33,8 +33,8 @@ a JSON answer (head, one ``on_body`` or the body at ``on_end``); anything before
 an event stream (head, ``on_event`` per message, the response last, ``on_end``).  After
 each read, every call that got something and set ``pending`` is flushed once.
 
-Processes.  No shell, ever: the configured command (found on the gateway's PATH when not
-absolute) is executed with its arguments, in a new session (so it leads its own process
+Processes.  No shell, ever: the configured command (a bare name found on the gateway's
+PATH, a relative path taken from the child's working directory) is executed with its arguments, in a new session (so it leads its own process
 group), with an explicit environment.  A child is stopped by closing its stdin, then
 after ``shutdown_grace`` SIGTERM to its group, after another grace SIGKILL; whatever of
 its group outlives it is killed when it exits.  Spawning is bounded three ways:
@@ -42,6 +42,14 @@ its group outlives it is killed when it exits.  Spawning is bounded three ways:
 room), ``spawn_rate`` per second (a token bucket), and after a child that dies soon after
 its start an exponential backoff during which spawns fail at once with 503.  One timer
 per backend stops per-session children idle for ``idle_timeout``.
+
+For the route.  ``send`` and ``listen`` raise ``SessionLost`` at once for a session of
+another gateway process, and answer 404 (head, then ``on_end``) for one whose child is
+gone.  No answer is delivered inside the ``send`` call: all of them come from the loop.  A
+slow client pauses its call with ``pause_reading()`` (setting ``call.paused`` alone
+does not reach the child).  In shared mode every session has the same session id, so a
+client is known by its ``BackendSession`` object: a ``notifications/cancelled`` is
+mapped only to a request sent with the same object, and dropped otherwise.
 """
 
 from __future__ import annotations
@@ -562,6 +570,12 @@ class StdioBackend:
             child = await self._shared_ready(None, version)
             if env.method == "notifications/initialized":
                 return Reply(202, SHARED, None, None, None)  # the child had its one
+            if env.method == "notifications/cancelled":
+                # Its request id names nothing on the wire without the session that sent
+                # the request (``send`` maps it): written as is, it could cancel
+                # another session's request.
+                log.debug("backend %s: a cancellation asked outside a session dropped", self.name)
+                return Reply(202, SHARED, None, None, None)
             sid = SHARED
         elif session_id is None:
             if not opening:
