@@ -241,6 +241,7 @@ class StdioCall(Call):
     def _head(self, head) -> None:
         self.head = head
         self.status = head.status
+        self.touched = True
         self._safely(self.handler.on_head, head)
 
     def _message(self, line: bytes, final: bool) -> None:
@@ -540,6 +541,7 @@ class StdioBackend:
         self.reaper: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
+        self.launching = 0  # children between fork-exec asked for and seen running
         self.pid = os.getpid()
 
     # --- the seam -------------------------------------------------------------------------------
@@ -691,6 +693,10 @@ class StdioBackend:
             call._end(None)
         self.listeners.clear()
         await asyncio.gather(*(self._stop(c, "the gateway is stopping") for c in list(self.children)), return_exceptions=True)
+        # A child being started when the stop came is stopped as soon as it runs.
+        deadline = time.monotonic() + 2 * self.cfg.shutdown_grace + _KILL_WAIT
+        while self.launching and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         tasks = [t for t in self.tasks if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
@@ -710,6 +716,7 @@ class StdioBackend:
             self.listeners = []
             self.reaper = None
             self.tasks = set()
+            self.launching = 0
 
     def _lookup(self, session_id: str | None) -> _Child | None:
         """The live child of a per-session id of this process, None when it is gone;
@@ -1071,8 +1078,15 @@ class StdioBackend:
             sid = f"{instance_id()}.{self.serial}"
         child = _Child(self, sid)
         self.children.append(child)  # counted from now on
+        self.launching += 1
         try:
-            wait -= time.monotonic() - t0  # the time spent making room counts
+            return await self._launch(child, program, wait - (time.monotonic() - t0))
+        finally:
+            self.launching -= 1
+
+    async def _launch(self, child: _Child, program: str, wait: float) -> _Child:
+        """Start ``child`` (``wait``: seconds the spawn rate still asks for first)."""
+        try:
             if wait > 0:
                 await asyncio.sleep(wait)
             self._check_backoff()
