@@ -530,6 +530,23 @@ def test_many_abandoned_sessions_stay_bounded_and_are_reaped():
     run(main())
 
 
+def test_idle_reaping_spares_a_listened_child():
+    async def main():
+        b = backend(raw_cfg(idle_timeout=0.3))
+        heard, info_heard = await opened(b)
+        quiet, info_quiet = await opened(b)
+        stream = Rec()
+        b.listen(heard, stream, None)
+        await until(lambda: gone(info_quiet["pid"]), 5)
+        assert (await b.ask(quiet.session_id, V, rpc(1, "ping"))).status == 404
+        await asyncio.sleep(0.6)
+        assert not gone(info_heard["pid"])
+        assert (await b.ask(heard.session_id, V, rpc(2, "ping"))).status == 200
+        await b.close()
+
+    run(main())
+
+
 def test_close_leaves_no_child():
     async def main():
         b = backend(raw_cfg(max_processes=8))
@@ -761,8 +778,13 @@ def test_all_processes_busy_is_503():
         assert ei.value.status == 503 and "busy" in str(ei.value) and "kid" in str(ei.value)
         await rec.fut
         assert rec.error is None
-        await opened(b)  # now the idle one makes room
+        # Now it is idle: it makes room, even with a listen stream open (which ends).
+        stream = Rec()
+        b.listen(bs, stream, None)
+        await opened(b)
         assert (await b.ask(bs.session_id, V, rpc(2, "ping"))).status == 404
+        await stream.fut
+        assert stream.heads == [(200, b"text/event-stream")] and stream.error is None
         await b.close()
 
     run(main())

@@ -418,11 +418,16 @@ class _Child(asyncio.SubprocessProtocol):
             self.settle = None
         self.backend._child_gone(self)
 
-    def busy(self) -> bool:
+    def working(self) -> bool:
+        """A call of its is in flight."""
         for call in self.inflight.values():
             if not call.done:
                 return True
-        return bool(self.listeners)
+        return False
+
+    def busy(self) -> bool:
+        """In use: a call in flight or a listen stream open (not reaped when idle)."""
+        return bool(self.listeners) or self.working()
 
     def live_calls(self) -> list[StdioCall]:
         return [c for c in self.inflight.values() if not c.done]
@@ -1011,11 +1016,12 @@ class StdioBackend:
         return env
 
     def _victims(self) -> list[_Child]:
-        """Children that may be evicted to make room, least recently used first."""
+        """Children that may be evicted to make room: those with no call in flight, the
+        ones nobody listens to first, each kind least recently used first."""
         if self.shared:
             return []
-        idle = [c for c in self.children if not c.stopping and c.pid and not c.busy()]
-        idle.sort(key=lambda c: c.last_used)
+        idle = [c for c in self.children if not c.stopping and c.pid and not c.working()]
+        idle.sort(key=lambda c: (bool(c.listeners), c.last_used))
         return idle
 
     async def _make_room(self) -> None:
