@@ -68,7 +68,7 @@ import orjson
 
 from ..core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
 from ..errors import INVALID_REQUEST
-from ..mux.client import Call, CallHandler, Reply, _Collect
+from ..mux.client import Call, CallHandler, Reply, _Collect, collected
 from ..rpcerrors import jsonrpc_error_body
 from ..upstream import UpstreamError
 from .base import Message, SessionLost, answer_head
@@ -810,16 +810,7 @@ class StdioBackend:
         call = StdioCall(self, _Collect(fut, on_message))
         call.whole = calls is None  # control traffic: the whole answer is bounded
         self._route(call, child, body, env, True)
-        if calls is not None:
-            calls.add(call)
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            call.detach()
-            raise
-        finally:
-            if calls is not None:
-                calls.discard(call)
+        return await collected(call, fut, calls)
 
     def _route(self, call: StdioCall, child: _Child, body: bytes, env, own: bool) -> None:
         """Write ``body`` (scanned: ``env``) to ``child``, remapping what must be, and
