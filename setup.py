@@ -3,11 +3,11 @@ modules.
 
 Metadata lives in pyproject.toml; this file only describes the extensions.
 
-* ``mcpfast._core`` is written in Cython (``_core.pyx`` and its ``.pxi`` parts), with a
-  pure-Python twin (``_core_py``) as the reference it is tested against.
-* ``mcpfast.server``, ``upstream``, ``gateway``, ``observe`` and the multiplexer's
-  ``mux.names``, ``mux.rewrite``, ``mux.token``, ``mux.client``, ``mux.virtual`` are ordinary Python
-  modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
+* ``mcpfast.wire._core`` is written in Cython (``_core.pyx`` and its ``.pxi`` parts), with a
+  pure-Python twin (``wire._core_py``) as the reference it is tested against.
+* The modules named in ``mcpfast/_compiled.py`` (the listener, the connection pool, the
+  pipeline, the HTTP backend client, observability, the wire heads and the multiplexer's
+  hot modules) are ordinary Python modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
   extension types with C-typed attributes and C-callable methods, so the request path
   skips dictionary lookups and Python calls between them.  The ``.py`` file stays the
   one source; ``MCPFAST_NO_EXTENSIONS=1`` at run time imports it as plain Python.
@@ -90,8 +90,8 @@ class BuildExt(build_ext):
 
 
 core = Extension(
-    "mcpfast._core",
-    ["mcpfast/_core.pyx"],
+    "mcpfast.wire._core",
+    ["mcpfast/wire/_core.pyx"],
     define_macros=macros,
     extra_compile_args=extra_compile_args,
 )

@@ -22,8 +22,8 @@ import os
 import orjson
 import pytest
 
-C = importlib.import_module(os.environ.get("MCPFAST_CORE_MODULE", "mcpfast._core"))
-PY = importlib.import_module("mcpfast._core_py")
+C = importlib.import_module(os.environ.get("MCPFAST_CORE_MODULE", "mcpfast.wire._core"))
+PY = importlib.import_module("mcpfast.wire._core_py")
 
 TOOL = "search_documents"
 PARAGRAPH = (

@@ -26,9 +26,9 @@ import os
 import pytest
 
 from mcpfast.config import build_config
-from mcpfast.gateway import Gateway
-from mcpfast.server import ClientProtocol
-from mcpfast.upstream import UpstreamProtocol
+from mcpfast.app import build_gateway
+from mcpfast.transport.listener import ClientProtocol
+from mcpfast.transport.pool import UpstreamProtocol
 
 _BODY = b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}'
 _REQUEST = (
@@ -107,7 +107,7 @@ def _pipeline(sse: bool, loop=None):
         "log": {"access_log": os.devnull},
         "backends": {"bench": {"url": "http://127.0.0.1:9/mcp"}},
     }
-    gw = Gateway(build_config(raw))
+    gw = build_gateway(build_config(raw))
     client, ct, one = _wire(gw, "bench", _REQUEST, _BODY, sse)
     return gw, client, ct, one
 
@@ -118,7 +118,8 @@ def _routed_pipeline(sse: bool, loop):
     first request), splits the name, splices ``echo`` into the body and sends it on
     b2's pooled connection under b2's own session id.  The answer is relayed as on a
     passthrough route (an SSE answer event by event, each scanned for ids to map)."""
-    from mcpfast.mux.token import BackendSession, SessionState, new_key_text
+    from mcpfast.mux.token import SessionState, new_key_text
+    from mcpfast.transport.base import BackendSession
 
     names = ("b1", "b2", "b3")
     raw = {
@@ -128,7 +129,7 @@ def _routed_pipeline(sse: bool, loop):
         "routes": [{"path": "/mcp", "backends": list(names)}],
         "sessions": {"key": new_key_text()},
     }
-    gw = Gateway(build_config(raw))
+    gw = build_gateway(build_config(raw))
     vr = gw.routes[b"/mcp"].virtual
     state = SessionState(
         subject="", protocol_version="2025-06-18",

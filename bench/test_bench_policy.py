@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from mcpfast.core import RequestParser, scan_jsonrpc
+from mcpfast.wire.core import RequestParser, scan_jsonrpc
 from mcpfast.policy import AuditLog, Policy, Principal, build_policy_config
 
 ISSUER = "https://idp.example.com"

@@ -27,10 +27,11 @@ import pytest
 from test_bench_pipeline import _BODY, _JSON_ANSWER, _RESULT, _CountingTransport
 
 from mcpfast.config import build_config
-from mcpfast.gateway import Gateway
+from mcpfast.app import build_gateway
+from mcpfast.pipeline.gateway import Gateway
 from mcpfast.policy.sessions import SessionSeal
-from mcpfast.server import ClientProtocol
-from mcpfast.upstream import UpstreamProtocol
+from mcpfast.transport.listener import ClientProtocol
+from mcpfast.transport.pool import UpstreamProtocol
 
 _KEY = b"\x07" * 32
 _PKEY = "jwt:https://idp.example.com|alice"
@@ -88,7 +89,7 @@ def _gateway(mode: str) -> Gateway:
             "api_keys": {"keys": [{"sha256": hashlib.sha256(_API_KEY.encode()).hexdigest(), "subject": "ci"}]},
         }
         raw["audit"] = {"sink": "off"}
-    return Gateway(build_config(raw))
+    return build_gateway(build_config(raw))
 
 
 def _round(benchmark, mode: str) -> None:

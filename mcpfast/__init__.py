@@ -17,7 +17,7 @@ of the two runs:
 The compiled protocol core ``_core`` is checked the same way, over ``_core.pyx``, its
 ``.pxd`` and the ``.pxi`` files they include: when it is older than those, ``core.py``
 runs the pure-Python twin instead, the compiled modules that cimport the core run from
-source, and ``import mcpfast._core`` fails with the reason.
+source, and ``import mcpfast.wire._core`` fails with the reason.
 """
 
 from __future__ import annotations

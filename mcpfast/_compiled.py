@@ -9,11 +9,14 @@ import os
 import re
 
 # Python modules on the request path, each compiled with the .pxd beside it (setup.py).
-COMPILED = ("observe", "server", "upstream", "heads", "gateway", "mux.names", "mux.rewrite", "mux.token", "mux.client", "mux.virtual")
+COMPILED = (
+    "observe", "transport.base", "transport.listener", "transport.pool", "wire.heads", "pipeline.gateway", "mux.names", "mux.rewrite",
+    "mux.token", "transport.http_mcp", "mux.virtual",
+)  # fmt: skip
 
 # The protocol core, written in Cython: _core.pyx, the _core.pxd beside it and the .pxi
 # files they include.  Its pure-Python twin (_core_py) runs when it cannot (core.py).
-CORE = "_core"
+CORE = "wire._core"
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -28,10 +31,11 @@ _INCLUDE = re.compile(rb'^[ \t]*include[ \t]+"([^"]+)"', re.M)
 
 def core_sources(package_dir: str = PACKAGE_DIR) -> list[str] | None:
     """The files the compiled core is built from, relative to ``package_dir``:
-    ``_core.pyx``, ``_core.pxd`` and every file they ``include``, transitively, each once
-    in the order met; None if one is missing."""
+    ``wire/_core.pyx``, ``wire/_core.pxd`` and every file they ``include``, transitively,
+    each once in the order met; None if one is missing."""
     out: list[str] = []
-    todo = [CORE + ".pyx", CORE + ".pxd"]
+    core = CORE.replace(".", "/")
+    todo = [core + ".pyx", core + ".pxd"]
     while todo:
         name = todo.pop(0)
         if name in out:

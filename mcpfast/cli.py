@@ -17,7 +17,7 @@ import click
 import orjson
 
 from . import __version__
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, as_dict, load_config
 from .preflight import StartupError, probe_listeners, static_checks
 
 EXIT_CONFIG = 2  # a configuration error or any other failure to start
@@ -177,7 +177,7 @@ def check_config(config_file: str | None, backend: tuple[str, ...], stdio_backen
         static_checks(cfg)  # what serve refuses without touching the network
     except ConfigError as exc:
         _fail("configuration error", exc)
-    click.echo(orjson.dumps(cfg.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    click.echo(orjson.dumps(as_dict(cfg), option=orjson.OPT_INDENT_2).decode())
 
 
 @main.command()

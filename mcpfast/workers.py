@@ -28,11 +28,11 @@ log = logging.getLogger("mcpfast")
 
 
 def _serve_one(cfg: Config, on_ready=None) -> None:
-    from .gateway import Gateway
+    from .app import build_gateway
 
     async def main() -> None:
         try:
-            gw = Gateway(cfg)
+            gw = build_gateway(cfg)
         except OSError as exc:  # a log file (checked before, but the file system may change)
             key = "log.access_log" if exc.filename in (None, cfg.log.access_log) else "audit.sink"
             raise StartupError(key, f"cannot open {exc.filename}: {exc.strerror or exc}") from None

@@ -20,15 +20,15 @@ from feeding import MODES  # noqa: E402
 
 def _load(impl: str):
     if impl == "py":
-        return importlib.import_module("mcpfast._core_py")
+        return importlib.import_module("mcpfast.wire._core_py")
     # MCPFAST_CORE_MODULE names a stand-in compiled module (tools/build_part.py builds
     # one component alone during development); the default is the real extension.
-    return importlib.import_module(os.environ.get("MCPFAST_CORE_MODULE", "mcpfast._core"))
+    return importlib.import_module(os.environ.get("MCPFAST_CORE_MODULE", "mcpfast.wire._core"))
 
 
 @pytest.fixture(params=["py", "c"])
 def core(request):
-    """The protocol core module under test (``mcpfast._core_py`` or ``mcpfast._core``)."""
+    """The protocol core module under test (``mcpfast.wire._core_py`` or ``mcpfast.wire._core``)."""
     return _load(request.param)
 
 

@@ -16,7 +16,7 @@ import uvloop
 
 from mcpfast.config import build_config
 from mcpfast.demo_backend import wait_ready
-from mcpfast.gateway import Gateway
+from mcpfast.app import build_gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ class GatewayThread:
                 raw[k] = v
         self.config = build_config(raw)
         self.loop = uvloop.new_event_loop()
-        self.gw = Gateway(self.config, **gw_kwargs)
+        self.gw = build_gateway(self.config, **gw_kwargs)
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)

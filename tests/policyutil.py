@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from http_events import HeadList
-from mcpfast.core import RequestParser
+from mcpfast.wire.core import RequestParser
 
 ISSUER = "https://idp.example.com"
 PUBLIC_URL = "https://gw.example.com"

@@ -24,7 +24,7 @@ import orjson
 import pytest
 
 from gwutil import GatewayThread, wait_until as _wait
-from mcpfast.core import ProtocolError, RequestParser
+from mcpfast.wire.core import ProtocolError, RequestParser
 from test_adversarial_heads import read_answers
 
 STOLEN = b'{"jsonrpc":"2.0","id":1,"result":{"m":"STOLEN"}}'

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gwutil import GatewayThread
-from mcpfast import heads
+from mcpfast.wire import heads
 from mcpfast.config import ConfigError, build_config
-from mcpfast.core import ProtocolError, RequestParser, ResponseParser
+from mcpfast.wire.core import ProtocolError, RequestParser, ResponseParser
 from mcpfast.mux.ids import encode_event_id
 from mcpfast.mux.token import new_key_text
 
@@ -670,7 +670,7 @@ def test_field_value_grammar_byte_by_byte():
 @pytest.mark.parametrize("value", [b"1\r\n", b"\n", b"a\rb", b"a\x00", b"\x7f", b" a", b"a\t", "caf\u20ac"])
 def test_the_builder_refuses_what_does_not_fit(value):
     from mcpfast.config import BackendConfig
-    from mcpfast.mux.client import BackendLink
+    from mcpfast.transport.http_mcp import BackendLink
 
     link = BackendLink(BackendConfig("b", "http://127.0.0.1:9/mcp", "127.0.0.1", 9, "/mcp"), None, 5.0, 1 << 20)
     with pytest.raises(heads.HeadError):

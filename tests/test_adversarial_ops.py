@@ -27,7 +27,7 @@ import pytest
 from gwutil import GatewayThread
 from mcpfast.config import ConfigError, build_config
 from http_events import HeadList
-from mcpfast.core import RequestParser
+from mcpfast.wire.core import RequestParser
 from rawbackend import read_request, read_response
 
 API_KEY = "ops-test-key-0123456789"

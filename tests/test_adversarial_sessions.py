@@ -26,7 +26,7 @@ from gwutil import ROOT, GatewayThread, backend_process
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from http_events import HeadList
-from mcpfast.core import RequestParser
+from mcpfast.wire.core import RequestParser
 from mcpfast.policy.sessions import TAG_CHARS
 from rawbackend import RawBackend
 

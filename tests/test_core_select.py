@@ -1,7 +1,7 @@
-"""Which protocol core ``mcpfast.core`` loads.
+"""Which protocol core ``mcpfast.wire.core`` loads.
 
 A normal install must run the compiled core: if the extension failed to build or
-import, ``mcpfast.core`` would quietly fall back to the pure-Python twin (with only a
+import, ``mcpfast.wire.core`` would quietly fall back to the pure-Python twin (with only a
 warning) and everything would still pass -- just many times slower.  These tests make
 that fallback a failure.  ``MCPFAST_NO_EXTENSIONS=1`` must select the twin, without
 even importing the extension.  Each case runs in a fresh interpreter so that no
@@ -24,13 +24,13 @@ EXPORTS = ["RequestParser", "ResponseParser", "RequestHead", "ResponseHead", "SS
 PROBE = f"""
 import json, sys, warnings
 warnings.simplefilter("error")  # the fallback warning would fail the import
-import mcpfast.core as core
-impl = sys.modules["mcpfast._core" if core.IMPLEMENTATION == "c" else "mcpfast._core_py"]
+import mcpfast.wire.core as core
+impl = sys.modules["mcpfast.wire._core" if core.IMPLEMENTATION == "c" else "mcpfast.wire._core_py"]
 print(json.dumps({{
     "implementation": core.IMPLEMENTATION,
     "same": {{name: getattr(core, name) is getattr(impl, name) for name in {EXPORTS!r}}},
-    "extension_imported": "mcpfast._core" in sys.modules,
-    "extension_file": getattr(sys.modules.get("mcpfast._core"), "__file__", None),
+    "extension_imported": "mcpfast.wire._core" in sys.modules,
+    "extension_file": getattr(sys.modules.get("mcpfast.wire._core"), "__file__", None),
 }}))
 """
 
@@ -64,13 +64,13 @@ def test_no_extensions_selects_the_python_twin(value):
     os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0"), reason="this run asked for the Python core"
 )
 def test_compiled_core_in_this_process():
-    import mcpfast._core
-    import mcpfast.core
+    import mcpfast.wire._core
+    import mcpfast.wire.core
 
-    assert mcpfast.core.IMPLEMENTATION == "c"
-    assert mcpfast.core.RequestParser is mcpfast._core.RequestParser
-    assert mcpfast.core.ResponseParser is mcpfast._core.ResponseParser
-    assert mcpfast.core.ProtocolError is mcpfast._core.ProtocolError
+    assert mcpfast.wire.core.IMPLEMENTATION == "c"
+    assert mcpfast.wire.core.RequestParser is mcpfast.wire._core.RequestParser
+    assert mcpfast.wire.core.ResponseParser is mcpfast.wire._core.ResponseParser
+    assert mcpfast.wire.core.ProtocolError is mcpfast.wire._core.ProtocolError
 
 
 def test_stub_is_valid_python_and_both_cores_implement_it():
@@ -81,8 +81,8 @@ def test_stub_is_valid_python_and_both_cores_implement_it():
     import pathlib
     import warnings
 
-    import mcpfast._core as c_core
-    import mcpfast._core_py as py_core
+    import mcpfast.wire._core as c_core
+    import mcpfast.wire._core_py as py_core
 
     source = pathlib.Path(c_core.__file__).with_name("_core.pyi").read_text()
     # Objects other tests left behind are finalized first, not inside the parse: their
@@ -118,9 +118,9 @@ with warnings.catch_warnings(record=True) as w:
     import importlib
     for n in mcpfast.COMPILED:
         importlib.import_module("mcpfast." + n)
-    import mcpfast.core
+    import mcpfast.wire.core
     try:
-        import mcpfast._core
+        import mcpfast.wire._core
         core_error = None
     except ImportError as exc:
         core_error = str(exc)
@@ -128,7 +128,7 @@ with warnings.catch_warnings(record=True) as w:
 print(json.dumps({
     "files": {n: sys.modules["mcpfast." + n].__file__ for n in mcpfast.COMPILED},
     "from_source": sorted(mcpfast.FROM_SOURCE),
-    "core": mcpfast.core.IMPLEMENTATION,
+    "core": mcpfast.wire.core.IMPLEMENTATION,
     "core_error": core_error,
     "warnings": caught,
 }))
@@ -156,14 +156,14 @@ def test_gateway_modules_are_compiled_in_a_normal_install():
 
 def test_no_extensions_imports_the_gateway_sources():
     got = probe_modules({"MCPFAST_NO_EXTENSIONS": "1"})
-    assert sorted(got["from_source"]) == sorted(["_core", *got["files"]])
+    assert sorted(got["from_source"]) == sorted(["wire._core", *got["files"]])
     # The twin runs; the compiled core stays importable (the tests compare the two).
     assert got["core"] == "py" and got["core_error"] is None
     for name, path in got["files"].items():
         assert path.endswith(name.replace(".", "/") + ".py"), path
 
 
-@pytest.mark.parametrize("edited", ["gateway", "mux.virtual"])
+@pytest.mark.parametrize("edited", ["pipeline.gateway", "mux.virtual"])
 def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     """A copy of the package with one source changed after the build: the stale compiled
     module must not run; the source does, and a warning says to rebuild."""
@@ -178,7 +178,7 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     got = probe_modules({}, root=str(tmp_path))
     # The multiplexer's virtual server cimports the gateway's Exchange: it follows the
     # gateway to its source; nothing builds on mux.virtual.
-    expected = {"gateway": ["gateway", "mux.virtual"], "mux.virtual": ["mux.virtual"]}[edited]
+    expected = {"pipeline.gateway": ["mux.virtual", "pipeline.gateway"], "mux.virtual": ["mux.virtual"]}[edited]
     assert got["from_source"] == expected
     assert got["files"][edited] == str(src)
     for n in expected:
@@ -189,7 +189,7 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     assert got["core"] == "c"
 
 
-@pytest.mark.parametrize("edited", ["_http.pxi", "_jsonrpc_decl.pxi", "_debug.pxi", "_core.pyx", "_core.pxd"])
+@pytest.mark.parametrize("edited", ["wire/_http.pxi", "wire/_jsonrpc_decl.pxi", "wire/_debug.pxi", "wire/_core.pyx", "wire/_core.pxd"])
 def test_an_edited_core_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     """The compiled core is built from _core.pyx, its .pxd and the .pxi files they
     include: after an edit of any of them the old build must not run.  The twin does,
@@ -204,11 +204,11 @@ def test_an_edited_core_source_is_not_shadowed_by_an_old_build(tmp_path, edited)
     src = pkg / edited
     src.write_text(src.read_text() + "\n# edited after the build\n")
     got = probe_modules({}, root=str(tmp_path))
-    expected = ["_core", "gateway", "mux.client", "mux.virtual", "server", "upstream"]
+    expected = sorted(["wire._core", "pipeline.gateway", "transport.http_mcp", "mux.virtual", "transport.listener", "transport.pool"])
     assert got["from_source"] == expected
     assert got["core"] == "py"
     assert "older than its source" in got["core_error"] and "rebuild" in got["core_error"]
-    for n in expected[1:]:
+    for n in [n for n in expected if n != "wire._core"]:
         assert got["files"][n] == str(pkg.joinpath(*n.split(".")).with_suffix(".py")), got["files"][n]
     others = [n for n in got["files"] if n not in expected]
     assert others and all(got["files"][n].endswith((".so", ".pyd")) for n in others), got["files"]
@@ -222,10 +222,10 @@ def test_the_core_digest_covers_what_the_build_compiles():
 
     from mcpfast._compiled import PACKAGE_DIR, core_sources
 
-    deps = create_dependency_tree().all_dependencies(os.path.join(PACKAGE_DIR, "_core.pyx"))
+    deps = create_dependency_tree().all_dependencies(os.path.join(PACKAGE_DIR, "wire", "_core.pyx"))
     ours = {os.path.relpath(d, PACKAGE_DIR) for d in deps if os.path.abspath(d).startswith(PACKAGE_DIR + os.sep)}
     assert sorted(core_sources()) == sorted(ours)
-    assert {"_core.pyx", "_core.pxd", "_http.pxi", "_http_decl.pxi", "_sse.pxi", "_jsonrpc.pxi"} <= ours
+    assert {f"wire/{f}" for f in ("_core.pyx", "_core.pxd", "_http.pxi", "_http_decl.pxi", "_sse.pxi", "_jsonrpc.pxi")} <= ours
 
 
 def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):
@@ -244,7 +244,7 @@ def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):
     shutil.copytree(os.path.dirname(mcpfast.__file__), root / "mcpfast", ignore=shutil.ignore_patterns("__pycache__"))
     stamp = root / "mcpfast" / "_build_stamp.py"
     before = stamp.read_text()
-    src = root / "mcpfast" / "server.py"
+    src = root / "mcpfast" / "transport" / "listener.py"
     src.write_text(src.read_text() + "\ndef broken(:\n")
     r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, capture_output=True,
                        text=True, timeout=600, check=False)  # fmt: skip
@@ -252,20 +252,22 @@ def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):
     assert stamp.read_text() == before
     src.write_text(src.read_text().replace("\ndef broken(:\n", "\n# edited\n"))
     got = probe_modules({}, root=str(root))
-    assert got["from_source"] == ["gateway", "mux.virtual", "server"]
+    assert got["from_source"] == ["mux.virtual", "pipeline.gateway", "transport.listener"]
 
 
 def test_cimport_dependencies_are_read_from_the_pxd_files():
     from mcpfast._compiled import cimports, with_dependents
 
-    assert cimports("mux.virtual") >= {"gateway", "mux.client", "mux.names"}
-    assert "upstream" in cimports("mux.client")
+    assert cimports("mux.virtual") >= {"pipeline.gateway", "transport.http_mcp", "mux.names"}
+    assert "transport.pool" in cimports("transport.http_mcp")
     assert cimports("observe") == set()
     # Everything that reaches the upstream module's C layout, directly or not.
-    assert with_dependents({"upstream"}) == {"upstream", "mux.client", "mux.virtual"}
+    assert with_dependents({"transport.pool"}) == {"transport.pool", "transport.http_mcp", "mux.virtual"}
     # Everything that reaches the core's C layout.
-    assert "_core" in cimports("server")
-    assert with_dependents({"_core"}) == {"_core", "server", "upstream", "gateway", "mux.client", "mux.virtual"}
+    assert "wire._core" in cimports("transport.listener")
+    assert with_dependents({"wire._core"}) == {
+        "wire._core", "transport.listener", "transport.pool", "pipeline.gateway", "transport.http_mcp", "mux.virtual"
+    }
 
 
 def test_installed_packages_carry_the_pxd_files():
@@ -288,4 +290,5 @@ def test_installed_packages_carry_the_pxd_files():
     from mcpfast._compiled import core_sources
 
     for rel in core_sources():
-        assert any(fnmatch.fnmatch(rel, pat) for pat in package_data["mcpfast"]), rel
+        package, _, leaf = ("mcpfast/" + rel).rpartition("/")
+        assert any(fnmatch.fnmatch(leaf, pat) for pat in package_data[package.replace("/", ".")]), rel

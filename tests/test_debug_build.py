@@ -27,9 +27,9 @@ def debug_core(tmp_path_factory):
 
 
 def test_release_core_is_not_a_debug_build():
-    import mcpfast._core
+    import mcpfast.wire._core
 
-    assert mcpfast._core.DEBUG_BUILD is False
+    assert mcpfast.wire._core.DEBUG_BUILD is False
 
 
 def test_debug_core_has_its_checks_and_passes_the_parser_suites(debug_core):

@@ -26,7 +26,7 @@ from http_events import REQUEST_ATTRS, RESPONSE_ATTRS, Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.errors import ProtocolError
+from mcpfast.wire.errors import ProtocolError
 
 SETTINGS = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -16,7 +16,7 @@ import pytest
 from feeding import split_ways
 from http_events import Recorder, messages, normal
 
-from mcpfast.errors import ProtocolError
+from mcpfast.wire.errors import ProtocolError
 
 NEXT = b"GET /next HTTP/1.1\r\nHost: next.example\r\n\r\n"
 

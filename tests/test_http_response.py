@@ -15,7 +15,7 @@ import pytest
 from feeding import split_ways
 from http_events import Recorder, messages, normal
 
-from mcpfast.errors import ProtocolError
+from mcpfast.wire.errors import ProtocolError
 
 NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"
 

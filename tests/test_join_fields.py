@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mcpfast import _core, _core_py
+from mcpfast.wire import _core, _core_py
 
 KEEP, DROP, XFF = 0, 1, 2
 

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.errors import INVALID_REQUEST, PARSE_ERROR, ProtocolError
+from mcpfast.wire.errors import INVALID_REQUEST, PARSE_ERROR, ProtocolError
 
 PV = "io.modelcontextprotocol/protocolVersion"
 SPAN_FIELDS = (

@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.errors import INVALID_REQUEST, PARSE_ERROR, ProtocolError
+from mcpfast.wire.errors import INVALID_REQUEST, PARSE_ERROR, ProtocolError
 
 FIELDS = (
     "kind", "start", "end", "method", "id", "id_span", "params_span", "name", "name_span",

@@ -1,7 +1,10 @@
-"""The package's imports form no cycle.
+"""The package's imports follow its layers and form no cycle.
 
-Two checks, each run on mcpfast and on small packages written here with a known shape,
-so the checks themselves are shown to catch what they are for:
+The layers are declared once, in pyproject.toml (``[tool.importlinter]``): each layer
+may import only those below it.  The checks here run that contract on mcpfast, and on a
+copy of mcpfast with one upward import added, so the contract is shown to catch one.
+Two more checks, each run on mcpfast and on small packages written here with a known
+shape, so the checks themselves are shown to catch what they are for:
 
 - the import graph (grimp, the graph library behind import-linter) has no strongly
   connected component of more than one module.  Every import counts: at module level,
@@ -114,6 +117,49 @@ def test_mcpfast_keeps_the_acyclic_siblings_contract(tmp_path: pathlib.Path) -> 
     run = lint("mcpfast", ROOT, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 kept, 0 broken" in run.stdout, run.stdout
+
+
+def lint_project(path: pathlib.Path) -> subprocess.CompletedProcess:
+    """import-linter with the project's own contracts (pyproject.toml) on the package
+    found under ``path``."""
+    code = (
+        "import sys\n"
+        "from importlinter.cli import lint_imports\n"
+        f"sys.exit(lint_imports(config_filename={str(ROOT / 'pyproject.toml')!r}, no_cache=True, no_logo=True))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=path, capture_output=True, text=True, timeout=120)
+
+
+def test_mcpfast_keeps_its_layers() -> None:
+    run = lint_project(ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Layers: each imports only those below it KEPT" in run.stdout, run.stdout
+    assert "2 kept, 0 broken" in run.stdout, run.stdout
+
+
+def _copy_sources(dst: pathlib.Path) -> pathlib.Path:
+    import shutil
+
+    shutil.copytree(ROOT / "mcpfast", dst / "mcpfast", ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.c"))
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("where", "text"),
+    [
+        ("wire/_upward.py", "from ..pipeline import gateway\n"),  # the lowest layer reaches up
+        ("transport/_upward.py", "def late():\n    from ..mux import virtual\n    return virtual\n"),  # lazily
+        ("pipeline/_upward.py", "from ..app import build_gateway\n"),  # the pipeline builds itself
+    ],
+    ids=["wire-to-pipeline", "transport-to-mux-lazy", "pipeline-to-app"],
+)
+def test_the_layers_contract_fails_on_an_upward_import(tmp_path: pathlib.Path, where: str, text: str) -> None:
+    src = _copy_sources(tmp_path / "src")
+    (src / "mcpfast" / where).write_text(text)
+    run = lint_project(src)
+    assert run.returncode != 0, run.stdout
+    assert "Layers: each imports only those below it BROKEN" in run.stdout, run.stdout
+    assert "mcpfast." + where[:-3].replace("/", ".") in run.stdout, run.stdout
 
 
 def _write_package(root: pathlib.Path, files: dict[str, str]) -> None:

@@ -6,10 +6,10 @@ import asyncio
 import time
 
 from mcpfast.config import build_config
-from mcpfast.mux.client import BackendLink, Call, CallHandler
-from mcpfast.mux.token import BackendSession
+from mcpfast.transport.http_mcp import BackendLink, Call, CallHandler
+from mcpfast.transport.base import BackendSession
 from mcpfast.observe import Metrics
-from mcpfast.upstream import UpstreamPool
+from mcpfast.transport.pool import UpstreamPool
 
 
 class _Handler(CallHandler):

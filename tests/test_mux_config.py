@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcpfast.config import ConfigError, build_config
+from mcpfast.config import ConfigError, as_dict, build_config
 from mcpfast.mux.token import new_key_text, parse_key
 
 BACKENDS = {"a": {"url": "http://127.0.0.1:1/mcp"}, "b": {"url": "http://127.0.0.1:2/mcp"}}
@@ -42,7 +42,7 @@ def test_keys_from_sessions_section_route_and_file(tmp_path):
     f.write_text("# rotated 2025\n" + k3 + "\n")
     m = _cfg({"session_key_file": str(f), "old_keys": []}, sessions={"key": k1, "old_keys": [k2]}).routes[0].mux
     assert m.session_key == parse_key(k3) and m.old_keys == ()
-    d = _cfg(sessions={"key": k1}).as_dict()
+    d = as_dict(_cfg(sessions={"key": k1}))
     assert d["routes"][0]["mux"]["session_key"] == "<redacted>"
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpfast.heads import is_field_value
+from mcpfast.wire.heads import is_field_value
 from mcpfast.mux.ids import (
     STREAM_GET,
     STREAM_POST,

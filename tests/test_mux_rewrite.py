@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.core import KIND_NOTIFICATION, KIND_REQUEST, SSEParser
+from mcpfast.wire.core import KIND_NOTIFICATION, KIND_REQUEST, SSEParser
 from mcpfast.mux.ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id, encode_progress_token, encode_request_id
 from mcpfast.mux.merge import dump_json
 from mcpfast.mux.names import NEVER, Namespace

@@ -82,7 +82,7 @@ def test_the_gateway_imports_and_checks_a_config_without_the_sdk(tmp_path):
     r = _run_without_sdk(
         """
         import importlib, json, pkgutil, sys
-        import mcpfast.cli, mcpfast.gateway, mcpfast.config
+        import mcpfast.cli, mcpfast.pipeline.gateway, mcpfast.config
         import mcpfast
 
         # Every module of the package but the demo backend (the one that uses the SDK)
@@ -101,7 +101,7 @@ def test_the_gateway_imports_and_checks_a_config_without_the_sdk(tmp_path):
     assert r.returncode == 0, r.stderr
     first, _, rest = r.stdout.partition("\n")
     imported = json.loads(first)
-    assert {"mcpfast.gateway", "mcpfast.config", "mcpfast.cli", "mcpfast.workers", "mcpfast.demo_backend"} <= set(imported)
+    assert {"mcpfast.pipeline.gateway", "mcpfast.config", "mcpfast.cli", "mcpfast.workers", "mcpfast.demo_backend"} <= set(imported)
     assert any(n.startswith("mcpfast.mux.") for n in imported) and any(n.startswith("mcpfast.policy.") for n in imported)
     doc = json.loads(rest)
     assert doc["server"]["listen"] == "127.0.0.1:9999"

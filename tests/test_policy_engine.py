@@ -15,7 +15,7 @@ from policyutil import ISSUER, PUBLIC_URL, RESOURCE, FakeClock, bearer, head, ma
 from prometheus_client import CollectorRegistry
 
 from mcpfast.observe import session_tag
-from mcpfast.core import scan_jsonrpc
+from mcpfast.wire.core import scan_jsonrpc
 from mcpfast.policy import AuditLog, AuthError, Policy, Refusal, build_policy_config
 from mcpfast.policy.principal import KIND_ANONYMOUS
 

@@ -21,9 +21,9 @@ import tokenize
 import orjson
 import pytest
 
-from mcpfast import rpcerrors
-from mcpfast.core import KIND_ERROR, scan_jsonrpc
-from mcpfast.rpcerrors import jsonrpc_error_body, status_reason
+from mcpfast.wire import rpcerrors
+from mcpfast.wire.core import KIND_ERROR, scan_jsonrpc
+from mcpfast.wire.rpcerrors import jsonrpc_error_body, status_reason
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mcpfast"
@@ -85,7 +85,8 @@ def test_codes_are_distinct_and_in_range():
 
 
 def test_old_import_places_give_the_same_objects():
-    from mcpfast import errors, server
+    from mcpfast.wire import errors
+    from mcpfast.transport import listener as server
     from mcpfast.mux import merge, rewrite
     from mcpfast.policy import refusal
 

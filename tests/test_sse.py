@@ -18,7 +18,7 @@ from feeding import MODES, split_ways
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcpfast.errors import ProtocolError
+from mcpfast.wire.errors import ProtocolError
 
 BOM = b"\xef\xbb\xbf"
 TRAILER = b"event: message\ndata: {\"pipelined\": tr"  # an event cut mid-line

@@ -7,7 +7,7 @@ test suite against it with::
     PYTHONPATH=.:build/parts MCPFAST_CORE_MODULE=_core_http python -m pytest tests/test_http_parser.py
 
 so work on one component does not wait for the others to compile.  The real build is
-``pip install -e .`` (setup.py), which compiles them all into ``mcpfast._core``.
+``pip install -e .`` (setup.py), which compiles them all into ``mcpfast.wire._core``.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main(part: str, out: str | None = None) -> None:
             "from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE\n"
             "from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE\n"
             "from libc.string cimport memcpy, memchr\n"
-            "from mcpfast.errors import ProtocolError\n"
+            "from mcpfast.wire.errors import ProtocolError\n"
             'include "_debug.pxi"\n'
             + "".join(f'include "_{p}.pxi"\n' for p in parts)
         )

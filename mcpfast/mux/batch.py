@@ -33,7 +33,7 @@ import asyncio
 import functools
 import logging
 
-from ..core import (
+from ..wire.core import (
     KIND_ERROR,
     KIND_NOTIFICATION,
     KIND_REQUEST,
@@ -42,12 +42,12 @@ from ..core import (
     scan_jsonrpc,
 )
 from ..observe import method_label
-from ..phases import DONE, RELAYING
-from ..rpcerrors import INTERNAL_ERROR as _INTERNAL
-from ..rpcerrors import INVALID_REQUEST as _INVALID_REQUEST
-from ..rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
-from ..rpcerrors import jsonrpc_error_body
-from ..upstream import UpstreamError
+from ..pipeline.phases import DONE, RELAYING
+from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
+from ..wire.rpcerrors import INVALID_REQUEST as _INVALID_REQUEST
+from ..wire.rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
+from ..wire.rpcerrors import jsonrpc_error_body
+from ..transport.pool import UpstreamError
 from .merge import LIST_CHANGED, LIST_METHODS, response_body
 from .rewrite import (
     FANOUT,

@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping
 
 import orjson
 
-from ..heads import is_field_value
+from ..wire.heads import is_field_value
 
 __all__ = [
     "encode_request_id",

@@ -57,7 +57,7 @@ from typing import Any
 
 import orjson
 
-from ..rpcerrors import INVALID_PARAMS
+from ..wire.rpcerrors import INVALID_PARAMS
 from .ids import json_id
 from .names import Namespace
 

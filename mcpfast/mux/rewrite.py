@@ -53,7 +53,7 @@ from typing import Any
 
 import orjson
 
-from ..core import (
+from ..wire.core import (
     KIND_NOTIFICATION,
     KIND_REQUEST,
     ProtocolError,
@@ -62,7 +62,7 @@ from ..core import (
     splice,
     splice_many,
 )
-from ..rpcerrors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, jsonrpc_error_body
+from ..wire.rpcerrors import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, jsonrpc_error_body
 from .ids import (
     MergedStreamIds,
     decode_progress_token,

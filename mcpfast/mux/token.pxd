@@ -1,8 +1,7 @@
 # C declarations for the compiled build of token.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
-cdef class BackendSession:
-    cdef public object name, session_id, protocol_version, post_pre, post_link
+from mcpfast.transport.base cimport BackendSession
 
 cdef class SessionState:
     cdef public object subject, created, protocol_version, backends, client_capabilities_json, client_info_json, _caps

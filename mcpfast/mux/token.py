@@ -25,6 +25,16 @@ Wire format (all of it then base64url without padding, so it is visible ASCII
   and session id.  Known protocol versions are one byte; session ids that are 32 hex
   digits or a canonical UUID (what the Python and TypeScript SDKs mint) pack to 16 bytes.
 
+Which process can serve a token.  The token holds every backend session, so any process
+with the key serves a session whose backends are reachable from anywhere: Streamable
+HTTP backends, legacy SSE backends re-opened where needed, and a shared stdio child
+(each process runs its own).  A backend session that *is* a process-local object -- a
+per-session stdio child, a legacy SSE stream -- is named in the token by an id that
+starts with its process's random instance id; another process cannot serve it and says
+so (``transport.base.SessionLost``), and the client gets 404 and initializes again.
+Behind several replicas, route a session to the process that opened it (sticky on
+``Mcp-Session-Id``) when such backends are in use.
+
 Nonces are random (96 bits); with one encryption per *session* (not per request) a key
 stays far below the 2^32 messages NIST SP 800-38D allows for random nonces.
 
@@ -61,6 +71,8 @@ from collections.abc import Iterable, Sequence
 import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..transport.base import BackendSession
 
 __all__ = [
     "InvalidToken",
@@ -167,36 +179,6 @@ def new_key_text() -> str:
 
 # ---------------------------------------------------------------------------------
 # What a token holds
-
-
-class BackendSession:
-    """One backend's side of a virtual session.  ``session_id`` is None for a backend
-    that gave none (stateless server, or one that was down at initialize)."""
-
-    __slots__ = ("name", "session_id", "protocol_version", "post_pre", "post_link")
-
-    def __init__(self, name: str, session_id: str | None, protocol_version: str | None) -> None:
-        self.name = name
-        self.session_id = session_id
-        self.protocol_version = protocol_version
-        # Kept by ``BackendLink.session_head``: the POST head (to Content-Length) of this
-        # session on that link.  Not part of the session's value (``__eq__``).
-        self.post_pre: bytes | None = None
-        self.post_link = None
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, BackendSession)
-            and self.name == other.name
-            and self.session_id == other.session_id
-            and self.protocol_version == other.protocol_version
-        )
-
-    def __hash__(self) -> int:
-        return hash((self.name, self.session_id, self.protocol_version))
-
-    def __repr__(self) -> str:
-        return f"BackendSession({self.name!r}, {self.session_id!r}, {self.protocol_version!r})"
 
 
 class SessionState:

@@ -2,19 +2,20 @@
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
 cimport cython
-from mcpfast.mux.client cimport BackendLink, Call, CallHandler
+from mcpfast.transport.http_mcp cimport BackendLink, Call, CallHandler
 from mcpfast.mux.names cimport Namespace
 from mcpfast.mux.rewrite cimport Action, rewrite_sse_event, route_client_message
-from mcpfast.mux.token cimport BackendSession, SessionState, TokenCodec
-from mcpfast.gateway cimport Exchange as _CExchange
-from mcpfast._core cimport ResponseHead as _CResponseHead
+from mcpfast.transport.base cimport BackendSession
+from mcpfast.mux.token cimport SessionState, TokenCodec
+from mcpfast.pipeline.gateway cimport Exchange as _CExchange
+from mcpfast.wire._core cimport ResponseHead as _CResponseHead
 
 cdef class VirtualRoute:
     cdef public object gw, route, path, path_b, mc, backends, cache, server_info, local_view, resessions
     cdef public TokenCodec codec
     cdef public Namespace ns
     cdef public bint per_session, fail_open
-    cdef public dict links, views, down, reopening
+    cdef public dict links, ends, views, down, reopening
     cdef public dict epochs, fingerprints, caps_keys
     cdef public long long _ids
     cpdef handle(self, _CExchange ex)

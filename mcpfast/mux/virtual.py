@@ -50,16 +50,17 @@ from typing import Any
 
 import orjson
 
-from ..core import KIND_NOTIFICATION, KIND_REQUEST
-from ..heads import HeadError, is_field_value, is_visible
-from ..phases import DONE, RELAYING
-from ..rpcerrors import INTERNAL_ERROR as _INTERNAL
-from ..rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
-from ..rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
-from ..rpcerrors import UNSUPPORTED_VERSION as _UNSUPPORTED_VERSION
-from ..upstream import UpstreamError
+from ..wire.core import KIND_NOTIFICATION, KIND_REQUEST
+from ..wire.heads import HeadError, is_field_value, is_visible
+from ..pipeline.phases import DONE, RELAYING
+from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
+from ..wire.rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
+from ..wire.rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
+from ..wire.rpcerrors import UNSUPPORTED_VERSION as _UNSUPPORTED_VERSION
+from ..transport.pool import UpstreamError
 from .batch import Batch
-from .client import BackendLink, Call, CallHandler, request
+
+from ..transport.http_mcp import BackendLink, Call, CallHandler, HttpBackend
 from .ids import STREAM_GET, STREAM_POST, MergedStreamIds, decode_event_id
 from .merge import (
     LIST_CHANGED,
@@ -89,7 +90,8 @@ from .rewrite import (
     rewrite_sse_event,
     route_client_message,
 )
-from .token import BackendSession, InvalidToken, SessionEnded, SessionState, TokenCodec
+from ..transport.base import BackendSession, SessionLost
+from .token import InvalidToken, SessionEnded, SessionState, TokenCodec
 
 __all__ = ["VirtualRoute"]
 
@@ -99,7 +101,6 @@ _EMPTY_RESULT = b"{}"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 _PING = b'{"jsonrpc":"2.0","id":"mcpfast-probe","method":"ping"}'
 _ALLOW = b"Allow: GET, POST, DELETE\r\n"
-_LAST_EVENT_ID = b"Last-Event-ID"
 _JSON = b"application/json"
 # Client heads of routed answers (_Relay): the usual JSON one (200, length known, kept
 # alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange._framed).
@@ -227,6 +228,9 @@ class VirtualRoute:
         self.caps_keys: dict[bytes, bytes] = {}
         self.fail_open = mc.fail_mode == "open"
         self.server_info = {"name": mc.server_name, "version": mc.server_version}
+        # Every backend through the seam (transport/base.py); the Streamable HTTP ones
+        # also by their link, which the routed hot path uses directly.
+        self.ends: dict[str, Any] = {}
         self.links: dict[str, BackendLink] = {}
         # The exchange's route while the virtual server works on it (``handle``): the
         # access log line and request metrics of a routed message name its backend;
@@ -236,11 +240,10 @@ class VirtualRoute:
         for name in self.backends:
             b = cfg.backend(name)
             bm = gw.metrics.for_backend(rc.path, name)
-            pool = gw.pool_for(b, bm)
-            self.links[name] = BackendLink(
-                b, pool, b.response_timeout or cfg.timeouts.upstream_response, cfg.limits.max_sse_event_bytes
-            )
-            self.views[name] = _view(route, self, b, bm, pool)
+            end = self.ends[name] = gw.backend_for(b, bm)
+            if type(end) is HttpBackend:
+                self.links[name] = end.link
+            self.views[name] = _view(route, self, b, bm, getattr(end, "pool", None))
         # Backends that failed lately (name → when): their cached pages are not served.
         self.down: dict[str, float] = {}
         # (token, backend) → the backend session opened after the token was minted.
@@ -284,7 +287,7 @@ class VirtualRoute:
             await coro
         except asyncio.CancelledError:
             pass
-        except SessionEnded:
+        except (SessionEnded, SessionLost):
             if _alive(ex):
                 ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
         except UpstreamError as err:
@@ -484,7 +487,7 @@ class VirtualRoute:
 
     async def _open_backend(self, b: str, version: str, caps: dict, info: dict | None) -> tuple[BackendSession, dict]:
         """Open a session with backend ``b`` on the client's behalf."""
-        link = self.links[b]
+        end = self.ends[b]
         msg = dump_json(
             {
                 "jsonrpc": "2.0",
@@ -497,7 +500,7 @@ class VirtualRoute:
                 },
             }
         )
-        reply = await request(link, link.post(msg, None, None))
+        reply = await end.ask(None, None, msg)
         why = reply.error_text()
         if why is not None:
             raise UpstreamError("upstream_protocol", f"backend {b} refused initialize ({why})")
@@ -513,16 +516,15 @@ class VirtualRoute:
             raise BadBackendAnswer(f"backend {b}: initialize result has an unusable protocolVersion")
         if sid is not None and not is_visible(sid.encode("utf-8", "replace")):
             raise BadBackendAnswer(f"backend {b}: Mcp-Session-Id is not visible ASCII")
-        done = await request(link, link.post(_INITIALIZED, sid, bver))
+        done = await end.ask(sid, bver, _INITIALIZED)
         if not done.ok:
             raise UpstreamError("upstream_protocol", f"backend {b} refused notifications/initialized (HTTP {done.status})")
         return BackendSession(b, sid, bver), result
 
     async def _end_backend(self, bs: BackendSession) -> None:
-        link = self.links[bs.name]
         try:
-            await request(link, [link.head(b"DELETE", bs.session_id, bs.protocol_version)])
-        except UpstreamError:
+            await self.ends[bs.name].end(bs.session_id, bs.protocol_version)
+        except (UpstreamError, SessionLost):
             pass
 
     # --- backend sessions -----------------------------------------------------------------
@@ -586,9 +588,10 @@ class VirtualRoute:
             return False
 
         async def gone(bs: BackendSession) -> bool:
-            link = self.links[bs.name]
             try:
-                reply = await request(link, link.post(_PING, bs.session_id, bs.protocol_version))
+                reply = await self.ends[bs.name].ask(bs.session_id, bs.protocol_version, _PING)
+            except SessionLost:
+                return True  # held by another process: not revived here either
             except UpstreamError:
                 return False  # unreachable is not proof of anything
             return reply.status == 404
@@ -601,13 +604,13 @@ class VirtualRoute:
         """Send one message to backend ``b`` in this client's session and return its
         ``Reply``; a backend session the backend forgot (404) is re-opened and the message
         sent once more.  ``on_message``/``calls``: see ``client.request``."""
-        link = self.links[b]
+        end = self.ends[b]
         bs = await self._ensure(token, state, b)
         for attempt in (0, 1):
             try:
-                reply = await request(
-                    link, link.post(data, bs.session_id, bs.protocol_version), on_message=on_message, calls=calls
-                )
+                reply = await end.ask(bs.session_id, bs.protocol_version, data, on_message=on_message, calls=calls)
+            except SessionLost:
+                raise SessionEnded() from None
             except UpstreamError:
                 self.down[b] = time.monotonic()
                 raise
@@ -640,14 +643,24 @@ class VirtualRoute:
             self._send(ex, state, token, action, env, bs, stale is not None)
 
     def _send(self, ex, state, token, action, env, bs: BackendSession, retried: bool) -> None:
-        link = self.links[action.backend]
+        link = self.links.get(action.backend)
         relay = _Relay(self, ex, state, token, action, env, bs, retried)
         body = action.body
-        call = Call(link, [link.session_head(bs, len(body)), body], relay)
-        ex.upstream = call
         now = time.monotonic()  # the clock of ex.t0 (gateway._perf)
         if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
             ex.t_sent = now
+        if link is None:  # a message-level backend (stdio, legacy SSE)
+            try:
+                call = self.ends[action.backend].send(bs, body, relay, ex.conn.write_paused, now)
+            except SessionLost:
+                if _alive(ex):
+                    ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
+                return
+            if not call.done:
+                ex.upstream = call
+            return
+        call = Call(link, [link.session_head(bs, len(body)), body], relay)
+        ex.upstream = call
         if ex.conn.write_paused:
             call.paused = True  # the client is not reading yet: neither do we
         call.start(now)
@@ -703,10 +716,9 @@ class VirtualRoute:
         await asyncio.gather(*(self._quiet(bs, body) for bs in self.fanout_targets(state, token)))
 
     async def _quiet(self, bs: BackendSession, body: bytes) -> None:
-        link = self.links[bs.name]
         try:
-            await request(link, link.post(body, bs.session_id, bs.protocol_version))
-        except UpstreamError as err:
+            await self.ends[bs.name].ask(bs.session_id, bs.protocol_version, body)
+        except (UpstreamError, SessionLost) as err:
             log.debug("fan-out to %s failed: %s", bs.name, err)
 
     # --- lists --------------------------------------------------------------------------
@@ -909,7 +921,7 @@ class VirtualRoute:
                 ex.respond_error(400, INVALID_REQUEST, "Bad Request: unknown Last-Event-ID")
                 return
             kind, resume = decoded
-            resume = {b: pos for b, pos in resume.items() if b in self.links}
+            resume = {b: pos for b, pos in resume.items() if b in self.ends}
             if not all(is_field_value(pos) for pos in resume.values()):
                 # Each position goes back to its backend as a Last-Event-ID field.
                 ex.respond_error(400, INVALID_REQUEST, "Bad Request: unknown Last-Event-ID")
@@ -1179,19 +1191,16 @@ class _MergeLeg(CallHandler):
         self.timer = self.task = None
         m = self.m
         bs = self.bs
-        link = m.vr.links[bs.name]
         self.ok = self.expired = False
         try:
-            data = link.head(b"GET", bs.session_id, bs.protocol_version, -1, ((_LAST_EVENT_ID, m.ids.positions.get(bs.name)),))
+            self.call = m.vr.ends[bs.name].listen(bs, self, m.ids.positions.get(bs.name), m.paused)
         except HeadError as exc:
             self.failure = str(exc)
             self.status = 400
             m.leg_done(self)
-            return
-        call = self.call = Call(link, [data], self)
-        call.paused = m.paused
-        call.listen = True
-        call.start()
+        except SessionLost:
+            m.ended = True
+            m.leg_done(self)
 
     def stop(self) -> None:
         if self.call is not None:

@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from ..core import ProtocolError, ResponseParser
+from ..wire.core import ProtocolError, ResponseParser
 from .keys import KeySet, VerifyKey, keys_from_jwks
 
 __all__ = ["KeySource", "FetchError", "http_get"]

@@ -14,7 +14,7 @@ unknown tool, prompt or resource (MCP "Tools: Error Handling"; SEP-2164 for reso
 
 from __future__ import annotations
 
-from ..rpcerrors import FORBIDDEN, INVALID_PARAMS, RATE_LIMITED, SESSION_NOT_FOUND, UNAUTHORIZED
+from ..wire.rpcerrors import FORBIDDEN, INVALID_PARAMS, RATE_LIMITED, SESSION_NOT_FOUND, UNAUTHORIZED
 
 __all__ = [
     "Refusal",

@@ -54,9 +54,39 @@ The methods:
 
 from __future__ import annotations
 
-from ..core import ResponseParser, encode_sse_event
+from ..wire.core import ResponseParser, encode_sse_event
 
-__all__ = ["Message", "SessionLost", "answer_head"]
+__all__ = ["BackendSession", "Message", "SessionLost", "answer_head"]
+
+
+class BackendSession:
+    """One backend's side of a virtual session.  ``session_id`` is None for a backend
+    that gave none (stateless server, or one that was down at initialize)."""
+
+    __slots__ = ("name", "session_id", "protocol_version", "post_pre", "post_link")
+
+    def __init__(self, name: str, session_id: str | None, protocol_version: str | None) -> None:
+        self.name = name
+        self.session_id = session_id
+        self.protocol_version = protocol_version
+        # Kept by ``BackendLink.session_head``: the POST head (to Content-Length) of this
+        # session on that link.  Not part of the session's value (``__eq__``).
+        self.post_pre: bytes | None = None
+        self.post_link = None
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, BackendSession)
+            and self.name == other.name
+            and self.session_id == other.session_id
+            and self.protocol_version == other.protocol_version
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.session_id, self.protocol_version))
+
+    def __repr__(self) -> str:
+        return f"BackendSession({self.name!r}, {self.session_id!r}, {self.protocol_version!r})"
 
 
 class SessionLost(Exception):

@@ -19,7 +19,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.string cimport memcpy, memchr
 
-from mcpfast.errors import ProtocolError
+from mcpfast.wire.errors import ProtocolError
 
 include "_debug.pxi"
 include "_http.pxi"

@@ -1,7 +1,7 @@
 # C declarations for the compiled build of upstream.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
-from mcpfast._core cimport ResponseParser as _CResponseParser
+from mcpfast.wire._core cimport ResponseParser as _CResponseParser
 cdef class UpstreamPool
 cdef class UpstreamProtocol:
     cdef public _CResponseParser parser

@@ -33,20 +33,20 @@ import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .config import BackendConfig, Config, RouteConfig, ephemeral_key
+from ..model import BackendConfig, Config, RouteConfig, ephemeral_key
 from .cors import CORS_RESPONSE_FIELDS, CorsPolicy
-from .core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
-from .heads import fixed_fields, host_line, origin_target, passthrough_head
-from .observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
+from ..wire.core import KIND_ERROR, ProtocolError, SSEParser, encode_sse_event, join_fields, scan_jsonrpc
+from ..wire.heads import fixed_fields, host_line, origin_target, passthrough_head
+from ..observe import MAX_METHOD_CHARS, MAX_NAME_CHARS, METHOD_LABELS, AccessLog, BackendMetrics, Metrics
 from .phases import DONE, NEW, RELAYING, WAIT_CONN, WAIT_HEAD
-from .policy import AuthError, Policy, Principal
+from ..policy import AuthError, Policy, Principal
 from .quota import ClientQuota
-from .rpcerrors import (
+from ..wire.rpcerrors import (
     INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, SERVER_ERROR,
     jsonrpc_error_body, status_reason,
 )
-from .server import ClientProtocol
-from .upstream import UpstreamError, UpstreamPool
+from ..transport.listener import ClientProtocol
+from ..transport.pool import UpstreamError, UpstreamPool
 
 __all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
 
@@ -923,8 +923,24 @@ class _ListFilter:
 class Gateway:
     """One gateway process: listeners, routes, pools, metrics, the tick."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None, access_log: AccessLog | None = None):
+    def __init__(
+        self,
+        config: Config,
+        *,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
+        terminating=None,
+        backends=None,
+        admin=None,
+    ):
+        """``terminating(gw, route_config, route)``: the handler of a terminating route
+        (several backends, or one that is not plain Streamable HTTP); ``backends(gw,
+        backend_config, backend_metrics)``: makes a backend behind the seam for it;
+        ``admin(gw)``: the admin listener.  ``app.build_gateway`` passes all three."""
         self.config = config
+        self._terminating = terminating
+        self._make_backend = backends
+        self._admin = admin
         self.metrics = metrics or Metrics()
         self.access = access_log or AccessLog(config.log.access_log)
         cc = config.cors
@@ -939,6 +955,9 @@ class Gateway:
         # [route, last seen].  Bounded by limits.max_sessions; idle ones expire.
         self.sessions: collections.OrderedDict[bytes, list] = collections.OrderedDict()
         self.pools: dict[str, UpstreamPool] = {}
+        # Backends of terminating routes, through the seam (transport/base.py): name →
+        # backend, made by the first route that needs one.
+        self.backends: dict[str, Any] = {}
         self.routes: dict[bytes, Route] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.admin = None
@@ -972,20 +991,28 @@ class Gateway:
         for rc in cfg.routes:
             b = cfg.backend(rc.backends[0])
             bm = self.metrics.for_backend(rc.path, b.name)
-            pool = self.pool_for(b, bm)
+            pool = self.pool_for(b, bm) if b.transport != "stdio" else None
             route = Route(rc, b, pool, bm, cfg, self.policy.route(rc.path) if self.policy is not None else None)
             route.sessions = self.sessions
             if self.cors is not None:
                 route.cors = self.cors
                 route.rfields = _RESPONSE_FIELD_CLASSES[2 * (route.seal is not None) + 1]
-            if getattr(rc, "mux", None) is not None:  # several backends: the virtual server
-                from .mux.virtual import VirtualRoute
-
-                route.virtual = VirtualRoute(self, rc, route)
+            if getattr(rc, "mux", None) is not None:  # a terminating route: the virtual server
+                if self._terminating is None:
+                    raise ValueError(f"route {rc.path}: a terminating route needs a handler (app.build_gateway)")
+                route.virtual = self._terminating(self, rc, route)
             p = rc.path.encode()
             self.routes[p] = route
             if p != b"/":
                 self.routes[p + b"/"] = route
+
+    def backend_for(self, b: BackendConfig, bm: BackendMetrics):
+        """Backend ``b`` behind the seam (``transport/base.py``), made once per gateway and
+        shared by every terminating route that uses it."""
+        end = self.backends.get(b.name)
+        if end is None:
+            end = self.backends[b.name] = self._make_backend(self, b, bm)
+        return end
 
     def pool_for(self, b: BackendConfig, bm: BackendMetrics) -> UpstreamPool:
         """The one connection pool of backend ``b`` (made on first use): every route
@@ -1084,9 +1111,9 @@ class Gateway:
             )
         self.servers.append(srv)
         if s.admin_listen is not None:
-            from .admin import AdminServer
-
-            self.admin = AdminServer(self)
+            if self._admin is None:
+                raise ValueError("server.admin_listen: no admin listener given (app.build_gateway)")
+            self.admin = self._admin(self)
             await self.admin.start(*s.admin_listen)
         if self.policy is not None:
             await self.policy.start()
@@ -1130,6 +1157,8 @@ class Gateway:
             self._tick_handle.cancel()
         for pool in self.pools.values():
             pool.close()
+        if self.backends:  # children stopped, streams closed
+            await asyncio.gather(*(b.close() for b in self.backends.values()), return_exceptions=True)
         if self.policy is not None:
             self.policy.close()
         if self.admin is not None:

@@ -1,10 +1,10 @@
 # C declarations for the compiled build of gateway.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
-from mcpfast.server cimport ClientProtocol
+from mcpfast.transport.listener cimport ClientProtocol
 from mcpfast.observe cimport BackendMetrics
-from mcpfast._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
-from mcpfast.heads cimport passthrough_head
+from mcpfast.wire._core cimport RequestHead as _CRequestHead, ResponseHead as _CResponseHead
+from mcpfast.wire.heads cimport passthrough_head
 cdef class Route:
     cdef public object path, name, backend, pool, target, prefix, extra, policy, virtual, host_line, fields
     cdef public object seal, pinned, cors, rfields, sessions

@@ -25,8 +25,8 @@ import socket
 import time
 from typing import Any
 
-from .core import ProtocolError, RequestParser
-from .rpcerrors import INVALID_REQUEST, PARSE_ERROR, SERVER_ERROR, jsonrpc_error_body, status_reason
+from ..wire.core import ProtocolError, RequestParser
+from ..wire.rpcerrors import INVALID_REQUEST, PARSE_ERROR, SERVER_ERROR, jsonrpc_error_body, status_reason
 
 __all__ = ["ClientProtocol", "status_reason", "jsonrpc_error_body"]
 

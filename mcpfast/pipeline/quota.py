@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import LimitsConfig
+    from ..model import LimitsConfig
 
 __all__ = ["ClientQuota"]
 

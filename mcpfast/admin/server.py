@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .core import ProtocolError, RequestParser
-from .rpcerrors import status_reason
+from ..wire.core import ProtocolError, RequestParser
+from ..wire.rpcerrors import status_reason
 
 __all__ = ["AdminServer"]
 
@@ -100,6 +100,14 @@ class AdminServer:
         detail: dict[str, str] = {}
 
         async def probe(b) -> None:
+            end = gw.backends.get(b.name)
+            if end is not None:  # a terminating route's backend: it knows how to tell
+                try:
+                    why = await asyncio.wait_for(end.probe(), PROBE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    why = "unreachable: TimeoutError"
+                detail[b.name] = "reachable" if why is None else why
+                return
             try:
                 _, w = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), PROBE_TIMEOUT)
                 w.close()

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .validate import ConfigError, parse_origin_pattern
+from ..validate import ConfigError, parse_origin_pattern
 
 __all__ = ["CorsConfig", "CorsPolicy", "build_cors_config", "CORS_RESPONSE_FIELDS"]
 

@@ -1,9 +1,9 @@
 # C declarations for the compiled build of client.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
-from mcpfast._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser
-from mcpfast.upstream cimport UpstreamPool as _CUpstreamPool, UpstreamProtocol as _CUpstreamProtocol
-from mcpfast.mux.token cimport BackendSession
+from mcpfast.wire._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser
+from mcpfast.transport.pool cimport UpstreamPool as _CUpstreamPool, UpstreamProtocol as _CUpstreamProtocol
+from mcpfast.transport.base cimport BackendSession
 
 cdef class Call
 

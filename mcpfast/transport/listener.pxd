@@ -1,7 +1,7 @@
 # C declarations for the compiled build of server.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
-from mcpfast._core cimport RequestParser as _CRequestParser
+from mcpfast.wire._core cimport RequestParser as _CRequestParser
 cdef class ClientProtocol:
     cdef public _CRequestParser parser
     cdef public object gateway, transport, peer, reading, active, queue, timeouts, xff_peer, held

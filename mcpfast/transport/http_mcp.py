@@ -53,12 +53,12 @@ import logging
 import time
 from typing import Any, Callable
 
-from ..core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
-from ..heads import fixed_fields, host_line, origin_target, request_head
-from ..upstream import UpstreamError, UpstreamPool
-from .token import BackendSession
+from ..wire.core import KIND_ERROR, KIND_RESPONSE, ProtocolError, SSEParser, scan_jsonrpc, sse_passable
+from ..wire.heads import fixed_fields, host_line, origin_target, request_head
+from .pool import UpstreamError, UpstreamPool
+from .base import BackendSession
 
-__all__ = ["BackendLink", "Call", "CallHandler", "Reply", "request"]
+__all__ = ["BackendLink", "Call", "CallHandler", "HttpBackend", "Reply", "request"]
 
 log = logging.getLogger("mcpfast.mux")
 
@@ -563,3 +563,59 @@ async def collected(call, fut: asyncio.Future, calls: set | None) -> Reply:
     finally:
         if calls is not None:
             calls.discard(call)
+
+
+_LAST_EVENT_ID = b"Last-Event-ID"
+_PROBE_TIMEOUT = 2.0
+
+
+class HttpBackend:
+    """The backend seam (``transport/base.py``) over Streamable HTTP: ``BackendLink``
+    and ``Call`` above, with the answer relayed as bytes where nothing must change."""
+
+    kind = "http"
+    local_sessions = False
+
+    def __init__(self, link: BackendLink, host: str, port: int) -> None:
+        self.link = link
+        self.name = link.name
+        self.host = host
+        self.port = port
+
+    async def ask(self, session_id, version, data: bytes, on_message=None, calls=None) -> Reply:
+        link = self.link
+        return await request(link, link.post(data, session_id, version), on_message=on_message, calls=calls)
+
+    def send(self, bs: BackendSession, body: bytes, handler: CallHandler, paused: bool = False, now: float = 0.0) -> Call:
+        link = self.link
+        call = Call(link, [link.session_head(bs, len(body)), body], handler)
+        call.paused = paused
+        return call.start(now)
+
+    def listen(self, bs: BackendSession, handler: CallHandler, position, paused: bool = False) -> Call:
+        """The session's GET stream (``position``: the Last-Event-ID to resume from).
+        Raises ``HeadError`` when ``position`` cannot be sent."""
+        link = self.link
+        data = link.head(b"GET", bs.session_id, bs.protocol_version, -1, ((_LAST_EVENT_ID, position),))
+        call = Call(link, [data], handler)
+        call.paused = paused
+        call.listen = True
+        return call.start()
+
+    async def end(self, session_id, version) -> None:
+        link = self.link
+        try:
+            await request(link, [link.head(b"DELETE", session_id, version)])
+        except UpstreamError:
+            pass
+
+    async def probe(self) -> str | None:
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), _PROBE_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return f"unreachable: {exc.__class__.__name__}"
+        w.close()
+        return None
+
+    async def close(self) -> None:
+        pass  # its pool is the gateway's

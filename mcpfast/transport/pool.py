@@ -39,10 +39,10 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from .core import ProtocolError, ResponseParser
+from ..wire.core import ProtocolError, ResponseParser
 
 if TYPE_CHECKING:
-    from .observe import BackendMetrics
+    from ..observe import BackendMetrics
 
 __all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError", "set_nodelay"]
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import warnings
 
-from . import FROM_SOURCE
+from .. import FROM_SOURCE
 from .errors import ProtocolError  # noqa: F401  (re-exported)
 
 IMPLEMENTATION: str
 
-if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0") or "_core" in FROM_SOURCE:
+if os.environ.get("MCPFAST_NO_EXTENSIONS", "") not in ("", "0") or "wire._core" in FROM_SOURCE:
     from . import _core_py as _impl
 
     IMPLEMENTATION = "py"
