@@ -1,5 +1,6 @@
 """The stdio transport (``mcpfast/transport/stdio.py``) driven directly, on uvloop, with
-real child processes: a real MCP SDK server over stdio (``fixtures/stdio_server.py``)
+real child processes: the real MCP SDK server of the end-to-end tests over stdio
+(``fixtures/sdk_server.py --transport stdio``)
 and a hand-written child that misbehaves on request (``fixtures/stdio_raw.py``).
 Everything is judged by what the handlers got and by what the children received, and
 child processes are checked in /proc."""
@@ -20,16 +21,15 @@ from click.testing import CliRunner
 
 from mcpfast.cli import main as cli_main
 from mcpfast.config import BackendConfig
-from mcpfast.core import ProtocolError, scan_jsonrpc
-from mcpfast.mux.client import CallHandler
-from mcpfast.mux.token import BackendSession
-from mcpfast.transport.base import SessionLost
+from mcpfast.transport.base import BackendSession, SessionLost
+from mcpfast.transport.http_mcp import CallHandler
+from mcpfast.transport.pool import UpstreamError
 from mcpfast.transport.stdio import SHARED, StdioBackend, instance_id, one_line
-from mcpfast.upstream import UpstreamError
+from mcpfast.wire.core import ProtocolError, scan_jsonrpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RAW = os.path.join(HERE, "fixtures", "stdio_raw.py")
-SDK = os.path.join(HERE, "fixtures", "stdio_server.py")
+SDK = os.path.join(HERE, "fixtures", "sdk_server.py")
 PY = sys.executable
 V = "2025-06-18"
 INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -46,7 +46,9 @@ def raw_cfg(*flags, **kw) -> BackendConfig:
 
 def sdk_cfg(**kw) -> BackendConfig:
     kw.setdefault("shutdown_grace", 1.0)
-    return make_cfg([SDK], name="sdk", inherit_env=True, env=(("PYTHONPATH", os.path.dirname(HERE)),), **kw)
+    return make_cfg(
+        [SDK, "--transport", "stdio", "--name", "stdio-e2e"], name="sdk", cwd=os.path.dirname(HERE), inherit_env=True, **kw
+    )
 
 
 def backend(cfg, timeout=10.0, max_line=1 << 20) -> StdioBackend:
@@ -312,8 +314,8 @@ def test_sdk_server_per_session():
         assert rec.response()["result"]["content"][0]["text"] == "user chose blue"
 
         # Ending the session stops its child.
-        rec = await answer(b, bs, tool(6, "pid"))
-        pid = int(rec.response()["result"]["content"][0]["text"])
+        pid = b.sessions[bs.session_id].pid
+        assert state(pid) not in (None, "Z")
         await b.end(bs.session_id, V)
         assert gone(pid)
         assert (await b.ask(bs.session_id, V, rpc(7, "ping"))).status == 404

@@ -27,7 +27,7 @@ session's one call in flight, else its listen stream, else (per_session) its new
 in flight; unattributable ones are dropped -- in shared mode only list-changed and
 resource-updated notifications, which concern everyone, go to every listen stream.
 
-Answers reach the route's handlers as an HTTP backend's would (``mux/client.py``):
+Answers reach the route's handlers as an HTTP backend's would (``transport/http_mcp.py``):
 ``StdioCall`` is a ``Call``.  The first message decides the shape: the response alone is
 a JSON answer (head, one ``on_body`` or the body at ``on_end``); anything before it makes
 an event stream (head, ``on_event`` per message, the response last, ``on_end``).  After
@@ -66,12 +66,12 @@ from typing import Any, Callable
 
 import orjson
 
-from ..core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
-from ..errors import INVALID_REQUEST
-from ..mux.client import Call, CallHandler, Reply, _Collect, collected
-from ..rpcerrors import jsonrpc_error_body
-from ..upstream import UpstreamError
+from ..wire.core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
+from ..wire.errors import INVALID_REQUEST
+from ..wire.rpcerrors import jsonrpc_error_body
 from .base import Message, SessionLost, answer_head
+from .http_mcp import Call, CallHandler, Reply, _Collect, collected
+from .pool import UpstreamError
 
 __all__ = ["SHARED", "StdioBackend", "StdioCall", "instance_id", "one_line"]
 
@@ -153,7 +153,7 @@ def _empty_head(status: int):
 
 class StdioCall(Call):
     """One message sent to a child and its answer, delivered to ``handler`` as
-    ``mux.client.Call`` delivers an HTTP answer (or a session's listen stream)."""
+    ``http_mcp.Call`` delivers an HTTP answer (or a session's listen stream)."""
 
     __slots__ = (
         "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "listening", "touched",
