@@ -675,6 +675,14 @@ def test_paused_call_stops_reading_the_child():
         call.resume_reading()
         await rec.fut
         assert [m.get("id") for m in rec.messages()] == [None, 1]
+        # Sent paused (the client is not reading yet): held the same way.
+        rec = Rec()
+        call = b.send(bs, tool(3, "notify", {"text": "held"}), rec, True)
+        await asyncio.sleep(0.3)
+        assert rec.heads == [] and not rec.fut.done()
+        call.resume_reading()
+        await rec.fut
+        assert [m.get("id") for m in rec.messages()] == [None, 3]
         # Another call is not held up by a resume of a call that never paused.
         other = Rec()
         b.send(bs, tool(2, "echo"), other).resume_reading()

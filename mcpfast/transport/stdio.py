@@ -523,6 +523,8 @@ class _Child(asyncio.SubprocessProtocol):
 class StdioBackend:
     """The backend seam (``transport/base.py``) for an MCP server run as child processes."""
 
+    kind = "stdio"
+
     def __init__(self, cfg, *, response_timeout: float, max_line: int) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -614,9 +616,10 @@ class StdioBackend:
         reply.session_id = sid
         return reply
 
-    def send(self, bs, body, handler: CallHandler) -> StdioCall:
+    def send(self, bs, body, handler: CallHandler, paused: bool = False, now: float = 0.0) -> StdioCall:
         """Send a client's message in backend session ``bs``; the answer goes to
-        ``handler``.  Raises ``SessionLost`` for a session of another gateway process."""
+        ``handler`` (``paused``: the client is not reading yet; ``now`` is not needed
+        here).  Raises ``SessionLost`` for a session of another gateway process."""
         self._check_fork()
         call = StdioCall(self, handler, bs)
         if type(body) is not bytes:
@@ -640,9 +643,11 @@ class StdioBackend:
                 self._later(call._answer, 404)
                 return call
         self._route(call, child, body, env, False)
+        if paused:
+            call.pause_reading()
         return call
 
-    def listen(self, bs, handler: CallHandler, position=None) -> StdioCall:
+    def listen(self, bs, handler: CallHandler, position=None, paused: bool = False) -> StdioCall:
         """The session's stream of messages not tied to a request.  ``position`` is
         unused: a child's messages carry no event ids, a lost one is not replayed."""
         self._check_fork()
@@ -657,6 +662,8 @@ class StdioBackend:
                 return call
             call.child = child
             child.listeners.append(call)
+        if paused:
+            call.pause_reading()
         self._later(self._open_stream, call)
         return call
 
