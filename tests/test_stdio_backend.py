@@ -12,12 +12,15 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
+import httpx
 import orjson
 import pytest
 import uvloop
 from click.testing import CliRunner
+from gwutil import GatewayThread
 
 from mcpfast.cli import main as cli_main
 from mcpfast.config import BackendConfig
@@ -841,3 +844,62 @@ def test_cli_stdio_backend_shorthand(tmp_path):
     assert by_name["py"]["args"] == ["-m", "srv"]
     bad = CliRunner().invoke(cli_main, ["check-config", "--stdio-backend", "fs="])
     assert bad.exit_code == 2 and "--stdio-backend" in bad.output
+
+
+# --- through a real gateway ----------------------------------------------------------------
+
+
+def _gateway_session(h, url: str) -> dict:
+    hdrs = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    r = h.post(url, content=INIT, headers=hdrs)
+    assert r.status_code == 200, r.text
+    hdrs = {**hdrs, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": V}
+    assert h.post(url, content=INITIALIZED, headers=hdrs).status_code == 202
+    return hdrs
+
+
+def _raw_backend(*flags, **kw) -> dict:
+    return {"transport": "stdio", "command": PY, "args": ["-I", "-S", RAW, *flags], "shutdown_grace": 0.3, **kw}
+
+
+def test_gateway_injected_line_reaches_the_child_as_one_line(tmp_path):
+    """A client posts a tools/call whose arguments hold raw line breaks around a
+    message-shaped value: the child reads one line, and runs nothing hidden in it."""
+    record = tmp_path / "seen.jsonl"
+    hidden = b'{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{"name":"denied"}}'
+    body = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"x":[\r\n'
+            + hidden + b'\n]}}}')  # fmt: skip
+    with GatewayThread({"backends": {"kid": _raw_backend("--record", str(record))}}) as gt, httpx.Client(timeout=10) as h:
+        hdrs = _gateway_session(h, gt.url())
+        r = h.post(gt.url(), content=body, headers=hdrs)
+        assert r.status_code == 200 and r.json()["result"]["echo"]["x"][0]["id"] == 99, r.text
+    msgs = [orjson.loads(orjson.loads(x)) for x in record.read_text().splitlines()]
+    assert [m.get("method") for m in msgs] == ["initialize", "notifications/initialized", "tools/call"]
+    assert 99 not in [m.get("id") for m in msgs]
+
+
+def test_gateway_names_the_backend_of_a_crashed_child():
+    with GatewayThread({"backends": {"kid": _raw_backend()}}) as gt, httpx.Client(timeout=10) as h:
+        hdrs = _gateway_session(h, gt.url())
+        [pid] = my_children(RAW)  # the gateway runs in this process: its child is ours
+
+        def kill_soon():
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        r = h.post(gt.url(), content=tool(5, "sleep", {"seconds": 30}), headers=hdrs)
+        err = r.json()["error"]
+        assert r.json()["id"] == 5 and "backend kid" in err["message"] and f"process {pid} exited" in err["message"], r.text
+        # The client session goes on: a fresh child serves it once the backoff (the
+        # child died young) has passed; meanwhile the answer says why.
+        for _ in range(50):
+            r = h.post(gt.url(), content=tool(6, "echo", {"a": 1}), headers=hdrs)
+            assert r.status_code == 200, r.text
+            if "result" in r.json():
+                break
+            assert "next start in" in r.json()["error"]["message"], r.text
+            time.sleep(0.05)
+        assert r.json()["result"] == {"echo": {"a": 1}}, r.text
+        assert my_children(RAW) and pid not in my_children(RAW)
+    assert not my_children(RAW)  # the gateway's stop took its children
