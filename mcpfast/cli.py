@@ -19,6 +19,7 @@ import orjson
 from . import __version__
 from .config import Config, ConfigError, as_dict, load_config
 from .preflight import StartupError, probe_listeners, static_checks
+from .transport.tls import insecure_warnings
 
 EXIT_CONFIG = 2  # a configuration error or any other failure to start
 
@@ -177,6 +178,8 @@ def check_config(config_file: str | None, backend: tuple[str, ...], stdio_backen
         static_checks(cfg)  # what serve refuses without touching the network
     except ConfigError as exc:
         _fail("configuration error", exc)
+    for warning in insecure_warnings(cfg):
+        click.echo(f"warning: {warning}", err=True)
     click.echo(orjson.dumps(as_dict(cfg), option=orjson.OPT_INDENT_2).decode())
 
 

@@ -1,44 +1,46 @@
-"""Configuration: a TOML file (and CLI flags over it) turned into frozen dataclasses.
+"""Configuration: a TOML file (and CLI flags over it) turned into frozen values.
 
 Everything the hot path consults is decided here, once: listen addresses, limits,
 timeouts, routes and their backends.  Validation happens at load time and every error
 names the key that is wrong (``backends.weather.url: ...``) so ``mcpfast check-config``
 can point a user at the line to fix.  The gateway never reads raw TOML.
+
+Theory of operation.  Each section's TOML shape is a ``validate.Section`` (a msgspec
+Struct: types, ranges, enumerations, no unknown keys), decoded by ``validate.decode``,
+which names the dotted key of any refusal.  The values the rest of the code reads are
+``model``'s dataclasses, which import nothing of mcpfast; the sections whose shape is
+theirs field for field (``[limits]``, ``[timeouts]``, ``[log]``) are made from their
+fields and defaults (``_section_of``), the others are written out here with the
+result's defaults.  A small function per section turns the decoded Struct into its
+value, doing the checks a type cannot express: host:port and URL syntax, header
+values, which keys a backend's transport takes, route references to backends, path
+collisions, session keys.  ``build_config`` composes them; the policy sections and
+``[cors]`` are decoded by the modules that own them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
+
 from .model import (
-    ENV_PASSTHROUGH,
-    TRANSPORT_KEYS,
-    TRANSPORTS,
-    BackendConfig,
-    Config,
-    LimitsConfig,
-    LogConfig,
-    MuxConfig,
-    RouteConfig,
-    ServerConfig,
-    TimeoutsConfig,
-    ephemeral_key,
-    fmt_hostport,
-)
+    ENV_PASSTHROUGH, BackendConfig, Config, LimitsConfig, LogConfig, MuxConfig, RouteConfig, ServerConfig,
+    TimeoutsConfig, ephemeral_key, fmt_hostport,
+)  # fmt: skip
 from .observe import log_path
 from .pipeline.cors import build_cors_config
 from .policy.config import build_policy_config
+from .validate import (
+    ConfigError, HeaderName, NonEmpty, Positive, Seconds, SecondsOrZero, Section, Text, as_plain, decode,
+    origin_patterns,
+)  # fmt: skip
 from .wire import heads
-from .validate import ConfigError
-from .validate import expect as _expect
-from .validate import parse_origin_pattern as _parse_origin_pattern
-from .validate import positive as _positive
 
 __all__ = [
     "ConfigError",
@@ -59,8 +61,9 @@ __all__ = [
 
 # Tool names may use [A-Za-z0-9_.-] (MCP spec, "Tool names"); backend names become
 # namespace prefixes later, so they obey the same alphabet.
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_BackendName = Annotated[
+    str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z", description="backend names use 1-64 characters of [A-Za-z0-9_.-]")
+]
 
 
 def parse_hostport(value: str, key: str) -> tuple[str, int]:
@@ -87,21 +90,60 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 
 # ---------------------------------------------------------------------------------
-# Validation helpers: each takes the dotted key so errors name it.
+# The file's top level, and [server]
 
 
-def _unknown_keys(section: dict, known: set[str], prefix: str) -> None:
-    for k in section:
-        if k not in known:
-            where = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(where, f"unknown setting (known: {', '.join(sorted(known))})")
+_SERVER = ServerConfig()  # the defaults where the file gives none
 
 
-def _section(raw: dict, name: str) -> dict:
-    v = raw.get(name, {})
-    if not isinstance(v, dict):
-        raise ConfigError(name, "expected a table")
-    return v
+def _section_of(model: type, typ: Any, **other: Any) -> type[Section]:
+    """A section with the fields and defaults of the dataclass ``model``, each of type
+    ``typ`` unless ``other`` gives its own."""
+    fields = [(f.name, other.get(f.name, typ), f.default) for f in dataclasses.fields(model)]
+    return msgspec.defstruct(model.__name__.replace("Config", "Section"), fields, bases=(Section,), module=__name__)
+
+
+LimitsSection = _section_of(LimitsConfig, Positive, max_header_bytes=Annotated[int, msgspec.Meta(ge=256)])
+TimeoutsSection = _section_of(TimeoutsConfig, Seconds)
+LogSection = _section_of(
+    LogConfig,
+    str,  # access_log: "-" stdout, a path, or "off"
+    level=Literal["debug", "info", "warning", "error", "critical"],  # case-insensitive in TOML
+    format=Literal["json", "text"],
+)
+
+
+class ServerSection(Section):
+    listen: str = fmt_hostport(_SERVER.listen)
+    admin_listen: str | None = None  # "" or "off": none
+    mcp_path: str = _SERVER.mcp_path
+    backlog: Positive = _SERVER.backlog
+    workers: Positive = _SERVER.workers
+    allowed_origins: tuple[str, ...] | None = None  # None: ServerConfig's (the loopback origins)
+    forwarded_headers: bool = _SERVER.forwarded_headers
+    allowed_hosts: tuple[NonEmpty, ...] | None = None
+
+
+_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+def _server(s: ServerSection) -> ServerConfig:
+    mcp_path = s.mcp_path
+    if not mcp_path.startswith("/") or "?" in mcp_path or len(mcp_path) > 1024:
+        raise ConfigError("server.mcp_path", f"must be an absolute path without query, got {mcp_path!r}")
+    for i, h in enumerate(s.allowed_hosts or ()):
+        if h != "*" and not _HOST_RE.fullmatch(h):
+            raise ConfigError(f"server.allowed_hosts[{i}]", f"expected host or host:port, got {h!r}")
+    return ServerConfig(
+        listen=parse_hostport(s.listen, "server.listen"),
+        admin_listen=None if s.admin_listen in (None, "", "off") else parse_hostport(s.admin_listen, "server.admin_listen"),
+        mcp_path=mcp_path.rstrip("/") or "/",
+        backlog=s.backlog,
+        workers=s.workers,
+        allowed_origins=_SERVER.allowed_origins if s.allowed_origins is None else origin_patterns(s.allowed_origins, "server.allowed_origins"),
+        forwarded_headers=s.forwarded_headers,
+        allowed_hosts=None if s.allowed_hosts is None else tuple(h.lower() for h in s.allowed_hosts),
+    )
 
 
 def _shown_url(url: str, parts) -> str:
@@ -135,115 +177,106 @@ def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     return parts.hostname, port, path
 
 
+class SessionsSection(Section):
+    key: str | None = None
+    key_file: NonEmpty | None = None
+    old_keys: tuple[str, ...] = ()
+    old_key_files: tuple[NonEmpty, ...] = ()
+    max_age: SecondsOrZero = 86400.0
+
+
+class RouteSection(Section):
+    path: str | None = None  # None: server.mcp_path
+    backends: tuple[str, ...] | None = None
+    backend: str | None = None  # one backend: instead of backends
+    sse_path: Text | None = None
+    messages_path: Text | None = None
+    # Multiplexed (terminating) routes only; None: not given (MuxConfig's default, or [sessions]).
+    namespacing: Literal["always", "multi", "never"] | None = None
+    separator: str | None = None
+    uri_scheme: str | None = None
+    server_name: NonEmpty | None = None
+    server_version: str | None = None
+    instructions: str | None = None
+    fail_mode: Literal["open", "closed"] | None = None
+    list_cache: Literal["session", "shared", "off"] | None = None
+    list_cache_ttl: SecondsOrZero | None = None
+    session_key: str | None = None
+    session_key_file: NonEmpty | None = None
+    old_keys: tuple[str, ...] | None = None
+    old_key_files: tuple[NonEmpty, ...] | None = None
+    max_age: SecondsOrZero | None = None
+
+
+# Route keys that become the MuxConfig field of the same name as they are, and all of a
+# multiplexed route's keys.
+_MUX_AS_GIVEN = ("namespacing", "separator", "uri_scheme", "server_name", "server_version", "fail_mode", "list_cache", "list_cache_ttl")
+_MUX_ROUTE_KEYS = (*_MUX_AS_GIVEN, "instructions", "session_key", "session_key_file", "old_keys", "old_key_files", "max_age")
+_MUX = MuxConfig()  # the defaults where a route gives none
+
+
+class _File(Section):
+    """The top level; ``backends`` are decoded each by its transport's schema, the policy
+    sections and ``[cors]`` by their own modules."""
+
+    server: ServerSection = ServerSection()
+    limits: LimitsSection = LimitsSection()
+    timeouts: TimeoutsSection = TimeoutsSection()
+    log: LogSection = LogSection()
+    sessions: SessionsSection = SessionsSection()
+    backends: dict[_BackendName, dict] = {}
+    routes: tuple[RouteSection, ...] = ()
+    auth: Any = None
+    authz: Any = None
+    ratelimit: Any = None
+    audit: Any = None
+    cors: Any = None
+
+
 def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
     """Validate a TOML-shaped dict into a ``Config``."""
-    _unknown_keys(raw, {"server", "limits", "timeouts", "log", "backends", "routes", "auth", "authz", "ratelimit", "audit", "sessions", "cors"}, "")
-
-    s = _section(raw, "server")
-    _unknown_keys(
-        s,
-        {"listen", "admin_listen", "mcp_path", "backlog", "workers", "allowed_origins", "forwarded_headers",
-         "allowed_hosts"},
-        "server",
-    )
-    dflt = ServerConfig()
-    listen = parse_hostport(_expect(s, "listen", "server", str, "127.0.0.1:8080"), "server.listen")
-    admin = s.get("admin_listen")
-    admin_listen = None
-    if admin not in (None, "", "off"):
-        admin_listen = parse_hostport(_expect(s, "admin_listen", "server", str, ""), "server.admin_listen")
-    mcp_path = _expect(s, "mcp_path", "server", str, dflt.mcp_path)
-    if not mcp_path.startswith("/") or "?" in mcp_path or len(mcp_path) > 1024:
-        raise ConfigError("server.mcp_path", f"must be an absolute path without query, got {mcp_path!r}")
-    origins = s.get("allowed_origins", None)
-    if origins is None:
-        allowed = dflt.allowed_origins
-    else:
-        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-            raise ConfigError("server.allowed_origins", "expected a list of strings")
-        allowed = tuple(
-            "*" if o == "*" else _parse_origin_pattern(o, f"server.allowed_origins[{i}]")
-            for i, o in enumerate(origins)
-        )
-    hosts = s.get("allowed_hosts", None)
-    if hosts is not None:
-        if not isinstance(hosts, list) or not all(isinstance(h, str) and h for h in hosts):
-            raise ConfigError("server.allowed_hosts", "expected a list of non-empty strings")
-        for i, h in enumerate(hosts):
-            if h != "*" and not re.match(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$", h):
-                raise ConfigError(f"server.allowed_hosts[{i}]", f"expected host or host:port, got {h!r}")
-        hosts = tuple(h.lower() for h in hosts)
-    server = ServerConfig(
-        allowed_hosts=hosts,
-        listen=listen,
-        admin_listen=admin_listen,
-        mcp_path=mcp_path.rstrip("/") or "/",
-        backlog=_positive(_expect(s, "backlog", "server", int, dflt.backlog), "server.backlog"),
-        workers=_positive(_expect(s, "workers", "server", int, dflt.workers), "server.workers"),
-        allowed_origins=allowed,
-        forwarded_headers=_expect(s, "forwarded_headers", "server", bool, dflt.forwarded_headers),
+    log = raw.get("log")
+    if isinstance(log, dict):  # level and format are case-insensitive
+        raw = {**raw, "log": {k: v.lower() if k in ("level", "format") and isinstance(v, str) else v for k, v in log.items()}}
+    f = decode(raw, _File, "")
+    server = _server(f.server)
+    backends = tuple(_backend(name, b) for name, b in f.backends.items())
+    sessions = _sessions(f.sessions)
+    routes = _routes(f.routes, backends, server.mcp_path, sessions)
+    return Config(
+        server=server,
+        limits=LimitsConfig(**msgspec.structs.asdict(f.limits)),
+        timeouts=TimeoutsConfig(**msgspec.structs.asdict(f.timeouts)),
+        log=LogConfig(**msgspec.structs.asdict(f.log)),
+        backends=backends,
+        routes=_legacy_paths(routes, server.mcp_path),
+        policy=build_policy_config(raw),
+        session_keys=(sessions.key or ephemeral_key(), *sessions.old_keys),
+        session_key_ephemeral=sessions.key is None,
+        cors=build_cors_config(raw),
+        source=source,
     )
 
-    lim = _section(raw, "limits")
-    _unknown_keys(lim, {f.name for f in dataclasses.fields(LimitsConfig)}, "limits")
-    ld = LimitsConfig()
-    limits = LimitsConfig(
-        **{
-            f.name: _positive(_expect(lim, f.name, "limits", int, getattr(ld, f.name)), f"limits.{f.name}")
-            for f in dataclasses.fields(LimitsConfig)
-        }
-    )
-    if limits.max_header_bytes < 256:
-        raise ConfigError("limits.max_header_bytes", "must be at least 256")
 
-    t = _section(raw, "timeouts")
-    _unknown_keys(t, {f.name for f in dataclasses.fields(TimeoutsConfig)}, "timeouts")
-    td = TimeoutsConfig()
-    timeouts = TimeoutsConfig(
-        **{
-            f.name: _positive(_expect(t, f.name, "timeouts", float, getattr(td, f.name)), f"timeouts.{f.name}")
-            for f in dataclasses.fields(TimeoutsConfig)
-        }
-    )
+# ---------------------------------------------------------------------------------
+# Routes: [[routes]], each over one or several backends.
 
-    lg = _section(raw, "log")
-    _unknown_keys(lg, {"level", "format", "access_log"}, "log")
-    level = _expect(lg, "level", "log", str, "info").lower()
-    if level not in _LOG_LEVELS:
-        raise ConfigError("log.level", f"expected one of {', '.join(_LOG_LEVELS)}, got {level!r}")
-    fmt = _expect(lg, "format", "log", str, "json").lower()
-    if fmt not in ("json", "text"):
-        raise ConfigError("log.format", f"expected json or text, got {fmt!r}")
-    log = LogConfig(level=level, format=fmt, access_log=_expect(lg, "access_log", "log", str, "-"))
 
-    bsec = _section(raw, "backends")
-    backends = [_backend(name, b) for name, b in bsec.items()]
-
-    names = {b.name for b in backends}
+def _routes(sections, backends: tuple[BackendConfig, ...], mcp_path: str, sessions: _Sessions) -> list[RouteConfig]:
     kinds = {b.name: b.transport for b in backends}
-    sessions = _sessions_defaults(_section(raw, "sessions"))
-    rsec = raw.get("routes", [])
-    if not isinstance(rsec, list):
-        raise ConfigError("routes", "expected an array of tables ([[routes]])")
     routes = []
     seen_paths = set()
-    for i, r in enumerate(rsec):
+    for i, r in enumerate(sections):
         key = f"routes[{i}]"
-        if not isinstance(r, dict):
-            raise ConfigError(key, "expected a table")
-        _unknown_keys(r, {"path", "backends", "backend", "sse_path", "messages_path", *_MUX_ROUTE_KEYS}, key)
-        path = _expect(r, "path", key, str, server.mcp_path)
+        path = mcp_path if r.path is None else r.path
         if not path.startswith("/"):
             raise ConfigError(f"{key}.path", f"must start with '/', got {path!r}")
         path = path.rstrip("/") or "/"
-        if "backend" in r:
-            blist = [_expect(r, "backend", key, str, "")]
-        else:
-            blist = r.get("backends")
-            if not isinstance(blist, list) or not blist or not all(isinstance(x, str) for x in blist):
-                raise ConfigError(f"{key}.backends", "expected a non-empty list of backend names")
+        blist = [r.backend] if r.backend is not None else list(r.backends or ())
+        if not blist:
+            raise ConfigError(f"{key}.backends", "expected a non-empty list of backend names")
         for bn in blist:
-            if bn not in names:
+            if bn not in kinds:
                 raise ConfigError(f"{key}.backends", f"unknown backend {bn!r}")
         if len(set(blist)) != len(blist):
             raise ConfigError(f"{key}.backends", "a backend is listed twice")
@@ -252,42 +285,20 @@ def build_config(raw: dict[str, Any], *, source: str | None = None) -> Config:
             mux = _mux_route(r, key, blist, sessions)
         else:
             for k in _MUX_ROUTE_KEYS:
-                if k in r:
+                if getattr(r, k) is not None:
                     raise ConfigError(f"{key}.{k}", "only applies to a route over several backends or a stdio or sse backend")
         if path in seen_paths:
             raise ConfigError(f"{key}.path", f"duplicate route path {path!r}")
         seen_paths.add(path)
-        legacy = {k: _text(r, k, key) for k in ("sse_path", "messages_path") if k in r}
-        routes.append(RouteConfig(path=path, backends=tuple(blist), mux=mux, **legacy))
-
+        routes.append(RouteConfig(path=path, backends=tuple(blist), mux=mux, sse_path=r.sse_path, messages_path=r.messages_path))
     if not routes and backends:
         # Without explicit routes: one backend is served at the MCP path; several are
         # each served at <mcp_path>/<name>.
-        def implicit(path: str, name: str) -> RouteConfig:
-            mux = _mux_route({}, "routes", [name], sessions) if terminating([name], kinds) else None
-            return RouteConfig(path=path, backends=(name,), mux=mux)
-
-        if len(backends) == 1:
-            routes.append(implicit(server.mcp_path, backends[0].name))
-        else:
-            for b in backends:
-                routes.append(implicit(f"{server.mcp_path.rstrip('/')}/{b.name}", b.name))
-
-    routes = _legacy_paths(routes, server.mcp_path)
-    policy = build_policy_config(raw)
-    return Config(
-        cors=build_cors_config(raw),
-        policy=policy,
-        session_keys=(sessions["key"] or ephemeral_key(), *sessions["old_keys"]),
-        session_key_ephemeral=sessions["key"] is None,
-        server=server,
-        limits=limits,
-        timeouts=timeouts,
-        log=log,
-        backends=tuple(backends),
-        routes=tuple(routes),
-        source=source,
-    )
+        for b in backends:
+            path = mcp_path if len(backends) == 1 else f"{mcp_path.rstrip('/')}/{b.name}"
+            mux = _mux_route(RouteSection(), "routes", [b.name], sessions) if terminating([b.name], kinds) else None
+            routes.append(RouteConfig(path=path, backends=(b.name,), mux=mux))
+    return routes
 
 
 def _legacy_paths(routes: list[RouteConfig], mcp_path: str) -> tuple[RouteConfig, ...]:
@@ -319,7 +330,57 @@ def _legacy_paths(routes: list[RouteConfig], mcp_path: str) -> tuple[RouteConfig
 # ---------------------------------------------------------------------------------
 # Backends: [backends.NAME], one table each; its transport decides which keys apply.
 
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+Transport = Literal["http", "sse", "stdio"]
+# A file path: not empty, and it reaches an exec call or an open.
+_Path = Annotated[str, msgspec.Meta(min_length=1, pattern=r"^[^\x00\r\n]*\Z", description="must not contain NUL or line breaks")]
+_NoNul = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*\Z", description="must not contain NUL")]
+_EnvName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z", description="not a valid environment variable name")]
+
+
+class _BackendSection(Section):
+    transport: Transport = "http"
+    connect_timeout: Seconds | None = None  # None: timeouts.upstream_connect
+    response_timeout: Seconds | None = None  # None: timeouts.upstream_response
+
+
+_BACKEND = BackendConfig(name="", url="", host="", port=0, path="")  # the defaults where a table gives none
+
+
+class SseBackendSection(_BackendSection, kw_only=True):
+    url: str
+    pool_size: Positive = _BACKEND.pool_size
+    pool_idle_timeout: Seconds = _BACKEND.pool_idle_timeout
+    headers: dict[HeaderName, str] = {}
+    bearer_token: str | None = None
+    max_connections: Positive = _BACKEND.max_connections
+    max_streams: Positive = _BACKEND.max_streams
+    tls_verify: bool | None = None  # these four: an https:// URL only (None: not given)
+    ca_file: _Path | None = None
+    client_cert: _Path | None = None
+    client_key: _Path | None = None
+
+
+class HttpBackendSection(SseBackendSection):
+    forward_credentials: bool = _BACKEND.forward_credentials
+
+
+class StdioBackendSection(_BackendSection, kw_only=True):
+    command: Annotated[Text, msgspec.Meta(extra={"missing": 'the program to start, e.g. "npx" or "/usr/bin/python3"'})]
+    args: tuple[_NoNul, ...] = ()
+    env: dict[_EnvName, _NoNul] = {}
+    inherit_env: bool = _BACKEND.inherit_env
+    env_passthrough: tuple[_EnvName, ...] = ENV_PASSTHROUGH
+    cwd: _Path | None = None
+    mode: Literal["per_session", "shared"] = _BACKEND.mode
+    max_processes: Positive = _BACKEND.max_processes
+    idle_timeout: SecondsOrZero = _BACKEND.idle_timeout
+    spawn_rate: Seconds = _BACKEND.spawn_rate
+    shutdown_grace: Seconds = _BACKEND.shutdown_grace
+    max_line_bytes: Positive | None = None  # None: limits.max_sse_event_bytes
+
+
+_BACKEND_SCHEMAS = {"http": HttpBackendSection, "sse": SseBackendSection, "stdio": StdioBackendSection}
+_TLS_KEYS = ("tls_verify", "ca_file", "client_cert", "client_key")
 
 
 def terminating(blist, kinds: dict[str, str]) -> bool:
@@ -329,67 +390,37 @@ def terminating(blist, kinds: dict[str, str]) -> bool:
     return len(blist) > 1 or kinds[blist[0]] != "http"
 
 
-def _opt_float(b: dict, name: str, key: str) -> float | None:
-    if b.get(name) is None:
-        return None
-    return _positive(_expect(b, name, key, float, 0.0), f"{key}.{name}")
-
-
-def _text(b: dict, name: str, key: str, default: str = "") -> str:
-    """A string that may not hold NUL or line breaks (it reaches a head, a log line or an
-    exec call)."""
-    v = _expect(b, name, key, str, default)
-    if any(c in v for c in "\x00\r\n"):
-        raise ConfigError(f"{key}.{name}", "must not contain NUL or line breaks")
-    return v
-
-
-def _path_file(b: dict, name: str, key: str) -> str | None:
-    if b.get(name) is None:
-        return None
-    v = _text(b, name, key)
-    if not v:
-        raise ConfigError(f"{key}.{name}", "must not be empty")
-    return v
-
-
-def _backend(name: str, b) -> BackendConfig:
+def _backend(name: str, b: dict) -> BackendConfig:
     key = f"backends.{name}"
-    if not _NAME_RE.match(name):
-        raise ConfigError(key, "backend names use 1-64 characters of [A-Za-z0-9_.-]")
-    if not isinstance(b, dict):
-        raise ConfigError(key, "expected a table")
-    transport = _expect(b, "transport", key, str, "http")
-    if transport not in TRANSPORTS:
-        raise ConfigError(f"{key}.transport", f"expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
-    known = TRANSPORT_KEYS[transport]
-    for k in b:
-        if k not in known:
-            where = [t for t in TRANSPORTS if k in TRANSPORT_KEYS[t]]
-            if where:
-                raise ConfigError(f"{key}.{k}", f"only applies to transport = {' or '.join(repr(t) for t in where)}")
-            raise ConfigError(f"{key}.{k}", f"unknown setting (known for transport {transport!r}: {', '.join(sorted(known))})")
-    common = dict(
-        name=name,
-        transport=transport,
-        connect_timeout=_opt_float(b, "connect_timeout", key),
-        response_timeout=_opt_float(b, "response_timeout", key),
-    )
+    transport = b.get("transport", "http")
+    if not isinstance(transport, str) or transport not in _BACKEND_SCHEMAS:
+        decode(transport, Transport, f"{key}.transport")  # raises, naming the transports
+    schema = _BACKEND_SCHEMAS[transport]
+    for k in b.keys() - schema.__struct_fields__:
+        where = [t for t, other in _BACKEND_SCHEMAS.items() if k in other.__struct_fields__]
+        if where:
+            raise ConfigError(f"{key}.{k}", f"only applies to transport = {' or '.join(repr(t) for t in where)}")
+    sec = decode(b, schema, key)
+    d = msgspec.structs.asdict(sec)
     if transport == "stdio":
-        return _stdio_backend(b, key, common)
-    if "url" not in b:
-        raise ConfigError(f"{key}.url", "missing")
-    url = _expect(b, "url", key, str, "")
-    host, port, path = parse_backend_url(url, f"{key}.url")
-    tls = url[:8].lower() == "https://"
-    hdrs = b.get("headers", {})
-    if not isinstance(hdrs, dict) or not all(isinstance(v, str) for v in hdrs.values()):
-        raise ConfigError(f"{key}.headers", "expected a table of strings")
-    for hk, hv in hdrs.items():
-        try:
-            heads.field_name(hk)
-        except heads.HeadError:
-            raise ConfigError(f"{key}.headers.{hk}", "not a valid header name") from None
+        if not sec.command:
+            raise ConfigError(f"{key}.command", "must not be empty")
+        return BackendConfig(name=name, url="", host="", port=0, path="/", **{**d, "env": tuple(sec.env.items())})
+    host, port, path = parse_backend_url(sec.url, f"{key}.url")
+    tls = sec.url[:8].lower() == "https://"
+    for k in () if tls else _TLS_KEYS:
+        if d[k] is not None:
+            raise ConfigError(f"{key}.{k}", "only applies to an https:// URL")
+    if sec.client_key is not None and sec.client_cert is None:
+        raise ConfigError(f"{key}.client_key", "needs client_cert")
+    d.update(headers=_headers(sec, key), tls_verify=sec.tls_verify is not False)
+    del d["bearer_token"]
+    return BackendConfig(name=name, host=host, port=port, path=path, tls=tls, **d)
+
+
+def _headers(sec: SseBackendSection, key: str) -> tuple[tuple[str, str], ...]:
+    """The fields added to every request to a backend: ``headers`` and ``bearer_token``."""
+    for hk, hv in sec.headers.items():
         try:
             heads.field_value(hv)
         except heads.HeadError:
@@ -397,116 +428,32 @@ def _backend(name: str, b) -> BackendConfig:
                 f"{key}.headers.{hk}",
                 "value must be Latin-1 text without control characters (CR, LF, NUL, ...) or surrounding spaces",
             ) from None
-    hdrs = dict(hdrs)
-    bearer = b.get("bearer_token")
-    if bearer is not None:
-        if not isinstance(bearer, str) or not heads.is_visible(bearer.encode("utf-8", "replace")):
+    hdrs = dict(sec.headers)
+    if sec.bearer_token is not None:
+        if not heads.is_visible(sec.bearer_token.encode("utf-8", "replace")):
             raise ConfigError(f"{key}.bearer_token", "expected a non-empty token of visible ASCII (no spaces or control characters)")
         if any(k.lower() == "authorization" for k in hdrs):
             raise ConfigError(f"{key}.bearer_token", "conflicts with headers.Authorization")
-        hdrs["Authorization"] = f"Bearer {bearer}"
-    if not tls:
-        for k in ("tls_verify", "ca_file", "client_cert", "client_key"):
-            if k in b:
-                raise ConfigError(f"{key}.{k}", "only applies to an https:// URL")
-    client_cert = _path_file(b, "client_cert", key)
-    client_key = _path_file(b, "client_key", key)
-    if client_key is not None and client_cert is None:
-        raise ConfigError(f"{key}.client_key", "needs client_cert")
-    return BackendConfig(
-        url=url,
-        host=host,
-        port=port,
-        path=path,
-        tls=tls,
-        tls_verify=_expect(b, "tls_verify", key, bool, True),
-        ca_file=_path_file(b, "ca_file", key),
-        client_cert=client_cert,
-        client_key=client_key,
-        pool_size=_positive(_expect(b, "pool_size", key, int, 64), f"{key}.pool_size"),
-        pool_idle_timeout=_positive(_expect(b, "pool_idle_timeout", key, float, 30.0), f"{key}.pool_idle_timeout"),
-        headers=tuple(hdrs.items()),
-        forward_credentials=_expect(b, "forward_credentials", key, bool, False),
-        max_connections=_positive(_expect(b, "max_connections", key, int, 1024), f"{key}.max_connections"),
-        max_streams=_positive(_expect(b, "max_streams", key, int, 1024), f"{key}.max_streams"),
-        **common,
-    )
-
-
-def _stdio_backend(b: dict, key: str, common: dict) -> BackendConfig:
-    if "command" not in b:
-        raise ConfigError(f"{key}.command", "missing (the program to start, e.g. \"npx\" or \"/usr/bin/python3\")")
-    command = _text(b, "command", key)
-    if not command:
-        raise ConfigError(f"{key}.command", "must not be empty")
-    args = b.get("args", [])
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise ConfigError(f"{key}.args", "expected a list of strings")
-    for i, a in enumerate(args):
-        if "\x00" in a:
-            raise ConfigError(f"{key}.args[{i}]", "must not contain NUL")
-    env = b.get("env", {})
-    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
-        raise ConfigError(f"{key}.env", "expected a table of strings")
-    for ek, ev in env.items():
-        if not _ENV_NAME_RE.match(ek):
-            raise ConfigError(f"{key}.env.{ek}", "not a valid environment variable name")
-        if "\x00" in ev:
-            raise ConfigError(f"{key}.env.{ek}", "must not contain NUL")
-    passthrough = b.get("env_passthrough", list(ENV_PASSTHROUGH))
-    if not isinstance(passthrough, list) or not all(isinstance(v, str) and _ENV_NAME_RE.match(v) for v in passthrough):
-        raise ConfigError(f"{key}.env_passthrough", "expected a list of environment variable names")
-    mode = _expect(b, "mode", key, str, "per_session")
-    if mode not in ("per_session", "shared"):
-        raise ConfigError(f"{key}.mode", f"expected per_session or shared, got {mode!r}")
-    cwd = _path_file(b, "cwd", key)
-    mlb = b.get("max_line_bytes")
-    return BackendConfig(
-        url="",
-        host="",
-        port=0,
-        path="/",
-        command=command,
-        args=tuple(args),
-        env=tuple(env.items()),
-        inherit_env=_expect(b, "inherit_env", key, bool, False),
-        env_passthrough=tuple(passthrough),
-        cwd=cwd,
-        mode=mode,
-        max_processes=_positive(_expect(b, "max_processes", key, int, 16), f"{key}.max_processes"),
-        idle_timeout=_positive(_expect(b, "idle_timeout", key, float, 300.0), f"{key}.idle_timeout", allow_zero=True),
-        spawn_rate=_positive(_expect(b, "spawn_rate", key, float, 10.0), f"{key}.spawn_rate"),
-        shutdown_grace=_positive(_expect(b, "shutdown_grace", key, float, 2.0), f"{key}.shutdown_grace"),
-        max_line_bytes=None if mlb is None else _positive(_expect(b, "max_line_bytes", key, int, 0), f"{key}.max_line_bytes"),
-        **common,
-    )
+        hdrs["Authorization"] = f"Bearer {sec.bearer_token}"
+    return tuple(hdrs.items())
 
 
 # ---------------------------------------------------------------------------------
 # Multiplexed routes: [sessions] defaults and per-route keys.
 
-_MUX_ROUTE_KEYS = (
-    "namespacing", "separator", "uri_scheme", "server_name", "server_version", "instructions", "fail_mode",
-    "list_cache", "list_cache_ttl", "session_key", "session_key_file", "old_keys", "old_key_files", "max_age",
-)  # fmt: skip
 
-
-def _key_text(value, key: str) -> bytes:
+def _key_text(value: str, key: str) -> bytes:
     from .mux.token import parse_key
 
-    if not isinstance(value, str):
-        raise ConfigError(key, "expected a key as text (64 hex digits or base64 of 32 bytes)")
     try:
         return parse_key(value)
     except ValueError as exc:
         raise ConfigError(key, str(exc)) from None
 
 
-def _key_file(value, key: str) -> bytes:
+def _key_file(value: str, key: str) -> bytes:
     from .mux.token import load_key_file
 
-    if not isinstance(value, str) or not value:
-        raise ConfigError(key, "expected a file path")
     try:
         return load_key_file(value)
     except OSError as exc:
@@ -515,46 +462,35 @@ def _key_file(value, key: str) -> bytes:
         raise ConfigError(key, str(exc)) from None
 
 
-def _str_list(section: dict, name: str, key: str) -> list:
-    v = section.get(name, [])
-    if not isinstance(v, list):
-        raise ConfigError(key, "expected a list")
-    return v
-
-
-def _keys_of(section: dict, prefix: str, key_name: str, file_name: str) -> tuple[bytes | None, list[bytes]]:
-    """(current key or None, old keys) from ``section``'s key settings."""
-    current = None
-    if key_name in section and file_name in section:
+def _keys_of(prefix: str, key_name: str, key, file_name: str, file, old_keys, old_key_files) -> tuple[bytes | None, list[bytes]]:
+    """(current key or None, old keys) from a section's key settings."""
+    if key is not None and file is not None:
         raise ConfigError(f"{prefix}.{file_name}", f"give either {key_name} or {file_name}, not both")
-    if key_name in section:
-        current = _key_text(section[key_name], f"{prefix}.{key_name}")
-    elif file_name in section:
-        current = _key_file(section[file_name], f"{prefix}.{file_name}")
-    old = [_key_text(v, f"{prefix}.old_keys[{i}]") for i, v in enumerate(_str_list(section, "old_keys", f"{prefix}.old_keys"))]
-    old += [
-        _key_file(v, f"{prefix}.old_key_files[{i}]")
-        for i, v in enumerate(_str_list(section, "old_key_files", f"{prefix}.old_key_files"))
-    ]
+    current = _key_text(key, f"{prefix}.{key_name}") if key is not None else None
+    if file is not None:
+        current = _key_file(file, f"{prefix}.{file_name}")
+    old = [_key_text(v, f"{prefix}.old_keys[{i}]") for i, v in enumerate(old_keys or ())]
+    old += [_key_file(v, f"{prefix}.old_key_files[{i}]") for i, v in enumerate(old_key_files or ())]
     return current, old
 
 
-def _sessions_defaults(s: dict) -> dict:
-    _unknown_keys(s, {"key", "key_file", "old_keys", "old_key_files", "max_age"}, "sessions")
-    current, old = _keys_of(s, "sessions", "key", "key_file")
-    max_age = _positive(_expect(s, "max_age", "sessions", float, 86400.0), "sessions.max_age", allow_zero=True)
-    return {"key": current, "old_keys": old, "max_age": max_age, "given": bool(s)}
+@dataclass(frozen=True, slots=True)
+class _Sessions:
+    key: bytes | None
+    old_keys: tuple[bytes, ...]
+    max_age: float
 
 
-def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig:
-    from .mux.names import MODES, Namespace, check_backend_names, validate_separator
+def _sessions(s: SessionsSection) -> _Sessions:
+    current, old = _keys_of("sessions", "key", s.key, "key_file", s.key_file, s.old_keys, s.old_key_files)
+    return _Sessions(current, tuple(old), s.max_age)
 
-    d = MuxConfig()
-    mode = _expect(r, "namespacing", key, str, d.namespacing)
-    if mode not in MODES:
-        raise ConfigError(f"{key}.namespacing", f"expected one of {', '.join(MODES)}, got {mode!r}")
-    sep = _expect(r, "separator", key, str, d.separator)
-    scheme = _expect(r, "uri_scheme", key, str, d.uri_scheme)
+
+def _mux_route(r: RouteSection, key: str, blist: list[str], sessions: _Sessions) -> MuxConfig:
+    from .mux.names import Namespace, check_backend_names, validate_separator
+
+    given = {k: v for k in _MUX_AS_GIVEN if (v := getattr(r, k)) is not None}
+    sep, mode, scheme = (given.get(k, getattr(_MUX, k)) for k in ("separator", "namespacing", "uri_scheme"))
     for where, check in (
         ("separator", lambda: validate_separator(sep)),
         ("backends", lambda: check_backend_names(blist, sep)),
@@ -564,39 +500,23 @@ def _mux_route(r: dict, key: str, blist: list[str], sessions: dict) -> MuxConfig
             check()
         except ValueError as exc:
             raise ConfigError(f"{key}.{where}", str(exc)) from None
-    fail = _expect(r, "fail_mode", key, str, d.fail_mode)
-    if fail not in ("open", "closed"):
-        raise ConfigError(f"{key}.fail_mode", f"expected open or closed, got {fail!r}")
-    lc = _expect(r, "list_cache", key, str, d.list_cache)
-    if lc not in ("shared", "session", "off"):
-        raise ConfigError(f"{key}.list_cache", f"expected shared, session or off, got {lc!r}")
-    server_name = _expect(r, "server_name", key, str, d.server_name)
-    if not server_name:
-        raise ConfigError(f"{key}.server_name", "must not be empty")
-    current, old = _keys_of(r, key, "session_key", "session_key_file")
-    if "old_keys" not in r and "old_key_files" not in r:
-        old = list(sessions["old_keys"])
+    current, old = _keys_of(key, "session_key", r.session_key, "session_key_file", r.session_key_file, r.old_keys, r.old_key_files)
+    if r.old_keys is None and r.old_key_files is None:
+        old = list(sessions.old_keys)
     ephemeral = False
     if current is None:
-        current = sessions["key"]
+        current = sessions.key
     if current is None:
         # No key anywhere: make one up (shared by every route and forked worker of this
         # configuration).  Sessions then end with the process.
         current = ephemeral_key()
         ephemeral = True
     return MuxConfig(
-        namespacing=mode,
-        separator=sep,
-        uri_scheme=scheme,
-        server_name=server_name,
-        server_version=_expect(r, "server_version", key, str, d.server_version),
-        instructions=_expect(r, "instructions", key, str, "") or None,
-        fail_mode=fail,
-        list_cache=lc,
-        list_cache_ttl=_positive(_expect(r, "list_cache_ttl", key, float, d.list_cache_ttl), f"{key}.list_cache_ttl", allow_zero=True),
+        **given,
+        instructions=r.instructions or None,
         session_key=current,
         old_keys=tuple(old),
-        max_age=_positive(_expect(r, "max_age", key, float, sessions["max_age"]), f"{key}.max_age", allow_zero=True),
+        max_age=sessions.max_age if r.max_age is None else r.max_age,
         ephemeral_key=ephemeral,
     )
 
@@ -628,20 +548,13 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Co
 def as_dict(self: Config) -> dict[str, Any]:  # noqa: N805 (it reads as a method of Config)
     """The effective configuration as plain data (for ``check-config``)."""
 
-    def conv(v: Any) -> Any:
-        if dataclasses.is_dataclass(v):
-            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, tuple):
-            return [conv(x) for x in v]
-        return v
-
-    d = conv(self)
+    d = as_plain(self)
     d["server"]["listen"] = fmt_hostport(self.server.listen)
     if self.server.admin_listen:
         d["server"]["admin_listen"] = fmt_hostport(self.server.admin_listen)
-    shown = {t: keys - {"bearer_token"} for t, keys in TRANSPORT_KEYS.items()}
+    shown = {t: set(schema.__struct_fields__) - {"bearer_token"} for t, schema in _BACKEND_SCHEMAS.items()}
     d["backends"] = {
-        b.name: {k: v for k, v in conv(b).items() if k in shown[b.transport]} for b in self.backends
+        b.name: {k: v for k, v in as_plain(b).items() if k in shown[b.transport]} for b in self.backends
     }
     for b in d["backends"].values():
         if "env" in b:  # a child's environment may carry credentials

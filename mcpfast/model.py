@@ -13,7 +13,7 @@ from typing import Any
 
 __all__ = [
     "Config", "ServerConfig", "LimitsConfig", "TimeoutsConfig", "LogConfig", "BackendConfig", "RouteConfig",
-    "MuxConfig", "ENV_PASSTHROUGH", "TRANSPORTS", "TRANSPORT_KEYS", "ephemeral_key", "fmt_hostport",
+    "MuxConfig", "ENV_PASSTHROUGH", "ephemeral_key", "fmt_hostport",
 ]  # fmt: skip
 
 
@@ -208,23 +208,6 @@ class Config:
 def fmt_hostport(hp: tuple[str, int]) -> str:
     host, port = hp
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# Backend keys by transport (``config`` refuses the others; ``as_dict`` shows these).
-TRANSPORTS = ("http", "sse", "stdio")
-_COMMON_KEYS = {"transport", "connect_timeout", "response_timeout"}
-_URL_KEYS = {
-    "url", "pool_size", "pool_idle_timeout", "headers", "bearer_token", "max_connections", "max_streams",
-    "tls_verify", "ca_file", "client_cert", "client_key",
-}  # fmt: skip
-TRANSPORT_KEYS = {
-    "http": _COMMON_KEYS | _URL_KEYS | {"forward_credentials"},
-    "sse": _COMMON_KEYS | _URL_KEYS,
-    "stdio": _COMMON_KEYS | {
-        "command", "args", "env", "inherit_env", "env_passthrough", "cwd", "mode", "max_processes",
-        "idle_timeout", "spawn_rate", "shutdown_grace", "max_line_bytes",
-    },
-}  # fmt: skip
 
 
 _EPHEMERAL: list[bytes] = []

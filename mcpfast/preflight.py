@@ -1,7 +1,8 @@
 """Checks made before the gateway starts, so that an operator's mistake ends in one line
 naming the setting to fix, never in a traceback.
 
-Two kinds.  ``static_checks`` needs nothing but the configuration and the file system:
+Two kinds.  ``static_checks`` needs nothing but the configuration and the file system
+(which includes a backend's TLS files, its program and its working directory):
 ``check-config`` and ``serve`` both run it, so a file that ``check-config`` passes is not
 refused by ``serve`` for a reason it could have known.  ``probe_listeners`` binds every
 address the gateway will listen on and lets go at once: it finds a port that is taken or
@@ -17,9 +18,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import shutil
 import socket
 
 from .config import Config, ConfigError
+from .transport.tls import client_context
 
 __all__ = ["StartupError", "static_checks", "probe_listeners", "listen_error", "FLAGS"]
 
@@ -112,6 +115,45 @@ def _check_sink(key: str, path: str) -> None:
         raise ConfigError(key, f"cannot create {path}: directory {parent} is not writable")
 
 
+def _check_stdio(key: str, b) -> None:
+    """The working directory exists and the program can be found and run, as the child
+    will be started: a bare name is looked up on PATH (the one in the backend's ``env``
+    if it sets one, else the gateway's), a relative path from the working directory."""
+    cwd = b.cwd
+    if cwd is not None:
+        if not os.path.exists(cwd):
+            raise ConfigError(f"{key}.cwd", f"{cwd} does not exist")
+        if not os.path.isdir(cwd):
+            raise ConfigError(f"{key}.cwd", f"{cwd} is not a directory")
+    cmd = b.command
+    if os.sep not in cmd:
+        search = dict(b.env).get("PATH", os.environ.get("PATH", os.defpath))
+        if shutil.which(cmd, path=search) is None:
+            raise ConfigError(
+                f"{key}.command",
+                f"{cmd!r} not found: not an absolute path and no executable of that name on PATH",
+            )
+        return
+    path = os.path.join(cwd or os.getcwd(), cmd)  # an absolute cmd stays as it is
+    if not os.path.exists(path):
+        raise ConfigError(f"{key}.command", f"{path} does not exist")
+    if os.path.isdir(path):
+        raise ConfigError(f"{key}.command", f"{path} is a directory")
+    if not os.access(path, os.X_OK):
+        raise ConfigError(f"{key}.command", f"{path} is not executable")
+
+
+def _check_backends(cfg: Config) -> None:
+    """Files a backend needs: TLS certificates and keys (loaded as the gateway will load
+    them), a stdio backend's program and working directory."""
+    for b in cfg.backends:
+        key = f"backends.{b.name}"
+        if b.transport == "stdio":
+            _check_stdio(key, b)
+        elif b.tls:
+            client_context(b)
+
+
 def static_checks(cfg: Config) -> None:
     """Everything ``serve`` refuses that needs no network.  Raises ``ConfigError``."""
     if not cfg.backends:
@@ -127,6 +169,7 @@ def static_checks(cfg: Config) -> None:
                 + (_worker_ports(cfg) if cfg.server.workers > 1 else ""),
             )
     _check_sink("log.access_log", cfg.log.access_log)
+    _check_backends(cfg)
     pc = cfg.policy
     audit = getattr(pc, "audit", None) if pc is not None else None
     if audit is not None and getattr(pc, "enabled", False):

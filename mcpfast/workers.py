@@ -19,7 +19,7 @@ import time
 
 import uvloop
 
-from .config import Config
+from .config import Config, ConfigError
 from .preflight import StartupError, listen_error
 
 EXIT_STARTUP = 2  # a worker that could not start: the parent stops, it does not retry
@@ -33,6 +33,8 @@ def _serve_one(cfg: Config, on_ready=None) -> None:
     async def main() -> None:
         try:
             gw = build_gateway(cfg)
+        except ConfigError as exc:  # a TLS file that changed since the checks ran
+            raise StartupError(exc.key, exc.problem) from None
         except OSError as exc:  # a log file (checked before, but the file system may change)
             key = "log.access_log" if exc.filename in (None, cfg.log.access_log) else "audit.sink"
             raise StartupError(key, f"cannot open {exc.filename}: {exc.strerror or exc}") from None

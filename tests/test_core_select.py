@@ -19,7 +19,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPORTS = ["RequestParser", "ResponseParser", "RequestHead", "ResponseHead", "SSEParser", "SSEEvent",
-           "encode_sse_event", "scan_jsonrpc", "Envelope", "splice", "splice_many"]  # fmt: skip
+           "encode_sse_event", "scan_jsonrpc", "Envelope", "splice", "splice_many", "NDJSONFramer"]  # fmt: skip
 
 PROBE = f"""
 import json, sys, warnings
@@ -100,7 +100,9 @@ def test_stub_is_valid_python_and_both_cores_implement_it():
         if isinstance(n, (ast.ClassDef, ast.FunctionDef)) and not n.name.startswith("_")
         and not (isinstance(n, ast.ClassDef) and any(getattr(b, "id", "") == "Protocol" for b in n.bases))
     ]  # fmt: skip
-    assert {"RequestParser", "ResponseParser", "SSEParser", "scan_jsonrpc", "splice"} <= set(names)
+    assert {"RequestParser", "ResponseParser", "SSEParser", "scan_jsonrpc", "splice", "NDJSONFramer"} <= set(
+        names
+    )
     for name in names:
         assert hasattr(c_core, name), f"compiled core lacks {name}"
         assert hasattr(py_core, name), f"twin lacks {name}"
@@ -189,7 +191,10 @@ def test_an_edited_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     assert got["core"] == "c"
 
 
-@pytest.mark.parametrize("edited", ["wire/_http.pxi", "wire/_jsonrpc_decl.pxi", "wire/_debug.pxi", "wire/_core.pyx", "wire/_core.pxd"])
+@pytest.mark.parametrize(
+    "edited",
+    [f"wire/{f}" for f in ("_http.pxi", "_jsonrpc_decl.pxi", "_debug.pxi", "_core.pyx", "_core.pxd", "_ndjson.pxi", "_ndjson_decl.pxi")],
+)
 def test_an_edited_core_source_is_not_shadowed_by_an_old_build(tmp_path, edited):
     """The compiled core is built from _core.pyx, its .pxd and the .pxi files they
     include: after an edit of any of them the old build must not run.  The twin does,
@@ -225,7 +230,8 @@ def test_the_core_digest_covers_what_the_build_compiles():
     deps = create_dependency_tree().all_dependencies(os.path.join(PACKAGE_DIR, "wire", "_core.pyx"))
     ours = {os.path.relpath(d, PACKAGE_DIR) for d in deps if os.path.abspath(d).startswith(PACKAGE_DIR + os.sep)}
     assert sorted(core_sources()) == sorted(ours)
-    assert {f"wire/{f}" for f in ("_core.pyx", "_core.pxd", "_http.pxi", "_http_decl.pxi", "_sse.pxi", "_jsonrpc.pxi")} <= ours
+    core_files = ("_core.pyx", "_core.pxd", "_http.pxi", "_http_decl.pxi", "_sse.pxi", "_jsonrpc.pxi", "_ndjson.pxi", "_ndjson_decl.pxi")
+    assert {f"wire/{f}" for f in core_files} <= ours
 
 
 def test_a_failed_build_leaves_the_stamp_of_the_modules_on_disk(tmp_path):

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SUITES = ["tests/test_http_request.py", "tests/test_http_response.py", "tests/test_sse.py", "tests/test_jsonrpc.py"]
+SUITES = ["tests/test_http_request.py", "tests/test_http_response.py", "tests/test_sse.py", "tests/test_jsonrpc.py",
+          "tests/test_ndjson.py"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from mcpfast.mux import token as tk
 from mcpfast.mux.token import (
     KNOWN_VERSIONS,
-    BackendSession,
     InvalidToken,
     SessionEnded,
     SessionState,
@@ -26,6 +25,7 @@ from mcpfast.mux.token import (
     new_key_text,
     parse_key,
 )
+from mcpfast.transport.base import BackendSession
 
 KEY = bytes(range(32))
 KEY2 = bytes(range(100, 132))

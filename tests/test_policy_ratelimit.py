@@ -136,7 +136,8 @@ def test_no_limits_means_no_work():
     "lim,key",
     [
         ({"rate": 1}, "ratelimit.limits[0].key"),
-        ({"key": "user", "rate": 1}, "ratelimit.limits[0].key[0]"),
+        ({"key": "user", "rate": 1}, "ratelimit.limits[0].key"),  # one name given: no index to name
+        ({"key": ["ip", "user"], "rate": 1}, "ratelimit.limits[0].key[1]"),
         ({"key": ["ip", "ip"], "rate": 1}, "ratelimit.limits[0].key"),
         ({"key": "ip"}, "ratelimit.limits[0].rate"),
         ({"key": "ip", "rate": 1, "per_minute": 60}, "ratelimit.limits[0].rate"),

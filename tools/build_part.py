@@ -1,7 +1,7 @@
 """Build one component of the compiled core on its own, for development.
 
 ``python tools/build_part.py http`` compiles a module ``_core_http`` holding only
-``mcpfast/_http.pxi`` (plus the shared debug include) into ``build/parts/``.  Run the
+``mcpfast/wire/_http.pxi`` (plus the shared debug include) into ``build/parts/``.  Run the
 test suite against it with::
 
     PYTHONPATH=.:build/parts MCPFAST_CORE_MODULE=_core_http python -m pytest tests/test_http_parser.py
@@ -20,10 +20,10 @@ from setuptools import Extension
 from setuptools.dist import Distribution
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PKG = os.path.join(os.path.dirname(HERE), "mcpfast")
+PKG = os.path.join(os.path.dirname(HERE), "mcpfast", "wire")
 
 
-PARTS = ("http", "sse", "jsonrpc")
+PARTS = ("http", "sse", "jsonrpc", "ndjson")
 
 
 def main(part: str, out: str | None = None) -> None:

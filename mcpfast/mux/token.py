@@ -77,7 +77,6 @@ from ..transport.base import BackendSession
 __all__ = [
     "InvalidToken",
     "SessionEnded",
-    "BackendSession",
     "SessionState",
     "TokenCodec",
     "key_id",

@@ -22,15 +22,13 @@ answer.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from ..validate import ConfigError, parse_origin_pattern
+import msgspec
+
+from ..validate import ConfigError, HeaderName, Section, decode, origin_patterns
 
 __all__ = ["CorsConfig", "CorsPolicy", "build_cors_config", "CORS_RESPONSE_FIELDS"]
-
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # RFC 9110 §5.6.2
 
 #: Request headers an MCP client in a browser sends (Streamable HTTP, and the stateless
 #: revision's ``Mcp-Method``/``Mcp-Name``).
@@ -49,64 +47,22 @@ CORS_RESPONSE_FIELDS = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class CorsConfig:
+class CorsConfig(Section):
     allow_origins: tuple[str, ...] = ()
-    allow_headers: tuple[str, ...] = DEFAULT_ALLOW_HEADERS
-    expose_headers: tuple[str, ...] = DEFAULT_EXPOSE_HEADERS
-    max_age: int = 600  # seconds a browser may keep a preflight answer
+    allow_headers: tuple[HeaderName, ...] = DEFAULT_ALLOW_HEADERS
+    expose_headers: tuple[HeaderName, ...] = DEFAULT_EXPOSE_HEADERS
+    max_age: Annotated[int, msgspec.Meta(ge=0, le=86400)] = 600  # seconds a browser may keep a preflight answer
     allow_credentials: bool = False  # Access-Control-Allow-Credentials: true (cookies)
-
-
-def _names(section: dict, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    key = f"cors.{name}"
-    v = section.get(name)
-    if v is None:
-        return default
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ConfigError(key, "expected a list of header names")
-    for i, h in enumerate(v):
-        if not _TOKEN.match(h):
-            raise ConfigError(f"{key}[{i}]", f"not a valid header name: {h!r}")
-    return tuple(v)
 
 
 def build_cors_config(raw: dict[str, Any]) -> CorsConfig | None:
     """The ``[cors]`` section, or None when it is absent (no CORS fields at all)."""
     if "cors" not in raw:
         return None
-    s = raw["cors"]
-    if not isinstance(s, dict):
-        raise ConfigError("cors", "expected a table")
-    known = {"allow_origins", "allow_headers", "expose_headers", "max_age", "allow_credentials"}
-    for k in s:
-        if k not in known:
-            raise ConfigError(f"cors.{k}", f"unknown setting (known: {', '.join(sorted(known))})")
-    origins = s.get("allow_origins", [])
-    if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
-        raise ConfigError("cors.allow_origins", "expected a list of origins")
-    parsed = []
-    for i, o in enumerate(origins):
-        key = f"cors.allow_origins[{i}]"
-        # Checked before parsing: urlsplit silently drops CR, LF and tab.
-        if any(c in o for c in "\r\n\t\0 "):
-            raise ConfigError(key, "contains whitespace, CR, LF or NUL")
-        parsed.append("*" if o == "*" else parse_origin_pattern(o, key))
-    max_age = s.get("max_age", 600)
-    if not isinstance(max_age, int) or isinstance(max_age, bool) or not 0 <= max_age <= 86400:
-        raise ConfigError("cors.max_age", f"expected whole seconds from 0 to 86400, got {max_age!r}")
-    cred = s.get("allow_credentials", False)
-    if not isinstance(cred, bool):
-        raise ConfigError("cors.allow_credentials", f"expected true or false, got {cred!r}")
-    if cred and "*" in parsed:
+    c = decode(raw["cors"], CorsConfig, "cors")
+    if c.allow_credentials and "*" in c.allow_origins:
         raise ConfigError("cors.allow_credentials", 'cannot be true with allow_origins = ["*"]')
-    return CorsConfig(
-        allow_origins=tuple(parsed),
-        allow_headers=_names(s, "allow_headers", DEFAULT_ALLOW_HEADERS),
-        expose_headers=_names(s, "expose_headers", DEFAULT_EXPOSE_HEADERS),
-        max_age=max_age,
-        allow_credentials=cred,
-    )
+    return msgspec.structs.replace(c, allow_origins=origin_patterns(c.allow_origins, "cors.allow_origins"))
 
 
 class CorsPolicy:

@@ -47,6 +47,7 @@ from ..wire.rpcerrors import (
 )
 from ..transport.listener import ClientProtocol
 from ..transport.pool import UpstreamError, UpstreamPool
+from ..transport.tls import insecure_warnings
 
 __all__ = ["Gateway", "Route", "Exchange", "OriginPolicy"]
 
@@ -1117,6 +1118,8 @@ class Gateway:
             await self.admin.start(*s.admin_listen)
         if self.policy is not None:
             await self.policy.start()
+        for warning in insecure_warnings(self.config):
+            log.warning(warning)
         self._tick_handle = loop.call_later(1.0, self._tick)
         self.ready = True
 

@@ -13,7 +13,7 @@ cdef class UpstreamProtocol:
     cpdef pause_reading(self)
     cpdef close(self)
 cdef class UpstreamPool:
-    cdef public object backend, metrics, host, port, connect_timeout, _waiters, _loop, _offering
+    cdef public object backend, metrics, host, port, connect_timeout, _waiters, _loop, _offering, tls, server_hostname
     cdef public list _idle
     cdef public Py_ssize_t size, max_header_bytes, max_connections, max_streams, _open, _connecting, _streams
     cdef public double idle_timeout

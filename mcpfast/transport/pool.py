@@ -22,6 +22,10 @@ answer, and nobody else ever reads those bytes.
 Flow control runs both ways through the sink: the client side pauses this transport's
 reading when the client's socket buffer fills (a slow SSE reader), and resumes it later.
 
+An https backend's connections are TLS connections wrapped in the one context its pool
+built (``transport/tls.py``); they are kept alive and reused exactly like plain ones.  A
+handshake that fails is an ``upstream_tls`` error for the exchange that asked.
+
 Two budgets per backend.  Requests (``acquire``) may have ``max_connections`` connections
 open, and wait their turn beyond that.  GET streams (``acquire_stream``) last as long as
 their client listens, so they are counted apart, up to ``max_streams``, and refused at
@@ -36,15 +40,17 @@ import asyncio
 import collections
 import logging
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..wire.core import ProtocolError, ResponseParser
+from .tls import client_context, closed_after_handshake, handshake_error
 
 if TYPE_CHECKING:
     from ..observe import BackendMetrics
 
-__all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError", "set_nodelay"]
+__all__ = ["UpstreamPool", "UpstreamProtocol", "UpstreamError", "set_nodelay", "tls_error"]
 
 log = logging.getLogger("mcpfast.upstream")
 
@@ -57,6 +63,11 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.kind = kind
         self.status = status
+
+
+def tls_error(name: str, exc: ssl.SSLError) -> UpstreamError:
+    """A failed TLS handshake (or a refusal of the client certificate right after it)."""
+    return UpstreamError(*handshake_error(name, exc))
 
 
 def set_nodelay(transport) -> None:
@@ -169,7 +180,18 @@ class UpstreamProtocol:
             sink.upstream_failed(self._lost_error(exc))
 
     def _lost_error(self, exc) -> UpstreamError:
+        if isinstance(exc, ssl.SSLError):
+            # A TLS 1.3 server refuses a client certificate on the first read, after
+            # the handshake; never retried: a new connection meets the same refusal.
+            return tls_error(self.pool.backend.name, exc)
         if not self.got_bytes:
+            pool = self.pool
+            if pool.tls is not None and not self.reused:
+                # A new TLS connection closed unanswered.  A server that refuses the
+                # client certificate (or its lack) after a TLS 1.3 handshake does this
+                # when it closes without sending its alert -- asyncio servers such as
+                # uvicorn do.
+                return UpstreamError("upstream_tls", closed_after_handshake(pool.backend))
             err = UpstreamError("upstream_closed", "backend closed the connection before answering")
             err.retryable = self.reused  # type: ignore[attr-defined]
             return err
@@ -286,6 +308,10 @@ class UpstreamPool:
         self._offering: UpstreamProtocol | None = None
         self._loop = loop
         self.closed = False
+        # https: the context every connection is wrapped in (built once, here), and the
+        # URL's host for SNI and the certificate check.
+        self.tls = client_context(backend) if getattr(backend, "tls", False) else None
+        self.server_hostname = backend.host if self.tls is not None else None
 
     @property
     def open_connections(self) -> int:
@@ -364,12 +390,19 @@ class UpstreamPool:
         err = None
         try:
             try:
+                # The connect timeout covers the TLS handshake too: create_connection
+                # returns once it is done.
                 _, conn = await asyncio.wait_for(
-                    loop.create_connection(lambda: UpstreamProtocol(self, self.max_header_bytes), self.host, self.port),
+                    loop.create_connection(
+                        lambda: UpstreamProtocol(self, self.max_header_bytes), self.host, self.port,
+                        ssl=self.tls, server_hostname=self.server_hostname,
+                    ),
                     self.connect_timeout,
-                )
+                )  # fmt: skip
             finally:
                 self._connecting -= 1
+        except ssl.SSLError as exc:  # before OSError: it is one
+            err = tls_error(self.backend.name, exc)
         except asyncio.TimeoutError:
             err = UpstreamError("upstream_connect_timeout", f"connecting to backend {self.backend.name} timed out", 504)
         except OSError as exc:

@@ -5,3 +5,4 @@
 include "_http_decl.pxi"
 include "_sse_decl.pxi"
 include "_jsonrpc_decl.pxi"
+include "_ndjson_decl.pxi"

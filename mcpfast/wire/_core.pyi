@@ -359,3 +359,37 @@ def splice_many(body: bytes | bytearray | memoryview, edits: Sequence[tuple[int,
     overlap, and two edits starting at the same offset (two insertions there would have
     no defined order) raise ``ValueError``; an edit may start where another ends.  No
     edits gives a copy of ``body`` as ``bytes``."""
+
+# ---------------------------------------------------------------------------------
+# Newline-delimited JSON (the MCP stdio transport: one message per line, no embedded
+# newline)
+# ---------------------------------------------------------------------------------
+
+class NDJSONFramer:
+    """Splits a byte stream into lines; nothing in a line is interpreted.
+
+    A line is the bytes before an LF.  One CR right before the LF is dropped with it
+    (CRLF); any other CR stays in the line.  A line left empty (``\\n``, ``\\r\\n``) is
+    skipped.  ``feed(data)`` (any C-contiguous buffer) returns the lines the data
+    completes, as ``bytes``.  ``feed_eof()`` returns the last line if the stream ended
+    without LF, ended as if an LF followed (a last CR goes), unless it is empty;
+    ``feed`` after ``feed_eof`` is a RuntimeError, a second ``feed_eof`` returns ``[]``.
+
+    ``max_line`` (at least 1, else ``ValueError``) bounds a line's bytes, its LF and the
+    CR before the LF not counted.  The fault ``ProtocolError(502)`` is known as soon as
+    the unfinished line is longer than that, counting a last CR only when the next byte
+    shows it is no CRLF.  Lines completed before the fault are returned first: the error
+    is raised by the same call if it completed no line, else by the next call; after
+    that every call (``feed_eof`` too) raises it.  So lines and error do not depend on
+    how the stream is split.  ``buffered`` -- the bytes of the unfinished line held -- is
+    never more than ``max_line`` (``max_line + 1`` while the last byte is a CR); after
+    the fault it is 0.
+    """
+
+    def __init__(self, max_line: int = 16 * 1024 * 1024) -> None: ...
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]: ...
+    def feed_eof(self) -> list[bytes]: ...
+    @property
+    def max_line(self) -> int: ...
+    @property
+    def buffered(self) -> int: ...

@@ -1,9 +1,10 @@
 # cython: language_level=3
 """The compiled protocol core: HTTP/1.1 request and response parsers, an SSE parser and
-writer, and a JSON-RPC envelope scanner with a splice helper.
+writer, a JSON-RPC envelope scanner with a splice helper, and a newline-delimited JSON
+framer.
 
 Theory of operation.  Bytes flow in through ``feed``; parsed facts flow out as handler
-callbacks (HTTP), returned lists (SSE) or one ``Envelope`` (JSON-RPC).  Nothing here
+callbacks (HTTP), returned lists (SSE, NDJSON lines) or one ``Envelope`` (JSON-RPC).  Nothing here
 knows about sockets or asyncio, so the same code is driven by the gateway's protocols,
 by unit tests that split input at every possible point, and by fuzzers.  Input is read
 through ``const unsigned char*`` with explicit offsets; a Python ``bytes`` is created
@@ -25,3 +26,4 @@ include "_debug.pxi"
 include "_http.pxi"
 include "_sse.pxi"
 include "_jsonrpc.pxi"
+include "_ndjson.pxi"

@@ -16,6 +16,7 @@ from ._jsonrpc_py import (
     splice,
     splice_many,
 )
+from ._ndjson_py import NDJSONFramer
 from ._sse_py import SSEEvent, SSEParser, encode_sse_event, sse_passable
 from .errors import ProtocolError
 
@@ -41,4 +42,5 @@ __all__ = [
     "KIND_NOTIFICATION",
     "KIND_RESPONSE",
     "KIND_ERROR",
+    "NDJSONFramer",
 ]

@@ -53,8 +53,4 @@ KIND_REQUEST = _impl.KIND_REQUEST
 KIND_NOTIFICATION = _impl.KIND_NOTIFICATION
 KIND_RESPONSE = _impl.KIND_RESPONSE
 KIND_ERROR = _impl.KIND_ERROR
-# The NDJSON framer (stdio transport): the compiled one when the core has it.
-if hasattr(_impl, "NDJSONFramer"):
-    NDJSONFramer = _impl.NDJSONFramer
-else:
-    from ._ndjson_py import NDJSONFramer  # noqa: E402
+NDJSONFramer = _impl.NDJSONFramer

@@ -1,0 +1,890 @@
+"""Backends that speak the 2024-11-05 HTTP+SSE transport, behind the backend seam.
+
+Theory of operation.  A legacy backend session is one event stream: ``GET url`` opens
+it, its first event (``event: endpoint``) names the URL to POST messages to, every POST
+is merely accepted (202, some servers 200), and everything the backend says -- the
+responses, progress, logging, its own requests -- arrives on that stream as ``event:
+message``.  So the session lives where its stream is held: in this process.  Its id is
+``<instance>.<n>``, ``instance`` random per process; an id of another instance raises
+``SessionLost`` (the client re-initializes), one of this instance whose stream is gone
+answers 404 (the route opens a new backend session for the same client session).
+
+All HTTP goes through the multiplexer's machinery (``mux.client``): the stream is a
+``listen`` ``Call`` on the backend's pool (its stream budget), each POST a ``Call``.  The
+session (``_Session``) is the stream's handler and takes every event apart:
+
+* a response goes to the call in flight with its id (``inflight``);
+* ``notifications/progress`` goes to the call whose request carried its token;
+* any other notification or a server→client request goes to the one call in flight
+  that takes such messages if there is exactly one, else to the session's ``listen``
+  stream, else to the most recent such call, else nowhere (debug log).
+
+Each routed message's answer is an ``SseCall`` (a ``Call`` subclass, so the compiled
+handlers take it) delivering as ``transport/base.py`` says: the first message for a
+request decides its shape -- the response first gives a JSON answer, anything else a
+streamed one ending with the response.  What one stream read produced is flushed per
+call afterwards (``on_flush``).  Deliveries never happen inside ``send``/``listen``: an
+answer known at once (a refusal, a 404) is delivered from the loop right after.
+
+Client ids pass through (the backend session is the client's own); a request whose id is
+already in flight in the session is refused (-32600).  The gateway's own requests
+(``ask``) get a private id no call in flight has, and the response gets the original id
+back.
+
+The endpoint comes from the backend, so it is checked before anything is sent there:
+visible ASCII, resolved against the configured URL, on the same scheme, host and port,
+a valid origin-form target (``heads``).  The configured headers go on the GET and every
+POST; nothing of the client's becomes a header.  Events are bounded by ``max_event``
+(the SSE parser), answers waited for per session by ``max_inflight``; messages nobody
+waits for are dropped, never kept.
+
+Failures.  A stream that ends or breaks fails every call in flight on it (502) and the
+session is gone (404 afterwards).  Opening a stream that fails (no connection, no 200
+event stream, no endpoint in time, a refused endpoint, initialize unanswered) backs off
+0.25 s doubling to 30 s; while backing off a new session fails at once with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from typing import Any, Callable
+from urllib.parse import urljoin, urlsplit
+
+from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
+from ..wire.heads import HeadError, is_visible, origin_target, request_head
+from .http_mcp import BackendLink, Call, CallHandler, Reply
+from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
+from .pool import UpstreamError, UpstreamPool
+from .base import Message, SessionLost, answer_head
+
+__all__ = ["SseBackend", "SseCall"]
+
+log = logging.getLogger("mcpfast.transport.sse")
+
+_JSON = b"application/json"
+_SSE = b"text/event-stream"
+_POST_FIXED = b"Content-Type: application/json\r\n"
+_ENDPOINT = b"endpoint"
+_MESSAGE = b"message"
+_PROGRESS = "notifications/progress"
+_CANCELLED = "notifications/cancelled"
+_BACKOFF_FIRST = 0.25
+_BACKOFF_MAX = 30.0
+_PROBE_TIMEOUT = 5.0
+
+# What each SseCall is for.
+_ROUTED = 0  # a client's request: answered on the stream
+_POSTED = 1  # a client's notification or response: answered 202 once accepted
+_LISTEN = 2  # the session's server→client stream
+
+_pid = 0
+_instance = ""
+
+
+def instance_id() -> str:
+    """This process's random instance name (made anew in a forked child)."""
+    global _pid, _instance
+    pid = os.getpid()
+    if pid != _pid:
+        _pid = pid
+        _instance = secrets.token_hex(6)
+    return _instance
+
+
+def _id_key(rpc_id: Any) -> tuple[bool, Any]:
+    """A JSON-RPC id as a key: the string "1" and the number 1 are different ids."""
+    return (type(rpc_id) is str, rpc_id)
+
+
+def endpoint_target(url: str, scheme: str, host: str, port: int, data: bytes) -> bytes:
+    """The origin-form target to POST to, from an ``endpoint`` event's data, resolved
+    against the configured ``url`` (scheme, host and port: the configured ones).  Raises
+    ``ValueError`` naming the fault for anything else: not visible ASCII, another
+    scheme, host or port, credentials, not a valid request target."""
+    if not is_visible(data):
+        raise ValueError("not visible ASCII (spaces, line breaks or control characters)")
+    text = data.decode("ascii")
+    resolved = urlsplit(urljoin(url, text))
+    if resolved.scheme != scheme:
+        raise ValueError(f"another scheme ({resolved.scheme})")
+    if "@" in resolved.netloc:
+        raise ValueError("credentials in the URL")
+    try:
+        rport = resolved.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise ValueError("a bad port") from None
+    if (resolved.hostname or "").lower() != host.lower() or rport != port:
+        raise ValueError("another host or port than the configured URL")
+    target = resolved.path or "/"
+    if resolved.query:
+        target += "?" + resolved.query
+    try:
+        return origin_target(target, "endpoint")
+    except HeadError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class SseCall(Call):
+    """One answer of a legacy backend: a routed request's, a posted notification's or
+    response's, or the session's ``listen`` stream.  Stands in for a ``Call`` (the route
+    reads ``head``, ``status``, ``events``, ``stream``, ``pending``; it calls
+    ``pause_reading``/``resume_reading``/``detach``); ``start`` does nothing, the work
+    began in ``send``/``listen``."""
+
+    __slots__ = ("sess", "role", "key", "token", "started", "chatty", "backend")
+
+    def __init__(self, backend: "SseBackend", handler: CallHandler, role: int, whole: bool = False) -> None:
+        # The base __init__ is not called: it prepares an HTTP exchange this is not.
+        # Every attribute a handler or the base class reads is set here.
+        self.backend = backend
+        self.link = backend.link
+        self.data = None
+        self.handler = handler
+        self.timeout = backend.response_timeout
+        self.whole = whole  # the timeout bounds the whole answer, not its first message
+        self.conn = None
+        self.head = None
+        self.events = False
+        self.sse = None
+        self.plain = False
+        self.buf = None
+        self.size = 0
+        self.done = False
+        self.retried = False
+        self.pending = None
+        self.timer = None
+        self.status = 0
+        self.paused = False
+        self.watched = False
+        self.stream = False
+        self.listen = role == _LISTEN
+        self.sess: _Session | None = None
+        self.role = role
+        self.key: tuple | None = None  # its request id in the session's ``inflight``
+        self.token: tuple | None = None  # its progress token in the session's ``tokens``
+        self.started = False  # its head was delivered
+        self.chatty = False  # takes messages not tied to a response (see module doc)
+
+    # --- used by the route (Exchange.upstream) ------------------------------------
+    def start(self, now: float = 0.0) -> "SseCall":
+        return self
+
+    def pause_reading(self) -> None:
+        self.paused = True
+        s = self.sess
+        if s is not None and not self.done:
+            s.pause(self)
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        s = self.sess
+        if s is not None:
+            s.resume(self)
+
+    def detach(self) -> None:
+        """The client left: nothing more is delivered; later messages for this call are
+        dropped."""
+        self.done = True
+        self._forget()
+
+    # --- internal -------------------------------------------------------------------
+    def _arm(self, now: float = 0.0) -> None:
+        """Bound the wait for the first message (or, ``whole``, for the answer); ``now``:
+        the monotonic time, read here when 0."""
+        t = self.timeout
+        if not t:
+            return
+        if not self.whole and t == self.link.response_timeout:
+            self.watched = True
+            self.link.watch(self, now)
+        else:
+            loop = self.link.pool._loop or asyncio.get_running_loop()
+            self.timer = loop.call_later(t, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self.watched:
+            self.watched = False
+            self.link.waiting.pop(self, None)
+        t = self.timer
+        if t is not None:
+            self.timer = None
+            t.cancel()
+
+    def _timed_out(self) -> None:  # the link's sweep or our own timer
+        self.timer = None
+        self.watched = False
+        if self.done:
+            return
+        what = "answer" if self.whole else "first message"
+        self.fail(UpstreamError("upstream_timeout", f"backend {self.link.name} sent no {what} within {self.timeout:g}s", 504))
+        self._flush()
+
+    def _forget(self) -> None:
+        self._disarm()
+        s = self.sess
+        if s is not None:
+            self.sess = None
+            s.forget(self)
+
+    def _guard(self, fn, *args) -> bool:
+        """Run a handler method; a failure is logged and ends this call (never the
+        stream it came from).  False when it failed."""
+        try:
+            fn(self, *args)
+            return True
+        except Exception as exc:
+            log.exception("legacy SSE backend: handler failed")
+            if not self.done:
+                self.fail(UpstreamError("gateway_error", f"internal error: {exc}"))
+            return False
+
+    def _begin_stream(self) -> bool:
+        self.started = True
+        self.events = True
+        self.status = 200
+        self.head = answer_head(200, _SSE)
+        return self._guard(self.handler.on_head, self.head) and not self.done  # False: failed or left
+
+    def deliver(self, data: bytes, final: bool) -> None:
+        """One message for this call (``final``: its response).  Flushing is the
+        caller's business (``_flush``)."""
+        if self.done:
+            return
+        h = self.handler
+        if not self.started:
+            self._disarm()
+            if final and self.role == _ROUTED:
+                self.answer(200, data)  # the response came first: a JSON answer
+                return
+            if not self._begin_stream():
+                return
+        if not self._guard(h.on_event, Message(data)):
+            return
+        if final:  # end() does nothing if the client left meanwhile
+            self.end()
+
+    def answer(self, status: int, body: bytes | None = None) -> None:
+        """A whole answer made here: ``status`` with a JSON ``body``, or none."""
+        if self.done:
+            return
+        self.started = True
+        self._forget()  # later messages for it are dropped
+        self.status = status
+        h = self.handler
+        self.head = answer_head(status) if body is None else answer_head(status, _JSON, len(body))
+        if not self._guard(h.on_head, self.head) or self.done:
+            return  # failed, or the client left
+        if body is not None and self.stream:
+            if not self._guard(h.on_body, body):
+                return
+            body = None
+        if not self.done:
+            self.done = True
+            self._guard(h.on_end, body)
+
+    def end(self) -> None:
+        """The answer is complete (a streamed one, or a ``listen`` stream)."""
+        if self.done:
+            return
+        if not self.started and not self._begin_stream():
+            return
+        self.done = True
+        self._forget()
+        self._guard(self.handler.on_end, None)
+
+    def fail(self, err: UpstreamError) -> None:
+        if self.done:
+            return
+        self.done = True
+        self._forget()
+        try:
+            self.handler.on_error(self, err)
+        except Exception:
+            log.exception("legacy SSE backend: error handler failed")
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            self.pending = None
+            try:
+                self.handler.on_flush(self)
+            except Exception as exc:
+                log.exception("legacy SSE backend: handler failed")
+                if not self.done:
+                    self.fail(UpstreamError("gateway_error", f"internal error: {exc}"))
+
+
+class _Collect(CallHandler):
+    """The gateway's own request (``ask``): keeps the response, hands the rest to
+    ``on_message``."""
+
+    __slots__ = ("fut", "on_message", "message", "env")
+
+    def __init__(self, fut: asyncio.Future, on_message: Callable | None) -> None:
+        self.fut = fut
+        self.on_message = on_message
+        self.message: bytes | None = None
+        self.env = None
+
+    def on_event(self, call, ev) -> None:
+        data = ev.data
+        try:
+            env = scan_jsonrpc(data)
+        except ProtocolError:
+            return
+        if type(env) is not list and env.kind in (KIND_RESPONSE, KIND_ERROR):
+            self.message = data
+            self.env = env
+        elif self.on_message is not None:
+            self.on_message(data, env)
+
+    def on_end(self, call, body) -> None:
+        if body is not None:
+            self.message = body
+            self.env = scan_jsonrpc(body)
+        if not self.fut.done():
+            self.fut.set_result(call.status)
+
+    def on_error(self, call, err) -> None:
+        if not self.fut.done():
+            self.fut.set_exception(err)
+
+
+class _Post(CallHandler):
+    """The POST of one message to the session's endpoint: accepted (2xx) or not."""
+
+    __slots__ = ("answer", "name")
+
+    def __init__(self, answer: SseCall, name: str) -> None:
+        self.answer = answer
+        self.name = name
+
+    def on_end(self, call, body) -> None:
+        a = self.answer
+        status = call.status
+        if 200 <= status < 300:
+            if a.role == _POSTED:
+                a.answer(202)
+                a._flush()
+            return
+        a.fail(UpstreamError("upstream_status", f"backend {self.name} answered a message POST with HTTP {status}", 502))
+        a._flush()
+
+    def on_error(self, call, err) -> None:
+        a = self.answer
+        a.fail(UpstreamError(err.kind, f"backend {self.name}: message POST failed: {err}", err.status))
+        a._flush()
+
+
+class _Session(CallHandler):
+    """One backend session: its event stream (this is the stream call's handler), its
+    endpoint, the calls waiting for answers on it."""
+
+    __slots__ = (
+        "backend", "sid", "stream", "ready", "post_pre", "inflight", "tokens", "chatty", "listener", "touched",
+        "paused", "gone", "next_id",
+    )  # fmt: skip
+
+    def __init__(self, backend: "SseBackend", sid: str) -> None:
+        self.backend = backend
+        self.sid = sid
+        self.stream: Call | None = None
+        self.ready: asyncio.Future = asyncio.get_running_loop().create_future()  # the endpoint arrived
+        self.post_pre: bytes | None = None  # POST head up to Content-Length
+        self.inflight: dict[tuple, SseCall] = {}  # request id -> its answer
+        self.tokens: dict[tuple, SseCall] = {}  # progress token -> its answer
+        self.chatty: dict[SseCall, None] = {}  # calls taking unattributed messages, oldest first
+        self.listener: SseCall | None = None
+        self.touched: list[SseCall] = []  # got deliveries in the stream read being parsed
+        self.paused: set[SseCall] = set()
+        self.gone = False
+        self.next_id = 0
+
+    # --- the stream (CallHandler of the GET) ----------------------------------------
+    def on_head(self, call, head) -> None:
+        if head.status == 200 and call.events:
+            return
+        why = f"HTTP {head.status}" if head.status != 200 else f"not an event stream ({head.content_type!r})"
+        call.detach()
+        self.lost(UpstreamError("upstream_status", f"backend {self.backend.name}: GET {self.backend.cfg.url} answered {why}"))
+
+    def on_event(self, call, ev) -> None:
+        if self.gone:
+            return
+        kind = ev.event
+        if self.post_pre is None:
+            if kind == _ENDPOINT:
+                self._endpoint(call, ev.data or b"")
+            return  # nothing else means anything before the endpoint
+        if kind is not None and kind != _MESSAGE:
+            return
+        data = ev.data
+        if data:
+            self._message(data)
+            if self.touched:
+                call.pending = True
+
+    def on_flush(self, call) -> None:
+        touched = self.touched
+        if touched:
+            self.touched = []
+            for c in touched:
+                c._flush()
+
+    def on_end(self, call, body) -> None:
+        self.on_flush(call)
+        self.lost(UpstreamError("upstream_unavailable", f"backend {self.backend.name}: event stream lost (the backend ended it)", 502))
+
+    def on_error(self, call, err) -> None:
+        self.on_flush(call)
+        self.lost(UpstreamError("upstream_unavailable", f"backend {self.backend.name}: event stream lost ({err})", 502))
+
+    def _endpoint(self, call, data: bytes) -> None:
+        b = self.backend
+        cfg = b.cfg
+        try:
+            target = endpoint_target(cfg.url, "https" if cfg.tls else "http", cfg.host, cfg.port, data)
+            pre = request_head(b"POST", target, b.link.host_line, b.link.extra + _POST_FIXED, (), -1)[:-2]
+        except (ValueError, HeadError) as exc:
+            shown = bytes(data[:120]).decode("ascii", "backslashreplace")
+            call.detach()
+            self.lost(UpstreamError("upstream_protocol", f"backend {b.name}: endpoint {shown!r} refused: {exc}", 502))
+            return
+        self.post_pre = pre
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def _message(self, data: bytes) -> None:
+        try:
+            env = scan_jsonrpc(data)
+        except ProtocolError as exc:
+            log.debug("backend %s sent a message that is not JSON-RPC: %s", self.backend.name, exc)
+            return
+        if type(env) is list:
+            log.debug("backend %s sent a batch on its event stream: dropped", self.backend.name)
+            return
+        kind = env.kind
+        if kind == KIND_RESPONSE or kind == KIND_ERROR:
+            call = self.inflight.get(_id_key(env.id))
+            if call is None:
+                log.debug("backend %s answered id %r, which nobody waits for: dropped", self.backend.name, env.id)
+                return
+            self._to(call, data, True)
+            return
+        if kind == KIND_NOTIFICATION and env.method == _PROGRESS and env.progress_token is not None:
+            call = self.tokens.get(_id_key(env.progress_token))
+            if call is not None:
+                self._to(call, data, False)
+                return
+        chatty = self.chatty
+        if len(chatty) == 1:
+            call = next(iter(chatty))
+        elif self.listener is not None:
+            call = self.listener
+        elif chatty:
+            call = next(reversed(chatty))
+        else:
+            log.debug("backend %s sent %s with nobody to take it: dropped", self.backend.name, env.method)
+            return
+        self._to(call, data, False)
+
+    def _to(self, call: SseCall, data: bytes, final: bool) -> None:
+        call.deliver(data, final)
+        if call.pending is not None:
+            self.touched.append(call)
+
+    # --- calls ------------------------------------------------------------------------
+    def add(self, call: SseCall, key: tuple | None, token, chatty: bool) -> None:
+        call.sess = self
+        if key is not None:
+            call.key = key
+            self.inflight[key] = call
+        if token is not None:
+            tk = _id_key(token)
+            if tk not in self.tokens:
+                call.token = tk
+                self.tokens[tk] = call
+        if chatty:
+            call.chatty = True
+            self.chatty[call] = None
+        if call.paused:
+            self.pause(call)
+
+    def forget(self, call: SseCall) -> None:
+        if call.key is not None and self.inflight.get(call.key) is call:
+            del self.inflight[call.key]
+        if call.token is not None and self.tokens.get(call.token) is call:
+            del self.tokens[call.token]
+        if call.chatty:
+            self.chatty.pop(call, None)
+        if self.listener is call:
+            self.listener = None
+        if call in self.paused:
+            self.resume(call)
+
+    def private_id(self) -> str:
+        """An id for a request of the gateway's own that no call in flight has."""
+        while True:
+            self.next_id += 1
+            rid = f"mcpfast-sse-{self.next_id}"
+            if (True, rid) not in self.inflight:
+                return rid
+
+    def pause(self, call: SseCall) -> None:
+        self.paused.add(call)
+        if self.stream is not None:
+            self.stream.pause_reading()
+
+    def resume(self, call: SseCall) -> None:
+        self.paused.discard(call)
+        if not self.paused and self.stream is not None:
+            self.stream.resume_reading()
+
+    def post(self, body: bytes, answer: SseCall) -> None:
+        link = self.backend.link
+        Call(link, [b"%sContent-Length: %d\r\n\r\n" % (self.post_pre, len(body)), body], _Post(answer, link.name)).start()
+
+    # --- the end ------------------------------------------------------------------------
+    def lost(self, err: UpstreamError) -> None:
+        """The stream is gone: every call on it fails, the session is forgotten."""
+        if self.gone:
+            return
+        self.gone = True
+        self.stream = None
+        self.backend.sessions.pop(self.sid, None)
+        if not self.ready.done():
+            self.ready.set_exception(err)
+            self.ready.exception()  # retrieved: nobody may be waiting any more
+        for call in list(self.inflight.values()):
+            call.fail(err)
+            call._flush()
+        for call in list(self.chatty):
+            call.fail(err)
+            call._flush()
+        listener = self.listener
+        if listener is not None:
+            listener.end()
+            listener._flush()
+        log.info("backend %s: session %s ended: %s", self.backend.name, self.sid, err)
+
+    def close(self, why: str) -> None:
+        stream = self.stream
+        if stream is not None:
+            stream.detach()
+        self.lost(UpstreamError("upstream_unavailable", f"backend {self.backend.name}: {why}", 502))
+
+
+class SseBackend:
+    """A backend reached over the 2024-11-05 HTTP+SSE transport (the module docstring
+    says how).  ``max_event``: bytes of one event; ``max_inflight``: answers waited for
+    at once per session."""
+
+    kind = "sse"
+    local_sessions = True
+
+    def __init__(
+        self,
+        cfg,
+        pool: UpstreamPool,
+        *,
+        response_timeout: float,
+        max_event: int,
+        max_inflight: int = 1024,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.pool = pool
+        self.response_timeout = response_timeout
+        self.max_inflight = max_inflight
+        self.link = BackendLink(cfg, pool, response_timeout, max_event)
+        self.sessions: dict[str, _Session] = {}
+        self._pid = os.getpid()
+        self._n = 0
+        # Reconnection back-off: failed stream opens in a row, and when the next may try.
+        self.failures = 0
+        self.retry_at = 0.0
+        self.last_failure = ""
+        self.closed = False
+
+    # --- sessions ---------------------------------------------------------------------
+    def _sessions(self) -> dict[str, _Session]:
+        if os.getpid() != self._pid:  # a forked child: the parent's streams are not ours
+            self._pid = os.getpid()
+            self.sessions = {}
+        return self.sessions
+
+    def _lookup(self, session_id: str | None) -> _Session | None:
+        """The live session ``session_id``; None when it is gone.  Raises ``SessionLost``
+        for an id this process cannot serve."""
+        sessions = self._sessions()
+        if session_id is None or session_id.rpartition(".")[0] != instance_id():
+            raise SessionLost(session_id)
+        return sessions.get(session_id)
+
+    def _refuse_while_backing_off(self) -> None:
+        if self.closed:
+            raise UpstreamError("upstream_unavailable", "gateway is shutting down", 503)
+        left = self.retry_at - time.monotonic()
+        if left > 0:
+            raise UpstreamError(
+                "upstream_unavailable",
+                f"backend {self.name} unavailable (retrying in {left:.2f}s after {self.failures} failed "
+                f"attempt(s): {self.last_failure})",
+                503,
+            )
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.last_failure = why
+        delay = min(_BACKOFF_FIRST * 2 ** (self.failures - 1), _BACKOFF_MAX)
+        self.retry_at = time.monotonic() + delay
+
+    async def _open(self) -> _Session:
+        """A new session with its stream open and its endpoint known."""
+        self._refuse_while_backing_off()
+        self._n += 1
+        sid = f"{instance_id()}.{self._n}"
+        s = _Session(self, sid)
+        link = self.link
+        call = Call(link, [link.head(b"GET", None, None)], s)
+        call.listen = True
+        s.stream = call
+        call.start()
+        try:
+            await asyncio.wait_for(asyncio.shield(s.ready), self.response_timeout)
+        except asyncio.TimeoutError:
+            s.close("no endpoint event")
+            err = UpstreamError(
+                "upstream_timeout", f"backend {self.name} sent no endpoint event within {self.response_timeout:g}s", 504
+            )
+            self._failed(str(err))
+            raise err from None
+        except UpstreamError as err:
+            s.close("stream failed")
+            self._failed(str(err))
+            raise
+        except BaseException:
+            s.close("abandoned")
+            raise
+        return s
+
+    # --- the seam -----------------------------------------------------------------------
+    async def ask(
+        self,
+        session_id: str | None,
+        version: str | None,
+        data: bytes,
+        on_message: Callable[[bytes, Any], None] | None = None,
+        calls: set | None = None,
+    ) -> Reply:
+        """One message of the gateway's own (``transport/base.py``); ``session_id`` None
+        with an ``initialize`` opens a session."""
+        env = scan_jsonrpc(data)
+        if type(env) is list:
+            raise UpstreamError("gateway_error", f"backend {self.name}: a batch cannot be sent to a legacy SSE backend", 500)
+        if session_id is None:
+            s = await self._open()
+            try:
+                status, message, renv = await self._exchange(s, data, env, on_message, calls)
+            except BaseException as exc:
+                s.close("initialize failed")
+                if isinstance(exc, UpstreamError):
+                    self._failed(str(exc))
+                raise
+            if status != 200 or renv is None or renv.kind != KIND_RESPONSE:
+                s.close("initialize refused")  # the route gives up: nobody would end it
+                return Reply(status, None, message, renv, _JSON)
+            self.failures = 0
+            self.sessions[s.sid] = s
+            return Reply(200, s.sid, message, renv, _JSON)
+        s = self._lookup(session_id)
+        if s is None:
+            return Reply(404, None, None, None, None)
+        status, message, renv = await self._exchange(s, data, env, on_message, calls)
+        return Reply(status, session_id, message, renv, _JSON if message is not None else None)
+
+    async def _exchange(self, s: _Session, data: bytes, env, on_message, calls) -> tuple[int, bytes | None, Any]:
+        fut = asyncio.get_running_loop().create_future()
+        if env.kind != KIND_REQUEST:
+            call = SseCall(self, _Collect(fut, None), _POSTED)
+            call.sess = s
+            s.post(data, call)
+            await fut
+            return 202, None, None
+        if len(s.inflight) >= self.max_inflight:
+            raise UpstreamError("upstream_busy", f"backend {self.name}: {self.max_inflight} requests in flight in one session", 503)
+        collect = _Collect(fut, on_message)
+        call = SseCall(self, collect, _ROUTED, whole=calls is None)
+        rid = s.private_id()
+        s_, e_ = env.id_span
+        body = splice(data, s_, e_, b'"%s"' % rid.encode("ascii"))
+        s.add(call, _id_key(rid), env.progress_token if on_message is not None else None, on_message is not None)
+        call._arm()
+        s.post(body, call)
+        if calls is not None:
+            calls.add(call)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            call.detach()
+            raise
+        finally:
+            if calls is not None:
+                calls.discard(call)
+        message, renv = collect.message, collect.env
+        if message is None:
+            raise UpstreamError("upstream_protocol", f"backend {self.name}: no response to {env.method}", 502)
+        # The response carries the private id: put the caller's back.
+        if renv.id_span is not None and env.id_span is not None:
+            message = splice(message, renv.id_span[0], renv.id_span[1], data[env.id_span[0]:env.id_span[1]])
+            renv = scan_jsonrpc(message)
+        return 200, message, renv
+
+    def send(self, bs, body: bytes, handler: CallHandler, paused: bool = False, now: float = 0.0) -> SseCall:
+        """A client's routed message in backend session ``bs``; its answer goes to
+        ``handler`` (see the module docstring).  ``paused``: the client is not reading
+        yet (the stream is not read until it resumes); ``now``: the monotonic time if
+        the caller just read it.  Raises ``SessionLost``."""
+        s = self._lookup(bs.session_id)
+        loop = self.pool._loop or asyncio.get_running_loop()
+        try:
+            env = scan_jsonrpc(body)
+        except ProtocolError as exc:
+            call = SseCall(self, handler, _POSTED)
+            loop.call_soon(_later_fail, call, UpstreamError("gateway_error", f"not a JSON-RPC message: {exc}", 500))
+            return call
+        if type(env) is list:
+            call = SseCall(self, handler, _POSTED)
+            loop.call_soon(_later_fail, call, UpstreamError("gateway_error", "a batch cannot be sent to a legacy SSE backend", 500))
+            return call
+        request = env.kind == KIND_REQUEST
+        call = SseCall(self, handler, _ROUTED if request else _POSTED)
+        call.paused = paused
+        if s is None:
+            loop.call_soon(_later_answer, call, 404, None)
+            return call
+        if request:
+            key = _id_key(env.id)
+            if key in s.inflight:
+                err = jsonrpc_error_body(INVALID_REQUEST, "Invalid Request: this id is already in use by a request in flight", env.id)
+                loop.call_soon(_later_answer, call, 200, err)
+                return call
+            if len(s.inflight) >= self.max_inflight:
+                loop.call_soon(
+                    _later_fail, call,
+                    UpstreamError("upstream_busy", f"backend {self.name}: {self.max_inflight} requests in flight in one session", 503),
+                )  # fmt: skip
+                return call
+            s.add(call, key, env.progress_token, True)
+            call._arm(now)
+        else:
+            call.sess = s
+            if env.kind == KIND_NOTIFICATION and env.method == _CANCELLED and env.request_id is not None:
+                # The client gave up on that request: its answer ends here (the backend
+                # sends no response to a cancelled request).
+                gone = s.inflight.get(_id_key(env.request_id))
+                if gone is not None and gone.role == _ROUTED:
+                    loop.call_soon(_later_end, gone)
+        s.post(body, call)
+        return call
+
+    def listen(self, bs, handler: CallHandler, position: bytes | None = None, paused: bool = False) -> SseCall:
+        """The server→client stream of session ``bs`` (``position`` is ignored: legacy
+        streams cannot be resumed; ``paused``: as for ``send``).  A newer ``listen`` of
+        the session ends an older one."""
+        s = self._lookup(bs.session_id)
+        call = SseCall(self, handler, _LISTEN)
+        call.paused = paused
+        loop = self.pool._loop or asyncio.get_running_loop()
+        if s is None:
+            loop.call_soon(_later_answer, call, 404, None)
+            return call
+        old = s.listener
+        if old is not None:
+            old.end()
+            old._flush()
+        call.sess = s
+        s.listener = call
+        if call.paused:
+            s.pause(call)
+        loop.call_soon(_later_begin, call)
+        return call
+
+    async def end(self, session_id: str | None, version: str | None = None) -> None:
+        """End a session: close its stream.  An id of another process or one already gone
+        is a no-op."""
+        try:
+            s = self._lookup(session_id)
+        except SessionLost:
+            return
+        if s is not None:
+            s.close("session ended")
+
+    async def probe(self) -> str | None:
+        """None when a GET of the URL answers with a 200 event stream head in time, else why
+        not.  The stream is closed at once."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        link = self.link
+        call = Call(link, [link.head(b"GET", None, None)], _Probe(fut), timeout=min(self.response_timeout, _PROBE_TIMEOUT))
+        call.listen = True
+        call.start()
+        try:
+            return await fut
+        finally:
+            call.detach()
+
+    async def close(self) -> None:
+        """Close every stream (gateway stop or reload)."""
+        self.closed = True
+        for s in list(self._sessions().values()):
+            s.close("gateway is closing the session")
+        self.sessions.clear()
+
+
+class _Probe(CallHandler):
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: asyncio.Future) -> None:
+        self.fut = fut
+
+    def on_head(self, call, head) -> None:
+        if self.fut.done():
+            return
+        if head.status == 200 and call.events:
+            self.fut.set_result(None)
+        else:
+            self.fut.set_result(f"HTTP {head.status}" if head.status != 200 else "not an event stream")
+
+    def on_end(self, call, body) -> None:
+        if not self.fut.done():
+            self.fut.set_result("no answer")
+
+    def on_error(self, call, err) -> None:
+        if not self.fut.done():
+            self.fut.set_result(str(err))
+
+
+# Deliveries decided in ``send``/``listen``, made from the loop right after.
+def _later_answer(call: SseCall, status: int, body: bytes | None) -> None:
+    call.answer(status, body)
+    call._flush()
+
+
+def _later_fail(call: SseCall, err: UpstreamError) -> None:
+    call.fail(err)
+    call._flush()
+
+
+def _later_end(call: SseCall) -> None:
+    call.end()
+    call._flush()
+
+
+def _later_begin(call: SseCall) -> None:
+    if not call.done and not call.started:
+        call._begin_stream()
+        call._flush()
