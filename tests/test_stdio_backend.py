@@ -823,6 +823,14 @@ def test_probe():
         missing = backend(BackendConfig(name="nope", url="", host="", port=0, path="/", transport="stdio",
                                         command="no-such-mcp-server-here"))  # fmt: skip
         assert "not found" in await missing.probe()
+        # A bare name is looked up on the PATH the backend's env sets, if it sets one.
+        bin_dir = os.path.dirname(PY)
+        named = BackendConfig(name="py", url="", host="", port=0, path="/", transport="stdio",
+                              command=os.path.basename(PY), env=(("PATH", bin_dir),))  # fmt: skip
+        assert await backend(named).probe() is None
+        nowhere = BackendConfig(name="py", url="", host="", port=0, path="/", transport="stdio",
+                                command=os.path.basename(PY), env=(("PATH", "/nonexistent"),))  # fmt: skip
+        assert "not found" in await backend(nowhere).probe()
         with pytest.raises(UpstreamError) as ei:
             await missing.ask(None, V, INIT)
         assert ei.value.status == 503 and "nope" in str(ei.value)

@@ -33,8 +33,9 @@ a JSON answer (head, one ``on_body`` or the body at ``on_end``); anything before
 an event stream (head, ``on_event`` per message, the response last, ``on_end``).  After
 each read, every call that got something and set ``pending`` is flushed once.
 
-Processes.  No shell, ever: the configured command (a bare name found on the gateway's
-PATH, a relative path taken from the child's working directory) is executed with its arguments, in a new session (so it leads its own process
+Processes.  No shell, ever: the configured command (a bare name found on PATH -- the
+backend's ``env.PATH`` if it sets one, else the gateway's --, a relative path taken from
+the child's working directory) is executed with its arguments, in a new session (so it leads its own process
 group), with an explicit environment.  A child is stopped by closing its stdin, then
 after ``shutdown_grace`` SIGTERM to its group, after another grace SIGKILL; whatever of
 its group outlives it is killed when it exits.  Spawning is bounded three ways:
@@ -995,13 +996,16 @@ class StdioBackend:
 
     # --- processes ----------------------------------------------------------------------------------
     def _program(self) -> str | None:
-        """The command as an absolute path: a bare name is looked up on the gateway's
-        PATH, a relative path is taken from the child's working directory."""
-        cmd = self.cfg.command
+        """The command as an absolute path, found as the start-up check finds it
+        (``preflight``): a bare name on PATH (the one the backend's ``env`` sets, else
+        the gateway's), a relative path from the child's working directory."""
+        cfg = self.cfg
+        cmd = cfg.command
         if os.sep in cmd:
-            path = os.path.abspath(os.path.join(self.cfg.cwd or os.getcwd(), cmd))
+            path = os.path.abspath(os.path.join(cfg.cwd or os.getcwd(), cmd))
             return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-        found = shutil.which(cmd, path=os.environ.get("PATH", os.defpath))
+        search = dict(cfg.env).get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(cmd, path=search)
         return os.path.abspath(found) if found is not None else None
 
     def _environment(self) -> dict[str, str]:
