@@ -333,8 +333,8 @@ def test_sdk_server_shared_keeps_sessions_apart():
         assert not b.local_sessions
         one, r1 = await opened(b, "sdk")
         two, r2 = await opened(b, "sdk")
-        assert one.session_id == two.session_id == SHARED
-        assert r1 == r2
+        assert one.session_id.startswith(SHARED + ".") and two.session_id.startswith(SHARED + ".")
+        assert one.session_id != two.session_id and r1 == r2
         # Both clients use id 7 and progress token "t" at the same time.
         a, c = Rec(), Rec()
         b.send(one, tool(7, "steps", {"n": 3}, token="t"), a)
@@ -363,13 +363,13 @@ def test_shared_child_is_initialized_once(tmp_path):
 
     async def main():
         b = backend(raw_cfg("--record", str(record), mode="shared"))
-        await opened(b)
+        mine, _ = await opened(b)
         r = await b.ask(None, V, rpc("second", "initialize", {"protocolVersion": V, "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}))
-        assert r.session_id == SHARED and orjson.loads(r.message)["id"] == "second"
-        assert (await b.ask(SHARED, V, INITIALIZED)).status == 202
+        assert r.session_id.startswith(SHARED + ".") and orjson.loads(r.message)["id"] == "second"
+        assert (await b.ask(r.session_id, V, INITIALIZED)).status == 202
+        other = BackendSession("kid", r.session_id, V)
         # Cancellation: the request id is mapped to its wire id, and only the session
-        # that sent the request (known by its BackendSession) can cancel it.
-        mine, other = BackendSession("kid", SHARED, V), BackendSession("kid", SHARED, V)
+        # that sent the request can cancel it.
         slow = Rec()
         b.send(mine, tool(7, "sleep", {"seconds": 0.3}), slow)
         cancel = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
@@ -377,7 +377,7 @@ def test_shared_child_is_initialized_once(tmp_path):
         assert (await answer(b, mine, cancel)).heads == [(202, None)]
         await slow.fut
         assert slow.response()["id"] == 7
-        reply = await b.ask(SHARED, V, rpc("s", "stats"))
+        reply = await b.ask(mine.session_id, V, rpc("s", "stats"))
         assert orjson.loads(reply.message)["id"] == "s"
         await b.close()
         return orjson.loads(reply.result_bytes())
@@ -761,7 +761,7 @@ def test_shared_child_never_leaks_one_sessions_messages():
     async def main():
         b = backend(raw_cfg(mode="shared"))
         one, _ = await opened(b)
-        two = BackendSession("kid", SHARED, V)
+        two, _ = await opened(b)
         s1, s2 = Rec(), Rec()
         b.listen(one, s1, None)
         b.listen(two, s2, None)
@@ -776,6 +776,35 @@ def test_shared_child_never_leaks_one_sessions_messages():
             assert [orjson.loads(e)["method"] for e in stream.events] == ["notifications/tools/list_changed"]
         await b.close()
         assert s1.fut.done() and s1.error is None  # the streams end with the backend
+
+    run(main())
+
+
+def test_shared_child_takes_answers_only_from_the_session_it_asked():
+    """The shared child asks the client of the one call in flight (sampling): another
+    session's answer under the same id does not reach it, the right session's does."""
+
+    async def main():
+        b = backend(raw_cfg(mode="shared"))
+        one, _ = await opened(b)
+        two, _ = await opened(b)
+        acks = []
+
+        def answer_it(call, ev):
+            m = orjson.loads(ev.data)
+            if m.get("method") == "sampling/createMessage":
+                for bs, who in ((two, "intruder"), (one, "asked")):
+                    r = Rec()
+                    acks.append(r)
+                    b.send(bs, orjson.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"from": who}}), r)
+
+        rec = Rec()
+        rec.on_each = answer_it
+        b.send(one, tool(1, "ask"), rec)
+        await rec.fut
+        assert rec.response()["result"] == {"client said": {"from": "asked"}}
+        assert [a.heads for a in acks] == [[(202, None)], [(202, None)]]
+        await b.close()
 
     run(main())
 
