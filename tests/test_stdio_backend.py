@@ -95,7 +95,6 @@ class Rec(CallHandler):
         self.error = None
         self.fut = asyncio.get_running_loop().create_future()
         self.on_each = None
-        self.first = asyncio.get_running_loop().create_future()
 
     def on_head(self, call, head) -> None:
         self.heads.append((head.status, head.content_type))
@@ -109,8 +108,6 @@ class Rec(CallHandler):
     def on_event(self, call, ev) -> None:
         self.events.append(bytes(ev.data))
         call.pending = True
-        if not self.first.done():
-            self.first.set_result(bytes(ev.data))
         if self.on_each is not None:
             self.on_each(call, ev)
 
