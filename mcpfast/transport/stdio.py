@@ -358,7 +358,7 @@ class _Child(asyncio.SubprocessProtocol):
         self.started = self.last_used = time.monotonic()
         self.next_wire = 1
         # shared: the child's own requests (sampling, elicitation, ...) handed to a
-        # session -- request id -> its BackendSession: only that session may answer.
+        # session -- request id -> that session's id: only that session may answer.
         self.asked: dict[Any, Any] = {}
         self.stopping = False
         self.gone = False
@@ -1188,6 +1188,9 @@ class StdioBackend:
             err = UpstreamError("upstream_unavailable", f"backend {self.name}: process {child.pid} exited (status {rc})", 502)
         if life >= _STABLE_LIFE:
             self.backoff = 0.0
+        if child.err_buf and not child.err_skip:  # a last stderr line without its LF
+            child._err_line(bytes(child.err_buf), False)
+            child.err_buf.clear()
         child._err_dropped()
         # What is left of its process group (grandchildren) goes with it.
         child.signal_group(signal.SIGKILL)
