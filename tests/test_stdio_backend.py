@@ -15,12 +15,14 @@ import sys
 import threading
 import time
 
+import anyio
 import httpx
 import orjson
 import pytest
 import uvloop
 from click.testing import CliRunner
 from gwutil import GatewayThread
+from test_legacy_sse_front import Legacy  # an SDK 2024-11-05 client session
 
 from mcpfast.cli import main as cli_main
 from mcpfast.config import BackendConfig
@@ -937,3 +939,37 @@ def test_gateway_names_the_backend_of_a_crashed_child():
         assert r.json()["result"] == {"echo": {"a": 1}}, r.text
         assert my_children(RAW) and pid not in my_children(RAW)
     assert not my_children(RAW)  # the gateway's stop took its children
+
+
+def test_gateway_legacy_sse_client_on_a_stdio_backend():
+    """A 2024-11-05 client (the SDK's sse_client) through the gateway's legacy front to a
+    per-session stdio child: progress, logging, sampling and elicitation round-trip; its
+    child goes when its stream closes."""
+    backend_cfg = {"transport": "stdio", "command": PY, "args": [SDK, "--transport", "stdio"], "cwd": os.path.dirname(HERE)}
+    seen, logs = [], []
+
+    async def progress(p, total, message):
+        seen.append((p, total, message))
+
+    async def logging_cb(params):
+        logs.append(params.data)
+
+    with GatewayThread({"backends": {"e2e": backend_cfg}}) as gt:
+
+        async def run():
+            async with Legacy(gt.url("/sse"), logging_callback=logging_cb) as c:
+                assert len(my_children(SDK)) == 1
+                res = await c.call_tool("steps", {"n": 3}, progress_callback=progress)
+                assert res.content[0].text == "done 3"
+                res = await c.call_tool("ask_model", {"question": "2+2?"})
+                assert res.content[0].text == "model said: answer to 2+2?"
+                res = await c.call_tool("ask_user", {})
+                assert res.content[0].text == "user chose blue"
+
+        anyio.run(run)
+        deadline = time.monotonic() + 10
+        while my_children(SDK) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not my_children(SDK)
+    assert seen == [(float(i), 3.0, f"step {i}") for i in range(1, 4)]
+    assert logs == [f"step {i}" for i in range(1, 4)]
