@@ -142,3 +142,37 @@ def test_a_shared_child_session_is_served_by_any_process(replicas):
         while time.monotonic() < deadline and len(_children(b.proc.pid)) != 1:
             time.sleep(0.05)
         assert len(_children(a.proc.pid)) == 1 and len(_children(b.proc.pid)) == 1
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a process that has not been reaped (a zombie counts as gone)?"""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("mode", ["per_session", "shared"])
+def test_gateway_sigterm_leaves_no_child_behind(tmp_path, mode):
+    key = tmp_path / "session.key"
+    key.write_text(new_key_text() + "\n")
+    gw = Replica(tmp_path, "solo", str(key), mode)
+    try:
+        with httpx.Client(timeout=20) as h:
+            sessions = [_open(h, gw.url) for _ in range(3)]
+            for hdrs in sessions:
+                assert _call(h, gw.url, hdrs, "x").status_code == 200
+        kids = _children(gw.proc.pid)
+        assert len(kids) == (3 if mode == "per_session" else 1)
+        # Their own children too: the SDK server is one process, but a group stop must
+        # not leave anything of the group.
+        groups = {os.getpgid(k) for k in kids}
+        assert all(g == k for g, k in zip(sorted(groups), sorted(kids)))  # each leads its group
+    finally:
+        err = gw.stop()
+    assert gw.proc.returncode == 0, err
+    assert not any(_alive(k) for k in kids), [k for k in kids if _alive(k)]
+    for g in groups:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(g, 0)
