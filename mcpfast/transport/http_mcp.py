@@ -546,6 +546,13 @@ async def request(
     ``calls`` while it runs, so the caller can pause or abandon it."""
     fut = asyncio.get_running_loop().create_future()
     call = Call(link, data, _Collect(fut, on_message), timeout, whole=calls is None).start()
+    return await collected(call, fut, calls)
+
+
+async def collected(call, fut: asyncio.Future, calls: set | None) -> Reply:
+    """Wait for ``fut``, the ``Reply`` that ``call``'s ``_Collect`` handler makes, with
+    ``call`` in ``calls`` (if given) meanwhile; a waiter that is cancelled abandons it.
+    (Shared with the message-level backends' control requests.)"""
     if calls is not None:
         calls.add(call)
     try:
