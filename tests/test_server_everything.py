@@ -50,6 +50,7 @@ import conformance as cf
 import pytest
 from gwutil import GatewayThread
 from mcp import Client, types
+from mcp.shared.exceptions import MCPError as McpError
 from mcp.client.stdio import StdioServerParameters
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -423,3 +424,55 @@ def test_two_clients_at_once_keep_apart(target):
             assert f"s{i}-answer to <" in res.content[0].text
 
     anyio.run(run)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "per_session",
+        pytest.param(
+            "shared",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=McpError,
+                reason="shared child: a server->client request while two calls are in flight is dropped "
+                "(nothing on a stdio line names its call), so the sampling call hangs until the client gives up",
+            ),
+        ),
+    ],
+)
+def test_sampling_while_another_call_runs(installed, mode):
+    """One session asks for sampling while another session's long call is in flight on the
+    same backend. Per session, each has its own child and both finish; on a shared child
+    the sampling request cannot be attributed. The bound is the client's read timeout."""
+
+    async def run(url):
+        done: dict = {}
+        async with _client(url, Responder("a-")) as a, _client(url, Responder("b-"), read_timeout_seconds=5) as b:
+
+            running = anyio.Event()
+
+            async def progress(p, total, message):
+                running.set()
+
+            async def long():
+                res = await a.call_tool(
+                    "trigger-long-running-operation", {"duration": 1.5, "steps": 3}, progress_callback=progress
+                )
+                done["long"] = _texts(res)[0]
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(long)
+                await running.wait()  # its first progress came back: the child is working on it
+                try:
+                    res = await b.call_tool("trigger-sampling-request", {"prompt": "during"})
+                    done["sampling"] = res.content[0].text
+                except McpError as exc:  # raised below, outside the clients' task groups
+                    done["failed"] = exc
+        if "failed" in done:
+            raise done["failed"]
+        assert done["long"] == "Long running operation completed. Duration: 1.5 seconds, Steps: 3."
+        assert "b-answer to <Resource trigger-sampling-request context: during>" in done["sampling"]
+
+    with _gateway(mode) as gt:
+        anyio.run(run, gt.url("/mcp"))
