@@ -58,7 +58,9 @@ STDIO_GAPS = {
         f"{_NO_IDS}; the suite's test_reconnection call gets its whole result as JSON, so it "
         "records 'priming event tests not applicable' (INFO) and no verdict"
     ),
-    "server-sse-polling/server-sse-retry-field": "as server-sse-priming-event: no SSE stream, so no retry field to read",
+    "server-sse-polling/server-sse-retry-field": (
+        "as server-sse-priming-event: no SSE stream, so no retry field to read"
+    ),
     "server-sse-polling/server-sse-disconnect-resume": (
         "as server-sse-priming-event: the stream is not closed mid-call (a stdio child cannot close "
         "the client's HTTP stream) and there is no event id to resume from"
@@ -84,13 +86,7 @@ def _stdio_backend(mode: str) -> dict:
 
 @pytest.fixture(scope="module")
 def launcher():
-    path = cf.ensure_suite()
-    if path is None:
-        reason = f"MCP conformance suite unavailable, NOT RUN: {cf.suite_status()[1]}"
-        if os.environ.get("MCPFAST_REQUIRE_CONFORMANCE", "") not in ("", "0"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
+    return cf.require_suite()
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +165,9 @@ def test_scenario(runs, mode, scenario):
         for line in cf.compare({"scenarios": {scenario: direct}}, {"scenarios": {scenario: through}})
         if line.split(":", 1)[0] not in STDIO_GAPS
     ]
-    assert not lost, "lost through the gateway over stdio:\n  " + "\n  ".join(lost) + "\n" + _describe(scenario, through)
+    assert not lost, (
+        "lost through the gateway over stdio:\n  " + "\n  ".join(lost) + "\n" + _describe(scenario, through)
+    )
 
 
 HEADERS = {"Accept": "text/event-stream, application/json", "Content-Type": "application/json"}
@@ -214,7 +212,8 @@ def test_gap_answers_are_the_specs(gateway, mode):
     url = gateway.url(MODES[mode])
     with httpx.Client(timeout=30) as h:
         hdrs = {**_session(h, url), "MCP-Protocol-Version": "2025-03-26"}
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "test_reconnection", "arguments": {}}}
+        params = {"name": "test_reconnection", "arguments": {}}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
         result = _answer(h.post(url, json=call, headers=hdrs), 1)
         assert result["content"][0]["text"].startswith("Reconnection test completed successfully.")
 
