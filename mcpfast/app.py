@@ -8,13 +8,15 @@ backends without knowing their transports.  This module is where the pieces meet
   seam (``transport/base.py``).  A new transport is one module in ``transport/``, one
   config variant and one line here.
 * ``build_gateway`` makes the ``Gateway`` with the terminating route handler (the
-  virtual server, ``mux/virtual.py``), the backend factory and the admin listener.
+  virtual server, ``mux/virtual.py``), the backend factory, the admin listener and the
+  legacy HTTP+SSE front (``front/legacy_sse.py``).
 """
 
 from __future__ import annotations
 
 from .admin.server import AdminServer
 from .config import BackendConfig, Config
+from .front.legacy_sse import LegacyFront
 from .mux.virtual import VirtualRoute
 from .pipeline.gateway import Gateway
 from .transport.http_mcp import BackendLink, HttpBackend
@@ -49,4 +51,4 @@ def make_backend(gw: Gateway, b: BackendConfig, bm):
 
 def build_gateway(config: Config, **kw) -> Gateway:
     """A gateway for ``config`` (``kw``: metrics, access_log, as ``Gateway`` takes)."""
-    return Gateway(config, terminating=VirtualRoute, backends=make_backend, admin=AdminServer, **kw)
+    return Gateway(config, terminating=VirtualRoute, backends=make_backend, admin=AdminServer, front=LegacyFront, **kw)

@@ -1,7 +1,7 @@
 """JSON-RPC error codes and error bodies: one definition, valid output.
 
 - Every numeric JSON-RPC error code (-32xxx) in the package's Python code is written in
-  ``mcpfast/rpcerrors.py`` or in the core (which raises its own two codes), nowhere else:
+  ``mcpfast/wire/rpcerrors.py`` or in the core (which raises its own two codes), nowhere else:
   other modules name the code.  The scan is shown to catch a literal and to pass over
   comments and strings, on a small tree written here.
 - ``jsonrpc_error_body`` gives a valid JSON-RPC 2.0 error for hostile messages, ids and
@@ -29,7 +29,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "mcpfast"
 # The one place for the codes, and the core (its error module and its pure-Python twin
 # files), which raises -32700/-32600 itself.
-ALLOWED = {"rpcerrors.py", "errors.py", "_core_py.py", "_jsonrpc_py.py", "_http_py.py", "_sse_py.py"}
+# The wire layer's modules, relative to the package.
+ALLOWED = {f"wire/{f}" for f in ("rpcerrors.py", "errors.py", "_core_py.py", "_jsonrpc_py.py", "_http_py.py", "_sse_py.py")}
 
 
 def code_literals(source: str) -> list[tuple[int, str]]:
@@ -53,7 +54,7 @@ def stray_codes(package: pathlib.Path) -> list[str]:
     """Each ``file:line literal`` outside the allowed files, in mcpfast/*.py and mcpfast/*/*.py."""
     out = []
     for path in sorted(package.glob("*.py")) + sorted(package.glob("*/*.py")):
-        if path.parent == package and path.name in ALLOWED:
+        if path.relative_to(package).as_posix() in ALLOWED:
             continue
         for line, lit in code_literals(path.read_text(encoding="utf-8")):
             out.append(f"{path.relative_to(package.parent)}:{line} {lit}")
@@ -62,17 +63,19 @@ def stray_codes(package: pathlib.Path) -> list[str]:
 
 def test_each_code_is_defined_once():
     stray = stray_codes(PACKAGE)
-    assert not stray, "JSON-RPC error codes written outside mcpfast/rpcerrors.py (name them from there): " + ", ".join(stray)
+    assert not stray, "JSON-RPC error codes written outside the wire layer (name them from mcpfast/wire/rpcerrors.py): " + ", ".join(stray)
 
 
 def test_scan_catches_a_literal_and_skips_comments_and_strings(tmp_path):
     pkg = tmp_path / "mcpfast"
     (pkg / "sub").mkdir(parents=True)
-    (pkg / "rpcerrors.py").write_text("X = -32601\n")
+    (pkg / "wire").mkdir()
+    (pkg / "wire" / "rpcerrors.py").write_text("X = -32601\n")
+    (pkg / "rpcerrors.py").write_text("X = -32601\n")  # the old place is no exception
     (pkg / "clean.py").write_text('# answers -32600\nMSG = "code -32602"\n"""-32603"""\nY = 32000 - 1\n')
     (pkg / "sub" / "bad.py").write_text("def f(ex):\n    ex.respond_error(400,\n        -32600, 'no')\n")
     (pkg / "worse.py").write_text("CODE = - 32001  # spaced\n")
-    assert stray_codes(pkg) == ["mcpfast/worse.py:1 -32001", "mcpfast/sub/bad.py:3 -32600"]
+    assert stray_codes(pkg) == ["mcpfast/rpcerrors.py:1 -32601", "mcpfast/worse.py:1 -32001", "mcpfast/sub/bad.py:3 -32600"]
 
 
 def test_codes_are_distinct_and_in_range():

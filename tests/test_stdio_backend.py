@@ -12,12 +12,17 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
+import anyio
+import httpx
 import orjson
 import pytest
 import uvloop
 from click.testing import CliRunner
+from gwutil import GatewayThread
+from test_legacy_sse_front import Legacy  # an SDK 2024-11-05 client session
 
 from mcpfast.cli import main as cli_main
 from mcpfast.config import BackendConfig
@@ -92,7 +97,6 @@ class Rec(CallHandler):
         self.error = None
         self.fut = asyncio.get_running_loop().create_future()
         self.on_each = None
-        self.first = asyncio.get_running_loop().create_future()
 
     def on_head(self, call, head) -> None:
         self.heads.append((head.status, head.content_type))
@@ -106,8 +110,6 @@ class Rec(CallHandler):
     def on_event(self, call, ev) -> None:
         self.events.append(bytes(ev.data))
         call.pending = True
-        if not self.first.done():
-            self.first.set_result(bytes(ev.data))
         if self.on_each is not None:
             self.on_each(call, ev)
 
@@ -330,8 +332,8 @@ def test_sdk_server_shared_keeps_sessions_apart():
         assert not b.local_sessions
         one, r1 = await opened(b, "sdk")
         two, r2 = await opened(b, "sdk")
-        assert one.session_id == two.session_id == SHARED
-        assert r1 == r2
+        assert one.session_id.startswith(SHARED + ".") and two.session_id.startswith(SHARED + ".")
+        assert one.session_id != two.session_id and r1 == r2
         # Both clients use id 7 and progress token "t" at the same time.
         a, c = Rec(), Rec()
         b.send(one, tool(7, "steps", {"n": 3}, token="t"), a)
@@ -360,13 +362,13 @@ def test_shared_child_is_initialized_once(tmp_path):
 
     async def main():
         b = backend(raw_cfg("--record", str(record), mode="shared"))
-        await opened(b)
+        mine, _ = await opened(b)
         r = await b.ask(None, V, rpc("second", "initialize", {"protocolVersion": V, "capabilities": {}, "clientInfo": {"name": "b", "version": "1"}}))
-        assert r.session_id == SHARED and orjson.loads(r.message)["id"] == "second"
-        assert (await b.ask(SHARED, V, INITIALIZED)).status == 202
+        assert r.session_id.startswith(SHARED + ".") and orjson.loads(r.message)["id"] == "second"
+        assert (await b.ask(r.session_id, V, INITIALIZED)).status == 202
+        other = BackendSession("kid", r.session_id, V)
         # Cancellation: the request id is mapped to its wire id, and only the session
-        # that sent the request (known by its BackendSession) can cancel it.
-        mine, other = BackendSession("kid", SHARED, V), BackendSession("kid", SHARED, V)
+        # that sent the request can cancel it.
         slow = Rec()
         b.send(mine, tool(7, "sleep", {"seconds": 0.3}), slow)
         cancel = orjson.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
@@ -374,7 +376,7 @@ def test_shared_child_is_initialized_once(tmp_path):
         assert (await answer(b, mine, cancel)).heads == [(202, None)]
         await slow.fut
         assert slow.response()["id"] == 7
-        reply = await b.ask(SHARED, V, rpc("s", "stats"))
+        reply = await b.ask(mine.session_id, V, rpc("s", "stats"))
         assert orjson.loads(reply.message)["id"] == "s"
         await b.close()
         return orjson.loads(reply.result_bytes())
@@ -758,7 +760,7 @@ def test_shared_child_never_leaks_one_sessions_messages():
     async def main():
         b = backend(raw_cfg(mode="shared"))
         one, _ = await opened(b)
-        two = BackendSession("kid", SHARED, V)
+        two, _ = await opened(b)
         s1, s2 = Rec(), Rec()
         b.listen(one, s1, None)
         b.listen(two, s2, None)
@@ -773,6 +775,35 @@ def test_shared_child_never_leaks_one_sessions_messages():
             assert [orjson.loads(e)["method"] for e in stream.events] == ["notifications/tools/list_changed"]
         await b.close()
         assert s1.fut.done() and s1.error is None  # the streams end with the backend
+
+    run(main())
+
+
+def test_shared_child_takes_answers_only_from_the_session_it_asked():
+    """The shared child asks the client of the one call in flight (sampling): another
+    session's answer under the same id does not reach it, the right session's does."""
+
+    async def main():
+        b = backend(raw_cfg(mode="shared"))
+        one, _ = await opened(b)
+        two, _ = await opened(b)
+        acks = []
+
+        def answer_it(call, ev):
+            m = orjson.loads(ev.data)
+            if m.get("method") == "sampling/createMessage":
+                for bs, who in ((two, "intruder"), (one, "asked")):
+                    r = Rec()
+                    acks.append(r)
+                    b.send(bs, orjson.dumps({"jsonrpc": "2.0", "id": m["id"], "result": {"from": who}}), r)
+
+        rec = Rec()
+        rec.on_each = answer_it
+        b.send(one, tool(1, "ask"), rec)
+        await rec.fut
+        assert rec.response()["result"] == {"client said": {"from": "asked"}}
+        assert [a.heads for a in acks] == [[(202, None)], [(202, None)]]
+        await b.close()
 
     run(main())
 
@@ -820,6 +851,14 @@ def test_probe():
         missing = backend(BackendConfig(name="nope", url="", host="", port=0, path="/", transport="stdio",
                                         command="no-such-mcp-server-here"))  # fmt: skip
         assert "not found" in await missing.probe()
+        # A bare name is looked up on the PATH the backend's env sets, if it sets one.
+        bin_dir = os.path.dirname(PY)
+        named = BackendConfig(name="py", url="", host="", port=0, path="/", transport="stdio",
+                              command=os.path.basename(PY), env=(("PATH", bin_dir),))  # fmt: skip
+        assert await backend(named).probe() is None
+        nowhere = BackendConfig(name="py", url="", host="", port=0, path="/", transport="stdio",
+                                command=os.path.basename(PY), env=(("PATH", "/nonexistent"),))  # fmt: skip
+        assert "not found" in await backend(nowhere).probe()
         with pytest.raises(UpstreamError) as ei:
             await missing.ask(None, V, INIT)
         assert ei.value.status == 503 and "nope" in str(ei.value)
@@ -841,3 +880,96 @@ def test_cli_stdio_backend_shorthand(tmp_path):
     assert by_name["py"]["args"] == ["-m", "srv"]
     bad = CliRunner().invoke(cli_main, ["check-config", "--stdio-backend", "fs="])
     assert bad.exit_code == 2 and "--stdio-backend" in bad.output
+
+
+# --- through a real gateway ----------------------------------------------------------------
+
+
+def _gateway_session(h, url: str) -> dict:
+    hdrs = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    r = h.post(url, content=INIT, headers=hdrs)
+    assert r.status_code == 200, r.text
+    hdrs = {**hdrs, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": V}
+    assert h.post(url, content=INITIALIZED, headers=hdrs).status_code == 202
+    return hdrs
+
+
+def _raw_backend(*flags, **kw) -> dict:
+    return {"transport": "stdio", "command": PY, "args": ["-I", "-S", RAW, *flags], "shutdown_grace": 0.3, **kw}
+
+
+def test_gateway_injected_line_reaches_the_child_as_one_line(tmp_path):
+    """A client posts a tools/call whose arguments hold raw line breaks around a
+    message-shaped value: the child reads one line, and runs nothing hidden in it."""
+    record = tmp_path / "seen.jsonl"
+    hidden = b'{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{"name":"denied"}}'
+    body = (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"x":[\r\n'
+            + hidden + b'\n]}}}')  # fmt: skip
+    with GatewayThread({"backends": {"kid": _raw_backend("--record", str(record))}}) as gt, httpx.Client(timeout=10) as h:
+        hdrs = _gateway_session(h, gt.url())
+        r = h.post(gt.url(), content=body, headers=hdrs)
+        assert r.status_code == 200 and r.json()["result"]["echo"]["x"][0]["id"] == 99, r.text
+    msgs = [orjson.loads(orjson.loads(x)) for x in record.read_text().splitlines()]
+    assert [m.get("method") for m in msgs] == ["initialize", "notifications/initialized", "tools/call"]
+    assert 99 not in [m.get("id") for m in msgs]
+
+
+def test_gateway_names_the_backend_of_a_crashed_child():
+    with GatewayThread({"backends": {"kid": _raw_backend()}}) as gt, httpx.Client(timeout=10) as h:
+        hdrs = _gateway_session(h, gt.url())
+        [pid] = my_children(RAW)  # the gateway runs in this process: its child is ours
+
+        def kill_soon():
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+
+        threading.Thread(target=kill_soon, daemon=True).start()
+        r = h.post(gt.url(), content=tool(5, "sleep", {"seconds": 30}), headers=hdrs)
+        err = r.json()["error"]
+        assert r.json()["id"] == 5 and "backend kid" in err["message"] and f"process {pid} exited" in err["message"], r.text
+        # The client session goes on: a fresh child serves it once the backoff (the
+        # child died young) has passed; meanwhile the answer says why.
+        for _ in range(50):
+            r = h.post(gt.url(), content=tool(6, "echo", {"a": 1}), headers=hdrs)
+            assert r.status_code == 200, r.text
+            if "result" in r.json():
+                break
+            assert "next start in" in r.json()["error"]["message"], r.text
+            time.sleep(0.05)
+        assert r.json()["result"] == {"echo": {"a": 1}}, r.text
+        assert my_children(RAW) and pid not in my_children(RAW)
+    assert not my_children(RAW)  # the gateway's stop took its children
+
+
+def test_gateway_legacy_sse_client_on_a_stdio_backend():
+    """A 2024-11-05 client (the SDK's sse_client) through the gateway's legacy front to a
+    per-session stdio child: progress, logging, sampling and elicitation round-trip; its
+    child goes when its stream closes."""
+    backend_cfg = {"transport": "stdio", "command": PY, "args": [SDK, "--transport", "stdio"], "cwd": os.path.dirname(HERE)}
+    seen, logs = [], []
+
+    async def progress(p, total, message):
+        seen.append((p, total, message))
+
+    async def logging_cb(params):
+        logs.append(params.data)
+
+    with GatewayThread({"backends": {"e2e": backend_cfg}}) as gt:
+
+        async def run():
+            async with Legacy(gt.url("/sse"), logging_callback=logging_cb) as c:
+                assert len(my_children(SDK)) == 1
+                res = await c.call_tool("steps", {"n": 3}, progress_callback=progress)
+                assert res.content[0].text == "done 3"
+                res = await c.call_tool("ask_model", {"question": "2+2?"})
+                assert res.content[0].text == "model said: answer to 2+2?"
+                res = await c.call_tool("ask_user", {})
+                assert res.content[0].text == "user chose blue"
+
+        anyio.run(run)
+        deadline = time.monotonic() + 10
+        while my_children(SDK) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not my_children(SDK)
+    assert seen == [(float(i), 3.0, f"step {i}") for i in range(1, 4)]
+    assert logs == [f"step {i}" for i in range(1, 4)]

@@ -7,7 +7,6 @@ Streamable HTTP backend (test_e2e_sdk.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -20,7 +19,7 @@ from mcp import Client, types
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("mcpfast.transport.stdio", reason="stdio backend not merged yet")
-HAS_SSE = importlib.util.find_spec("mcpfast.transport.sse_legacy") is not None
+
 
 SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
 KINDS = ["stdio", "stdio-shared", "sse", "mixed"]
@@ -56,8 +55,6 @@ def kind(request):
 
 @pytest.fixture(scope="module")
 def gateway(kind, request):
-    if kind in ("sse", "mixed") and not HAS_SSE:
-        pytest.skip("legacy SSE backend not merged yet")
     if kind == "stdio":
         cfg = {"backends": {"e2e": _stdio()}}
     elif kind == "stdio-shared":

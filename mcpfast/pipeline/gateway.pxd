@@ -30,5 +30,6 @@ cdef class Exchange:
     cpdef phase_done(self, outcome)
     cpdef forward(self)
     cpdef _dispatch(self, Route route)
+    cpdef begin(self, Route route)
     cdef _name_tool(self)
     cpdef bytes _framed(self, list parts, long long content_length, int status)

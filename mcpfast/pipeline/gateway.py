@@ -325,8 +325,20 @@ class Exchange:
                 if doc is not None:  # RFC 9728 protected-resource metadata
                     self.respond(200, doc, b"Cache-Control: max-age=300\r\n")
                     return
+            front = gw.fronts.get(path)
+            if front is not None:  # another transport's endpoint (mcpfast/front/)
+                front.handle(self)
+                return
             self.respond_error(404, METHOD_NOT_FOUND, "no MCP endpoint at this path", mcp=False)
             return
+        self.begin(route)
+
+    def begin(self, route: "Route") -> None:
+        """The request is for ``route``: checks, scan, authentication and policy, then
+        dispatch.  A front calls this for requests that are to meet exactly what a
+        request to the route itself meets."""
+        gw = self.gw
+        head = self.head
         self.route = route
         refusal = gw.check_request(head)
         if refusal is not None:
@@ -758,7 +770,7 @@ class Exchange:
         """Answer with a JSON-RPC error body (the MCP transport's way of saying no)."""
         body = jsonrpc_error_body(code, message, self.rpc_id)
         self.status = status
-        if status == 405:
+        if status == 405 and b"Allow:" not in headers:
             headers += b"Allow: " + _ALLOW + b"\r\n"
         cors = self.gw.cors
         if cors is not None:
@@ -933,13 +945,17 @@ class Gateway:
         terminating=None,
         backends=None,
         admin=None,
+        front=None,
     ):
         """``terminating(gw, route_config, route)``: the handler of a terminating route
         (several backends, or one that is not plain Streamable HTTP); ``backends(gw,
         backend_config, backend_metrics)``: makes a backend behind the seam for it;
-        ``admin(gw)``: the admin listener.  ``app.build_gateway`` passes all three."""
+        ``admin(gw)``: the admin listener; ``front(gw, route_config, route)``: serves a
+        route's legacy HTTP+SSE paths (``Exchange.begin`` is its way back into the
+        pipeline).  ``app.build_gateway`` passes all four."""
         self.config = config
         self._terminating = terminating
+        self._front = front
         self._make_backend = backends
         self._admin = admin
         self.metrics = metrics or Metrics()
@@ -960,6 +976,9 @@ class Gateway:
         # backend, made by the first route that needs one.
         self.backends: dict[str, Any] = {}
         self.routes: dict[bytes, Route] = {}
+        # Endpoints of other client transports, by path (legacy HTTP+SSE: the stream and
+        # the message path of each route that has them).  Asked only when no route matches.
+        self.fronts: dict[bytes, Any] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.admin = None
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -1006,6 +1025,9 @@ class Gateway:
             self.routes[p] = route
             if p != b"/":
                 self.routes[p + b"/"] = route
+            if getattr(rc, "sse_path", None) and self._front is not None:  # 2024-11-05 HTTP+SSE clients
+                front = self._front(self, rc, route)
+                self.fronts[rc.sse_path.encode()] = self.fronts[rc.messages_path.encode()] = front
 
     def backend_for(self, b: BackendConfig, bm: BackendMetrics):
         """Backend ``b`` behind the seam (``transport/base.py``), made once per gateway and
@@ -1054,7 +1076,8 @@ class Gateway:
         head = ex.head
         target = head.target
         q = target.find(b"?")
-        if (target if q < 0 else target[:q]) not in self.routes:
+        path = target if q < 0 else target[:q]
+        if path not in self.routes and path not in self.fronts:
             return (404, "no MCP endpoint at this path")
         r = self.check_request(head)
         return None if r is None else (r[0], r[2])

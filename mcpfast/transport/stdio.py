@@ -9,11 +9,14 @@ process.  Such a session lives in this process only (``local_sessions``): an id 
 another instance raises ``SessionLost``; an id of this instance whose child is gone
 (crashed, reaped when idle, evicted to make room) is answered 404, and the route opens
 a fresh child for the same client session.  In ``shared`` mode one child serves every
-session under the constant session id ``shared``: it is initialized once (later
-``initialize`` requests are answered from that first result without reaching it), and
-since several clients then talk to one JSON-RPC peer, every request id and progress
-token is replaced on the way in by a number unique on that child and put back on the
-way out, so clients never see, or collide with, each other's ids.
+session: it is initialized once (later ``initialize`` requests are answered from that
+first result without reaching it), and any gateway process serves any of its sessions
+(each process has its own child).  Their ids, ``shared.<random>``, only tell the clients
+apart: since several clients then talk to one JSON-RPC peer, every request id and
+progress token is replaced on the way in by a number unique on that child and put back
+on the way out, so clients never see, or collide with, each other's ids; a cancellation
+reaches only a request of the same session, and an answer to a request of the child's
+only comes from the session it was handed to.
 
 Flow.  ``send``/``ask`` scan the message (``core.scan_jsonrpc``), note a request in the
 child's in-flight table under the id the child will answer with, and write the message
@@ -33,8 +36,9 @@ a JSON answer (head, one ``on_body`` or the body at ``on_end``); anything before
 an event stream (head, ``on_event`` per message, the response last, ``on_end``).  After
 each read, every call that got something and set ``pending`` is flushed once.
 
-Processes.  No shell, ever: the configured command (a bare name found on the gateway's
-PATH, a relative path taken from the child's working directory) is executed with its arguments, in a new session (so it leads its own process
+Processes.  No shell, ever: the configured command (a bare name found on PATH -- the
+backend's ``env.PATH`` if it sets one, else the gateway's --, a relative path taken from
+the child's working directory) is executed with its arguments, in a new session (so it leads its own process
 group), with an explicit environment.  A child is stopped by closing its stdin, then
 after ``shutdown_grace`` SIGTERM to its group, after another grace SIGKILL; whatever of
 its group outlives it is killed when it exits.  Spawning is bounded three ways:
@@ -47,9 +51,7 @@ For the route.  ``send`` and ``listen`` raise ``SessionLost`` at once for a sess
 another gateway process, and answer 404 (head, then ``on_end``) for one whose child is
 gone.  No answer is delivered inside the ``send`` call: all of them come from the loop.  A
 slow client pauses its call with ``pause_reading()`` (setting ``call.paused`` alone
-does not reach the child).  In shared mode every session has the same session id, so a
-client is known by its ``BackendSession`` object: a ``notifications/cancelled`` is
-mapped only to a request sent with the same object, and dropped otherwise.
+does not reach the child).
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ __all__ = ["SHARED", "StdioBackend", "StdioCall", "instance_id", "one_line"]
 
 log = logging.getLogger("mcpfast.backend")
 
-SHARED = "shared"  # the session id of a shared child
+SHARED = "shared"  # a shared child's session ids: "shared.<random>", one per client session
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
@@ -94,6 +96,7 @@ _STABLE_LIFE = 30.0  # one that lived this long resets it
 _RATE_WAIT = 1.0  # longest wait for a spawn token; beyond it the spawn is refused
 _EXIT_SETTLE = 1.0  # after a child exits, how long its stdout may still deliver
 _KILL_WAIT = 5.0  # after SIGKILL, the longest wait for the exit to be seen
+_MAX_ASKED = 1024  # a shared child's requests awaiting a session's answer, remembered
 
 _instance = (0, "")
 
@@ -147,6 +150,10 @@ def _for_everyone(method: str | None) -> bool:
     )
 
 
+def _is_shared(session_id: str | None) -> bool:
+    return session_id is not None and (session_id == SHARED or session_id.startswith(SHARED + "."))
+
+
 def _empty_head(status: int):
     return answer_head(status, None, 0)
 
@@ -157,14 +164,15 @@ class StdioCall(Call):
 
     __slots__ = (
         "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "listening", "touched",
-        "holds_pause",
+        "holds_pause", "sid",
     )  # fmt: skip
 
-    def __init__(self, backend: StdioBackend, handler: CallHandler, bs=None) -> None:
+    def __init__(self, backend: StdioBackend, handler: CallHandler, bs=None, sid: str | None = None) -> None:
         # The base initializer prepares an HTTP exchange: nothing of it applies here.
         self.backend = backend
         self.handler = handler
         self.bs = bs
+        self.sid = bs.session_id if bs is not None else sid  # whose call it is
         self.head = None
         self.status = 0
         self.pending = None
@@ -349,6 +357,9 @@ class _Child(asyncio.SubprocessProtocol):
         self.listeners: list[StdioCall] = []
         self.started = self.last_used = time.monotonic()
         self.next_wire = 1
+        # shared: the child's own requests (sampling, elicitation, ...) handed to a
+        # session -- request id -> that session's id: only that session may answer.
+        self.asked: dict[Any, Any] = {}
         self.stopping = False
         self.gone = False
         self.framing_lost = False
@@ -570,22 +581,17 @@ class StdioBackend:
             raise UpstreamError("gateway_error", f"backend {self.name}: a batch cannot be asked", 500)
         opening = env.kind == KIND_REQUEST and env.method == "initialize"
         if self.shared:
-            if session_id is not None and session_id != SHARED:
-                return Reply(404, session_id, None, None, None)
             if opening:
                 child = await self._shared_ready(body, version)
                 msg = b'{"jsonrpc":"2.0","id":%s,"result":%s}' % (body[env.id_span[0] : env.id_span[1]], child.init_result)
-                return Reply(200, SHARED, msg, scan_jsonrpc(msg), _JSON)
+                # Any process serves the session (each has its shared child); the name
+                # is the client's own, so that its messages are told from the others'.
+                sid = f"{SHARED}.{secrets.token_hex(8)}"
+                return Reply(200, sid, msg, scan_jsonrpc(msg), _JSON)
+            if not _is_shared(session_id):
+                return Reply(404, session_id, None, None, None)
             child = await self._shared_ready(None, version)
-            if env.method == "notifications/initialized":
-                return Reply(202, SHARED, None, None, None)  # the child had its one
-            if env.method == "notifications/cancelled":
-                # Its request id names nothing on the wire without the session that sent
-                # the request (``send`` maps it): written as is, it could cancel
-                # another session's request.
-                log.debug("backend %s: a cancellation asked outside a session dropped", self.name)
-                return Reply(202, SHARED, None, None, None)
-            sid = SHARED
+            sid = session_id
         elif session_id is None:
             if not opening:
                 raise UpstreamError("gateway_error", f"backend {self.name}: a stdio session starts with initialize", 500)
@@ -608,11 +614,14 @@ class StdioBackend:
                 return Reply(404, session_id, None, None, None)
             sid = session_id
         if env.kind != KIND_REQUEST:
-            why = child.write(body)
-            if why is not None:
-                raise UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 502)
+            if self.shared:
+                body = self._shared_message(child, body, env, sid)
+            if body is not None:
+                why = child.write(body)
+                if why is not None:
+                    raise UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 502)
             return Reply(202, sid, None, None, None)
-        reply = await self._request(child, body, env, on_message, calls)
+        reply = await self._request(child, body, env, on_message, calls, sid)
         reply.session_id = sid
         return reply
 
@@ -633,6 +642,9 @@ class StdioBackend:
             self._later(call._fail, UpstreamError("gateway_error", f"backend {self.name}: send one message at a time", 500))
             return call
         if self.shared:
+            if not _is_shared(bs.session_id):
+                self._later(call._answer, 404)
+                return call
             child = self.shared_child
             if child is None or not child.ready or child.gone or child.stopping:
                 self._task(self._send_later(call, body, env, bs))
@@ -654,6 +666,9 @@ class StdioBackend:
         call = StdioCall(self, handler, bs)
         call.listening = True
         if self.shared:
+            if not _is_shared(bs.session_id):
+                self._later(call._answer, 404)
+                return call
             self.listeners.append(call)
         else:
             child = self._lookup(bs.session_id)
@@ -811,10 +826,10 @@ class StdioBackend:
                 table.remove(call)
 
     # --- writing ----------------------------------------------------------------------------------
-    async def _request(self, child: _Child, body: bytes, env, on_message, calls) -> Reply:
-        """A request of the gateway's own, and its response."""
+    async def _request(self, child: _Child, body: bytes, env, on_message, calls, sid: str | None = None) -> Reply:
+        """A request of the gateway's own (in session ``sid``), and its response."""
         fut = asyncio.get_running_loop().create_future()
-        call = StdioCall(self, _Collect(fut, on_message))
+        call = StdioCall(self, _Collect(fut, on_message), None, sid)
         call.whole = calls is None  # control traffic: the whole answer is bounded
         self._route(call, child, body, env, True)
         return await collected(call, fut, calls)
@@ -867,28 +882,40 @@ class StdioBackend:
             if why is not None:
                 self._later(call._fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
             return
-        if self.shared and env.method == "notifications/initialized":
-            self._later(call._answer, 202)  # the shared child had its one
-            return
-        if self.shared and env.method == "notifications/cancelled" and env.request_id_span is not None:
-            ckey = _key(env.request_id, env.request_id_span, body)
-            target = None
-            for c in child.inflight.values():
-                # In shared mode a client is known by its BackendSession object.
-                if c.client_key == ckey and c.bs is call.bs and call.bs is not None:
-                    target = c
-                    break
-            if target is None:
-                log.debug("backend %s: cancellation of an unknown request dropped", self.name)
+        if self.shared:
+            body = self._shared_message(child, body, env, call.sid)
+            if body is None:
                 self._later(call._answer, 202)
                 return
-            s, e = env.request_id_span
-            body = splice(body, s, e, b"%d" % target.key)
         why = child.write(body)
         if why is not None:
             self._later(call._fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
             return
         self._later(call._answer, 202)
+
+    def _shared_message(self, child: _Child, body: bytes, env, sid: str | None) -> bytes | None:
+        """A notification or response of session ``sid`` for the shared child: what to
+        write (ids mapped to the wire), or None when it must not reach the child."""
+        method = env.method
+        if method == "notifications/initialized":
+            return None  # the child had its one
+        if method == "notifications/cancelled" and env.request_id_span is not None:
+            ckey = _key(env.request_id, env.request_id_span, body)
+            for c in child.inflight.values():
+                if c.client_key == ckey and c.sid == sid and sid is not None:
+                    s, e = env.request_id_span
+                    return splice(body, s, e, b"%d" % c.key)
+            log.debug("backend %s: cancellation of no request of this session dropped", self.name)
+            return None
+        if env.kind == KIND_RESPONSE or env.kind == KIND_ERROR:
+            # An answer to a request of the child's: only the session it was handed to
+            # may give it.
+            rkey = _key(env.id, env.id_span, body)
+            if sid is None or child.asked.get(rkey) != sid:
+                log.debug("backend %s: an answer to a request not asked of this session dropped", self.name)
+                return None
+            del child.asked[rkey]
+        return body
 
     # --- reading ----------------------------------------------------------------------------------
     def _stdout(self, child: _Child, data: bytes) -> None:
@@ -968,6 +995,11 @@ class StdioBackend:
         """A notification or server→client request not tied to a call by id or token."""
         calls = child.live_calls()
         if len(calls) == 1:
+            if self.shared and env.kind == KIND_REQUEST:
+                asked = child.asked
+                asked[_key(env.id, env.id_span, line)] = calls[0].sid
+                while len(asked) > _MAX_ASKED:
+                    del asked[next(iter(asked))]  # never answered: forgotten, oldest first
             self._deliver(calls[0], line, False, touched)
             return
         if self.shared:
@@ -995,13 +1027,16 @@ class StdioBackend:
 
     # --- processes ----------------------------------------------------------------------------------
     def _program(self) -> str | None:
-        """The command as an absolute path: a bare name is looked up on the gateway's
-        PATH, a relative path is taken from the child's working directory."""
-        cmd = self.cfg.command
+        """The command as an absolute path, found as the start-up check finds it
+        (``preflight``): a bare name on PATH (the one the backend's ``env`` sets, else
+        the gateway's), a relative path from the child's working directory."""
+        cfg = self.cfg
+        cmd = cfg.command
         if os.sep in cmd:
-            path = os.path.abspath(os.path.join(self.cfg.cwd or os.getcwd(), cmd))
+            path = os.path.abspath(os.path.join(cfg.cwd or os.getcwd(), cmd))
             return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
-        found = shutil.which(cmd, path=os.environ.get("PATH", os.defpath))
+        search = dict(cfg.env).get("PATH", os.environ.get("PATH", os.defpath))
+        found = shutil.which(cmd, path=search)
         return os.path.abspath(found) if found is not None else None
 
     def _environment(self) -> dict[str, str]:
@@ -1153,6 +1188,9 @@ class StdioBackend:
             err = UpstreamError("upstream_unavailable", f"backend {self.name}: process {child.pid} exited (status {rc})", 502)
         if life >= _STABLE_LIFE:
             self.backoff = 0.0
+        if child.err_buf and not child.err_skip:  # a last stderr line without its LF
+            child._err_line(bytes(child.err_buf), False)
+            child.err_buf.clear()
         child._err_dropped()
         # What is left of its process group (grandchildren) goes with it.
         child.signal_group(signal.SIGKILL)
