@@ -385,11 +385,10 @@ def test_completion(target):
     anyio.run(run)
 
 
+@pytest.mark.parametrize("target", ["per_session", "shared"], indirect=True)  # a stdio server has one client
 def test_two_clients_at_once_keep_apart(target):
     """Two sessions at once (one child between them in shared mode): each gets its own
     echoes, its own progress sequence and its own sampling answers."""
-    if target.label == "direct":
-        pytest.skip("a stdio server serves one client; this is about the gateway's sessions")
 
     async def one(i: int, out: dict):
         seen: list = []
