@@ -53,7 +53,7 @@ from mcp import Client, types
 from mcp.shared.exceptions import MCPError as McpError
 from mcp.client.stdio import StdioServerParameters
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.e2e, pytest.mark.conformance, pytest.mark.timeout(300)]  # conformance: needs Node 22
 pytest.importorskip("mcpfast.transport.stdio", reason="stdio backend not merged yet")
 
 EVERYTHING_VERSION = os.environ.get("MCPFAST_EVERYTHING_VERSION", "2026.8.31")
