@@ -1,4 +1,4 @@
-# C declarations for the compiled build of client.py (see setup.py): the hot classes become
+# C declarations for the compiled build of http_mcp.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
 from mcpfast.wire._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser

@@ -468,7 +468,7 @@ class _Child(asyncio.SubprocessProtocol):
         queued = w.get_write_buffer_size()
         if queued and queued + len(data) > self.backend.write_limit:
             return f"process {self.pid} is not reading its input ({queued} bytes queued)"
-        w.writelines((data, b"\n"))
+        w.write(data + b"\n")  # one write: a line split over two would wake the child twice
         self.last_used = time.monotonic()
         return None
 
