@@ -101,15 +101,15 @@ class Rec(CallHandler):
     def on_head(self, call, head) -> None:
         self.heads.append((head.status, head.content_type))
         call.stream = self.want_stream
-        call.pending = True
+        call.queued = True
 
     def on_body(self, call, chunk) -> None:
         self.bodies.append(bytes(chunk))
-        call.pending = True
+        call.queued = True
 
     def on_event(self, call, ev) -> None:
         self.events.append(bytes(ev.data))
-        call.pending = True
+        call.queued = True
         if self.on_each is not None:
             self.on_each(call, ev)
 

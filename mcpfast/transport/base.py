@@ -37,7 +37,7 @@ The methods:
     a notification or response, 404 for an unknown session), then ``on_event(call,
     Message)`` per message of a streamed answer, or ``on_body(call, bytes)`` for the one
     message of a JSON answer (``call.stream`` is set by the handler), ``on_flush(call)``
-    after each batch of deliveries when ``call.pending`` was set, and ``on_end(call,
+    after each batch of deliveries when ``call.queued`` was set, and ``on_end(call,
     None)`` or ``on_error(call, UpstreamError)``.  The returned object is a subclass of
     ``transport.http_mcp.Call`` (the compiled handlers take that type) and supports
     ``pause_reading``/``resume_reading``/``detach`` (the client left: stop delivering).

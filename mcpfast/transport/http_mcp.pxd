@@ -27,7 +27,7 @@ cdef class BackendLink:
 cdef class Call:
     cdef public BackendLink link
     cdef public CallHandler handler
-    cdef public object data, timeout, buf, pending, timer
+    cdef public object data, timeout, buf, queued, timer
     cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head
@@ -42,4 +42,4 @@ cdef class Call:
     cpdef _collect(self, chunk)
     cpdef _events(self, events)
     cpdef upstream_end(self)
-    cpdef flush_head(self)
+    cpdef flush(self)

@@ -34,7 +34,7 @@ Answers reach the route's handlers as an HTTP backend's would (``transport/http_
 ``StdioCall`` is a ``Call``.  The first message decides the shape: the response alone is
 a JSON answer (head, one ``on_body`` or the body at ``on_end``); anything before it makes
 an event stream (head, ``on_event`` per message, the response last, ``on_end``).  After
-each read, every call that got something and set ``pending`` is flushed once.
+each read, every call that got something and set ``queued`` is flushed once.
 
 Processes.  No shell, ever: the configured command (a bare name found on PATH -- the
 backend's ``env.PATH`` if it sets one, else the gateway's --, a relative path taken from
@@ -175,7 +175,7 @@ class StdioCall(Call):
         self.sid = bs.session_id if bs is not None else sid  # whose call it is
         self.head = None
         self.status = 0
-        self.pending = None
+        self.queued = None
         self.paused = False
         self.stream = False
         self.events = False
@@ -294,8 +294,8 @@ class StdioCall(Call):
 
     def _flush(self) -> None:
         self.touched = False
-        if self.pending:
-            self.pending = None
+        if self.queued:
+            self.queued = None
             self._safely(self.handler.on_flush)
 
     def _fail(self, err: UpstreamError) -> None:
