@@ -87,6 +87,24 @@ def ensure_suite() -> Path | None:
     return suite_status()[0]
 
 
+def not_available(reason: str) -> None:
+    """In a test: skip with ``reason`` (loudly: it says what was NOT RUN), or fail when
+    ``MCPFAST_REQUIRE_CONFORMANCE`` is set (CI, where a skip would hide the check)."""
+    import pytest
+
+    if os.environ.get("MCPFAST_REQUIRE_CONFORMANCE", "") not in ("", "0"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_suite() -> Path:
+    """In a test: the conformance launcher, or a skip / failure (``not_available``)."""
+    launcher = ensure_suite()
+    if launcher is None:
+        not_available(f"MCP conformance suite unavailable, NOT RUN: {suite_status()[1]}")
+    return launcher  # type: ignore[return-value]
+
+
 def suite_version(launcher: Path = LAUNCHER) -> str:
     pkg = launcher.parent / "node_modules" / "@modelcontextprotocol" / "conformance" / "package.json"
     try:
