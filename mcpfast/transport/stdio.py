@@ -27,8 +27,9 @@ message on its own line in a body the gateway checked as one.  The child's stdou
 cut into lines by ``core.NDJSONFramer``; each line is scanned, and a response finds its
 call by id, a ``notifications/progress`` by token, and any other message goes to the
 session's one call in flight, else its listen stream, else (per_session) its newest call
-in flight; unattributable ones are dropped -- in shared mode only list-changed and
-resource-updated notifications, which concern everyone, go to every listen stream.
+in flight; unattributable ones are dropped (a request among them is answered with an
+error at once, so the child does not wait for it) -- in shared mode only list-changed
+and resource-updated notifications, which concern everyone, go to every listen stream.
 
 Answers reach the route's handlers as an HTTP backend's would (``transport/http_mcp.py``):
 ``StdioCall`` is a ``Call``.  The first message decides the shape: the response alone is
@@ -70,7 +71,7 @@ import orjson
 
 from ..wire.core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
 from ..wire.errors import INVALID_REQUEST
-from ..wire.rpcerrors import jsonrpc_error_body
+from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
 from .base import Message, SessionLost, answer_head
 from .http_mcp import Call, CallHandler, Reply, _Collect, collected
 from .pool import UpstreamError
@@ -1008,6 +1009,7 @@ class StdioBackend:
                     self._deliver(call, line, False, touched)
                 return
             log.debug("backend %s: %s not attributable to one session, dropped", self.name, env.method)
+            self._refuse(child, line, env, "it names no client session and several are in flight")
             return
         for call in reversed(child.listeners):
             if not call.done:
@@ -1017,6 +1019,17 @@ class StdioBackend:
             self._deliver(calls[-1], line, False, touched)
             return
         log.debug("backend %s[%d]: %s with no call or stream to take it, dropped", self.name, child.pid, env.method)
+        self._refuse(child, line, env, "no client is listening")
+
+    def _refuse(self, child: _Child, line: bytes, env, why: str) -> None:
+        """A request of the child's that no client will see is answered at once with an
+        error, so the child does not wait for an answer that cannot come (its tool then
+        fails fast instead of at its own timeout)."""
+        if env.kind != KIND_REQUEST or env.id_span is None:
+            return
+        s, e = env.id_span
+        msg = f"mcpfast: {env.method} could not be passed to a client: {why}"
+        child.write(jsonrpc_error_body(INTERNAL_ERROR, msg, orjson.loads(line[s:e])))
 
     @staticmethod
     def _deliver(call: StdioCall, line: bytes, final: bool, touched: list) -> None:
