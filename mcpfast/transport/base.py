@@ -138,11 +138,13 @@ class _Heads:
 
 
 _CACHE: dict[tuple[int, bytes | None, int], object] = {}
+_CACHE_MAX = 4096
 
 
 def answer_head(status: int, content_type: bytes | None = None, length: int = -1):
     """A ``ResponseHead`` for an answer that did not come over HTTP (a message-level
-    backend's answer to ``send``).  Heads without a length are made once and shared."""
+    backend's answer to ``send``).  Each is made once and shared (answers of one tool
+    tend to have one length)."""
     key = (status, content_type, length)
     head = _CACHE.get(key)
     if head is not None:
@@ -156,6 +158,7 @@ def answer_head(status: int, content_type: bytes | None = None, length: int = -1
     p = ResponseParser(sink)
     p.feed(b"".join(lines) + b"\r\n")
     head = sink.head
-    if length < 0:
-        _CACHE[key] = head
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()  # lengths come from backends: bounded
+    _CACHE[key] = head  # heads are read, never changed: one serves every answer alike
     return head
