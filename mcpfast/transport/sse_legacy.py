@@ -409,7 +409,9 @@ class _Session(CallHandler):
             return
         why = f"HTTP {head.status}" if head.status != 200 else f"not an event stream ({head.content_type!r})"
         call.detach()
-        self.lost(UpstreamError("upstream_status", f"backend {self.backend.name}: GET {self.backend.cfg.url} answered {why}"))
+        # The path only: the URL's query may hold a credential, and this reaches clients.
+        path = self.backend.cfg.path.partition("?")[0]
+        self.lost(UpstreamError("upstream_status", f"backend {self.backend.name}: GET {path} answered {why}"))
 
     def on_event(self, call, ev) -> None:
         if self.gone:

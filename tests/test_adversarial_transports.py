@@ -1,0 +1,109 @@
+"""An attacker's review of the newer transports, judged by what backends and other
+clients actually got.
+
+* the legacy HTTP+SSE front (``front/legacy_sse.py``): sessions across principals, the
+  internal request it builds for each message, policy on that path;
+* legacy HTTP+SSE backends (``transport/sse_legacy.py``): what a hostile backend's
+  stream, endpoint and errors can make the gateway do or say;
+* https backends (``transport/tls.py``): no configuration silently skips verification.
+
+Raw sockets on 127.0.0.1 stand in for hostile peers and record every byte they got;
+real MCP SDK servers stand in where a real backend is needed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+
+from gwutil import GatewayThread, wait_until
+from mcpfast.wire.core import RequestParser
+from rawbackend import read_request
+
+INIT = orjson.dumps({
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+})  # fmt: skip
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+SECRET = "s3cr3t-query-key-0123456789"
+
+
+class LegacyServer:
+    """A hostile 2024-11-05 backend on a plain socket: ``GET`` answers ``get_answer``
+    (bytes written as they are, the connection then held open); every request is kept."""
+
+    def __init__(self, get_answer: bytes) -> None:
+        self.get_answer = get_answer
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            req = read_request(conn)
+            if req is None:
+                return
+            self.requests.append(req)
+            if req[0].startswith(b"GET"):
+                conn.sendall(self.get_answer)
+                self.stop.wait(30)
+            else:
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+# --- legacy backends: secrets ------------------------------------------------------------
+
+
+def test_a_legacy_backend_refusing_its_stream_never_shows_the_url_query_to_clients(caplog):
+    """The configured URL's query may hold a key (``?api_key=``).  A backend that refuses
+    the GET of its stream (any status but a 200 event stream) must not make the gateway
+    hand that key to its clients in the error, nor to the log."""
+    srv = LegacyServer(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    url = f"http://127.0.0.1:{srv.port}/sse?api_key={SECRET}"
+    try:
+        with GatewayThread({"backends": {"old": {"url": url, "transport": "sse", "response_timeout": 5.0}}}) as gt:
+            seen = []
+            with httpx.Client(timeout=10) as c:
+                for _ in range(2):  # the first attempt, then one refused while backing off
+                    r = c.post(gt.url("/mcp"), content=INIT, headers=HEADERS)
+                    seen.append(r.text)
+                    assert r.status_code >= 400 or b"error" in r.content
+        assert srv.requests and srv.requests[0][0].startswith(b"GET /sse?api_key=")  # it was asked
+        for text in seen:
+            assert SECRET not in text, text
+        assert SECRET not in caplog.text
+    finally:
+        srv.close()
