@@ -107,3 +107,62 @@ def test_a_legacy_backend_refusing_its_stream_never_shows_the_url_query_to_clien
         assert SECRET not in caplog.text
     finally:
         srv.close()
+
+
+# --- the legacy front: sessions across principals ----------------------------------------
+
+KEYS = {"alice": "mk_alice_0123456789abcdef0123456789", "bob": "mk_bob_0123456789abcdef0123456789ab"}
+
+
+def _auth() -> dict:
+    import hashlib
+
+    keys = [{"sha256": hashlib.sha256(k.encode()).hexdigest(), "subject": s} for s, k in KEYS.items()]
+    return {"auth": {"api_keys": {"keys": keys}}, "audit": {"sink": "off"}}
+
+
+def _open_stream(port: int, path: str, extra: bytes = b"") -> tuple[socket.socket, bytes]:
+    """A raw legacy ``GET`` stream: the socket (left open) and what arrived first."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n%s\r\n" % (path.encode(), extra))
+    buf = b""
+    while b"\r\n\r\n" not in buf or (buf.startswith(b"HTTP/1.1 200") and b"session_id=" not in buf):
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    return s, buf
+
+
+def test_a_legacy_stream_cannot_spend_another_sessions_stream_quota():
+    """``max_streams_per_session`` counts GET streams per ``Mcp-Session-Id``.  A legacy
+    stream has no session of the route's (its client sends none, and nothing checks one
+    it sends): bob's legacy streams carrying alice's session id must not use up alice's
+    streams, and alice's own GET must still reach the backend."""
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")
+    streams = []
+    try:
+        raw = {"backends": {"b": {"url": backend.url}}, **_auth(), "sessions": {"key": "cd" * 32}}
+        with GatewayThread(raw) as gt:
+            alice = {**HEADERS, "X-API-Key": KEYS["alice"]}
+            with httpx.Client(timeout=10) as c:
+                r = c.post(gt.url("/mcp"), content=INIT, headers=alice)
+                sid = r.headers["mcp-session-id"]
+                for _ in range(gt.config.limits.max_streams_per_session):
+                    s, first = _open_stream(
+                        gt.port, "/sse", b"X-API-Key: %s\r\nMcp-Session-Id: %s\r\n" % (KEYS["bob"].encode(), sid.encode())
+                    )
+                    streams.append(s)
+                    # Refused (a legacy client sends no Mcp-Session-Id), or open: never counted.
+                    assert first.startswith((b"HTTP/1.1 200", b"HTTP/1.1 400")), first
+                gets = sum(1 for h, _ in backend.requests if h.startswith(b"GET "))
+                r = c.get(gt.url("/mcp"), headers={**alice, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"})
+                assert r.status_code != 429, r.text
+                assert wait_until(lambda: sum(1 for h, _ in backend.requests if h.startswith(b"GET ")) == gets + 1)
+    finally:
+        for s in streams:
+            s.close()
+        backend.stop.set()
+        backend.sock.close()

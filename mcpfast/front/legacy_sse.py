@@ -592,6 +592,12 @@ class LegacyFront:
         q = target.find(b"?")
         if (target if q < 0 else target[:q]) == self.sse_path:
             if m == b"GET":
+                if head.session_id is not None:
+                    # A 2024-11-05 client has no session of the route's, and nothing here
+                    # would check one: counted as given, it would spend the stream quota
+                    # of whoever's session it names.
+                    ex.respond_error(400, INVALID_REQUEST, "Invalid Request: a legacy SSE stream carries no Mcp-Session-Id")
+                    return
                 ex.begin(self.stream)
                 return
             allow = b"GET, OPTIONS"
