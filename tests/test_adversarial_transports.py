@@ -166,3 +166,120 @@ def test_a_legacy_stream_cannot_spend_another_sessions_stream_quota():
             s.close()
         backend.stop.set()
         backend.sock.close()
+
+
+class RawLegacy:
+    """A legacy client on raw sockets: its stream, the endpoint it was given, and the
+    ``message`` events read so far."""
+
+    def __init__(self, port: int, path: str = "/sse", extra: bytes = b"") -> None:
+        self.port = port
+        self.sock, first = _open_stream(port, path, extra)
+        assert first.startswith(b"HTTP/1.1 200"), first
+        self.buf = first.partition(b"\r\n\r\n")[2]
+        line = next(x for x in self.buf.split(b"\n") if x.startswith(b"data: "))
+        self.endpoint = line[6:].strip()
+        self.buf = self.buf[self.buf.index(b"\n\n", self.buf.index(b"event: endpoint")) + 2 :]
+
+    def post(self, raw_fields: bytes, body: bytes, chunked: bool = False) -> bytes:
+        """POST ``body`` to the endpoint with ``raw_fields``; the answer's status line."""
+        if chunked:
+            framed = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            head = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framed, head = body, b"Content-Length: %d\r\n" % len(body)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s\r\n%s" % (self.endpoint, raw_fields, head, framed))
+            out = b""
+            while b"\r\n\r\n" not in out or out.startswith(b"HTTP/1.1 100"):
+                if out.startswith(b"HTTP/1.1 100") and b"\r\n\r\n" in out:
+                    out = out.partition(b"\r\n\r\n")[2]  # the interim answer to Expect
+                    continue
+                d = s.recv(65536)
+                if not d:
+                    break
+                out += d
+        return out.split(b"\r\n", 1)[0]
+
+    def messages(self, n: int, timeout: float = 10.0) -> list[dict]:
+        """The next ``n`` message events (keep-alive comments skipped)."""
+        out: list[dict] = []
+        self.sock.settimeout(timeout)
+        while len(out) < n:
+            while b"\n\n" in self.buf and len(out) < n:
+                block, _, self.buf = self.buf.partition(b"\n\n")
+                data = [x[6:] for x in block.split(b"\n") if x.startswith(b"data: ")]
+                if b"event: message" in block and data:
+                    out.append(orjson.loads(b"\n".join(data)))
+            if len(out) < n:
+                d = self.sock.recv(65536)
+                assert d, "stream closed"
+                self.buf += d
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _received(backend) -> list:
+    """Each request the backend got, as the gateway's own strict parser reads it: exactly
+    one head per request, and its body exactly Content-Length long."""
+    from http_events import HeadList
+
+    out = []
+    for head, body in list(backend.requests):
+        c = HeadList()
+        RequestParser(c).feed(head + b"\r\n\r\n" + body)
+        assert len(c.heads) == 1, head
+        h = c.heads[0]
+        assert h.transfer_encoding is None and not h.chunked
+        assert h.content_length in (-1, len(body)), (head, body)
+        out.append((h, body))
+    return out
+
+
+HOSTILE_FIELDS = (
+    b"Connection: keep-alive, X-Hop\r\nX-Hop: listed-in-connection\r\nKeep-Alive: timeout=99\r\n"
+    b"TE: trailers\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nExpect: 100-continue\r\n"
+    b"Mcp-Session-Id: s999\r\nMCP-Protocol-Version: 1999-01-01\r\nLast-Event-ID: e1\r\n"
+    b"Content-Type: text/plain\r\nAccept: */*\r\nX-Kept: yes\r\n"
+)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_legacy_posts_reach_the_backend_as_one_clean_request_each(chunked):
+    """Hop-by-hop, framing and session fields a legacy client puts on its POST never reach
+    the backend: each message arrives as exactly one request with its exact length, the
+    route's own session id (not the one the client named) and the client's end-to-end
+    fields."""
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}}) as gt:
+            leg = RawLegacy(gt.port)
+            try:
+                assert leg.post(HOSTILE_FIELDS, INIT, chunked).startswith(b"HTTP/1.1 202")
+                assert leg.messages(1)[0]["id"] == 1
+                note = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+                assert leg.post(HOSTILE_FIELDS, note, chunked).startswith(b"HTTP/1.1 202")
+                call = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"n","arguments":{"size":3}}}'
+                assert leg.post(HOSTILE_FIELDS, call, chunked).startswith(b"HTTP/1.1 202")
+                assert leg.messages(1)[0]["id"] == 7
+            finally:
+                leg.close()
+        got = _received(backend)
+        posts = [(h, b) for h, b in got if h.method == b"POST"]
+        assert [b for _, b in posts] == [INIT, note, call]
+        for i, (h, _) in enumerate(posts):
+            names = [n.lower() for n, _ in h.headers]
+            for hop in (b"x-hop", b"keep-alive", b"te", b"upgrade", b"proxy-authorization", b"expect", b"last-event-id"):
+                assert hop not in names, (hop, h.headers)
+            assert names.count(b"content-type") == names.count(b"accept") == 1
+            assert h.content_type == b"application/json"
+            assert dict((n.lower(), v) for n, v in h.headers)[b"x-kept"] == b"yes"
+            assert h.session_id == (None if i == 0 else b"s1")  # the backend's own, never s999
+            assert h.protocol_version != b"1999-01-01"
+    finally:
+        backend.stop.set()
+        backend.sock.close()
