@@ -283,3 +283,57 @@ def test_legacy_posts_reach_the_backend_as_one_clean_request_each(chunked):
     finally:
         backend.stop.set()
         backend.sock.close()
+
+
+# --- the legacy front: policy -------------------------------------------------------------
+
+AUTHZ = {"authz": {"default": "deny", "rules": [
+    {"id": "alice-everything", "effect": "allow", "subjects": ["alice"]},
+    {"id": "bob-n-only", "effect": "allow", "subjects": ["bob"], "tools": ["n"]},
+]}}  # fmt: skip
+
+
+def _call(rid, name: str) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": {"size": 3}}}
+
+
+def test_a_denied_tool_never_reaches_the_backend_by_any_legacy_shape():
+    """bob may call ``n`` only.  Through his legacy session, ``secret`` goes nowhere --
+    alone, inside a batch beside an allowed call, or as a notification (no id) -- while
+    ``n`` still works; and alice's session id with bob's key is an unknown session."""
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}, **_auth(), **AUTHZ}) as gt:
+            bob_key = b"X-API-Key: %s\r\n" % KEYS["bob"].encode()
+            alice_key = b"X-API-Key: %s\r\n" % KEYS["alice"].encode()
+            bob = RawLegacy(gt.port, extra=bob_key)
+            alice = RawLegacy(gt.port, extra=alice_key)
+            try:
+                assert bob.post(bob_key, INIT).startswith(b"HTTP/1.1 202")
+                assert bob.messages(1)[0]["id"] == 1
+                assert bob.post(bob_key, orjson.dumps(_call(2, "secret"))).startswith(b"HTTP/1.1 202")
+                assert bob.messages(1)[0]["error"]["code"] != 0  # refused, on the stream
+                status = bob.post(bob_key, orjson.dumps([_call(3, "n"), _call(4, "secret")]))
+                note = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "secret", "arguments": {}}}
+                status_note = bob.post(bob_key, orjson.dumps(note))
+                assert bob.post(bob_key, orjson.dumps(_call(5, "n"))).startswith(b"HTTP/1.1 202")
+                assert "result" in bob.messages(1)[0]  # id 5: n still works
+                # Refused whole, with nothing to say on the stream: the POST says it.
+                assert status.startswith(b"HTTP/1.1 403") and status_note.startswith(b"HTTP/1.1 403")
+                # bob's key on alice's legacy session: an unknown session, nothing sent.
+                before = len(backend.requests)
+                assert alice.post(bob_key, orjson.dumps(_call(6, "n"))).startswith(b"HTTP/1.1 404")
+                assert alice.post(b"", orjson.dumps(_call(6, "n"))).startswith(b"HTTP/1.1 401")
+                time.sleep(0.2)
+                assert len(backend.requests) == before
+            finally:
+                bob.close()
+                alice.close()
+        bodies = [b for h, b in _received(backend)]
+        assert bodies and not any(b"secret" in b for b in bodies), bodies
+        assert any(b'"n"' in b for b in bodies)
+    finally:
+        backend.stop.set()
+        backend.sock.close()
