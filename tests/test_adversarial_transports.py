@@ -337,3 +337,45 @@ def test_a_denied_tool_never_reaches_the_backend_by_any_legacy_shape():
     finally:
         backend.stop.set()
         backend.sock.close()
+
+
+# --- legacy backends: resources -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sse_sdk():
+    from gwutil import ROOT, backend_process
+
+    with backend_process(os.path.join(ROOT, "tests", "fixtures", "sse_server.py"), "--name", "legacy") as (_, url):
+        yield url
+
+
+def _initialize(c: httpx.Client, url: str, headers: dict = HEADERS) -> httpx.Response:
+    return c.post(url, content=INIT, headers=headers)
+
+
+def test_abandoned_legacy_backend_sessions_do_not_lock_out_new_clients(sse_sdk):
+    """Every client session on a route over a legacy backend holds one of that backend's
+    streams (``max_streams``).  A client that opens sessions and walks away, never ending
+    them, must not leave the next client without one: the least recently used idle
+    backend session gives its stream up (its own client, if it comes back, gets a new
+    backend session as after any loss)."""
+    raw = {"backends": {"old": {"url": sse_sdk, "transport": "sse", "max_streams": 3, "response_timeout": 10.0}}}
+    with GatewayThread(raw) as gt, httpx.Client(timeout=15) as c:
+        url = gt.url("/mcp")
+        abandoned = []
+        for _ in range(3):  # the attacker: sessions it never ends
+            r = _initialize(c, url)
+            assert r.status_code == 200, r.text
+            abandoned.append(r.headers["mcp-session-id"])
+        r = _initialize(c, url)  # someone else
+        assert r.status_code == 200 and "result" in r.json(), r.text
+        sid = r.headers["mcp-session-id"]
+        h = {**HEADERS, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+        c.post(url, content=b'{"jsonrpc":"2.0","method":"notifications/initialized"}', headers=h)
+        r = c.post(url, content=orjson.dumps(_call(2, "whoami")), headers=h)
+        assert r.status_code == 200 and "legacy" in r.text, r.text
+        # An evicted session's own client is served again, on a new backend session.
+        h0 = {**HEADERS, "Mcp-Session-Id": abandoned[0], "MCP-Protocol-Version": "2025-06-18"}
+        r = c.post(url, content=orjson.dumps(_call(3, "whoami")), headers=h0)
+        assert r.status_code == 200 and "legacy" in r.text, r.text
