@@ -25,6 +25,7 @@ import pytest
 from gwutil import GatewayThread, wait_until
 from mcpfast.wire.core import RequestParser
 from rawbackend import read_request
+from test_upstream_tls import pki  # noqa: F401 (a fixture: the throwaway PKI)
 
 INIT = orjson.dumps({
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
@@ -38,9 +39,16 @@ class LegacyServer:
     """A hostile 2024-11-05 backend on a plain socket: ``GET`` answers ``get_answer``
     (bytes written as they are, the connection then held open); every request is kept."""
 
-    def __init__(self, get_answer: bytes) -> None:
+    def __init__(self, get_answer: bytes, tls: tuple[str, str] | None = None) -> None:
         self.get_answer = get_answer
         self.requests: list[tuple[bytes, bytes]] = []
+        self.accepted = 0  # connections (for TLS: whose handshake completed)
+        self.ctx = None
+        if tls is not None:
+            import ssl
+
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(*tls)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -62,6 +70,11 @@ class LegacyServer:
 
     def _serve(self, conn: socket.socket) -> None:
         try:
+            if self.ctx is not None:
+                conn.settimeout(10)
+                conn = self.ctx.wrap_socket(conn, server_side=True)
+                self.conns.append(conn)
+            self.accepted += 1
             req = read_request(conn)
             if req is None:
                 return
@@ -71,7 +84,7 @@ class LegacyServer:
                 self.stop.wait(30)
             else:
                 conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
-        except OSError:
+        except (OSError, ValueError):
             pass
 
     def close(self) -> None:
@@ -379,3 +392,37 @@ def test_abandoned_legacy_backend_sessions_do_not_lock_out_new_clients(sse_sdk):
         h0 = {**HEADERS, "Mcp-Session-Id": abandoned[0], "MCP-Protocol-Version": "2025-06-18"}
         r = c.post(url, content=orjson.dumps(_call(3, "whoami")), headers=h0)
         assert r.status_code == 200 and "legacy" in r.text, r.text
+
+
+# --- legacy backends over https ------------------------------------------------------------
+
+
+def _endpoint_stream(data: bytes) -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+            b"event: endpoint\ndata: %s\n\n" % data)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["http-endpoint", "wrong-name"])
+def test_an_https_legacy_backend_is_never_spoken_to_in_plaintext_or_unverified(pki, case):
+    """Over https: an ``endpoint`` that names ``http://`` on the same host and port (a
+    downgrade) is refused and nothing is POSTed; a certificate for another name fails the
+    handshake, and the backend never gets a request."""
+    cert = (pki["server_pem"], pki["server_key"]) if case == "http-endpoint" else (pki["elsewhere_pem"], pki["elsewhere_key"])
+    srv = LegacyServer(b"", tls=cert)
+    srv.get_answer = _endpoint_stream(b"http://localhost:%d/messages?session_id=1" % srv.port)
+    url = f"https://localhost:{srv.port}/sse"
+    raw = {"backends": {"old": {"url": url, "transport": "sse", "ca_file": pki["ca_pem"], "response_timeout": 5.0}}}
+    try:
+        with GatewayThread(raw) as gt, httpx.Client(timeout=15) as c:
+            r = _initialize(c, gt.url("/mcp"))
+            assert r.status_code >= 500 or "error" in r.json(), r.text
+            text = r.text
+            time.sleep(0.2)
+        if case == "http-endpoint":
+            assert "refused" in text and "scheme" in text
+            assert [h.split(b" ", 1)[0] for h, _ in srv.requests] == [b"GET"]  # no POST, in any form
+        else:
+            assert "host name mismatch" in text
+            assert srv.requests == [] and srv.accepted == 0
+    finally:
+        srv.close()
