@@ -157,8 +157,17 @@ def _shown_url(url: str, parts) -> str:
 def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     # urlsplit silently drops tabs and line breaks, and the path and host go into every
     # request head: refuse anything but visible ASCII before it looks.
+    if not url:
+        raise ConfigError(key, "must not be empty (expected an http:// or https:// URL)")
     if not heads.is_visible(url.encode("utf-8", "replace")):
-        raise ConfigError(key, f"URL must be visible ASCII without spaces or control characters, got {url!r}")
+        # Shown without its query values (a key pasted with a trailing line break is the
+        # usual case): the character at fault is named apart.
+        at = next((i for i, ch in enumerate(url) if not "!" <= ch <= "~"), 0)
+        raise ConfigError(
+            key,
+            f"URL must be visible ASCII without spaces or control characters, got {url[at:at + 1]!r} at "
+            f"position {at} of {_shown_url(url, urlsplit(url))!r}",
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(key, f"expected an http:// or https:// URL, got {_shown_url(url, parts)!r}")

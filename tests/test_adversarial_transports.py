@@ -426,3 +426,47 @@ def test_an_https_legacy_backend_is_never_spoken_to_in_plaintext_or_unverified(p
             assert srv.requests == [] and srv.accepted == 0
     finally:
         srv.close()
+
+
+# --- secrets in configuration errors and check-config --------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["http", "sse"])
+@pytest.mark.parametrize("tail", ["\n", " ", "\t", "\x00"])
+def test_a_url_with_a_bad_character_is_refused_without_showing_its_query(transport, tail):
+    """The usual mistake -- a key pasted into the URL with a line break or space after it --
+    is refused, naming the character at fault, and the key is not in the message (which
+    goes to the terminal, CI logs, tickets)."""
+    from mcpfast.config import ConfigError, build_config
+
+    url = f"http://127.0.0.1:1/sse?api_key={SECRET}{tail}"
+    with pytest.raises(ConfigError) as ei:
+        build_config({"backends": {"a": {"url": url, "transport": transport}}})
+    msg = str(ei.value)
+    assert msg.startswith("backends.a.url: ") and "visible ASCII" in msg and repr(tail) in msg
+    assert SECRET not in msg
+
+
+def test_check_config_hides_secrets_of_the_new_backend_keys(tmp_path, pki):
+    """check-config of legacy SSE, https and stdio backends: the URL's query values,
+    headers, bearer token and a child's environment values are not shown; TLS file paths
+    and the stdio program are."""
+    import json
+
+    from click.testing import CliRunner
+
+    from mcpfast.cli import main
+
+    f = tmp_path / "gw.toml"
+    f.write_text(
+        f'[backends.old]\ntransport = "sse"\nurl = "http://127.0.0.1:1/sse?key={SECRET}"\nbearer_token = "{SECRET}b"\n'
+        f'[backends.tls]\nurl = "https://localhost:2/mcp?key={SECRET}"\nca_file = "{pki["ca_pem"]}"\n'
+        f'[backends.tls.headers]\nX-K = "{SECRET}h"\n'
+        f'[backends.kid]\ntransport = "stdio"\ncommand = "{os.sys.executable}"\n[backends.kid.env]\nTOKEN = "{SECRET}e"\n'
+    )
+    r = CliRunner().invoke(main, ["check-config", str(f)])
+    assert r.exit_code == 0, r.output
+    assert SECRET not in r.output
+    shown = json.loads(r.output[r.output.index("{"):])["backends"]
+    assert shown["old"]["url"] == "http://127.0.0.1:1/sse?key=<redacted>"
+    assert shown["tls"]["ca_file"] == pki["ca_pem"] and shown["kid"]["env"] == {"TOKEN": "<redacted>"}
