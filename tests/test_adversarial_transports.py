@@ -470,3 +470,41 @@ def test_check_config_hides_secrets_of_the_new_backend_keys(tmp_path, pki):
     shown = json.loads(r.output[r.output.index("{"):])["backends"]
     assert shown["old"]["url"] == "http://127.0.0.1:1/sse?key=<redacted>"
     assert shown["tls"]["ca_file"] == pki["ca_pem"] and shown["kid"]["env"] == {"TOKEN": "<redacted>"}
+
+
+def test_hostile_session_id_and_version_never_reach_a_head_of_the_internal_connection():
+    """What a backend says about the session -- its ``Mcp-Session-Id`` (here with spaces
+    and a would-be field in it) and the ``protocolVersion`` of its initialize answer
+    (echoed from the client's, with a line break) -- decides fields of every later
+    request the front makes for the legacy client.  Neither may put anything but a
+    clean value there; and once the stream is closed its session id is gone for good."""
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")
+    backend.sid_prefix = b"s X-Evil: 1 ;"
+    init = orjson.loads(INIT)
+    init["params"]["protocolVersion"] = "2025-06-18\r\nX-Evil: 2"
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}}) as gt:
+            leg = RawLegacy(gt.port)
+            try:
+                assert leg.post(b"", orjson.dumps(init)).startswith(b"HTTP/1.1 202")
+                assert leg.messages(1)[0]["id"] == 1
+                assert leg.post(b"", orjson.dumps(_call(2, "n"))).startswith(b"HTTP/1.1 202")
+                assert leg.messages(1)[0]["id"] == 2  # an error (the backend lost its session): fine
+            finally:
+                leg.close()
+            n = len(backend.requests)
+            assert wait_until(lambda: gt.call(lambda: dict(gt.gw.fronts[b"/messages"].sessions)) == {})
+            assert leg.post(b"", orjson.dumps(_call(3, "n"))).startswith(b"HTTP/1.1 404")  # replayed after close
+            time.sleep(0.2)
+            assert len(backend.requests) == n
+        got = _received(backend)
+        assert len(got) >= 2
+        for h, _ in got:
+            assert b"x-evil" not in [k.lower() for k, _ in h.headers], h.headers
+            assert h.session_id is None  # the backend's id was not a clean value: never sent
+            assert h.protocol_version in (None, b"2025-06-18", b"2025-03-26")
+    finally:
+        backend.stop.set()
+        backend.sock.close()
