@@ -508,3 +508,37 @@ def test_hostile_session_id_and_version_never_reach_a_head_of_the_internal_conne
     finally:
         backend.stop.set()
         backend.sock.close()
+
+
+def test_a_full_stream_budget_is_not_a_backend_failure(sse_sdk):
+    """When every stream of a legacy backend is in use by sessions that are busy (their
+    clients listen), a new session is refused (503) -- but that is the gateway's own
+    budget, not the backend failing: it must not put the backend into back-off, which
+    would refuse everyone else's new sessions after a stream is free again."""
+    raw = {"backends": {"old": {"url": sse_sdk, "transport": "sse", "max_streams": 2, "response_timeout": 10.0}}}
+    with GatewayThread(raw) as gt, httpx.Client(timeout=15) as c:
+        url = gt.url("/mcp")
+        listening = []
+        try:
+            for _ in range(2):
+                r = _initialize(c, url)
+                assert r.status_code == 200, r.text
+                h = {**HEADERS, "Accept": "text/event-stream", "Mcp-Session-Id": r.headers["mcp-session-id"],
+                     "MCP-Protocol-Version": "2025-06-18"}  # fmt: skip
+                cm = c.stream("GET", url, headers=h)
+                resp = cm.__enter__()
+                assert resp.status_code == 200
+                listening.append(cm)
+            sessions = lambda: gt.call(lambda: [s.listener is not None for s in gt.gw.backends["old"].sessions.values()])  # noqa: E731
+            assert wait_until(lambda: sessions() == [True, True])
+            for pause in (0.3, 0.6, 0.0):  # refused again and again: all busy
+                r = _initialize(c, url)
+                assert r.status_code >= 500 or "error" in r.json(), r.text
+                time.sleep(pause)
+            listening.pop(0).__exit__(None, None, None)  # a stream is free again
+            assert wait_until(lambda: sessions().count(True) == 1)
+            r = _initialize(c, url)
+            assert r.status_code == 200 and "result" in r.json(), r.text
+        finally:
+            for cm in listening:
+                cm.__exit__(None, None, None)

@@ -636,7 +636,8 @@ class SseBackend:
         that walks away never ends its own: when they are all taken, the least recently
         used session with nothing under way (no answer awaited, nobody listening) gives
         its stream up.  Its client, if it comes back, meets a lost session and gets a new
-        one, as after any loss."""
+        one, as after any loss.  With every one busy the new session is refused (503):
+        the gateway's own budget is spent, the backend did not fail, so no back-off."""
         pool = self.pool
         if pool._streams < pool.max_streams:
             return
@@ -644,6 +645,9 @@ class SseBackend:
             if not s.inflight and not s.chatty and s.listener is None:
                 s.close("closed to make room for a new session (max_streams)")
                 return
+        raise UpstreamError(
+            "upstream_stream_limit", f"backend {self.name} has {pool.max_streams} streams open, its max_streams", 503
+        )
 
     def _refuse_while_backing_off(self) -> None:
         if self.closed:
