@@ -542,3 +542,37 @@ def test_a_full_stream_budget_is_not_a_backend_failure(sse_sdk):
         finally:
             for cm in listening:
                 cm.__exit__(None, None, None)
+
+
+def test_legacy_and_streamable_session_ids_do_not_cross():
+    """A legacy ``session_id`` presented as ``Mcp-Session-Id`` on the route, and a
+    route's session id presented as ``session_id``, are unknown sessions: nothing reaches
+    the backend."""
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}, **_auth(), "sessions": {"key": "cd" * 32}}) as gt:
+            bob_key = b"X-API-Key: %s\r\n" % KEYS["bob"].encode()
+            leg = RawLegacy(gt.port, extra=bob_key)
+            try:
+                assert leg.post(bob_key, INIT).startswith(b"HTTP/1.1 202")
+                leg.messages(1)
+                legacy_id = leg.endpoint.rpartition(b"=")[2].decode()
+                h = {**HEADERS, "X-API-Key": KEYS["bob"], "MCP-Protocol-Version": "2025-06-18"}
+                with httpx.Client(timeout=10) as c:
+                    r = c.post(gt.url("/mcp"), content=INIT, headers=h)
+                    sealed = r.headers["mcp-session-id"]
+                    n = len(backend.requests)
+                    r = c.post(gt.url("/mcp"), content=orjson.dumps(_call(2, "n")), headers={**h, "Mcp-Session-Id": legacy_id})
+                    assert r.status_code == 404, r.text
+                    for sid in (sealed, sealed.partition(".")[0], "s1"):
+                        r = c.post(f"{gt.url('/messages')}?session_id={sid}", content=orjson.dumps(_call(3, "n")), headers=h)
+                        assert r.status_code in (400, 404), r.text
+                    time.sleep(0.2)
+                    assert len(backend.requests) == n
+            finally:
+                leg.close()
+    finally:
+        backend.stop.set()
+        backend.sock.close()
