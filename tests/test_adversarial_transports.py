@@ -24,7 +24,7 @@ import pytest
 
 from gwutil import GatewayThread, wait_until
 from mcpfast.wire.core import RequestParser
-from rawbackend import read_request
+from rawbackend import RawBackend
 from test_upstream_tls import pki  # noqa: F401 (a fixture: the throwaway PKI)
 
 INIT = orjson.dumps({
@@ -35,61 +35,44 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 SECRET = "s3cr3t-query-key-0123456789"
 
 
-class LegacyServer:
-    """A hostile 2024-11-05 backend on a plain socket: ``GET`` answers ``get_answer``
-    (bytes written as they are, the connection then held open); every request is kept."""
+class LegacyServer(RawBackend):
+    """A hostile 2024-11-05 backend on a plain (or, with ``tls``, a TLS) socket: ``GET``
+    answers ``get_answer`` (bytes written as they are, the connection then held open),
+    anything else 202; every request is kept (``requests``), and ``accepted`` counts the
+    connections -- with TLS, those whose handshake completed."""
 
     def __init__(self, get_answer: bytes, tls: tuple[str, str] | None = None) -> None:
         self.get_answer = get_answer
-        self.requests: list[tuple[bytes, bytes]] = []
-        self.accepted = 0  # connections (for TLS: whose handshake completed)
         self.ctx = None
         if tls is not None:
             import ssl
 
             self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ctx.load_cert_chain(*tls)
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.stop = threading.Event()
         self.conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        self.handshakes = 0
+        super().__init__("legacy")
 
     def _serve(self, conn: socket.socket) -> None:
-        try:
-            if self.ctx is not None:
-                conn.settimeout(10)
+        if self.ctx is not None:
+            conn.settimeout(10)
+            try:
                 conn = self.ctx.wrap_socket(conn, server_side=True)
-                self.conns.append(conn)
-            self.accepted += 1
-            req = read_request(conn)
-            if req is None:
+            except (OSError, ValueError):
                 return
-            self.requests.append(req)
-            if req[0].startswith(b"GET"):
-                conn.sendall(self.get_answer)
-                self.stop.wait(30)
-            else:
-                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
-        except (OSError, ValueError):
-            pass
+            self.handshakes += 1
+        self.conns.append(conn)
+        super()._serve(conn)
+
+    def _legacy(self, conn: socket.socket, req: tuple[bytes, bytes]) -> None:
+        if req[0].startswith(b"GET"):
+            conn.sendall(self.get_answer)
+            self.stop.wait(30)
+        else:
+            conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
 
     def close(self) -> None:
-        self.stop.set()
-        self.sock.close()
+        super().close()
         for c in self.conns:
             try:
                 c.close()
@@ -152,8 +135,6 @@ def test_a_legacy_stream_cannot_spend_another_sessions_stream_quota():
     stream has no session of the route's (its client sends none, and nothing checks one
     it sends): bob's legacy streams carrying alice's session id must not use up alice's
     streams, and alice's own GET must still reach the backend."""
-    from rawbackend import RawBackend
-
     backend = RawBackend("mux")
     streams = []
     try:
@@ -177,8 +158,7 @@ def test_a_legacy_stream_cannot_spend_another_sessions_stream_quota():
     finally:
         for s in streams:
             s.close()
-        backend.stop.set()
-        backend.sock.close()
+        backend.close()
 
 
 class RawLegacy:
@@ -265,8 +245,6 @@ def test_legacy_posts_reach_the_backend_as_one_clean_request_each(chunked):
     the backend: each message arrives as exactly one request with its exact length, the
     route's own session id (not the one the client named) and the client's end-to-end
     fields."""
-    from rawbackend import RawBackend
-
     backend = RawBackend("mux")
     try:
         with GatewayThread({"backends": {"b": {"url": backend.url}}}) as gt:
@@ -294,8 +272,7 @@ def test_legacy_posts_reach_the_backend_as_one_clean_request_each(chunked):
             assert h.session_id == (None if i == 0 else b"s1")  # the backend's own, never s999
             assert h.protocol_version != b"1999-01-01"
     finally:
-        backend.stop.set()
-        backend.sock.close()
+        backend.close()
 
 
 # --- the legacy front: policy -------------------------------------------------------------
@@ -314,8 +291,6 @@ def test_a_denied_tool_never_reaches_the_backend_by_any_legacy_shape():
     """bob may call ``n`` only.  Through his legacy session, ``secret`` goes nowhere --
     alone, inside a batch beside an allowed call, or as a notification (no id) -- while
     ``n`` still works; and alice's session id with bob's key is an unknown session."""
-    from rawbackend import RawBackend
-
     backend = RawBackend("mux")
     try:
         with GatewayThread({"backends": {"b": {"url": backend.url}}, **_auth(), **AUTHZ}) as gt:
@@ -348,8 +323,7 @@ def test_a_denied_tool_never_reaches_the_backend_by_any_legacy_shape():
         assert bodies and not any(b"secret" in b for b in bodies), bodies
         assert any(b'"n"' in b for b in bodies)
     finally:
-        backend.stop.set()
-        backend.sock.close()
+        backend.close()
 
 
 # --- legacy backends: resources -------------------------------------------------------------
@@ -423,7 +397,7 @@ def test_an_https_legacy_backend_is_never_spoken_to_in_plaintext_or_unverified(p
             assert [h.split(b" ", 1)[0] for h, _ in srv.requests] == [b"GET"]  # no POST, in any form
         else:
             assert "host name mismatch" in text
-            assert srv.requests == [] and srv.accepted == 0
+            assert srv.requests == [] and srv.handshakes == 0
     finally:
         srv.close()
 
@@ -478,8 +452,6 @@ def test_hostile_session_id_and_version_never_reach_a_head_of_the_internal_conne
     (echoed from the client's, with a line break) -- decides fields of every later
     request the front makes for the legacy client.  Neither may put anything but a
     clean value there; and once the stream is closed its session id is gone for good."""
-    from rawbackend import RawBackend
-
     backend = RawBackend("mux")
     backend.sid_prefix = b"s X-Evil: 1 ;"
     init = orjson.loads(INIT)
@@ -506,8 +478,7 @@ def test_hostile_session_id_and_version_never_reach_a_head_of_the_internal_conne
             assert h.session_id is None  # the backend's id was not a clean value: never sent
             assert h.protocol_version in (None, b"2025-06-18", b"2025-03-26")
     finally:
-        backend.stop.set()
-        backend.sock.close()
+        backend.close()
 
 
 def test_a_full_stream_budget_is_not_a_backend_failure(sse_sdk):
@@ -548,8 +519,6 @@ def test_legacy_and_streamable_session_ids_do_not_cross():
     """A legacy ``session_id`` presented as ``Mcp-Session-Id`` on the route, and a
     route's session id presented as ``session_id``, are unknown sessions: nothing reaches
     the backend."""
-    from rawbackend import RawBackend
-
     backend = RawBackend("mux")
     try:
         with GatewayThread({"backends": {"b": {"url": backend.url}}, **_auth(), "sessions": {"key": "cd" * 32}}) as gt:
@@ -574,5 +543,4 @@ def test_legacy_and_streamable_session_ids_do_not_cross():
             finally:
                 leg.close()
     finally:
-        backend.stop.set()
-        backend.sock.close()
+        backend.close()
