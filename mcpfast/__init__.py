@@ -1,7 +1,7 @@
 """mcpfast: a fast gateway for the Model Context Protocol.
 
-The modules on the request path -- ``server``, ``upstream``, ``gateway``, ``observe``
-and the multiplexer's ``mux.names``, ``mux.rewrite``, ``mux.token``, ``mux.client``, ``mux.virtual`` --
+The modules on the request path (``_compiled.COMPILED``: the listener, the pool, the
+pipeline, the HTTP backend client, observability and the multiplexer's hot modules)
 are plain Python that the build also compiles (see ``setup.py``).  Python imports an
 extension module in preference to the ``.py`` beside it, so this package decides which
 of the two runs:

@@ -22,7 +22,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def module_path(name: str, package_dir: str = PACKAGE_DIR) -> str:
-    """``mux.client`` -> <package_dir>/mux/client (no suffix)."""
+    """``transport.http_mcp`` -> <package_dir>/transport/http_mcp (no suffix)."""
     return os.path.join(package_dir, *name.split("."))
 
 

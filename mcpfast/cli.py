@@ -7,6 +7,7 @@ and errors name the same keys.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import subprocess
 import sys
@@ -57,6 +58,17 @@ def _overrides(**kw: Any) -> dict[str, Any]:
         if not sep or not name or not url:
             raise ConfigError("--backend", f"expected NAME=URL, got {spec!r}")
         out[f"backends.{name}.url"] = url
+    for spec in kw.get("stdio_backend") or ():
+        name, sep, line = spec.partition("=")
+        try:
+            argv = shlex.split(line)  # split as a shell would, but never run by one
+        except ValueError as exc:
+            raise ConfigError("--stdio-backend", f"cannot split {spec!r}: {exc}") from None
+        if not sep or not name or not argv:
+            raise ConfigError("--stdio-backend", f"expected NAME='command arg ...', got {spec!r}")
+        out[f"backends.{name}.transport"] = "stdio"
+        out[f"backends.{name}.command"] = argv[0]
+        out[f"backends.{name}.args"] = argv[1:]
     return out
 
 
@@ -74,11 +86,21 @@ def _load(config_file: str | None, pool_size: int | None, pool_idle_timeout: flo
     return cfg
 
 
+_STDIO_BACKEND = click.option(
+    "--stdio-backend",
+    multiple=True,
+    metavar="NAME='COMMAND ARG...'",
+    help="A backend MCP server run as a child process over stdio, its command line split like a shell's "
+    "(no shell runs it) (repeatable).",
+)
+
+
 def _tuning(f):
     opts = [
         click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML configuration file."),
         click.option("--listen", metavar="HOST:PORT", help="Client listener (default 127.0.0.1:8080)."),
         click.option("--backend", multiple=True, metavar="NAME=URL", help="A backend MCP server (repeatable)."),
+        _STDIO_BACKEND,
         click.option("--admin-listen", metavar="HOST:PORT", help="Admin listener for /metrics, /healthz, /readyz."),
         click.option("--mcp-path", help="Path of the MCP endpoint (default /mcp)."),
         click.option("--workers", type=int, help="Worker processes sharing the port (SO_REUSEPORT)."),
@@ -145,11 +167,14 @@ def run_gateway(cfg: Config, on_ready=None) -> None:
 
 
 @main.command("check-config")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-def check_config(config_file: str) -> None:
-    """Validate CONFIG_FILE and print the effective configuration as JSON."""
+@click.argument("config_file", type=click.Path(dir_okay=False), required=False)
+@click.option("--backend", multiple=True, metavar="NAME=URL", help="A backend MCP server (repeatable).")
+@_STDIO_BACKEND
+def check_config(config_file: str | None, backend: tuple[str, ...], stdio_backend: tuple[str, ...]) -> None:
+    """Validate CONFIG_FILE (and backends given as flags) and print the effective
+    configuration as JSON."""
     try:
-        cfg = load_config(config_file)
+        cfg = load_config(config_file, _overrides(backend=backend, stdio_backend=stdio_backend))
         static_checks(cfg)  # what serve refuses without touching the network
     except ConfigError as exc:
         _fail("configuration error", exc)

@@ -81,7 +81,7 @@ INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 
 class Recorder(CallHandler):
     """Records an answer as a route's handler would see it; sets ``call.stream`` for a
-    JSON answer and ``call.pending`` on each delivery, like ``_Relay``."""
+    JSON answer and ``call.queued`` on each delivery, like ``_Relay``."""
 
     def __init__(self, on_message=None) -> None:
         self.fut = asyncio.get_running_loop().create_future()
@@ -96,16 +96,16 @@ class Recorder(CallHandler):
         self.head = head
         if not call.events:
             call.stream = True
-        call.pending = True
+        call.queued = True
 
     def on_body(self, call, chunk) -> None:
         self.bodies.append(bytes(chunk))
-        call.pending = True
+        call.queued = True
 
     def on_event(self, call, ev) -> None:
         self.events.append(bytes(ev.data))
         self.unflushed += 1
-        call.pending = True
+        call.queued = True
         if self.on_message is not None:
             self.on_message(orjson.loads(ev.data))
 

@@ -18,7 +18,6 @@ from gwutil import ROOT, GatewayThread, backend_process
 from mcp import Client, types
 
 pytestmark = pytest.mark.e2e
-pytest.importorskip("mcpfast.transport.stdio", reason="stdio backend not merged yet")
 
 
 SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")

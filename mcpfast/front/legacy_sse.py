@@ -59,7 +59,6 @@ from typing import Any
 
 import orjson
 
-from ..pipeline.phases import DONE, RELAYING
 from ..policy import AuthError, Principal
 from ..transport.listener import ClientProtocol
 from ..wire.core import (
@@ -500,10 +499,10 @@ class LegacySession:
     def send(self, data: bytes) -> None:
         """One message to the client, as an ``event: message``."""
         ex = self.ex
-        if self.closed or ex.phase == DONE:
+        if self.closed or not ex.alive():
             return
-        ex._relay(encode_sse_event(data=data, event=b"message"))
-        ex.flush_head()
+        ex.relay(encode_sse_event(data=data, event=b"message"))
+        ex.flush()
         self.last_write = time.monotonic()
 
     def backlog(self) -> int:
@@ -514,9 +513,9 @@ class LegacySession:
         if self.closed:
             return
         ex = self.ex
-        if time.monotonic() - self.last_write >= PING_EVERY - 1.0 and not ex.conn.write_paused and ex.phase != DONE:
-            ex._relay(_PING)
-            ex.flush_head()
+        if time.monotonic() - self.last_write >= PING_EVERY - 1.0 and not ex.conn.write_paused and ex.alive():
+            ex.relay(_PING)
+            ex.flush()
             self.last_write = time.monotonic()
         self.ping = asyncio.get_running_loop().call_later(PING_EVERY, self._ping)
 
@@ -618,15 +617,13 @@ class LegacyFront:
         s = LegacySession(self, ex, sid, p.key if p is not None else None)
         self.sessions[sid] = s
         ex.upstream = s
-        ex.phase = RELAYING
-        ex.status = 200
         ex.t_sent = time.monotonic()
         ex.sse = True
         ex.route.bm.sse.inc()
         parts = [b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"]
-        ex.pending = [ex._framed(parts, -1, 200)]
-        ex._relay(encode_sse_event(data=self.messages_path + b"?session_id=" + sid.encode(), event=b"endpoint"))
-        ex.flush_head()
+        ex.begin_answer(200, ex.framed_head(parts, -1, 200))
+        ex.relay(encode_sse_event(data=self.messages_path + b"?session_id=" + sid.encode(), event=b"endpoint"))
+        ex.flush()
 
     def _post(self, ex) -> None:
         sid = _session_param(ex.head.target)
@@ -648,7 +645,7 @@ class LegacyFront:
         self._post_as(ex, sid, p)
 
     def _authenticated(self, ex, sid: str, fut) -> None:
-        if ex.phase == DONE or fut.cancelled():
+        if not ex.alive() or fut.cancelled():
             return
         exc = fut.exception()
         if isinstance(exc, AuthError):

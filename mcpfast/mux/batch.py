@@ -42,7 +42,6 @@ from ..wire.core import (
     scan_jsonrpc,
 )
 from ..observe import method_label
-from ..pipeline.phases import DONE, RELAYING
 from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
 from ..wire.rpcerrors import INVALID_REQUEST as _INVALID_REQUEST
 from ..wire.rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
@@ -103,10 +102,8 @@ class Batch:
             )
             return
         if any(e.kind == KIND_REQUEST for e in self.envs):
-            ex.status = 200
-            ex.phase = RELAYING
-            ex.pending = [ex._framed([_SSE_HEAD], -1, 200)]
-            ex.flush_head()
+            ex.begin_answer(200, ex.framed_head([_SSE_HEAD], -1, 200))
+            ex.flush()
             self.started = True
         ex.upstream = self
         self.task = asyncio.get_running_loop().create_task(self._run())
@@ -134,7 +131,7 @@ class Batch:
             if isinstance(r, BaseException):  # _element answers its own failures: a bug
                 log.error("multiplexer: batch element failed", exc_info=r)
         ex = self.ex
-        if ex.phase == DONE:
+        if not ex.alive():
             return
         if self.started:
             ex.upstream_end()  # the chunked terminator if any, the last write, finish
@@ -231,7 +228,7 @@ class Batch:
 
     def _send(self, message: bytes) -> None:
         ex = self.ex
-        if not self.started or ex.phase == DONE:
+        if not self.started or not ex.alive():
             return
-        ex._relay(encode_sse_event(message, event=b"message"))
-        ex.flush_head()
+        ex.relay(encode_sse_event(message, event=b"message"))
+        ex.flush()

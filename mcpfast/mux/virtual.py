@@ -52,7 +52,6 @@ import orjson
 
 from ..wire.core import KIND_NOTIFICATION, KIND_REQUEST
 from ..wire.heads import HeadError, is_field_value, is_visible
-from ..pipeline.phases import DONE, RELAYING
 from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
 from ..wire.rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
 from ..wire.rpcerrors import SESSION_NOT_FOUND as _SESSION_NOT_FOUND
@@ -103,7 +102,7 @@ _PING = b'{"jsonrpc":"2.0","id":"mcpfast-probe","method":"ping"}'
 _ALLOW = b"Allow: GET, POST, DELETE\r\n"
 _JSON = b"application/json"
 # Client heads of routed answers (_Relay): the usual JSON one (200, length known, kept
-# alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange._framed).
+# alive, HTTP/1.1), and the start of an SSE one (framing added by Exchange.framed_head).
 _JSON_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
 _SSE_200 = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
 _SSE_200_CHUNKED = _SSE_200 + b"Transfer-Encoding: chunked\r\n\r\n"
@@ -141,7 +140,7 @@ def _canonical(obj) -> bytes:
 
 
 def _alive(ex) -> bool:
-    return ex.phase != DONE
+    return ex.alive()
 
 
 def _view(route, vr, backend, bm, pool=None):
@@ -174,27 +173,6 @@ class _TaskRef:
 
     def resume_reading(self) -> None:
         pass
-
-
-def _sse_head(ex) -> tuple[bytes, bool]:
-    """The client head of an SSE answer; returns (head, chunked)."""
-    keep = ex.keep_alive and ex.conn.keep_alive
-    if ex.head.version == 11:
-        chunked = True
-        framing = b"Transfer-Encoding: chunked\r\n"
-    else:
-        chunked = keep = False  # HTTP/1.0: the stream ends with the connection
-        framing = b""
-    ex.keep_alive = keep
-    ex.status = 200
-    cors = ex.gw.cors
-    return (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-        + (cors.answer_fields(ex.head.origin) if cors is not None else b"")
-        + framing
-        + (b"" if keep else b"Connection: close\r\n")
-        + b"\r\n"
-    ), chunked
 
 
 class VirtualRoute:
@@ -953,7 +931,7 @@ class _Relay(CallHandler):
     The client head is made from the backend's status, content type and length -- none
     of the backend's other fields: its session id must never reach the client.  The
     answer then flows through the exchange's own relay, as on a passthrough route
-    (``Exchange._relay``, ``flush_head``, ``upstream_end``): a JSON body piece by piece,
+    (``Exchange.relay``, ``flush``, ``upstream_end``): a JSON body piece by piece,
     each the object the response parser handed out (``Call.stream``); an SSE answer
     event by event with server→client ids encoded (``rewrite_sse_event``).  What one
     backend read produced leaves in one write.  The exchange's ``upstream`` is the
@@ -986,35 +964,33 @@ class _Relay(CallHandler):
             self.expired = not self.retried  # the backend forgot our session: re-open it and resend
             return
         ex = self.ex
-        if ex.phase == DONE:
+        if not ex.alive():
             return
         if call.events:
             if status != 200:
                 return  # answered at the end, without a body
             call.plain = True  # reads of plain answer events come to on_body unparsed
             if ex.keep_alive and ex.conn.keep_alive and ex.head.version == 11 and not ex.is_head and ex.gw.cors is None:
-                data = _SSE_200_CHUNKED  # the usual answer: what _framed would make, preformatted
+                data = _SSE_200_CHUNKED  # the usual answer: what framed_head would make, preformatted
                 ex.chunked = True
             else:
-                data = ex._framed([_SSE_200], -1, 200)
+                data = ex.framed_head([_SSE_200], -1, 200)
         else:
             call.stream = True
             n = head.content_length
             ct = head.content_type or _JSON
             if (status == 200 and n >= 0 and ct == _JSON and ex.keep_alive and ex.conn.keep_alive
                     and ex.head.version == 11 and ex.gw.cors is None):  # fmt: skip
-                data = _JSON_200 % n  # the usual answer: what _framed would make, preformatted
+                data = _JSON_200 % n  # the usual answer: what framed_head would make, preformatted
             else:
-                data = ex._framed([b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, status_reason(status), ct)], n, status)
+                data = ex.framed_head([b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n" % (status, status_reason(status), ct)], n, status)
         self.started = True
-        ex.status = status
-        ex.phase = RELAYING
-        ex.pending = [data]
-        call.pending = True
+        ex.begin_answer(status, data)
+        call.queued = True
 
     def on_body(self, call, chunk) -> None:
-        self.ex._relay(chunk)
-        call.pending = True
+        self.ex.relay(chunk)
+        call.queued = True
 
     def on_event(self, call, ev) -> None:
         if not self.started:
@@ -1027,22 +1003,22 @@ class _Relay(CallHandler):
         if env is not None and type(env) is not list and env.kind == KIND_NOTIFICATION and env.method in LIST_CHANGED:
             self.vr.list_changed(b, env.method, self.bs, self.token)
         if data:
-            self.ex._relay(data)
-            call.pending = True
+            self.ex.relay(data)
+            call.queued = True
 
     def on_flush(self, call) -> None:
-        self.ex.flush_head()
+        self.ex.flush()
 
     def on_end(self, call, body) -> None:
         ex = self.ex
         vr = self.vr
         if vr.down:
             vr.down.pop(self.action.backend, None)
-        if ex.phase == DONE:
+        if not ex.alive():
             return
         if self.started:
             ex.upstream_end()  # the chunked terminator if any, the last write, finish
-            call.pending = None  # nothing left for on_flush
+            call.queued = None  # nothing left for on_flush
             return
         ex.upstream = None
         if self.expired:
@@ -1085,7 +1061,7 @@ class _Merge:
     A resumed POST stream is not reconnected: it ends when its backend ends it, and the
     client, holding the newest id, resumes again if it must."""
 
-    __slots__ = ("vr", "ex", "state", "token", "ids", "legs", "live", "started", "chunked", "out", "paused", "ended")
+    __slots__ = ("vr", "ex", "state", "token", "ids", "legs", "live", "started", "paused", "ended")
 
     def __init__(self, vr: VirtualRoute, ex, state, token: str, targets: list[BackendSession], ids) -> None:
         self.vr = vr
@@ -1096,8 +1072,6 @@ class _Merge:
         self.legs = [_MergeLeg(self, bs) for bs in targets]
         self.live = len(self.legs)
         self.started = False
-        self.chunked = False
-        self.out: list = []
         self.paused = False
         self.ended = False  # the session was ended: answer 404 if nothing was sent
 
@@ -1124,24 +1098,19 @@ class _Merge:
                 leg.call.resume_reading()
 
     def _begin(self) -> None:
-        if self.started or not _alive(self.ex):
+        ex = self.ex
+        if self.started or not ex.alive():
             return
-        data, self.chunked = _sse_head(self.ex)
         self.started = True
-        self.ex.conn.send(data)
+        ex.begin_answer(200, ex.framed_head([_SSE_200], -1, 200))
+        ex.flush()
 
     def emit(self, data: bytes) -> None:
-        self.ex.bytes_out += len(data)
-        if self.chunked:
-            self.out += (b"%x\r\n" % len(data), data, b"\r\n")
-        else:
-            self.out.append(data)
+        self.ex.relay(data)
 
     def flush(self) -> None:
-        out = self.out
-        if out and _alive(self.ex):
-            self.out = []
-            self.ex.conn.send_many(out)
+        if self.ex.alive():
+            self.ex.flush()
 
     def leg_done(self, leg: _MergeLeg) -> None:
         self.live -= 1
@@ -1163,10 +1132,7 @@ class _Merge:
             else:
                 ex.respond_error(405, INVALID_REQUEST, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
-        if self.chunked:
-            self.out.append(b"0\r\n\r\n")
-        self.flush()
-        ex.finish("ok")
+        ex.upstream_end()  # the chunked terminator if any, the last write, finish
 
 
 class _MergeLeg(CallHandler):
@@ -1237,7 +1203,7 @@ class _MergeLeg(CallHandler):
             m.vr.list_changed(b, env.method, self.bs, m.token)
         if data:
             m.emit(data)
-            call.pending = True
+            call.queued = True
 
     def on_flush(self, call) -> None:
         self.m.flush()

@@ -16,15 +16,17 @@ cdef class Exchange:
     cdef public ClientProtocol conn
     cdef public Route route
     cdef public double t0, t_sent, t_up_end, t_end, deadline
-    cdef public object method, tool, rpc_id, upstream, pending, outcome, out, principal, env, lfilter, stream
+    cdef public object method, tool, rpc_id, upstream, queued, outcome, out, principal, env, lfilter, stream
     cdef public object upstream_sid
     cdef public int status, phase
     cdef public long long bytes_out, flushed
     cdef public bint chunked, keep_alive, sse, retried, is_head
-    cpdef flush_head(self)
+    cpdef flush(self)
+    cpdef bint alive(self)
+    cpdef begin_answer(self, int status, bytes head)
     cpdef upstream_head(self, _CResponseHead head)
     cpdef upstream_body(self, chunk)
-    cpdef _relay(self, chunk)
+    cpdef relay(self, chunk)
     cpdef upstream_end(self)
     cpdef finish(self, outcome)
     cpdef phase_done(self, outcome)
@@ -32,4 +34,4 @@ cdef class Exchange:
     cpdef _dispatch(self, Route route)
     cpdef begin(self, Route route)
     cdef _name_tool(self)
-    cpdef bytes _framed(self, list parts, long long content_length, int status)
+    cpdef bytes framed_head(self, list parts, long long content_length, int status)

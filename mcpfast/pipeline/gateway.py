@@ -268,7 +268,7 @@ class Exchange:
     __slots__ = (
         "gw", "conn", "head", "chunks", "route", "body", "t0", "t_sent", "t_up_end", "t_end",
         "method", "tool", "rpc_id", "status", "bytes_out", "upstream", "phase", "deadline",
-        "pending", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
+        "queued", "chunked", "keep_alive", "sse", "outcome", "retried", "is_head", "out", "principal",
         "env", "lfilter", "flushed", "stream", "upstream_sid",
     )  # fmt: skip
 
@@ -292,9 +292,9 @@ class Exchange:
         self.phase = NEW
         self.deadline = 0.0
         # Bytes for the client produced by the current upstream read, written in one call
-        # when the read has been parsed (flush_head): a small answer's head, body and
+        # when the read has been parsed (flush): a small answer's head, body and
         # chunked terminator leave in one write.
-        self.pending: list | None = None
+        self.queued: list | None = None
         self.chunked = False
         self.keep_alive = head.keep_alive
         self.sse = False
@@ -607,7 +607,7 @@ class Exchange:
         if lf is not None:
             lf.begin(parts)  # the answer is rewritten: framing decided when its size is known
         else:
-            self.pending = [self._framed(parts, head.content_length, status)]
+            self.queued = [self.framed_head(parts, head.content_length, status)]
         # Session bookkeeping (metrics), under the backend's own ids.  The backend owns
         # the session itself.
         gw = self.gw
@@ -622,7 +622,7 @@ class Exchange:
                 entry[1] = self.t0
                 sessions.move_to_end(sid)
 
-    def _framed(self, parts: list, content_length: int, status: int) -> bytes:
+    def framed_head(self, parts: list, content_length: int, status: int) -> bytes:
         """Finish a client response head: framing (RFC 9112 §6), connection and CORS
         fields."""
         keep = self.keep_alive and self.conn.keep_alive
@@ -648,11 +648,28 @@ class Exchange:
         parts.append(b"\r\n")
         return b"".join(parts)
 
-    def flush_head(self) -> None:
+    # --- the answer: the small API other layers use ---------------------------------
+    # A terminating route, a batch or a client front answers through these, never by
+    # setting the exchange's phase or fields: ``alive()``; ``begin_answer(status, head)``
+    # with a head made by ``framed_head``; ``relay(piece)`` for each piece of the body;
+    # ``flush()`` once per batch of pieces; ``upstream_end()`` (or ``upstream_failed``)
+    # to finish.  ``respond``/``respond_error`` answer in one go.
+    def alive(self) -> bool:
+        """Is an answer still wanted (not finished, client still there)?"""
+        return self.phase != DONE
+
+    def begin_answer(self, status: int, head: bytes) -> None:
+        """Start a streamed answer: ``head`` is the complete client head (``framed_head``
+        or a preformatted one); it leaves with the first ``flush``."""
+        self.status = status
+        self.phase = RELAYING
+        self.queued = [head]
+
+    def flush(self) -> None:
         """End of an upstream read: write what it produced, in one call."""
-        p = self.pending
+        p = self.queued
         if p is not None:
-            self.pending = None
+            self.queued = None
             if len(p) == 1:
                 self.conn.send(p[0])
             elif len(p) <= 8 and self.bytes_out - self.flushed <= 16384:
@@ -668,16 +685,16 @@ class Exchange:
         if lf is not None:
             lf.feed(chunk)
             return
-        self._relay(chunk)
+        self.relay(chunk)
 
-    def _relay(self, chunk) -> None:
+    def relay(self, chunk) -> None:
         """Queue one piece of the answer for the client (chunk-framed if need be); it
-        leaves with everything else the same upstream read produced (flush_head)."""
+        leaves with everything else the same upstream read produced (``flush``)."""
         n = len(chunk)
         self.bytes_out += n
-        p = self.pending
+        p = self.queued
         if p is None:
-            p = self.pending = []
+            p = self.queued = []
         if self.chunked:
             p += (b"%x\r\n" % n, chunk, b"\r\n")
         else:
@@ -694,12 +711,12 @@ class Exchange:
                 self.upstream_failed(UpstreamError("upstream_protocol", f"backend list answer unusable: {exc}"))
                 return
         if self.chunked:
-            p = self.pending
+            p = self.queued
             if p is None:
-                self.pending = [b"0\r\n\r\n"]
+                self.queued = [b"0\r\n\r\n"]
             else:
                 p.append(b"0\r\n\r\n")
-        self.flush_head()
+        self.flush()
         self.upstream = None
         self.finish("ok" if self.status < 400 else ("client_error" if self.status < 500 else "upstream_error"))
 
@@ -728,7 +745,7 @@ class Exchange:
             return
         # Mid-answer: pass on what arrived intact, then cut the client connection so
         # it sees an incomplete stream.
-        self.flush_head()
+        self.flush()
         self.gw.metrics.error(err.kind)
         self.t_up_end = _perf()
         self.keep_alive = False
@@ -892,7 +909,7 @@ class _ListFilter:
         ex = self.ex
         if ex.sse:
             self.sse = SSEParser(max_event_bytes=self.limit)
-            ex.pending = [ex._framed(parts, -1, ex.status)]
+            ex.queued = [ex.framed_head(parts, -1, ex.status)]
         else:
             self.parts = parts
 
@@ -916,9 +933,9 @@ class _ListFilter:
             if data is not None and ev.event in (None, b"message"):
                 new = self._filter(data)
                 if new is not data:
-                    ex._relay(encode_sse_event(data=new, event=ev.event, id=ev.id, retry=ev.retry))
+                    ex.relay(encode_sse_event(data=new, event=ev.event, id=ev.id, retry=ev.retry))
                     continue
-            ex._relay(ev.raw)
+            ex.relay(ev.raw)
 
     def end(self) -> None:
         ex = self.ex
@@ -928,7 +945,7 @@ class _ListFilter:
         body = self.buf[0] if len(self.buf) == 1 else b"".join(self.buf)
         new = self._filter(bytes(body))
         ex.bytes_out += len(new)
-        ex.pending = [ex._framed(self.parts, len(new), ex.status), new]
+        ex.queued = [ex.framed_head(self.parts, len(new), ex.status), new]
 
 
 

@@ -3,7 +3,7 @@
 Theory of operation.  A terminating route (``mux/virtual.py``: several backends, or one
 that does not speak Streamable HTTP) is the MCP server to its clients and an MCP client
 to each backend.  It reaches a backend only through an object with this interface,
-whatever carries the messages -- Streamable HTTP (``mux/client.py``: a pooled HTTP
+whatever carries the messages -- Streamable HTTP (``transport/http_mcp.py``: a pooled HTTP
 connection per exchange, the answer relayed as bytes), a child process over stdio
 (``transport/stdio.py``: one JSON-RPC message per line), or the 2024-11-05 HTTP+SSE
 transport (``transport/sse_legacy.py``: POSTs to an endpoint, answers on one stream).
@@ -31,15 +31,15 @@ The methods:
 ``send(bs, body, handler) -> call``
     A client's routed message (``bs``: its ``BackendSession``; ``body``: the message with
     names already spliced back).  The answer is delivered to ``handler`` (a
-    ``mux.client.CallHandler``) as for an HTTP call: ``on_head(call, head)`` once with a
+    ``transport.http_mcp.CallHandler``) as for an HTTP call: ``on_head(call, head)`` once with a
     ``ResponseHead`` (``answer_head`` makes one: status 200 and ``text/event-stream`` for
     a streamed answer, ``application/json`` with its length for a single message, 202 for
     a notification or response, 404 for an unknown session), then ``on_event(call,
     Message)`` per message of a streamed answer, or ``on_body(call, bytes)`` for the one
     message of a JSON answer (``call.stream`` is set by the handler), ``on_flush(call)``
-    after each batch of deliveries when ``call.pending`` was set, and ``on_end(call,
+    after each batch of deliveries when ``call.queued`` was set, and ``on_end(call,
     None)`` or ``on_error(call, UpstreamError)``.  The returned object is a subclass of
-    ``mux.client.Call`` (the compiled handlers take that type) and supports
+    ``transport.http_mcp.Call`` (the compiled handlers take that type) and supports
     ``pause_reading``/``resume_reading``/``detach`` (the client left: stop delivering).
 ``listen(bs, handler, position) -> call``
     The server→client stream of a session (messages not tied to a client request), to

@@ -1,4 +1,4 @@
-# C declarations for the compiled build of client.py (see setup.py): the hot classes become
+# C declarations for the compiled build of http_mcp.py (see setup.py): the hot classes become
 # extension types with C attributes and C-callable methods; the .py stays the source.
 # Every attribute is public so plain Python code and tests still read and set it.
 from mcpfast.wire._core cimport ResponseHead as _CResponseHead, SSEParser as _CSSEParser
@@ -27,7 +27,7 @@ cdef class BackendLink:
 cdef class Call:
     cdef public BackendLink link
     cdef public CallHandler handler
-    cdef public object data, timeout, buf, pending, timer
+    cdef public object data, timeout, buf, queued, timer
     cdef public _CSSEParser sse
     cdef public _CUpstreamProtocol conn
     cdef public _CResponseHead head
@@ -42,4 +42,4 @@ cdef class Call:
     cpdef _collect(self, chunk)
     cpdef _events(self, events)
     cpdef upstream_end(self)
-    cpdef flush_head(self)
+    cpdef flush(self)

@@ -7,7 +7,7 @@ knows how to address one backend (request line, Host, the configured extra heade
 and ``Call`` is one HTTP exchange with it: it takes a pooled connection, writes head and
 body in one call, and becomes the connection's *sink* -- the same callback interface a
 client ``Exchange`` offers (``upstream_head``/``upstream_body``/``upstream_end``/
-``upstream_failed``/``flush_head`` and ``pending``).  What it receives goes to a handler:
+``upstream_failed``/``flush`` and ``queued``).  What it receives goes to a handler:
 ``on_head(call, head)``, ``on_event(call, ev)`` for each SSE event of a
 ``text/event-stream`` answer, ``on_end(call, body)`` (``body`` is the collected JSON
 answer, None for SSE), ``on_error(call, err)``, and ``on_flush(call)`` after each read
@@ -182,7 +182,7 @@ class Call:
 
     __slots__ = (
         "link", "data", "handler", "timeout", "whole", "conn", "head", "sse", "buf", "size", "done",
-        "retried", "pending", "timer", "status", "paused", "watched", "stream", "events", "plain", "listen",
+        "retried", "queued", "timer", "status", "paused", "watched", "stream", "events", "plain", "listen",
     )  # fmt: skip
 
     def __init__(self, link: BackendLink, data: list, handler: CallHandler, timeout: float | None = None, whole: bool = False):
@@ -204,7 +204,7 @@ class Call:
         self.size = 0
         self.done = False
         self.retried = False
-        self.pending: Any = None
+        self.queued: Any = None
         self.timer: asyncio.TimerHandle | None = None
         self.status = 0
         self.paused = False
@@ -406,8 +406,8 @@ class Call:
             return
         self._fail(err)
 
-    def flush_head(self) -> None:
-        self.pending = None
+    def flush(self) -> None:
+        self.queued = None
         try:
             self.handler.on_flush(self)
         except Exception as exc:
@@ -546,6 +546,13 @@ async def request(
     ``calls`` while it runs, so the caller can pause or abandon it."""
     fut = asyncio.get_running_loop().create_future()
     call = Call(link, data, _Collect(fut, on_message), timeout, whole=calls is None).start()
+    return await collected(call, fut, calls)
+
+
+async def collected(call, fut: asyncio.Future, calls: set | None) -> Reply:
+    """Wait for ``fut``, the ``Reply`` that ``call``'s ``_Collect`` handler makes, with
+    ``call`` in ``calls`` (if given) meanwhile; a waiter that is cancelled abandons it.
+    (Shared with the message-level backends' control requests.)"""
     if calls is not None:
         calls.add(call)
     try:

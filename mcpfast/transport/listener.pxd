@@ -1,4 +1,4 @@
-# C declarations for the compiled build of server.py (see setup.py).  The .py stays the
+# C declarations for the compiled build of listener.py (see setup.py).  The .py stays the
 # source; these only give the hot classes C-typed attributes and C-callable methods.
 # Every attribute is public so plain Python code (tests, the multiplexer) still reads it.
 from mcpfast.wire._core cimport RequestParser as _CRequestParser

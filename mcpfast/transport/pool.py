@@ -136,13 +136,13 @@ class UpstreamProtocol:
             if self.ended:
                 # The answer was complete; what followed it is dropped with the connection.
                 self.ended = False
-                if sink.pending is not None:
-                    sink.flush_head()
+                if sink.queued is not None:
+                    sink.flush()
             elif owner is not None:
                 owner.upstream_failed(UpstreamError("upstream_protocol", f"backend sent invalid HTTP: {exc}"))
             return
-        if sink.pending is not None:
-            sink.flush_head()
+        if sink.queued is not None:
+            sink.flush()
         if self.ended:
             # The answer ended in this read, which is now parsed to its end: release the
             # connection only if nothing of another message was in it and the request

@@ -133,7 +133,7 @@ def endpoint_target(url: str, scheme: str, host: str, port: int, data: bytes) ->
 class SseCall(Call):
     """One answer of a legacy backend: a routed request's, a posted notification's or
     response's, or the session's ``listen`` stream.  Stands in for a ``Call`` (the route
-    reads ``head``, ``status``, ``events``, ``stream``, ``pending``; it calls
+    reads ``head``, ``status``, ``events``, ``stream``, ``queued``; it calls
     ``pause_reading``/``resume_reading``/``detach``); ``start`` does nothing, the work
     began in ``send``/``listen``."""
 
@@ -157,7 +157,7 @@ class SseCall(Call):
         self.size = 0
         self.done = False
         self.retried = False
-        self.pending = None
+        self.queued = None
         self.timer = None
         self.status = 0
         self.paused = False
@@ -309,8 +309,8 @@ class SseCall(Call):
             log.exception("legacy SSE backend: error handler failed")
 
     def _flush(self) -> None:
-        if self.pending is not None:
-            self.pending = None
+        if self.queued is not None:
+            self.queued = None
             try:
                 self.handler.on_flush(self)
             except Exception as exc:
@@ -429,7 +429,7 @@ class _Session(CallHandler):
         if data:
             self._message(data)
             if self.touched:
-                call.pending = True
+                call.queued = True
 
     def on_flush(self, call) -> None:
         touched = self.touched
@@ -497,7 +497,7 @@ class _Session(CallHandler):
 
     def _to(self, call: SseCall, data: bytes, final: bool) -> None:
         call.deliver(data, final)
-        if call.pending is not None:
+        if call.queued is not None:
             self.touched.append(call)
 
     # --- calls ------------------------------------------------------------------------
