@@ -544,3 +544,62 @@ def test_legacy_and_streamable_session_ids_do_not_cross():
                 leg.close()
     finally:
         backend.close()
+
+
+class Poller(RawBackend):
+    """A hostile route backend for the legacy front: every answer to ``tools/call`` and
+    every GET that resumes one (``Last-Event-ID``) is one event with an id and ``retry:
+    0``, then the end of the stream -- come back at once, for ever."""
+
+    def __init__(self) -> None:
+        super().__init__("poller")
+        self.resumed = 0
+
+    def _poller(self, conn: socket.socket, req: tuple[bytes, bytes]) -> None:
+        head, body = req
+        if head.startswith(b"DELETE"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            return
+        if head.startswith(b"GET"):
+            if b"\r\nlast-event-id:" not in head.lower():
+                conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+                return
+            self.resumed += 1
+        else:
+            msg = orjson.loads(body)
+            if msg.get("method") == "initialize":
+                out = orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "p", "version": "1"}}})  # fmt: skip
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nMcp-Session-Id: p1\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(out), out))  # fmt: skip
+                return
+            if "id" not in msg:
+                conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+                return
+        note = b'{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"again"}}'
+        ev = b"retry: 0\nid: e%d\nevent: message\ndata: %s\n\n" % (self.resumed, note)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + ev)
+        conn.shutdown(socket.SHUT_WR)
+
+
+def test_a_route_that_asks_to_be_polled_at_once_for_ever_is_not_polled_in_a_tight_loop():
+    """An SSE answer that ends after every event with ``retry: 0`` makes the front come
+    back for the rest on the legacy client's behalf.  A backend doing that for ever must
+    not turn the gateway into a loop of requests as fast as the two can go."""
+    backend = Poller()
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}}) as gt:
+            leg = RawLegacy(gt.port)
+            try:
+                assert leg.post(b"", INIT).startswith(b"HTTP/1.1 202")
+                leg.messages(1)
+                leg.post(b"", b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
+                assert leg.post(b"", orjson.dumps(_call(2, "n"))).startswith(b"HTTP/1.1 202")
+                assert wait_until(lambda: backend.resumed >= 1)
+                start = backend.resumed
+                time.sleep(1.0)
+                assert backend.resumed - start <= 20, backend.resumed - start
+            finally:
+                leg.close()
+    finally:
+        backend.close()
