@@ -603,3 +603,24 @@ def test_a_route_that_asks_to_be_polled_at_once_for_ever_is_not_polled_in_a_tigh
                 leg.close()
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"server": {"mcp_path": "/m\x01"}}, "server.mcp_path"),
+        ({"routes": [{"path": "/m cp", "backend": "a"}]}, "routes[0].path"),
+        ({"routes": [{"path": "/m\tcp", "backend": "a"}]}, "routes[0].path"),
+        ({"routes": [{"path": "/x", "backend": "a", "sse_path": "/s se", "messages_path": "/m"}]}, "routes[0].sse_path"),
+        ({"routes": [{"path": "/x", "backend": "a", "sse_path": "/s", "messages_path": "/m\x7f"}]}, "routes[0].messages_path"),
+    ],
+)
+def test_paths_that_reach_heads_and_endpoint_events_are_visible_ascii(raw, key):
+    """Route paths go into the head of every request the legacy front makes and the
+    message path into the ``endpoint`` event: a space or control character is refused at
+    load, naming the key."""
+    from mcpfast.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError) as ei:
+        build_config({"backends": {"a": {"url": "http://127.0.0.1:1/mcp"}}, **raw})
+    assert str(ei.value).startswith(key + ":")
