@@ -124,12 +124,18 @@ class ServerSection(Section):
     allowed_hosts: tuple[NonEmpty, ...] | None = None
 
 
+def _is_path(v: str) -> bool:
+    """An absolute path as it may appear in a request target (and so in the heads and the
+    ``endpoint`` events the gateway writes): visible ASCII, no query, at most 1024 bytes."""
+    return v.startswith("/") and "?" not in v and len(v) <= 1024 and heads.is_visible(v.encode("utf-8", "replace"))
+
+
 _HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
 
 
 def _server(s: ServerSection) -> ServerConfig:
     mcp_path = s.mcp_path
-    if not mcp_path.startswith("/") or "?" in mcp_path or len(mcp_path) > 1024:
+    if not _is_path(mcp_path):
         raise ConfigError("server.mcp_path", f"must be an absolute path without query, got {mcp_path!r}")
     for i, h in enumerate(s.allowed_hosts or ()):
         if h != "*" and not _HOST_RE.fullmatch(h):
@@ -157,8 +163,17 @@ def _shown_url(url: str, parts) -> str:
 def parse_backend_url(url: str, key: str) -> tuple[str, int, str]:
     # urlsplit silently drops tabs and line breaks, and the path and host go into every
     # request head: refuse anything but visible ASCII before it looks.
+    if not url:
+        raise ConfigError(key, "must not be empty (expected an http:// or https:// URL)")
     if not heads.is_visible(url.encode("utf-8", "replace")):
-        raise ConfigError(key, f"URL must be visible ASCII without spaces or control characters, got {url!r}")
+        # Shown without its query values (a key pasted with a trailing line break is the
+        # usual case): the character at fault is named apart.
+        at = next((i for i, ch in enumerate(url) if not "!" <= ch <= "~"), 0)
+        raise ConfigError(
+            key,
+            f"URL must be visible ASCII without spaces or control characters, got {url[at:at + 1]!r} at "
+            f"position {at} of {_shown_url(url, urlsplit(url))!r}",
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise ConfigError(key, f"expected an http:// or https:// URL, got {_shown_url(url, parts)!r}")
@@ -269,8 +284,8 @@ def _routes(sections, backends: tuple[BackendConfig, ...], mcp_path: str, sessio
     for i, r in enumerate(sections):
         key = f"routes[{i}]"
         path = mcp_path if r.path is None else r.path
-        if not path.startswith("/"):
-            raise ConfigError(f"{key}.path", f"must start with '/', got {path!r}")
+        if not _is_path(path):
+            raise ConfigError(f"{key}.path", f"must start with '/' (an absolute path without query, visible ASCII), got {path!r}")
         path = path.rstrip("/") or "/"
         blist = [r.backend] if r.backend is not None else list(r.backends or ())
         if not blist:
@@ -313,7 +328,7 @@ def _legacy_paths(routes: list[RouteConfig], mcp_path: str) -> tuple[RouteConfig
             v = getattr(r, k)
             if v is None:  # not given
                 v = leaf if r.path == mcp_path else r.path.rstrip("/") + leaf
-            elif v and (not v.startswith("/") or "?" in v or len(v) > 1024):
+            elif v and not _is_path(v):
                 raise ConfigError(f"routes[{i}].{k}", f"must be an absolute path without query, or \"\" for off, got {v!r}")
             if v:
                 v = v.rstrip("/") or "/"

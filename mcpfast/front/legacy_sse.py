@@ -36,7 +36,7 @@ id comes from the answer to ``initialize``; after the client's
 messages that belong to no request.  An SSE answer the route closes before it is complete
 (a server asking its clients to poll, as the 2025-11-25 revision allows) is continued the
 way a Streamable HTTP client would: a GET with ``Last-Event-ID`` after the ``retry`` delay
-it gave, and the route's GET stream is reopened when it ends.
+it gave (0.1 s at least), and the route's GET stream is reopened when it ends.
 
 A POST is refused at once when it is not for a live session of the caller (404), has no
 well-formed ``session_id`` (400), or fails authentication (as on the route).  Otherwise
@@ -96,6 +96,9 @@ _ANSWERS = (KIND_RESPONSE, KIND_ERROR)
 # Resuming an SSE answer the route closed early: the delay when it asked for none, and
 # how many resumptions in a row may bring no message before the requests are failed.
 _RESUME_DELAY = 1.0
+# The shortest delay honoured: a route answering ``retry: 0`` after every event would
+# otherwise have the front send it requests as fast as the two can go.
+_MIN_RESUME_DELAY = 0.1
 _MAX_RESUMES = 8
 
 
@@ -487,7 +490,7 @@ class LegacySession:
         leg.resumes = old.resumes + 1
         if listener:
             self.listener = leg
-        delay = min(old.retry / 1000.0, 30.0) if old.retry is not None else _RESUME_DELAY
+        delay = min(max(old.retry / 1000.0, _MIN_RESUME_DELAY), 30.0) if old.retry is not None else _RESUME_DELAY
         asyncio.get_running_loop().call_later(delay, self._resumed, leg, pos)
 
     def _resumed(self, leg: _Leg, pos: bytes | None) -> None:
@@ -591,6 +594,12 @@ class LegacyFront:
         q = target.find(b"?")
         if (target if q < 0 else target[:q]) == self.sse_path:
             if m == b"GET":
+                if head.session_id is not None:
+                    # A 2024-11-05 client has no session of the route's, and nothing here
+                    # would check one: counted as given, it would spend the stream quota
+                    # of whoever's session it names.
+                    ex.respond_error(400, INVALID_REQUEST, "Invalid Request: a legacy SSE stream carries no Mcp-Session-Id")
+                    return
                 ex.begin(self.stream)
                 return
             allow = b"GET, OPTIONS"

@@ -36,7 +36,9 @@ visible ASCII, resolved against the configured URL, on the same scheme, host and
 a valid origin-form target (``heads``).  The configured headers go on the GET and every
 POST; nothing of the client's becomes a header.  Events are bounded by ``max_event``
 (the SSE parser), answers waited for per session by ``max_inflight``; messages nobody
-waits for are dropped, never kept.
+waits for are dropped, never kept.  Sessions are bounded by the backend's ``max_streams``
+(one stream each): when all are taken, a new session closes the least recently used
+one that has nothing under way.
 
 Failures.  A stream that ends or breaks fails every call in flight on it (502) and the
 session is gone (404 afterwards).  Opening a stream that fails (no connection, no 200
@@ -409,7 +411,9 @@ class _Session(CallHandler):
             return
         why = f"HTTP {head.status}" if head.status != 200 else f"not an event stream ({head.content_type!r})"
         call.detach()
-        self.lost(UpstreamError("upstream_status", f"backend {self.backend.name}: GET {self.backend.cfg.url} answered {why}"))
+        # The path only: the URL's query may hold a credential, and this reaches clients.
+        path = self.backend.cfg.path.partition("?")[0]
+        self.lost(UpstreamError("upstream_status", f"backend {self.backend.name}: GET {path} answered {why}"))
 
     def on_event(self, call, ev) -> None:
         if self.gone:
@@ -622,7 +626,28 @@ class SseBackend:
         sessions = self._sessions()
         if session_id is None or session_id.rpartition(".")[0] != instance_id():
             raise SessionLost(session_id)
-        return sessions.get(session_id)
+        s = sessions.pop(session_id, None)
+        if s is not None:
+            sessions[session_id] = s  # most recently used last (``_make_room``)
+        return s
+
+    def _make_room(self) -> None:
+        """Each session holds one of the backend's streams (``max_streams``), and a client
+        that walks away never ends its own: when they are all taken, the least recently
+        used session with nothing under way (no answer awaited, nobody listening) gives
+        its stream up.  Its client, if it comes back, meets a lost session and gets a new
+        one, as after any loss.  With every one busy the new session is refused (503):
+        the gateway's own budget is spent, the backend did not fail, so no back-off."""
+        pool = self.pool
+        if pool._streams < pool.max_streams:
+            return
+        for s in self._sessions().values():
+            if not s.inflight and not s.chatty and s.listener is None:
+                s.close("closed to make room for a new session (max_streams)")
+                return
+        raise UpstreamError(
+            "upstream_stream_limit", f"backend {self.name} has {pool.max_streams} streams open, its max_streams", 503
+        )
 
     def _refuse_while_backing_off(self) -> None:
         if self.closed:
@@ -645,6 +670,7 @@ class SseBackend:
     async def _open(self) -> _Session:
         """A new session with its stream open and its endpoint known."""
         self._refuse_while_backing_off()
+        self._make_room()
         self._n += 1
         sid = f"{instance_id()}.{self._n}"
         s = _Session(self, sid)
