@@ -17,7 +17,9 @@ Each client runs in its own process, so it shares neither a loop nor a GIL with 
 measures; the machine's two cores are shared by client, gateway and children, which is
 why only the ratios mean something.  Every process started here is ended by its PID.
 
-Run: ``python bench/stdio.py [--sessions 1,16] [--duration 5] [--rounds 3] [--json F]``.
+Run: ``python bench/stdio.py [--sessions 1,16] [--duration 5] [--rounds 3] [--pin-single 0] [--json F]``.
+``--pin-single CPU`` runs client, gateway and children of the 1-session targets on one CPU
+(direct and gateway alike), so a virtual machine's cross-CPU wake-ups do not dominate.
 """
 
 from __future__ import annotations
@@ -160,8 +162,14 @@ def _client_main(args) -> int:
 
 
 # --- the harness ---------------------------------------------------------------------
-def _run_client(*argv: str, timeout: float) -> dict:
-    out = subprocess.run([sys.executable, str(Path(__file__)), *argv], capture_output=True, text=True, timeout=timeout, check=False)
+def _pinned(cpu: int | None) -> list[str]:
+    """A command prefix that runs a process (and what it starts) on one CPU."""
+    return ["taskset", "-c", str(cpu)] if cpu is not None else []
+
+
+def _run_client(*argv: str, timeout: float, cpu: int | None = None) -> dict:
+    cmd = [*_pinned(cpu), sys.executable, str(Path(__file__)), *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -176,7 +184,7 @@ def _free_port() -> int:
 
 
 class Gateway:
-    def __init__(self, mode: str, tmp: str, max_processes: int) -> None:
+    def __init__(self, mode: str, tmp: str, max_processes: int, cpu: int | None = None) -> None:
         self.port = _free_port()
         cfg = Path(tmp) / f"stdio-{mode}.toml"
         args = ", ".join(json.dumps(a) for a in SERVER[1:])
@@ -186,7 +194,7 @@ class Gateway:
             f'mode = "{mode}"\nmax_processes = {max_processes}\nspawn_rate = 1000\n'
         )
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([*_pinned(cpu), sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=REPO, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         end = time.monotonic() + 20
         while time.monotonic() < end:
@@ -219,6 +227,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--pin-single", type=int, default=None, metavar="CPU",
+                    help="run everything of the 1-session targets on this CPU (as load.py --pin-single-conn)")
     # internal: run one client
     ap.add_argument("--client", choices=["direct", "http"], help=argparse.SUPPRESS)
     ap.add_argument("--sessions-n", type=int, default=1, help=argparse.SUPPRESS)
@@ -234,13 +244,14 @@ def main(argv=None) -> int:
         for r in range(args.rounds):
             res: dict = {}
             for n in counts:
+                cpu = args.pin_single if n == 1 else None
                 common = ["--sessions-n", str(n), "--duration", str(args.duration), "--warmup", str(args.warmup)]
-                res[f"direct/per_session/{n}"] = _run_client("--client", "direct", *common, timeout=limit)
-                res[f"direct/shared/{n}"] = _run_client("--client", "direct", "--shared", *common, timeout=limit)
+                res[f"direct/per_session/{n}"] = _run_client("--client", "direct", *common, timeout=limit, cpu=cpu)
+                res[f"direct/shared/{n}"] = _run_client("--client", "direct", "--shared", *common, timeout=limit, cpu=cpu)
                 for mode in ("per_session", "shared"):
-                    gw = Gateway(mode, tmp, max(32, n * 2))
+                    gw = Gateway(mode, tmp, max(32, n * 2), cpu)
                     try:
-                        res[f"gateway/{mode}/{n}"] = _run_client("--client", "http", "--port", str(gw.port), *common, timeout=limit)
+                        res[f"gateway/{mode}/{n}"] = _run_client("--client", "http", "--port", str(gw.port), *common, timeout=limit, cpu=cpu)
                     finally:
                         gw.stop()
             rounds.append(res)
