@@ -624,3 +624,79 @@ def test_paths_that_reach_heads_and_endpoint_events_are_visible_ascii(raw, key):
     with pytest.raises(ConfigError) as ei:
         build_config({"backends": {"a": {"url": "http://127.0.0.1:1/mcp"}}, **raw})
     assert str(ei.value).startswith(key + ":")
+
+
+# --- client values towards a legacy backend ------------------------------------------------
+
+
+class RecordingLegacy(RawBackend):
+    """A 2024-11-05 backend that answers properly and records every request: ``GET`` opens
+    the stream with an ``endpoint`` event, each ``POST`` is recorded and answered 202, and
+    its JSON-RPC answer goes out on the stream (``tools/call`` echoes its params)."""
+
+    def __init__(self) -> None:
+        self.stream: socket.socket | None = None
+        self.lock = threading.Lock()
+        super().__init__("recording")
+
+    def _recording(self, conn: socket.socket, req: tuple[bytes, bytes]) -> None:
+        if req[0].startswith(b"GET"):
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                         b"event: endpoint\ndata: /messages?session_id=abc\n\n")  # fmt: skip
+            self.stream = conn
+            self.stop.wait(30)
+            return
+        conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        msg = orjson.loads(req[1])
+        if "id" not in msg or "method" not in msg:
+            return
+        m = msg["method"]
+        if m == "initialize":
+            result = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "r", "version": "1"}}
+        elif m == "tools/list":
+            result = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}
+        else:
+            result = {"content": [{"type": "text", "text": orjson.dumps(msg.get("params")).decode()}]}
+        with self.lock:
+            self.stream.sendall(b"event: message\ndata: %s\n\n" % orjson.dumps({"jsonrpc": "2.0", "id": msg["id"], "result": result}))
+
+
+def test_nothing_a_client_sends_becomes_a_field_of_a_legacy_backends_post():
+    """Hostile values in every place a client controls -- its own header fields, a forged
+    Mcp-Session-Id and Last-Event-ID, a tool name and arguments full of escaped line
+    breaks and would-be fields -- never reach the head of a POST to a legacy backend:
+    each POST the backend gets carries exactly the gateway's own fields, and the client's
+    message arrives as one JSON body with its values intact."""
+    be = RecordingLegacy()
+    try:
+        with GatewayThread({"backends": {"old": {"transport": "sse", "url": f"http://127.0.0.1:{be.port}/sse"}}}) as gt, \
+                httpx.Client(timeout=20) as h:  # fmt: skip
+            hostile = {
+                **HEADERS,
+                "X-Injected": "one",
+                "Authorization": "Bearer client-token",
+                "Last-Event-ID": "p!old~1\\r\\nX-Evil: 1",
+                "Cookie": "a=b",
+                "Forwarded": "for=1.2.3.4",
+            }
+            r = h.post(gt.url(), content=INIT, headers=hostile)
+            assert r.status_code == 200, r.text
+            sid = r.headers["mcp-session-id"]
+            hdrs = {**hostile, "Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"}
+            args = {"text": "line\r\nX-Evil: 2\r\n\r\nPOST /x HTTP/1.1", "n": "\u2028\u0085"}
+            call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "echo", "arguments": args}}
+            r = h.post(gt.url(), content=orjson.dumps(call).replace(b",", b",\r\n"), headers=hdrs)
+            assert r.status_code == 200, r.text
+            echoed = orjson.loads(r.json()["result"]["content"][0]["text"])
+            assert echoed == {"name": "echo", "arguments": args}
+        posts = [(head, body) for head, body in be.requests if head.startswith(b"POST")]
+        assert len(posts) >= 3  # initialize, initialized, the call
+        for head, body in posts:
+            lines = head.split(b"\r\n")
+            assert lines[0] == b"POST /messages?session_id=abc HTTP/1.1", lines[0]
+            names = sorted(line.split(b":", 1)[0].lower() for line in lines[1:])
+            assert names == [b"content-length", b"content-type", b"host"], names  # the gateway's own, no more
+            assert b"evil" not in head.lower() and b"injected" not in head.lower() and b"client-token" not in head
+            orjson.loads(body)  # one JSON text
+    finally:
+        be.close()
