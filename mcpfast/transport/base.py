@@ -41,6 +41,8 @@ The methods:
     None)`` or ``on_error(call, UpstreamError)``.  The returned object is a subclass of
     ``transport.http_mcp.Call`` (the compiled handlers take that type) and supports
     ``pause_reading``/``resume_reading``/``detach`` (the client left: stop delivering).
+    ``transport/messages.py``'s ``MessageCall`` does all of this for a message-level
+    backend: it is given messages and makes the answer's shape.
 ``listen(bs, handler, position) -> call``
     The server→client stream of a session (messages not tied to a client request), to
     the same handler interface; ``position`` is the backend's last event id, if any.

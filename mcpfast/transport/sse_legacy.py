@@ -59,16 +59,16 @@ from urllib.parse import urljoin, urlsplit
 from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
 from ..wire.heads import HeadError, is_visible, origin_target, request_head
 from .http_mcp import BackendLink, Call, CallHandler, Reply
+from .messages import MessageCall
 from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
 from .pool import UpstreamError, UpstreamPool
-from .base import Message, SessionLost, answer_head
+from .base import SessionLost
 
 __all__ = ["SseBackend", "SseCall"]
 
 log = logging.getLogger("mcpfast.transport.sse")
 
 _JSON = b"application/json"
-_SSE = b"text/event-stream"
 _POST_FIXED = b"Content-Type: application/json\r\n"
 _ENDPOINT = b"endpoint"
 _MESSAGE = b"message"
@@ -130,51 +130,27 @@ def endpoint_target(url: str, scheme: str, host: str, port: int, data: bytes) ->
         raise ValueError(str(exc)) from None
 
 
-class SseCall(Call):
+class SseCall(MessageCall):
     """One answer of a legacy backend: a routed request's, a posted notification's or
-    response's, or the session's ``listen`` stream.  Stands in for a ``Call`` (the route
-    reads ``head``, ``status``, ``events``, ``stream``, ``queued``; it calls
-    ``pause_reading``/``resume_reading``/``detach``); ``start`` does nothing, the work
-    began in ``send``/``listen``."""
+    response's, or the session's ``listen`` stream, delivered by ``MessageCall`` as an
+    HTTP answer is; the work began in ``send``/``listen``."""
 
-    __slots__ = ("sess", "role", "key", "token", "started", "chatty", "backend")
+    __slots__ = ("sess", "role", "key", "token", "chatty", "backend")
 
     def __init__(self, backend: "SseBackend", handler: CallHandler, role: int, whole: bool = False) -> None:
-        # The base __init__ is not called: it prepares an HTTP exchange this is not.
-        # Every attribute a handler or the base class reads is set here.
+        super().__init__(handler, backend.name)
         self.backend = backend
-        self.link = backend.link
-        self.data = None
-        self.handler = handler
+        self.link = backend.link  # its response deadline joins the link's shared sweep
         self.timeout = backend.response_timeout
         self.whole = whole  # the timeout bounds the whole answer, not its first message
-        self.conn = None
-        self.head = None
-        self.events = False
-        self.sse = None
-        self.plain = False
-        self.buf = None
-        self.size = 0
-        self.done = False
-        self.retried = False
-        self.queued = None
-        self.timer = None
-        self.status = 0
-        self.paused = False
-        self.watched = False
-        self.stream = False
         self.listen = role == _LISTEN
         self.sess: _Session | None = None
         self.role = role
         self.key: tuple | None = None  # its request id in the session's ``inflight``
         self.token: tuple | None = None  # its progress token in the session's ``tokens``
-        self.started = False  # its head was delivered
         self.chatty = False  # takes messages not tied to a response (see module doc)
 
     # --- used by the route (Exchange.upstream) ------------------------------------
-    def start(self, now: float = 0.0) -> "SseCall":
-        return self
-
     def pause_reading(self) -> None:
         self.paused = True
         s = self.sess
@@ -193,7 +169,14 @@ class SseCall(Call):
         self.done = True
         self._forget()
 
-    # --- internal -------------------------------------------------------------------
+    # --- MessageCall hooks ------------------------------------------------------------
+    def _first(self) -> None:
+        self._disarm()
+
+    def _release(self) -> None:
+        self._forget()
+
+    # --- its own -------------------------------------------------------------------------
     def _arm(self, now: float = 0.0) -> None:
         """Bound the wait for the first message (or, ``whole``, for the answer); ``now``:
         the monotonic time, read here when 0."""
@@ -216,6 +199,9 @@ class SseCall(Call):
             self.timer = None
             t.cancel()
 
+    def _cancel_timer(self) -> None:
+        self._disarm()
+
     def _timed_out(self) -> None:  # the link's sweep or our own timer
         self.timer = None
         self.watched = False
@@ -223,7 +209,7 @@ class SseCall(Call):
             return
         what = "answer" if self.whole else "first message"
         self.fail(UpstreamError("upstream_timeout", f"backend {self.link.name} sent no {what} within {self.timeout:g}s", 504))
-        self._flush()
+        self.flush()
 
     def _forget(self) -> None:
         self._disarm()
@@ -231,92 +217,6 @@ class SseCall(Call):
         if s is not None:
             self.sess = None
             s.forget(self)
-
-    def _guard(self, fn, *args) -> bool:
-        """Run a handler method; a failure is logged and ends this call (never the
-        stream it came from).  False when it failed."""
-        try:
-            fn(self, *args)
-            return True
-        except Exception as exc:
-            log.exception("legacy SSE backend: handler failed")
-            if not self.done:
-                self.fail(UpstreamError("gateway_error", f"internal error: {exc}"))
-            return False
-
-    def _begin_stream(self) -> bool:
-        self.started = True
-        self.events = True
-        self.status = 200
-        self.head = answer_head(200, _SSE)
-        return self._guard(self.handler.on_head, self.head) and not self.done  # False: failed or left
-
-    def deliver(self, data: bytes, final: bool) -> None:
-        """One message for this call (``final``: its response).  Flushing is the
-        caller's business (``_flush``)."""
-        if self.done:
-            return
-        h = self.handler
-        if not self.started:
-            self._disarm()
-            if final and self.role == _ROUTED:
-                self.answer(200, data)  # the response came first: a JSON answer
-                return
-            if not self._begin_stream():
-                return
-        if not self._guard(h.on_event, Message(data)):
-            return
-        if final:  # end() does nothing if the client left meanwhile
-            self.end()
-
-    def answer(self, status: int, body: bytes | None = None) -> None:
-        """A whole answer made here: ``status`` with a JSON ``body``, or none."""
-        if self.done:
-            return
-        self.started = True
-        self._forget()  # later messages for it are dropped
-        self.status = status
-        h = self.handler
-        self.head = answer_head(status) if body is None else answer_head(status, _JSON, len(body))
-        if not self._guard(h.on_head, self.head) or self.done:
-            return  # failed, or the client left
-        if body is not None and self.stream:
-            if not self._guard(h.on_body, body):
-                return
-            body = None
-        if not self.done:
-            self.done = True
-            self._guard(h.on_end, body)
-
-    def end(self) -> None:
-        """The answer is complete (a streamed one, or a ``listen`` stream)."""
-        if self.done:
-            return
-        if not self.started and not self._begin_stream():
-            return
-        self.done = True
-        self._forget()
-        self._guard(self.handler.on_end, None)
-
-    def fail(self, err: UpstreamError) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._forget()
-        try:
-            self.handler.on_error(self, err)
-        except Exception:
-            log.exception("legacy SSE backend: error handler failed")
-
-    def _flush(self) -> None:
-        if self.queued is not None:
-            self.queued = None
-            try:
-                self.handler.on_flush(self)
-            except Exception as exc:
-                log.exception("legacy SSE backend: handler failed")
-                if not self.done:
-                    self.fail(UpstreamError("gateway_error", f"internal error: {exc}"))
 
 
 class _Collect(CallHandler):
@@ -370,15 +270,15 @@ class _Post(CallHandler):
         if 200 <= status < 300:
             if a.role == _POSTED:
                 a.answer(202)
-                a._flush()
+                a.flush()
             return
         a.fail(UpstreamError("upstream_status", f"backend {self.name} answered a message POST with HTTP {status}", 502))
-        a._flush()
+        a.flush()
 
     def on_error(self, call, err) -> None:
         a = self.answer
         a.fail(UpstreamError(err.kind, f"backend {self.name}: message POST failed: {err}", err.status))
-        a._flush()
+        a.flush()
 
 
 class _Session(CallHandler):
@@ -436,7 +336,7 @@ class _Session(CallHandler):
         if touched:
             self.touched = []
             for c in touched:
-                c._flush()
+                c.flush()
 
     def on_end(self, call, body) -> None:
         self.on_flush(call)
@@ -564,14 +464,14 @@ class _Session(CallHandler):
             self.ready.exception()  # retrieved: nobody may be waiting any more
         for call in list(self.inflight.values()):
             call.fail(err)
-            call._flush()
+            call.flush()
         for call in list(self.chatty):
             call.fail(err)
-            call._flush()
+            call.flush()
         listener = self.listener
         if listener is not None:
             listener.end()
-            listener._flush()
+            listener.flush()
         log.info("backend %s: session %s ended: %s", self.backend.name, self.sid, err)
 
     def close(self, why: str) -> None:
@@ -831,7 +731,7 @@ class SseBackend:
         old = s.listener
         if old is not None:
             old.end()
-            old._flush()
+            old.flush()
         call.sess = s
         s.listener = call
         if call.paused:
@@ -897,20 +797,20 @@ class _Probe(CallHandler):
 # Deliveries decided in ``send``/``listen``, made from the loop right after.
 def _later_answer(call: SseCall, status: int, body: bytes | None) -> None:
     call.answer(status, body)
-    call._flush()
+    call.flush()
 
 
 def _later_fail(call: SseCall, err: UpstreamError) -> None:
     call.fail(err)
-    call._flush()
+    call.flush()
 
 
 def _later_end(call: SseCall) -> None:
     call.end()
-    call._flush()
+    call.flush()
 
 
 def _later_begin(call: SseCall) -> None:
-    if not call.done and not call.started:
-        call._begin_stream()
-        call._flush()
+    if not call.done and call.head is None:
+        call.begin_stream()
+        call.flush()

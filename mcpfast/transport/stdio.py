@@ -72,8 +72,9 @@ import orjson
 from ..wire.core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
 from ..wire.errors import INVALID_REQUEST
 from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
-from .base import Message, SessionLost, answer_head
-from .http_mcp import Call, CallHandler, Reply, _Collect, collected
+from .base import SessionLost
+from .http_mcp import CallHandler, Reply, _Collect, collected
+from .messages import MessageCall
 from .pool import UpstreamError
 
 __all__ = ["SHARED", "StdioBackend", "StdioCall", "instance_id", "one_line"]
@@ -82,7 +83,6 @@ log = logging.getLogger("mcpfast.backend")
 
 SHARED = "shared"  # a shared child's session ids: "shared.<random>", one per client session
 _JSON = b"application/json"
-_SSE = b"text/event-stream"
 _INITIALIZED = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
 _ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -155,42 +155,26 @@ def _is_shared(session_id: str | None) -> bool:
     return session_id is not None and (session_id == SHARED or session_id.startswith(SHARED + "."))
 
 
-def _empty_head(status: int):
-    return answer_head(status, None, 0)
-
-
-class StdioCall(Call):
-    """One message sent to a child and its answer, delivered to ``handler`` as
-    ``http_mcp.Call`` delivers an HTTP answer (or a session's listen stream)."""
+class StdioCall(MessageCall):
+    """One message sent to a child and its answer (or a session's listen stream),
+    delivered by ``MessageCall`` as an HTTP answer is."""
 
     __slots__ = (
-        "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "listening", "touched",
+        "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "touched",
         "holds_pause", "sid",
     )  # fmt: skip
 
     def __init__(self, backend: StdioBackend, handler: CallHandler, bs=None, sid: str | None = None) -> None:
-        # The base initializer prepares an HTTP exchange: nothing of it applies here.
+        super().__init__(handler, backend.name)
         self.backend = backend
-        self.handler = handler
         self.bs = bs
         self.sid = bs.session_id if bs is not None else sid  # whose call it is
-        self.head = None
-        self.status = 0
-        self.queued = None
-        self.paused = False
-        self.stream = False
-        self.events = False
-        self.plain = False
-        self.done = False
-        self.whole = False
-        self.timer = None
         self.child: _Child | None = None
         self.key = None  # the id the child answers with (in child.inflight)
         self.orig_id: bytes | None = None  # the caller's id, when the wire id differs
         self.orig_token: bytes | None = None  # the caller's progress token, when remapped
         self.token_key = None  # the progress token on the wire (in child.tokens)
         self.client_key = None  # the caller's id as a key (cancellation in shared mode)
-        self.listening = False
         self.touched = False  # got a delivery in the read being processed
         self.holds_pause = False  # its child's stdout is paused on its behalf
 
@@ -217,10 +201,30 @@ class StdioCall(Call):
             return
         self.done = True
         self._settle()
-        if self.listening:
+        if self.listen:
             self.backend._unlisten(self)
 
-    # --- deliveries -----------------------------------------------------------------------
+    # --- MessageCall hooks ------------------------------------------------------------------
+    def _guard(self, method, *args) -> bool:
+        self.touched = True  # flushed at the end of the read being processed
+        return MessageCall._guard(self, method, *args)
+
+    def _first(self) -> None:
+        if self.timer is not None and not self.whole:
+            self.timer.cancel()
+            self.timer = None
+
+    def _release(self) -> None:
+        self._settle()
+        self._unregister()
+        if self.child is not None:
+            self.child.last_used = time.monotonic()
+
+    def flush(self) -> None:
+        MessageCall.flush(self)
+        self.touched = False
+
+    # --- its own ---------------------------------------------------------------------------
     def _settle(self) -> None:
         """Timer off, pause released: no more deliveries."""
         t = self.timer
@@ -239,107 +243,12 @@ class StdioCall(Call):
         if self.token_key is not None and child.tokens.get(self.token_key) is self:
             del child.tokens[self.token_key]
 
-    def _safely(self, method, *args) -> None:
-        """Call a handler method; one that raises is logged and the call given up."""
-        try:
-            method(self, *args)
-        except Exception as exc:
-            log.exception("stdio backend %s: handler failed", self.backend.name)
-            self._broken(exc)
-
-    def _head(self, head) -> None:
-        self.head = head
-        self.status = head.status
-        self.touched = True
-        self._safely(self.handler.on_head, head)
-
-    def _message(self, line: bytes, final: bool) -> None:
-        """One message of this call's answer (``final``: its response)."""
-        if self.done:
-            return
-        if self.head is None:
-            if self.timer is not None and not self.whole:
-                self.timer.cancel()
-                self.timer = None
-            if final and not self.listening:
-                self._head(answer_head(200, _JSON, len(line)))
-                if self.done:
-                    return
-                if self.stream:
-                    self._body(line)
-                    self._end(None)
-                else:
-                    self._end(line)
-                return
-            self.events = True
-            self._head(answer_head(200, _SSE))
-            if self.done:
-                return
-        self.touched = True
-        self._safely(self.handler.on_event, Message(line))
-        if final:
-            self._end(None)
-
-    def _body(self, data: bytes) -> None:
-        self.touched = True
-        self._safely(self.handler.on_body, data)
-
-    def _end(self, body) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._settle()
-        if self.child is not None:
-            self.child.last_used = time.monotonic()
-        self._safely(self.handler.on_end, body)
-
-    def _flush(self) -> None:
-        self.touched = False
-        if self.queued:
-            self.queued = None
-            self._safely(self.handler.on_flush)
-
-    def _fail(self, err: UpstreamError) -> None:
-        if self.done:
-            return
-        self.done = True
-        self._settle()
-        self._unregister()
-        try:
-            self.handler.on_error(self, err)
-        except Exception:
-            log.exception("stdio backend: error handler failed")
-
-    def _broken(self, exc: Exception) -> None:
-        """A handler raised (it was logged): give up on this call."""
-        if not self.done:
-            self._fail(UpstreamError("gateway_error", f"internal error: {exc}"))
-
     def _timed_out(self) -> None:
         self.timer = None
         if self.done:
             return
         t = self.backend.response_timeout
-        self._fail(UpstreamError("upstream_timeout", f"backend {self.backend.name} did not answer within {t:g}s", 504))
-
-    def _answer(self, status: int, body: bytes | None = None) -> None:
-        """An answer made here, not by the child: 202 for a notification or response,
-        404 for an unknown session, a JSON-RPC error."""
-        if self.done:
-            return
-        if body is None:
-            self._head(_empty_head(status))
-        else:
-            self._head(answer_head(status, _JSON, len(body)))
-        if self.done:
-            return
-        if self.stream:
-            if body:
-                self._body(body)
-            self._end(None)
-        else:
-            self._end(body if body is not None else b"")
-        self._flush()
+        self.fail(UpstreamError("upstream_timeout", f"backend {self.backend.name} did not answer within {t:g}s", 504))
 
 
 class _Child(asyncio.SubprocessProtocol):
@@ -637,14 +546,14 @@ class StdioBackend:
         try:
             env = scan_jsonrpc(body)
         except ProtocolError as exc:
-            self._later(call._fail, UpstreamError("gateway_error", f"backend {self.name}: not a message: {exc}", 500))
+            self._later(call.fail, UpstreamError("gateway_error", f"backend {self.name}: not a message: {exc}", 500))
             return call
         if type(env) is list:
-            self._later(call._fail, UpstreamError("gateway_error", f"backend {self.name}: send one message at a time", 500))
+            self._later(call.fail, UpstreamError("gateway_error", f"backend {self.name}: send one message at a time", 500))
             return call
         if self.shared:
             if not _is_shared(bs.session_id):
-                self._later(call._answer, 404)
+                self._later(call.answer, 404)
                 return call
             child = self.shared_child
             if child is None or not child.ready or child.gone or child.stopping:
@@ -653,7 +562,7 @@ class StdioBackend:
         else:
             child = self._lookup(bs.session_id)
             if child is None:
-                self._later(call._answer, 404)
+                self._later(call.answer, 404)
                 return call
         self._route(call, child, body, env, False)
         if paused:
@@ -665,16 +574,16 @@ class StdioBackend:
         unused: a child's messages carry no event ids, a lost one is not replayed."""
         self._check_fork()
         call = StdioCall(self, handler, bs)
-        call.listening = True
+        call.listen = True
         if self.shared:
             if not _is_shared(bs.session_id):
-                self._later(call._answer, 404)
+                self._later(call.answer, 404)
                 return call
             self.listeners.append(call)
         else:
             child = self._lookup(bs.session_id)
             if child is None:
-                self._later(call._answer, 404)
+                self._later(call.answer, 404)
                 return call
             call.child = child
             child.listeners.append(call)
@@ -718,7 +627,7 @@ class StdioBackend:
             self.reaper.cancel()
             self.reaper = None
         for call in list(self.listeners):
-            call._end(None)
+            call.end()
         self.listeners.clear()
         await asyncio.gather(*(self._stop(c, "the gateway is stopping") for c in list(self.children)), return_exceptions=True)
         # A child being started when the stop came is stopped as soon as it runs.
@@ -804,11 +713,11 @@ class StdioBackend:
         try:
             child = await self._shared_ready(None, getattr(bs, "protocol_version", None))
         except UpstreamError as err:
-            call._fail(err)
+            call.fail(err)
             return
         except Exception as exc:
             log.exception("stdio backend %s: starting the shared process failed", self.name)
-            call._fail(UpstreamError("upstream_unavailable", f"backend {self.name}: {exc}", 502))
+            call.fail(UpstreamError("upstream_unavailable", f"backend {self.name}: {exc}", 502))
             return
         if not call.done:
             self._route(call, child, body, env, False)
@@ -816,10 +725,9 @@ class StdioBackend:
     def _open_stream(self, call: StdioCall) -> None:
         if call.done:
             return
-        call.events = True
-        call._head(answer_head(200, _SSE))
+        call.begin_stream()
         if not call.done:
-            call._flush()
+            call.flush()
 
     def _unlisten(self, call: StdioCall) -> None:
         for table in (self.listeners, call.child.listeners if call.child is not None else None):
@@ -853,7 +761,7 @@ class StdioBackend:
             elif key in child.inflight:
                 if not own:
                     msg = f"request id {env.id if env.id is not None else key!r} is already in flight in this session"
-                    self._later(call._answer, 200, jsonrpc_error_body(INVALID_REQUEST, msg, env.id))
+                    self._later(call.answer, 200, jsonrpc_error_body(INVALID_REQUEST, msg, env.id))
                     return
                 while True:  # a gateway id never collides with a client's: pick another
                     key = f"mcpfast-{child.new_wire()}"
@@ -881,18 +789,18 @@ class StdioBackend:
                 call.timer = asyncio.get_running_loop().call_later(t, call._timed_out)
             why = child.write(body)
             if why is not None:
-                self._later(call._fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
+                self._later(call.fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
             return
         if self.shared:
             body = self._shared_message(child, body, env, call.sid)
             if body is None:
-                self._later(call._answer, 202)
+                self._later(call.answer, 202)
                 return
         why = child.write(body)
         if why is not None:
-            self._later(call._fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
+            self._later(call.fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
             return
-        self._later(call._answer, 202)
+        self._later(call.answer, 202)
 
     def _shared_message(self, child: _Child, body: bytes, env, sid: str | None) -> bytes | None:
         """A notification or response of session ``sid`` for the shared child: what to
@@ -941,7 +849,7 @@ class StdioBackend:
             except Exception:
                 log.exception("backend %s: a message of process %d could not be handled", self.name, child.pid)
         for call in touched:
-            call._flush()
+            call.flush()
 
     def _line(self, child: _Child, line: bytes, touched: list) -> None:
         try:
@@ -1034,7 +942,7 @@ class StdioBackend:
     @staticmethod
     def _deliver(call: StdioCall, line: bytes, final: bool, touched: list) -> None:
         was = call.touched
-        call._message(line, final)
+        call.deliver(line, final)
         if call.touched and not was:
             touched.append(call)
 
@@ -1209,7 +1117,7 @@ class StdioBackend:
         child.signal_group(signal.SIGKILL)
         self._fail_calls(child, err)
         for call in list(child.listeners):
-            call._end(None)
+            call.end()
         child.listeners.clear()
         if child.transport is not None:
             child.transport.close()
@@ -1221,7 +1129,7 @@ class StdioBackend:
         child.inflight.clear()
         child.tokens.clear()
         for call in calls:
-            call._fail(err)
+            call.fail(err)
 
     async def _stop(self, child: _Child, why: str) -> None:
         """Stop ``child``: stdin closed, then SIGTERM, then SIGKILL to its group, each
