@@ -1,0 +1,126 @@
+"""The security bounds that hold on Streamable HTTP backends hold on every backend kind:
+a stdio child (its own per session, or one shared) and a legacy HTTP+SSE backend.
+
+For each kind, behind a real gateway with API keys and per-tool rules: a session belongs
+to the caller that opened it (another caller's requests in it get 404 and reach nothing),
+and a tool policy denies never reaches the backend, while the owner's session keeps
+working.  Judged by what the backend itself received: every line a child read
+(``stdio_raw.py --record``), every POST a legacy backend got."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import httpx
+import orjson
+import pytest
+
+from gwutil import ROOT, GatewayThread
+from test_adversarial_transports import RecordingLegacy
+
+pytestmark = pytest.mark.e2e
+
+RAW = os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py")
+KEYS = {"alice": "mk_alice_kinds_0123456789abcdef0123", "bob": "mk_bob_kinds_0123456789abcdef012345"}
+POLICY = {
+    "auth": {"api_keys": {"keys": [{"sha256": hashlib.sha256(k.encode()).hexdigest(), "subject": s} for s, k in KEYS.items()]}},
+    "authz": {"default": "deny", "rules": [
+        {"id": "alice-everything", "effect": "allow", "subjects": ["alice"]},
+        {"id": "bob-echo-only", "effect": "allow", "subjects": ["bob"], "tools": ["echo"]},
+    ]},
+    "audit": {"sink": "off"},
+}  # fmt: skip
+BASE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def _as(who: str, sid: str | None = None) -> dict:
+    h = {**BASE, "Authorization": f"Bearer {KEYS[who]}"}
+    if sid is not None:
+        h.update({"Mcp-Session-Id": sid, "MCP-Protocol-Version": "2025-06-18"})
+    return h
+
+
+def _tool(rid: int, name: str, marker: str) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": {"m": marker}}}
+
+
+@pytest.fixture(params=["stdio", "stdio-shared", "sse"])
+def setup(request, tmp_path):
+    """(gateway, a function giving every message the backend received as text)."""
+    legacy = None
+    if request.param.startswith("stdio"):
+        record = tmp_path / "received.jsonl"
+        backend = {"transport": "stdio", "command": sys.executable, "args": ["-I", "-S", RAW, "--record", str(record)],
+                   "mode": "shared" if request.param == "stdio-shared" else "per_session"}  # fmt: skip
+
+        def received() -> str:
+            if not record.exists():
+                return ""
+            return "\n".join(orjson.loads(line) for line in record.read_text().splitlines() if line)
+    else:
+        legacy = RecordingLegacy()
+        backend = {"transport": "sse", "url": f"http://127.0.0.1:{legacy.port}/sse"}
+
+        def received() -> str:
+            return "\n".join(body.decode("utf-8", "replace") for head, body in legacy.requests if head.startswith(b"POST"))
+
+    try:
+        with GatewayThread({"backends": {"b": backend}, **POLICY}) as gt:
+            yield gt, received
+    finally:
+        if legacy is not None:
+            legacy.close()
+
+
+def _open(h: httpx.Client, url: str, who: str) -> str:
+    r = h.post(url, json=INIT, headers=_as(who))
+    assert r.status_code == 200, r.text
+    sid = r.headers["mcp-session-id"]
+    r = h.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=_as(who, sid))
+    assert r.status_code == 202
+    return sid
+
+
+def test_another_callers_requests_in_a_session_get_404_and_reach_nothing(setup):
+    gt, received = setup
+    url = gt.url()
+    with httpx.Client(timeout=20) as h:
+        alice = _open(h, url, "alice")
+        r = h.post(url, json=_tool(2, "echo", "alice-first"), headers=_as("alice", alice))
+        assert r.status_code == 200 and "alice-first" in r.text
+        # bob, with his own valid key, in alice's session: every method is refused.
+        r = h.post(url, json=_tool(3, "echo", "bob-in-alices-session"), headers=_as("bob", alice))
+        assert r.status_code == 404, r.text
+        r = h.get(url, headers={**_as("bob", alice), "Accept": "text/event-stream"})
+        assert r.status_code == 404
+        r = h.delete(url, headers=_as("bob", alice))
+        assert r.status_code == 404
+        # alice's session is untouched and still hers.
+        r = h.post(url, json=_tool(4, "echo", "alice-after"), headers=_as("alice", alice))
+        assert r.status_code == 200 and "alice-after" in r.text
+    got = received()
+    assert "alice-first" in got and "alice-after" in got
+    assert "bob-in-alices-session" not in got
+
+
+def test_a_denied_tool_never_reaches_the_backend(setup):
+    gt, received = setup
+    url = gt.url()
+    with httpx.Client(timeout=20) as h:
+        bob = _open(h, url, "bob")
+        r = h.post(url, json=_tool(2, "secret", "bob-wants-secret"), headers=_as("bob", bob))
+        assert r.status_code in (200, 403), r.text
+        assert "error" in r.json() and "bob-wants-secret" not in r.text
+        r = h.post(url, json=_tool(3, "echo", "bob-may-echo"), headers=_as("bob", bob))
+        assert r.status_code == 200 and "bob-may-echo" in r.text
+    got = received()
+    assert "bob-may-echo" in got
+    assert "bob-wants-secret" not in got and '"secret"' not in got
