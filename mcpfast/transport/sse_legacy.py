@@ -58,7 +58,7 @@ from urllib.parse import urljoin, urlsplit
 
 from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
 from ..wire.heads import HeadError, is_visible, origin_target, request_head
-from .http_mcp import BackendLink, Call, CallHandler, Reply
+from .http_mcp import BackendLink, Call, CallHandler, Reply, _Collect, collected
 from .messages import MessageCall
 from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
 from .pool import UpstreamError, UpstreamPool
@@ -217,42 +217,6 @@ class SseCall(MessageCall):
         if s is not None:
             self.sess = None
             s.forget(self)
-
-
-class _Collect(CallHandler):
-    """The gateway's own request (``ask``): keeps the response, hands the rest to
-    ``on_message``."""
-
-    __slots__ = ("fut", "on_message", "message", "env")
-
-    def __init__(self, fut: asyncio.Future, on_message: Callable | None) -> None:
-        self.fut = fut
-        self.on_message = on_message
-        self.message: bytes | None = None
-        self.env = None
-
-    def on_event(self, call, ev) -> None:
-        data = ev.data
-        try:
-            env = scan_jsonrpc(data)
-        except ProtocolError:
-            return
-        if type(env) is not list and env.kind in (KIND_RESPONSE, KIND_ERROR):
-            self.message = data
-            self.env = env
-        elif self.on_message is not None:
-            self.on_message(data, env)
-
-    def on_end(self, call, body) -> None:
-        if body is not None:
-            self.message = body
-            self.env = scan_jsonrpc(body)
-        if not self.fut.done():
-            self.fut.set_result(call.status)
-
-    def on_error(self, call, err) -> None:
-        if not self.fut.done():
-            self.fut.set_exception(err)
 
 
 class _Post(CallHandler):
@@ -638,29 +602,19 @@ class SseBackend:
             call = SseCall(self, _Collect(fut, None), _POSTED)
             call.sess = s
             s.post(data, call)
-            await fut
+            await collected(call, fut, None)
             return 202, None, None
         if len(s.inflight) >= self.max_inflight:
             raise UpstreamError("upstream_busy", f"backend {self.name}: {self.max_inflight} requests in flight in one session", 503)
-        collect = _Collect(fut, on_message)
-        call = SseCall(self, collect, _ROUTED, whole=calls is None)
+        call = SseCall(self, _Collect(fut, on_message), _ROUTED, whole=calls is None)
         rid = s.private_id()
         s_, e_ = env.id_span
         body = splice(data, s_, e_, b'"%s"' % rid.encode("ascii"))
         s.add(call, _id_key(rid), env.progress_token if on_message is not None else None, on_message is not None)
         call._arm()
         s.post(body, call)
-        if calls is not None:
-            calls.add(call)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            call.detach()
-            raise
-        finally:
-            if calls is not None:
-                calls.discard(call)
-        message, renv = collect.message, collect.env
+        reply = await collected(call, fut, calls)
+        message, renv = reply.message, reply.env
         if message is None:
             raise UpstreamError("upstream_protocol", f"backend {self.name}: no response to {env.method}", 502)
         # The response carries the private id: put the caller's back.
