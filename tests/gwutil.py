@@ -20,6 +20,22 @@ from mcpfast.app import build_gateway
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# What a Streamable HTTP client sends with every POST, and a plain initialize.
+MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (as of now)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 class GatewayThread:
     """A ``Gateway`` serving on 127.0.0.1 (port chosen by the OS) in its own thread."""

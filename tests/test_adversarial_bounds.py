@@ -20,7 +20,7 @@ import time
 import orjson
 import pytest
 
-from gwutil import ROOT, GatewayThread, wait_until as _wait
+from gwutil import ROOT, GatewayThread, free_port, wait_until as _wait
 from mcpfast.config import ConfigError, build_config
 from rawbackend import RawBackend, body_of, post, read_response, status_of
 
@@ -574,17 +574,13 @@ def _rss_kib(pid: int) -> dict[str, int]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_gateway_memory_with_pinned_pipelined_bodies(quiet, tmp_path):
     """A gateway process with the default 4 MiB body limit; 20 connections each pipeline
     eight 4 MiB requests behind a GET stream.  Its resident memory grows by about one
     body per connection, not eight, and the other client is served."""
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "gw.toml"
     cfg.write_text(
         f'[server]\nlisten = "127.0.0.1:{port}"\n[log]\naccess_log = "off"\nlevel = "error"\n'

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import pytest
 
-from gwutil import ROOT, GatewayThread
+from gwutil import INIT, MCP_HEADERS as BASE, ROOT, GatewayThread
 from test_adversarial_transports import RecordingLegacy
 
 pytestmark = pytest.mark.e2e
@@ -32,13 +32,6 @@ POLICY = {
     ]},
     "audit": {"sink": "off"},
 }  # fmt: skip
-BASE = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
 def _as(who: str, sid: str | None = None) -> dict:

@@ -27,7 +27,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from gwutil import ROOT, GatewayThread, wait_port as _wait_port
+from gwutil import ROOT, GatewayThread, free_port, wait_port as _wait_port
 from mcpfast.mux.token import new_key_text
 from mcpfast.observe import METHOD_LABELS
 from rawbackend import RawBackend, post, read_response, status_of
@@ -210,12 +210,6 @@ def test_query_values_and_session_ids_stay_out_of_the_access_log(gated):
 # --- no secret in any output ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 
@@ -255,7 +249,7 @@ def test_no_secret_reaches_a_log_stdout_stderr_or_metrics(tmp_path):
     for b in (passthrough, alpha, beta):
         b.sid_prefix = b"BACKENDSESSION-" + b"x" * 16 + b"-"
     secrets["backend session"] = "BACKENDSESSION-"
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     access, audit = tmp_path / "access.log", tmp_path / "audit.log"
     cfg = tmp_path / "gw.toml"
     cfg.write_text(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from gwutil import ROOT, wait_port as _wait_port
+from gwutil import ROOT, free_port, wait_port as _wait_port
 from mcpfast import __version__
 from mcpfast.cli import main
 from mcpfast.config import ConfigError, build_config, load_config
@@ -24,12 +23,6 @@ from rawbackend import RawBackend
 CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_version_and_help():
@@ -105,7 +98,7 @@ def test_several_backends_get_a_path_each():
 
 def test_serve_metrics_health_ready_and_access_log(tmp_path):
     backend = RawBackend("ok")
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     log_path = tmp_path / "access.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpfast", "serve", "--listen", f"127.0.0.1:{port}", "--backend", f"b1={backend.url}",
@@ -162,7 +155,7 @@ def test_serve_without_backend_is_a_config_error():
 
 
 def test_demo_starts_and_serves_an_sdk_client():
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpfast", "demo", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}"],
         cwd=ROOT,
@@ -202,7 +195,7 @@ def _children(pid: int) -> list[int]:
 
 def test_workers_share_the_port_and_a_dead_worker_is_replaced(tmp_path):
     backend = RawBackend("ok")
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "access.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcpfast", "serve", "--listen", f"127.0.0.1:{port}", "--backend", f"b1={backend.url}",

@@ -9,7 +9,6 @@ template ``mem://item/{item_id}`` and the prompt ``hello``.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from gwutil import ROOT, GatewayThread, backend_process
+from gwutil import ROOT, GatewayThread, backend_process, free_port
 from mcp import Client, types
 from mcp.shared.exceptions import MCPError
 from mcpfast.demo_backend import wait_ready
@@ -289,10 +288,6 @@ def test_bad_cursor_and_unknown_resource(gateway):
 # --- failure isolation ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(name: str, port: int, *extra: str) -> subprocess.Popen:
@@ -315,7 +310,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_fail_open_backend_killed_then_back(backends):
-    port = _free_port()
+    port = free_port()
     delta = _start("delta", port, "--tools", "add")
     urls = {"alpha": backends["alpha"], "delta": f"http://127.0.0.1:{port}/mcp"}
     try:
@@ -347,7 +342,7 @@ def test_fail_open_backend_killed_then_back(backends):
 
 
 def test_backend_that_forgets_sessions_is_reinitialized(backends):
-    port = _free_port()
+    port = free_port()
     delta = _start("delta", port)
     urls = {"alpha": backends["alpha"], "delta": f"http://127.0.0.1:{port}/mcp"}
     try:
@@ -370,7 +365,7 @@ def test_backend_that_forgets_sessions_is_reinitialized(backends):
 
 
 def test_fail_closed_refuses_initialize_when_a_backend_is_down(backends):
-    dead = f"http://127.0.0.1:{_free_port()}/mcp"
+    dead = f"http://127.0.0.1:{free_port()}/mcp"
     with GatewayThread(_config({"alpha": backends["alpha"], "dead": dead}, fail_mode="closed")) as gt:
         with httpx.Client(timeout=10) as h:
             body = {

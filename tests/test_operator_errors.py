@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from gwutil import ROOT, GatewayThread
+from gwutil import ROOT, GatewayThread, free_port
 from mcpfast.demo_backend import make_listener
 from rawbackend import OK_BODY, RawBackend, read_response
 
@@ -54,10 +54,6 @@ def taken():
     s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write(tmp_path, text: str) -> str:
@@ -114,7 +110,7 @@ def test_port_taken_after_the_check_still_gives_the_setting(taken):
 
 
 def test_second_demo_gives_one_line_and_leaves_nothing_running():
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     args = ("demo", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}")
     first = subprocess.Popen([sys.executable, "-m", "mcpfast", *args], stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)  # fmt: skip
@@ -174,7 +170,7 @@ def test_no_backends(tmp_path):
 
 
 def test_listen_equal_to_admin_listen(tmp_path):
-    port = _free_port()
+    port = free_port()
     _both(_write(tmp_path, f"""
         [server]
         listen = "127.0.0.1:{port}"
@@ -185,7 +181,7 @@ def test_listen_equal_to_admin_listen(tmp_path):
 
 
 def test_admin_ports_of_workers_cover_the_client_port(tmp_path):
-    port = _free_port()
+    port = free_port()
     _both(_write(tmp_path, f"""
         [server]
         listen = "0.0.0.0:{port}"

@@ -7,31 +7,17 @@ with its admin listener, real children and real servers."""
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 import httpx
 import pytest
 
-from gwutil import ROOT, GatewayThread, backend_process
+from gwutil import INIT, MCP_HEADERS as HEADERS, ROOT, GatewayThread, backend_process, free_port
 
 pytestmark = pytest.mark.e2e
 
 SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
 RAW = os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py")
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ready(admin: int) -> tuple[int, dict]:
@@ -40,9 +26,9 @@ def _ready(admin: int) -> tuple[int, dict]:
 
 
 def test_readiness_asks_every_backend_kind():
-    dead = _free_port()  # nothing listens here
+    dead = free_port()  # nothing listens here
     with backend_process(SERVER, "--transport", "sse", "--port", "0", "--name", "legacy") as (_, sse_url):
-        admin = _free_port()
+        admin = free_port()
         cfg = {
             "server": {"admin_listen": f"127.0.0.1:{admin}"},
             "backends": {
@@ -68,7 +54,7 @@ def test_readiness_asks_every_backend_kind():
 
 
 def test_a_stdio_backend_whose_program_is_missing_is_not_ready(tmp_path):
-    admin = _free_port()
+    admin = free_port()
     missing = str(tmp_path / "no-such-program")
     # Built without the startup checks (they would refuse it): readiness must say so too.
     cfg = {

@@ -14,7 +14,7 @@ import anyio
 import httpx
 import pytest
 
-from gwutil import ROOT, GatewayThread, backend_process
+from gwutil import INIT, MCP_HEADERS as HEADERS, ROOT, GatewayThread, backend_process
 from mcp import Client, types
 
 pytestmark = pytest.mark.e2e
@@ -184,15 +184,6 @@ def test_large_result(gateway, kind):
             assert len(_text(res)) == 400_000
 
     anyio.run(run)
-
-
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
 
 
 def test_delete_then_404_and_get_stream(gateway, kind):

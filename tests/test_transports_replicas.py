@@ -18,27 +18,12 @@ import time
 import httpx
 import pytest
 
-from gwutil import ROOT, wait_port
+from gwutil import INIT, MCP_HEADERS as HEADERS, ROOT, free_port, wait_port
 from mcpfast.mux.token import new_key_text
 
 pytestmark = pytest.mark.e2e
 
 SERVER = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
-HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _children(pid: int) -> list[int]:
@@ -59,7 +44,7 @@ def _children(pid: int) -> list[int]:
 
 class Replica:
     def __init__(self, tmp, name: str, key_file: str, mode: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         cfg = tmp / f"{name}.toml"
         cfg.write_text(
             f'[server]\nlisten = "127.0.0.1:{self.port}"\n[log]\naccess_log = "off"\nlevel = "warning"\n'
