@@ -466,6 +466,28 @@ def test_stderr_is_capped_and_truncated(caplog):
     assert all(len(t) < 4300 for t in text)
 
 
+def test_hostile_stderr_cannot_forge_or_garble_log_lines(caplog):
+    """A child's stderr is the child's to fill: a carriage return, an escape sequence, a
+    NUL and a would-be log record reach the log escaped, inside the one record of the line
+    they came on, never as raw control characters."""
+    caplog.set_level(logging.INFO, "mcpfast.backend")
+    hostile = 'sys.stderr.write("ok\\r{\\"level\\":\\"error\\",\\"msg\\":\\"forged\\"}\\x1b[2J\\x00end\\n"); sys.stderr.flush()'
+    cfg = make_cfg(["-I", "-S", "-c", f"import sys; {hostile}"], shutdown_grace=0.3)
+
+    async def main():
+        b = backend(cfg)
+        with pytest.raises(UpstreamError):
+            await b.ask(None, V, INIT)  # it exits at once: its stderr is all there is
+        await b.close()
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "mcpfast.backend" and "forged" in r.getMessage()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert "\\x0d" in line and "\\x1b[2J" in line and "\\x00end" in line, line
+    assert not any(ch in line for ch in "\r\n\x1b\x00"), repr(line)
+
+
 def test_stubborn_child_is_killed():
     async def main():
         b = backend(raw_cfg("--stubborn", shutdown_grace=0.3))
