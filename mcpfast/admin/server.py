@@ -16,6 +16,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..wire.core import ProtocolError, RequestParser
+from ..transport.http_mcp import tcp_probe
 from ..wire.rpcerrors import status_reason
 
 __all__ = ["AdminServer"]
@@ -108,12 +109,8 @@ class AdminServer:
                     why = "unreachable: TimeoutError"
                 detail[b.name] = "reachable" if why is None else why
                 return
-            try:
-                _, w = await asyncio.wait_for(asyncio.open_connection(b.host, b.port), PROBE_TIMEOUT)
-                w.close()
-                detail[b.name] = "reachable"
-            except (OSError, asyncio.TimeoutError) as exc:
-                detail[b.name] = f"unreachable: {exc.__class__.__name__}"
+            why = await tcp_probe(b.host, b.port, PROBE_TIMEOUT)  # a passthrough route's backend
+            detail[b.name] = "reachable" if why is None else why
 
         await asyncio.gather(*(probe(b) for b in gw.config.backends))
         ok = gw.ready and not gw.draining and all(v == "reachable" for v in detail.values())

@@ -58,7 +58,7 @@ from ..wire.heads import fixed_fields, host_line, origin_target, request_head
 from .pool import UpstreamError, UpstreamPool
 from .base import BackendSession
 
-__all__ = ["BackendLink", "Call", "CallHandler", "HttpBackend", "Reply", "request"]
+__all__ = ["BackendLink", "Call", "CallHandler", "HttpBackend", "Reply", "request", "tcp_probe"]
 
 log = logging.getLogger("mcpfast.mux")
 
@@ -569,6 +569,17 @@ _LAST_EVENT_ID = b"Last-Event-ID"
 _PROBE_TIMEOUT = 2.0
 
 
+async def tcp_probe(host: str, port: int, timeout: float) -> str | None:
+    """Readiness of an HTTP backend: None when it accepts a connection within
+    ``timeout``, else why not."""
+    try:
+        _, w = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        return f"unreachable: {exc.__class__.__name__}"
+    w.close()
+    return None
+
+
 class HttpBackend:
     """The backend seam (``transport/base.py``) over Streamable HTTP: ``BackendLink``
     and ``Call`` above, with the answer relayed as bytes where nothing must change."""
@@ -610,12 +621,7 @@ class HttpBackend:
             pass
 
     async def probe(self) -> str | None:
-        try:
-            _, w = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), _PROBE_TIMEOUT)
-        except (OSError, asyncio.TimeoutError) as exc:
-            return f"unreachable: {exc.__class__.__name__}"
-        w.close()
-        return None
+        return await tcp_probe(self.host, self.port, _PROBE_TIMEOUT)
 
     async def close(self) -> None:
         pass  # its pool is the gateway's
