@@ -56,9 +56,24 @@ The methods:
 
 from __future__ import annotations
 
+import os
+import secrets
+
 from ..wire.core import ResponseParser, encode_sse_event
 
-__all__ = ["BackendSession", "Message", "SessionLost", "answer_head"]
+__all__ = ["BackendSession", "Message", "SessionLost", "answer_head", "instance_id"]
+
+_instance = (0, "")
+
+
+def instance_id() -> str:
+    """This gateway process's random name, which begins the ids of backend sessions that
+    live in one process (made anew in a forked child)."""
+    global _instance
+    pid = os.getpid()
+    if _instance[0] != pid:
+        _instance = (pid, secrets.token_hex(6))
+    return _instance[1]
 
 
 class BackendSession:

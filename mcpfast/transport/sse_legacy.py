@@ -51,7 +51,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import time
 from typing import Any, Callable
 from urllib.parse import urljoin, urlsplit
@@ -62,7 +61,7 @@ from .http_mcp import BackendLink, Call, CallHandler, Reply, _Collect, collected
 from .messages import MessageCall
 from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
 from .pool import UpstreamError, UpstreamPool
-from .base import SessionLost
+from .base import SessionLost, instance_id
 
 __all__ = ["SseBackend", "SseCall"]
 
@@ -82,20 +81,6 @@ _PROBE_TIMEOUT = 5.0
 _ROUTED = 0  # a client's request: answered on the stream
 _POSTED = 1  # a client's notification or response: answered 202 once accepted
 _LISTEN = 2  # the session's server→client stream
-
-_pid = 0
-_instance = ""
-
-
-def instance_id() -> str:
-    """This process's random instance name (made anew in a forked child)."""
-    global _pid, _instance
-    pid = os.getpid()
-    if pid != _pid:
-        _pid = pid
-        _instance = secrets.token_hex(6)
-    return _instance
-
 
 def _id_key(rpc_id: Any) -> tuple[bool, Any]:
     """A JSON-RPC id as a key: the string "1" and the number 1 are different ids."""

@@ -72,7 +72,7 @@ import orjson
 from ..wire.core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, ProtocolError, scan_jsonrpc, splice, splice_many
 from ..wire.errors import INVALID_REQUEST
 from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
-from .base import SessionLost
+from .base import SessionLost, instance_id
 from .http_mcp import CallHandler, Reply, _Collect, collected
 from .messages import MessageCall
 from .pool import UpstreamError
@@ -98,18 +98,6 @@ _RATE_WAIT = 1.0  # longest wait for a spawn token; beyond it the spawn is refus
 _EXIT_SETTLE = 1.0  # after a child exits, how long its stdout may still deliver
 _KILL_WAIT = 5.0  # after SIGKILL, the longest wait for the exit to be seen
 _MAX_ASKED = 1024  # a shared child's requests awaiting a session's answer, remembered
-
-_instance = (0, "")
-
-
-def instance_id() -> str:
-    """This gateway process's random name (made anew in a forked child)."""
-    global _instance
-    pid = os.getpid()
-    if _instance[0] != pid:
-        _instance = (pid, secrets.token_hex(6))
-    return _instance[1]
-
 
 def one_line(data: bytes) -> bytes:
     """``data`` (a valid JSON text) as one line: raw CR and LF, which in valid JSON can
