@@ -394,13 +394,15 @@ class LegacyRaw:
                     if self.get_status != 200:
                         conn.sendall(b"HTTP/1.1 %d No\r\nContent-Length: 2\r\n\r\nno" % self.get_status)
                         continue
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
-                    if self.endpoint is not None:
-                        conn.sendall(b"event: endpoint\r\ndata: " + self.endpoint + b"\r\n\r\n")
-                    else:
-                        conn.sendall(b": waiting\n\n")
+                    # Listed before its head goes out: once a client has seen the head,
+                    # this stream is in the list, so a later stream is always after it.
                     with self.lock:
                         self.streams.append(conn)
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n")
+                        if self.endpoint is not None:
+                            conn.sendall(b"event: endpoint\r\ndata: " + self.endpoint + b"\r\n\r\n")
+                        else:
+                            conn.sendall(b": waiting\n\n")
                     return  # the stream stays open; other threads write to it
                 self.posts.append((head, body))
                 reason = b"Accepted" if self.post_status < 300 else b"Oops"
