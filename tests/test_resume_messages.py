@@ -252,6 +252,8 @@ def test_a_child_that_dies_mid_answer_ends_it_with_an_error_for_the_request(mode
         assert got[0]["params"]["data"] == "dying"
         err = got[-1]
         assert err["id"] == "d-1" and err["error"]["code"] == -32603 and "backend b" in err["error"]["message"], err
+        # Counted as an upstream failure, though the route only relayed an error event.
+        assert gt.gw.metrics.errors.labels("upstream_unavailable")._value.get() >= 1
         # A later request gets a new child, once the crash backoff (a child that died
         # young) has passed; cut by poll_after while it starts, so resumed to the end.
         body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"x": 1}}}

@@ -652,9 +652,12 @@ class VirtualRoute:
 
     def _backend_failed(self, ex, env, b: str, err) -> None:
         self.down[b] = time.monotonic()
+        self.gw.metrics.error(getattr(err, "kind", "upstream_error"))
         if not _alive(ex):
             return
-        msg = f"backend {b} unavailable: {err}"
+        text = str(err)
+        # A backend's own errors name it already.
+        msg = text if text.startswith(f"backend {b}") else f"backend {b} unavailable: {text}"
         if self.fail_open and env.kind == KIND_REQUEST:
             ex.respond(200, jsonrpc_error_body(_INTERNAL, msg, env.id))
         else:

@@ -122,10 +122,12 @@ class Replay:
     bytes, the oldest dropped first; a finished one is dropped ``_KEEP`` s after its
     response."""
 
-    __slots__ = ("budget", "records", "size", "count")
+    __slots__ = ("budget", "records", "size", "count", "count_error")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, count_error=None) -> None:
         self.budget = budget
+        # Counts a failure that ends a recorded answer (the route never sees it as one).
+        self.count_error = count_error
         self.records: OrderedDict[bytes, AnswerRecord] = OrderedDict()
         self.size = 0
         self.count = 0
@@ -426,6 +428,8 @@ class MessageCall(Call):
         if rec is not None and not self.listen and not rec.finished and (self.head is not None or self.done):
             # The client has the priming event (or left after it): the answer ends with
             # an error for its request, recorded like any other message.
+            if rec.replay.count_error is not None:
+                rec.replay.count_error(err.kind)
             self.deliver(rec.error_body(err), True)
             return
         if self.done:

@@ -454,6 +454,7 @@ class SseBackend:
         response_timeout: float,
         max_event: int,
         max_inflight: int = 1024,
+        count_error=None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -469,7 +470,7 @@ class SseBackend:
         self.retry_at = 0.0
         self.last_failure = ""
         self.closed = False
-        self.replay = Replay(cfg.resume_buffer) if cfg.resume_buffer else None
+        self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
 
     # --- sessions ---------------------------------------------------------------------
     def _sessions(self) -> dict[str, _Session]:

@@ -440,7 +440,7 @@ class StdioBackend:
 
     kind = "stdio"
 
-    def __init__(self, cfg, *, response_timeout: float, max_line: int) -> None:
+    def __init__(self, cfg, *, response_timeout: float, max_line: int, count_error=None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.response_timeout = response_timeout
@@ -455,7 +455,7 @@ class StdioBackend:
         self.starting: asyncio.Task | None = None  # shared: the start under way
         self.init_body: bytes | None = None  # shared: the first initialize seen
         self.listeners: list[StdioCall] = []  # shared: every session's listen stream
-        self.replay = Replay(cfg.resume_buffer) if cfg.resume_buffer else None
+        self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
         self.serial = 0
         self.bucket = float(cfg.max_processes)
         self.bucket_at = time.monotonic()
