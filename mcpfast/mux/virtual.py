@@ -656,8 +656,9 @@ class VirtualRoute:
         if not _alive(ex):
             return
         text = str(err)
-        # A backend's own errors name it already.
-        msg = text if text.startswith(f"backend {b}") else f"backend {b} unavailable: {text}"
+        own = f"backend {b}: "
+        # A message-level backend's errors begin with its name already: said once.
+        msg = f"backend {b} unavailable: {text[len(own):] if text.startswith(own) else text}"
         if self.fail_open and env.kind == KIND_REQUEST:
             ex.respond(200, jsonrpc_error_body(_INTERNAL, msg, env.id))
         else:
