@@ -45,7 +45,7 @@ def legacy_url():
 @pytest.fixture(scope="module", params=KINDS)
 def gw(request, legacy_url):
     """A gateway with three routes over one backend kind: ``/poll`` (poll_after 0.1 s),
-    ``/mcp`` (no polling), ``/tiny`` (a resume buffer of 4 KB) and ``/off`` (none)."""
+    ``/mcp`` (no polling), ``/tiny`` (a resume buffer of 16 KiB: 2 KiB a session) and ``/off`` (none)."""
     kind = request.param
 
     def backend(**kw) -> dict:
@@ -57,7 +57,7 @@ def gw(request, legacy_url):
         "backends": {
             "poll": backend(poll_after=0.1),
             "plain": backend(),
-            "tiny": backend(resume_buffer=4096),
+            "tiny": backend(resume_buffer=16384),
             "off": backend(resume_buffer=0),
         },
         "routes": [
@@ -225,7 +225,7 @@ def test_an_answer_dropped_for_room_cannot_be_resumed(gw):
     with httpx.Client(timeout=20) as h:
         hdrs = _open(h, url)
         positions = []
-        for i in range(24):  # each answer takes a few hundred bytes of a 4 KB buffer
+        for i in range(24):  # each answer takes a few hundred bytes of the session's 2 KiB
             r = h.post(url, json=_steps_call(kind, i, 1), headers=hdrs)
             assert r.status_code == 200
             positions.append([e["id"] for e in _events(r.text) if e["id"]][0])  # the priming event's
@@ -234,6 +234,23 @@ def test_an_answer_dropped_for_room_cannot_be_resumed(gw):
         r = h.get(url, headers={**hdrs, "Last-Event-ID": positions[-1]})
         assert r.status_code == 200
         assert _messages(_events(r.text))[-1]["id"] == 23
+
+
+def test_one_session_cannot_push_another_sessions_answers_out(gw):
+    """The buffer is shared by all sessions of a backend, but a session's answers take
+    at most an eighth of it: a flood of answers in one session drops its own."""
+    kind, gt = gw
+    url = gt.url("/tiny")
+    with httpx.Client(timeout=20) as h:
+        victim = _open(h, url)
+        r = h.post(url, json=_steps_call(kind, "keep-me", 1), headers=victim)
+        pos = _events(r.text)[0]["id"]
+        flooder = _open(h, url)
+        for i in range(60):  # about 36 KiB of answers: twice the whole buffer
+            assert h.post(url, json=_steps_call(kind, i, 1), headers=flooder).status_code == 200
+        r = h.get(url, headers={**victim, "Last-Event-ID": pos})
+        assert r.status_code == 200, r.text
+        assert _messages(_events(r.text))[-1]["id"] == "keep-me"
 
 
 @pytest.mark.parametrize("mode", ["per_session", "shared"])

@@ -41,7 +41,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from typing import Any
 
 import orjson
 
@@ -66,22 +67,28 @@ _RECORD_COST = 256  # and per record
 
 class AnswerRecord:
     """The messages of one resumable answer so far, numbered from 1 (the priming event
-    is 0).  ``reader``: the resumed stream following it now, if any."""
+    is 0); the oldest may have been dropped for room.  ``reader``: the resumed stream
+    following it now, if any."""
 
-    __slots__ = ("key", "sid", "rid", "events", "first", "size", "finished", "ended_at", "reader", "replay", "kept")
+    __slots__ = ("key", "sid", "rid", "events", "next", "size", "finished", "ended_at", "reader", "replay", "kept")
 
     def __init__(self, replay: "Replay", key: bytes, sid, rid: bytes | None) -> None:
         self.replay = replay
         self.key = key  # b"<instance>.<n>": the ids are key + b"." + index
         self.sid = sid  # the backend session it belongs to
         self.rid = rid  # the request's id as the client wrote it (JSON)
-        self.events: list[Message] = []
-        self.first = 1  # the index of events[0] (older ones were dropped for room)
+        self.events: deque[Message] = deque()  # the newest ones, up to index next - 1
+        self.next = 1  # the index of the next message
         self.size = _RECORD_COST
         self.finished = False
         self.ended_at = 0.0
         self.reader: MessageCall | None = None
-        self.kept = True  # still in the replay's table (and its byte count)
+        self.kept = True  # still in the replay's tables (and its byte counts)
+
+    @property
+    def first(self) -> int:
+        """The index of the oldest message kept."""
+        return self.next - len(self.events)
 
     def event_id(self, index: int) -> bytes:
         return b"%s.%d" % (self.key, index)
@@ -97,20 +104,28 @@ class AnswerRecord:
         if self.finished:
             return None
         m = Message(data)
-        m.id = self.event_id(self.first + len(self.events))
-        self.events.append(m)
+        m.id = self.event_id(self.next)
+        self.next += 1
         if final:
             self.finished = True
             self.ended_at = time.monotonic()
-        if self.kept:
+        if self.kept:  # one dropped for room is only passed on to its reader
+            self.events.append(m)
             self.replay.grew(self, len(data) + _EVENT_COST)
         r = self.reader
         if r is not None:
             if r.done:
                 self.reader = None
             else:
-                r.follow(m, final)
+                r.follow(m, self.next - 1, final)
         return m
+
+    def since(self, index: int) -> list[Message] | None:
+        """The messages after ``index``, or None when some of them were dropped."""
+        first = self.first
+        if index < first - 1:
+            return None
+        return list(self.events)[index + 1 - first :]
 
     def error_body(self, err: UpstreamError) -> bytes:
         rid = orjson.loads(self.rid) if self.rid is not None else None
@@ -118,17 +133,21 @@ class AnswerRecord:
 
 
 class Replay:
-    """The resumable answers of one backend, over all its sessions: at most ``budget``
-    bytes, the oldest dropped first; a finished one is dropped ``_KEEP`` s after its
-    response."""
+    """The resumable answers of one backend: at most ``budget`` bytes over all its
+    sessions, the oldest answer dropped first; at most an eighth of it per session (the
+    session's own oldest answers go first, so one client cannot push the others' out)
+    and per answer (its oldest messages go first); a finished answer is dropped
+    ``_KEEP`` s after its response."""
 
-    __slots__ = ("budget", "records", "size", "count", "count_error")
+    __slots__ = ("budget", "share", "records", "sessions", "size", "count", "count_error")
 
     def __init__(self, budget: int, count_error=None) -> None:
         self.budget = budget
+        self.share = max(budget // 8, _RECORD_COST + _EVENT_COST)
         # Counts a failure that ends a recorded answer (the route never sees it as one).
         self.count_error = count_error
-        self.records: OrderedDict[bytes, AnswerRecord] = OrderedDict()
+        self.records: OrderedDict[bytes, AnswerRecord] = OrderedDict()  # oldest first
+        self.sessions: dict[Any, list] = {}  # sid -> [bytes, OrderedDict of its records]
         self.size = 0
         self.count = 0
 
@@ -137,31 +156,49 @@ class Replay:
         self.count += 1
         rec = AnswerRecord(self, b"%s.%d" % (instance_id().encode(), self.count), sid, rid)
         self.records[rec.key] = rec
+        held = self.sessions.get(sid)
+        if held is None:
+            held = self.sessions[sid] = [0, OrderedDict()]
+        held[1][rec.key] = rec
         self.size += rec.size
-        self._shrink()
+        held[0] += rec.size
+        self._shrink(rec, held)
         return rec
 
     def grew(self, rec: AnswerRecord, n: int) -> None:
-        """``rec`` took ``n`` more bytes."""
-        self.size += n
+        """``rec`` (kept) took ``n`` more bytes."""
+        held = self.sessions[rec.sid]
         rec.size += n
-        # One answer may not take more than a quarter: its oldest messages go first.
-        while rec.size > self.budget // 4 and len(rec.events) > 1:
-            old = rec.events.pop(0)
-            rec.first += 1
+        self.size += n
+        held[0] += n
+        while rec.size > self.share and len(rec.events) > 1:
+            old = rec.events.popleft()
             cost = len(old.data) + _EVENT_COST
             rec.size -= cost
             self.size -= cost
-        self._shrink()
+            held[0] -= cost
+        self._shrink(rec, held)
 
-    def _shrink(self) -> None:
-        while self.size > self.budget and self.records:
+    def _shrink(self, rec: AnswerRecord, held: list) -> None:
+        mine = held[1]
+        while held[0] > self.share and len(mine) > 1:
+            old = next(iter(mine.values()))
+            if old is rec:
+                break
+            self._drop(old)
+        while self.size > self.budget and len(self.records) > 1:
             self._drop(next(iter(self.records.values())))
 
     def _drop(self, rec: AnswerRecord) -> None:
         del self.records[rec.key]
-        rec.kept = False
+        held = self.sessions[rec.sid]
+        del held[1][rec.key]
+        held[0] -= rec.size
+        if not held[1]:
+            del self.sessions[rec.sid]
         self.size -= rec.size
+        rec.kept = False
+        rec.events.clear()
 
     def _expire(self) -> None:
         limit = time.monotonic() - _KEEP
@@ -179,21 +216,23 @@ class Replay:
         if rec is None or rec.sid != sid or not index.isdigit() or len(index) > 12:
             return None
         k = int(index)
-        if k < rec.first - 1 or k >= rec.first + len(rec.events):
+        if k < rec.first - 1 or k >= rec.next:
             return None  # dropped for room, or not sent yet
         return rec, k
 
     def forget(self, sid) -> None:
         """Session ``sid`` ended: its records go."""
-        for rec in [r for r in self.records.values() if r.sid == sid]:
-            self._drop(rec)
+        held = self.sessions.get(sid)
+        if held is not None:
+            for rec in list(held[1].values()):
+                self._drop(rec)
 
 
 class MessageCall(Call):
     """One answer of a message-level backend, delivered to ``handler`` as an HTTP
     answer is (the compiled handlers take a ``Call``)."""
 
-    __slots__ = ("backend_name", "record", "poll")
+    __slots__ = ("backend_name", "record", "poll", "pos")
 
     def __init__(self, handler: CallHandler, backend_name: str) -> None:
         # The base initializer prepares an HTTP exchange: nothing of it applies here.
@@ -202,6 +241,7 @@ class MessageCall(Call):
         self.backend_name = backend_name
         self.record: AnswerRecord | None = None  # a resumable answer's (or the one a resumed stream follows)
         self.poll: asyncio.TimerHandle | None = None  # poll_after
+        self.pos = 0  # a resumed stream: the index of the last message it delivered
         self.link = None
         self.data = None
         self.conn = None
@@ -263,7 +303,7 @@ class MessageCall(Call):
             msg = rec.append(data, final)
             if msg is None:
                 return
-            if rec.first == 1 and len(rec.events) == 1:
+            if rec.next == 2:
                 self._first()  # the backend's first message (the priming one was ours)
             if self.done:
                 if final:
@@ -342,28 +382,48 @@ class MessageCall(Call):
         """A resumed stream (a ``listen`` call): what the client missed after ``index``,
         then the record as it grows, to its response (not cut by ``poll_after``: the
         client came back for the rest, and a stream it would have to resume again
-        with nothing new would only cost it a round trip)."""
+        with nothing new would only cost it a round trip).  While its client does not
+        read, the record is its buffer: it catches up when the client reads again."""
         if self.done:
             return
         if not self.begin_stream():
             return
-        for m in rec.events[index + 1 - rec.first :]:
-            if not self._guard(self.handler.on_event, m):
-                return
-        self.queued = True
-        if rec.finished:
+        old = rec.reader
+        if old is not None and old is not self:
+            old.end()  # a newer resumption takes over
+            old.flush()
+        self.record = rec
+        self.pos = index
+        rec.reader = self
+        self.catch_up()
+
+    def catch_up(self) -> None:
+        """A resumed stream delivers what its record holds beyond ``pos``; it ends with
+        the response, or when what it would need next was dropped for room (the client
+        then learns, resuming, that the rest is gone)."""
+        rec = self.record
+        if self.done or self.paused or rec is None:
+            return
+        missed = rec.since(self.pos)
+        if missed is None:
             self.end()
         else:
-            old = rec.reader
-            if old is not None and old is not self:
-                old.end()  # a newer resumption takes over
-                old.flush()
-            rec.reader = self
-            self.record = rec
+            for m in missed:
+                self.pos += 1
+                if not self._guard(self.handler.on_event, m):
+                    return
+            if rec.finished and self.pos == rec.next - 1:
+                self.end()
+            else:
+                self.queued = True
         self.flush()
 
-    def follow(self, m: Message, final: bool) -> None:
-        """One message of the record this resumed stream follows."""
+    def follow(self, m: Message, index: int, final: bool) -> None:
+        """Message ``index`` of the record this resumed stream follows (the record
+        keeps it for later while the client is not reading)."""
+        if self.paused or index != self.pos + 1:
+            return
+        self.pos = index
         if self._guard(self.handler.on_event, m):
             if final:
                 self.end()

@@ -147,6 +147,8 @@ class SseCall(MessageCall):
         s = self.sess
         if s is not None:
             s.resume(self)
+        if self.listen and self.record is not None:
+            self.catch_up()  # a resumed answer: what came meanwhile
 
     def detach(self) -> None:
         """The client left: nothing more is delivered; later messages for this call are

@@ -181,6 +181,8 @@ class StdioCall(MessageCall):
         if self.holds_pause:
             self.holds_pause = False
             self.child.resume()
+        if self.listen and self.record is not None:
+            self.catch_up()  # a resumed answer: what came meanwhile
 
     def detach(self) -> None:
         """The client left: its answer is dropped as it comes (the child still finishes
