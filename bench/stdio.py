@@ -31,7 +31,7 @@ measures; the machine's two cores are shared by client, gateway and children, wh
 why only the ratios mean something.  Every process started here is ended by its PID.
 
 Run: ``python bench/stdio.py [--sessions 1,16] [--duration 5] [--rounds 3] [--pin-single 0] [--json F]
-[--generator auto|wrk|python] [--passthrough] [--only-gateway]``.
+[--generator auto|wrk|python] [--passthrough] [--only-gateway] [--gateway-tree DIR]``.
 ``--pin-single CPU`` runs client, gateway and children of the 1-session targets on one CPU
 (direct and gateway alike), so a virtual machine's cross-CPU wake-ups do not dominate.
 """
@@ -306,7 +306,8 @@ class Gateway:
     """``mcpfast serve`` with the stdio server as its backend in ``mode``, or (mode
     ``passthrough``) with a passthrough route to the HTTP server at ``backend_url``."""
 
-    def __init__(self, mode: str, tmp: str, max_processes: int, cpu: int | None = None, backend_url: str = "") -> None:
+    def __init__(self, mode: str, tmp: str, max_processes: int, cpu: int | None = None, backend_url: str = "",
+                 tree: Path = REPO) -> None:  # fmt: skip
         self.port = _free_port()
         cfg = Path(tmp) / f"stdio-{mode}.toml"
         args = ", ".join(json.dumps(a) for a in SERVER[1:])
@@ -319,8 +320,8 @@ class Gateway:
                 f'mode = "{mode}"\nmax_processes = {max_processes}\nspawn_rate = 1000\n'
             )
         cfg.write_text(text)
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([*_pinned(cpu), sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=REPO, env=env,
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.proc = subprocess.Popen([*_pinned(cpu), sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=tree, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         self.pid = self.proc.pid  # taskset execs the gateway: the same process
         end = time.monotonic() + 20
@@ -389,6 +390,8 @@ def main(argv=None) -> int:
                          "(auto: wrk for one session if installed, else loadgen: the lighter of the two there)")
     ap.add_argument("--passthrough", action="store_true",
                     help="also measure a passthrough HTTP route to bench/fast_backend.py (reference gateway CPU)")
+    ap.add_argument("--gateway-tree", type=Path, default=REPO, metavar="DIR",
+                    help="run the gateway from this source tree (another checkout or worktree, built in place)")
     ap.add_argument("--only-gateway", action="store_true", help="skip the direct targets (gateway CPU only)")
     # internal: run one client
     ap.add_argument("--client", choices=["direct", "http"], help=argparse.SUPPRESS)
@@ -416,7 +419,7 @@ def main(argv=None) -> int:
                         res[f"direct/per_session/{n}"] = _run_client("--client", "direct", *common, timeout=limit, cpu=cpu)
                         res[f"direct/shared/{n}"] = _run_client("--client", "direct", "--shared", *common, timeout=limit, cpu=cpu)
                     for mode in modes:
-                        gw = Gateway(mode, tmp, max(32, n * 2), cpu, backend.url if backend else "")
+                        gw = Gateway(mode, tmp, max(32, n * 2), cpu, backend.url if backend else "", args.gateway_tree)
                         try:
                             res[f"gateway/{mode}/{n}"] = _run_client(
                                 "--client", "http", "--port", str(gw.port), "--gw-pid", str(gw.pid), "--generator", gen,
