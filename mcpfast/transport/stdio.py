@@ -20,7 +20,9 @@ only comes from the session it was handed to.
 
 Flow.  ``send``/``ask`` scan the message (``core.scan_jsonrpc``), note a request in the
 child's in-flight table under the id the child will answer with, and write the message
-as one line.  A message is always one line on the wire: a raw CR or LF in a valid JSON
+as one line.  Lines written in one loop iteration are sent at its end in one write per
+child: with many sessions on one child, a wake-up of the child then carries every
+request that arrived together, not one each.  A message is always one line on the wire: a raw CR or LF in a valid JSON
 text can only be whitespace between tokens (a string may not hold one unescaped, RFC
 8259 §7), so each is replaced by a space -- otherwise a client could hide a second
 message on its own line in a body the gateway checked as one.  The child's stdout is
@@ -255,6 +257,8 @@ class _Child(asyncio.SubprocessProtocol):
         self.sid = sid
         self.transport: Any = None
         self.stdin: Any = None
+        self.out: list | None = None  # lines written in this loop iteration, not yet sent
+        self.out_size = 0
         self.pid = 0
         self.rc: int | None = None
         self.framer = NDJSONFramer(backend.max_line)
@@ -371,12 +375,31 @@ class _Child(asyncio.SubprocessProtocol):
         if w is None or w.is_closing() or self.gone or self.stopping:
             return "its process is gone"
         data = one_line(data)
-        queued = w.get_write_buffer_size()
+        queued = w.get_write_buffer_size() + self.out_size
         if queued and queued + len(data) > self.backend.write_limit:
             return f"process {self.pid} is not reading its input ({queued} bytes queued)"
-        w.write(data + b"\n")  # one write: a line split over two would wake the child twice
+        out = self.out
+        if out is None:
+            self.out = [data, b"\n"]
+            self.backend._flush_soon(self)
+        else:
+            out.append(data)
+            out.append(b"\n")
+        self.out_size += len(data) + 1
         self.last_used = time.monotonic()
         return None
+
+    def flush(self) -> None:
+        """Send the lines of this loop iteration in one write (a line split over two
+        writes would wake the child twice)."""
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        self.out_size = 0
+        w = self.stdin
+        if w is not None and not w.is_closing() and not self.gone:
+            w.write(b"".join(out) if len(out) > 2 else out[0] + b"\n")
 
     def new_wire(self) -> int:
         n = self.next_wire
@@ -458,6 +481,7 @@ class StdioBackend:
         self.init_body: bytes | None = None  # shared: the first initialize seen
         self.listeners: list[StdioCall] = []  # shared: every session's listen stream
         self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
+        self.unflushed: list[_Child] = []  # children written to in this loop iteration
         self.serial = 0
         self.bucket = float(cfg.max_processes)
         self.bucket_at = time.monotonic()
@@ -669,6 +693,7 @@ class StdioBackend:
             self.shared_child = None
             self.starting = None
             self.listeners = []
+            self.unflushed = []
             self.reaper = None
             self.tasks = set()
             self.launching = 0
@@ -755,6 +780,17 @@ class StdioBackend:
                 table.remove(call)
 
     # --- writing ----------------------------------------------------------------------------------
+    def _flush_soon(self, child: _Child) -> None:
+        """``child`` has lines to send: at the end of this loop iteration."""
+        if not self.unflushed:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.unflushed.append(child)
+
+    def _flush(self) -> None:
+        children, self.unflushed = self.unflushed, []
+        for child in children:
+            child.flush()
+
     async def _request(self, child: _Child, body: bytes, env, on_message, calls, sid: str | None = None) -> Reply:
         """A request of the gateway's own (in session ``sid``), and its response."""
         fut = asyncio.get_running_loop().create_future()
@@ -1166,6 +1202,7 @@ class StdioBackend:
         log.info("backend %s: stopping process %d (%s)", self.name, child.pid, why)
         grace = self.cfg.shutdown_grace
         if child.stdin is not None:
+            child.flush()  # what was written before the stop still reaches it
             child.stdin.close()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
