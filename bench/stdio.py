@@ -133,11 +133,11 @@ async def _direct(sessions: int, shared: bool, duration: float, warmup: float) -
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_of(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` itself, from /proc."""
+def _cpu_of(pid: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of process ``pid`` itself, from /proc."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 def _rusage_cpu(who: int) -> float:
@@ -259,7 +259,9 @@ def _http(port: int, sessions: int, duration: float, warmup: float, generator: s
     res = run(duration)
     g1, c1 = _cpu_of(gw_pid), _rusage_cpu(who)
     n = max(res["requests"], 1)
-    res.update(generator=generator, gw_cpu_us=(g1 - g0) / n * 1e6, client_cpu_us=(c1 - c0) / n * 1e6)
+    user, system = (g1[0] - g0[0]) / n * 1e6, (g1[1] - g0[1]) / n * 1e6
+    res.update(generator=generator, gw_cpu_us=user + system, gw_user_us=user, gw_sys_us=system,
+               client_cpu_us=(c1 - c0) / n * 1e6)  # fmt: skip
     return res
 
 
@@ -430,7 +432,7 @@ def main(argv=None) -> int:
                             print(f"gateway/{mode}/{n}: {res[f'gateway/{mode}/{n}']['errors']} errors", file=sys.stderr)
                 rounds.append(res)
                 print(f"round {r + 1}: " + ", ".join(
-                    f"{k} {v['rps']:.0f}/s" + (f" gw {v['gw_cpu_us']:.1f}µs" if "gw_cpu_us" in v else "")
+                    f"{k} {v['rps']:.0f}/s" + (f" gw {v['gw_cpu_us']:.1f}µs ({v['gw_user_us']:.1f} user)" if "gw_cpu_us" in v else "")
                     for k, v in res.items()), file=sys.stderr)  # fmt: skip
     finally:
         if backend is not None:

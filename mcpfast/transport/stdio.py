@@ -101,6 +101,19 @@ _EXIT_SETTLE = 1.0  # after a child exits, how long its stdout may still deliver
 _KILL_WAIT = 5.0  # after SIGKILL, the longest wait for the exit to be seen
 _MAX_ASKED = 1024  # a shared child's requests awaiting a session's answer, remembered
 
+# Forks this process has been through (as a child): a backend made before a fork sees
+# it (``_check_fork``) without a system call per message.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def one_line(data: bytes) -> bytes:
     """``data`` (a valid JSON text) as one line: raw CR and LF, which in valid JSON can
     only be whitespace between tokens, become spaces."""
@@ -204,7 +217,10 @@ class StdioCall(MessageCall):
         return MessageCall._guard(self, method, *args)
 
     def _first(self) -> None:
-        if self.timer is not None and not self.whole:
+        if self.watched:
+            self.watched = False
+            self.backend.waiting.pop(self, None)
+        elif self.timer is not None and not self.whole:
             self.timer.cancel()
             self.timer = None
 
@@ -225,6 +241,9 @@ class StdioCall(MessageCall):
     # --- its own ---------------------------------------------------------------------------
     def _settle(self) -> None:
         """Timer off, pause released: no more deliveries."""
+        if self.watched:
+            self.watched = False
+            self.backend.waiting.pop(self, None)
         t = self.timer
         if t is not None:
             self.timer = None
@@ -241,8 +260,9 @@ class StdioCall(MessageCall):
         if self.token_key is not None and child.tokens.get(self.token_key) is self:
             del child.tokens[self.token_key]
 
-    def _timed_out(self) -> None:
+    def _timed_out(self) -> None:  # the backend's sweep or its own timer
         self.timer = None
+        self.watched = False
         if self.done and self.record is None:
             return
         t = self.backend.response_timeout
@@ -482,6 +502,9 @@ class StdioBackend:
         self.listeners: list[StdioCall] = []  # shared: every session's listen stream
         self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
         self.unflushed: list[_Child] = []  # children written to in this loop iteration
+        # Calls waiting for their first message under the shared sweep: call -> deadline.
+        self.waiting: dict[StdioCall, float] = {}
+        self.sweeper: asyncio.TimerHandle | None = None
         self.serial = 0
         self.bucket = float(cfg.max_processes)
         self.bucket_at = time.monotonic()
@@ -491,7 +514,7 @@ class StdioBackend:
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
         self.launching = 0  # children between fork-exec asked for and seen running
-        self.pid = os.getpid()
+        self.forks = _forks  # see _check_fork
 
     # --- the seam -------------------------------------------------------------------------------
     async def ask(
@@ -668,6 +691,9 @@ class StdioBackend:
         if self.reaper is not None:
             self.reaper.cancel()
             self.reaper = None
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for call in list(self.listeners):
             call.end()
         self.listeners.clear()
@@ -685,15 +711,16 @@ class StdioBackend:
     # --- sessions ---------------------------------------------------------------------------------
     def _check_fork(self) -> None:
         """In a forked process the children of the parent are not ours."""
-        pid = os.getpid()
-        if pid != self.pid:
-            self.pid = pid
+        if _forks != self.forks:
+            self.forks = _forks
             self.children = []
             self.sessions = {}
             self.shared_child = None
             self.starting = None
             self.listeners = []
             self.unflushed = []
+            self.waiting = {}
+            self.sweeper = None
             self.reaper = None
             self.tasks = set()
             self.launching = 0
@@ -780,6 +807,35 @@ class StdioBackend:
                 table.remove(call)
 
     # --- writing ----------------------------------------------------------------------------------
+    def _watch(self, call: StdioCall) -> None:
+        """Fail ``call`` if its first message does not come within the response timeout.
+        A loop timer armed and cancelled per request would cost more than the rest of
+        the routing: the deadline joins a table, in deadline order (every entry has the
+        same timeout), that one sweep timer checks every quarter of the timeout (at most
+        1 s), so a timeout fires up to that much late."""
+        call.watched = True
+        self.waiting[call] = time.monotonic() + self.response_timeout
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        return min(max(self.response_timeout / 4, 0.01), 1.0)
+
+    def _sweep(self) -> None:
+        self.sweeper = None
+        waiting = self.waiting
+        now = time.monotonic()
+        late = []
+        for call, deadline in waiting.items():
+            if deadline > now:
+                break
+            late.append(call)
+        for call in late:
+            waiting.pop(call, None)
+            call._timed_out()
+        if waiting:
+            self.sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+
     def _flush_soon(self, child: _Child) -> None:
         """``child`` has lines to send: at the end of this loop iteration."""
         if not self.unflushed:
@@ -842,7 +898,10 @@ class StdioBackend:
             child.inflight[key] = call
             t = self.response_timeout
             if t:
-                call.timer = asyncio.get_running_loop().call_later(t, call._timed_out)
+                if call.whole:
+                    call.timer = asyncio.get_running_loop().call_later(t, call._timed_out)
+                else:
+                    self._watch(call)
             why = child.write(body)
             if why is not None:
                 self._later(call.fail, UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 503))
