@@ -178,7 +178,7 @@ class StdioCall(MessageCall):
         self.orig_token: bytes | None = None  # the caller's progress token, when remapped
         self.token_key = None  # the progress token on the wire (in child.tokens)
         self.client_key = None  # the caller's id as a key (cancellation in shared mode)
-        self.touched = False  # got a delivery in the read being processed
+        self.touched = False  # got a delivery in the read being processed (flushed after it)
         self.holds_pause = False  # its child's stdout is paused on its behalf
 
     # --- the client side ----------------------------------------------------------------
@@ -212,10 +212,6 @@ class StdioCall(MessageCall):
             self.backend._unlisten(self)
 
     # --- MessageCall hooks ------------------------------------------------------------------
-    def _guard(self, method, *args) -> bool:
-        self.touched = True  # flushed at the end of the read being processed
-        return MessageCall._guard(self, method, *args)
-
     def _first(self) -> None:
         if self.watched:
             self.watched = False
@@ -394,7 +390,8 @@ class _Child(asyncio.SubprocessProtocol):
         w = self.stdin
         if w is None or w.is_closing() or self.gone or self.stopping:
             return "its process is gone"
-        data = one_line(data)
+        if b"\n" in data or b"\r" in data:
+            data = data.translate(_ONE_LINE)  # as one_line()
         queued = w.get_write_buffer_size() + self.out_size
         if queued and queued + len(data) > self.backend.write_limit:
             return f"process {self.pid} is not reading its input ({queued} bytes queued)"
@@ -728,11 +725,13 @@ class StdioBackend:
     def _lookup(self, session_id: str | None) -> _Child | None:
         """The live child of a per-session id of this process, None when it is gone;
         ``SessionLost`` for an id of another process."""
-        inst, dot, _n = (session_id or "").rpartition(".")
-        if not dot or inst != instance_id():
-            raise SessionLost(session_id)
         child = self.sessions.get(session_id)  # type: ignore[arg-type]
-        if child is None or child.gone or child.stopping:
+        if child is None:  # (a session in the table is of this process)
+            inst, dot, _n = (session_id or "").rpartition(".")
+            if not dot or inst != instance_id():
+                raise SessionLost(session_id)
+            return None
+        if child.gone or child.stopping:
             return None
         return child
 
@@ -1056,10 +1055,12 @@ class StdioBackend:
 
     @staticmethod
     def _deliver(call: StdioCall, line: bytes, final: bool, touched: list) -> None:
-        was = call.touched
-        call.deliver(line, final)
-        if call.touched and not was:
+        if call.done:
+            return
+        if not call.touched:
+            call.touched = True
             touched.append(call)
+        call.deliver(line, final)
 
     # --- processes ----------------------------------------------------------------------------------
     def _program(self) -> str | None:
