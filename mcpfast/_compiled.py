@@ -11,7 +11,7 @@ import re
 # Python modules on the request path, each compiled with the .pxd beside it (setup.py).
 COMPILED = (
     "observe", "transport.base", "transport.listener", "transport.pool", "wire.heads", "pipeline.gateway", "mux.names", "mux.rewrite",
-    "mux.token", "transport.http_mcp", "mux.virtual",
+    "mux.token", "transport.http_mcp", "mux.virtual", "transport.messages", "transport.stdio",
 )  # fmt: skip
 
 # The protocol core, written in Cython: _core.pyx, the _core.pxd beside it and the .pxi
