@@ -1055,9 +1055,7 @@ class StdioBackend:
 
     @staticmethod
     def _deliver(call: StdioCall, line: bytes, final: bool, touched: list) -> None:
-        if call.done:
-            return
-        if not call.touched:
+        if not call.touched and not call.done:  # (an orphan's answer is only recorded)
             call.touched = True
             touched.append(call)
         call.deliver(line, final)
