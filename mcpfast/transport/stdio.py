@@ -20,9 +20,10 @@ only comes from the session it was handed to.
 
 Flow.  ``send``/``ask`` scan the message (``core.scan_jsonrpc``), note a request in the
 child's in-flight table under the id the child will answer with, and write the message
-as one line.  Lines written in one loop iteration are sent at its end in one write per
-child: with many sessions on one child, a wake-up of the child then carries every
-request that arrived together, not one each.  A message is always one line on the wire: a raw CR or LF in a valid JSON
+as one line.  Lines written to a child that has other requests in flight are sent at the
+end of the loop iteration in one write: with many sessions on one child, a wake-up of
+the child then carries every request that arrived together, not one each (a line to an
+idle child goes at once: nothing could join it).  A message is always one line on the wire: a raw CR or LF in a valid JSON
 text can only be whitespace between tokens (a string may not hold one unescaped, RFC
 8259 §7), so each is replaced by a space -- otherwise a client could hide a second
 message on its own line in a body the gateway checked as one.  The child's stdout is
@@ -396,13 +397,18 @@ class _Child(asyncio.SubprocessProtocol):
         if queued and queued + len(data) > self.backend.write_limit:
             return f"process {self.pid} is not reading its input ({queued} bytes queued)"
         out = self.out
-        if out is None:
-            self.out = [data, b"\n"]
-            self.backend._flush_soon(self)
-        else:
+        if out is not None:
             out.append(data)
             out.append(b"\n")
-        self.out_size += len(data) + 1
+            self.out_size += len(data) + 1
+        elif len(self.inflight) <= 1:
+            # Nothing else in flight: the child waits for this line alone, so there is no
+            # batch to wait for (and no loop iteration to spend on one).
+            w.write(data + b"\n")
+        else:
+            self.out = [data, b"\n"]
+            self.out_size = len(data) + 1
+            self.backend._flush_soon(self)
         self.last_used = time.monotonic()
         return None
 
