@@ -69,6 +69,26 @@ _SESSION_ID = b"Mcp-Session-Id"
 _VERSION = b"MCP-Protocol-Version"
 
 
+def sweep_every(timeout: float) -> float:
+    """How often a table of deadlines ``timeout`` from their start is swept: every
+    quarter of it, within [10 ms, 1 s]."""
+    return min(max(timeout / 4, 0.01), 1.0)
+
+
+def take_overdue(waiting: dict, now: float) -> list:
+    """Take out of ``waiting`` (call -> deadline, in deadline order: every entry has the
+    same timeout) the calls whose deadline passed; the scan stops at the first one still
+    in time."""
+    late = []
+    for call, deadline in waiting.items():
+        if deadline > now:
+            break
+        late.append(call)
+    for call in late:
+        del waiting[call]
+    return late
+
+
 class BackendLink:
     """How to reach one backend of a multiplexed route: its pool, its request line
     prefix, its timeouts.  Built once per route and backend at startup."""
@@ -96,26 +116,15 @@ class BackendLink:
         self.waiting[call] = (now or time.monotonic()) + self.response_timeout
         if self.sweeper is None:
             loop = self.pool._loop or asyncio.get_running_loop()
-            self.sweeper = loop.call_later(self._interval(), self._sweep)
-
-    def _interval(self) -> float:
-        return min(max(self.response_timeout / 4, 0.01), 1.0)
+            self.sweeper = loop.call_later(sweep_every(self.response_timeout), self._sweep)
 
     def _sweep(self) -> None:
         self.sweeper = None
-        waiting = self.waiting
-        now = time.monotonic()
-        late = []
-        for call, deadline in waiting.items():
-            if deadline > now:
-                break
-            late.append(call)
-        for call in late:
-            waiting.pop(call, None)
+        for call in take_overdue(self.waiting, time.monotonic()):
             call._timed_out()
-        if waiting:
+        if self.waiting:
             loop = self.pool._loop or asyncio.get_running_loop()
-            self.sweeper = loop.call_later(self._interval(), self._sweep)
+            self.sweeper = loop.call_later(sweep_every(self.response_timeout), self._sweep)
 
     def post_head(self, session_id: str | None, version: str | None, body_length: int) -> bytes:
         """The head of a POST of ``body_length`` bytes (control traffic; a routed request

@@ -23,10 +23,12 @@ child's in-flight table under the id the child will answer with, and write the m
 as one line.  Lines written to a child that has other requests in flight are sent at the
 end of the loop iteration in one write: with many sessions on one child, a wake-up of
 the child then carries every request that arrived together, not one each (a line to an
-idle child goes at once: nothing could join it).  A message is always one line on the wire: a raw CR or LF in a valid JSON
-text can only be whitespace between tokens (a string may not hold one unescaped, RFC
-8259 §7), so each is replaced by a space -- otherwise a client could hide a second
-message on its own line in a body the gateway checked as one.  The child's stdout is
+idle child goes at once: nothing could join it).  A message is always one line on the
+wire: a raw CR or LF in a valid JSON text can only be whitespace between tokens (a
+string may not hold one unescaped, RFC 8259 §7), so each is replaced by a space --
+otherwise a client could hide a second message on its own line in a body the gateway
+checked as one.  A request's wait for its first message is bounded by one sweep per
+backend over a deadline table (``_watch``), not by a timer per request.  The child's stdout is
 cut into lines by ``core.NDJSONFramer``; each line is scanned, and a response finds its
 call by id, a ``notifications/progress`` by token, and any other message goes to the
 session's one call in flight, else its listen stream, else (per_session) its newest call
@@ -76,7 +78,7 @@ from ..wire.core import KIND_ERROR, KIND_REQUEST, KIND_RESPONSE, NDJSONFramer, P
 from ..wire.errors import INVALID_REQUEST
 from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
 from .base import SessionLost, instance_id
-from .http_mcp import CallHandler, Reply, _Collect, collected
+from .http_mcp import CallHandler, Reply, _Collect, collected, sweep_every, take_overdue
 from .messages import MessageCall, Replay
 from .pool import UpstreamError
 
@@ -821,25 +823,14 @@ class StdioBackend:
         call.watched = True
         self.waiting[call] = time.monotonic() + self.response_timeout
         if self.sweeper is None:
-            self.sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
-
-    def _sweep_every(self) -> float:
-        return min(max(self.response_timeout / 4, 0.01), 1.0)
+            self.sweeper = asyncio.get_running_loop().call_later(sweep_every(self.response_timeout), self._sweep)
 
     def _sweep(self) -> None:
         self.sweeper = None
-        waiting = self.waiting
-        now = time.monotonic()
-        late = []
-        for call, deadline in waiting.items():
-            if deadline > now:
-                break
-            late.append(call)
-        for call in late:
-            waiting.pop(call, None)
+        for call in take_overdue(self.waiting, time.monotonic()):
             call._timed_out()
-        if waiting:
-            self.sweeper = asyncio.get_running_loop().call_later(self._sweep_every(), self._sweep)
+        if self.waiting:
+            self.sweeper = asyncio.get_running_loop().call_later(sweep_every(self.response_timeout), self._sweep)
 
     def _flush_soon(self, child: _Child) -> None:
         """``child`` has lines to send: at the end of this loop iteration."""
