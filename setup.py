@@ -6,10 +6,11 @@ Metadata lives in pyproject.toml; this file only describes the extensions.
 * ``mcpfast.wire._core`` is written in Cython (``_core.pyx`` and its ``.pxi`` parts), with a
   pure-Python twin (``wire._core_py``) as the reference it is tested against.
 * The modules named in ``mcpfast/_compiled.py`` (the listener, the connection pool, the
-  pipeline, the HTTP backend client, observability, the wire heads and the multiplexer's
-  hot modules) are ordinary Python modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
+  pipeline, the HTTP backend client, observability, the wire heads, the multiplexer's
+  hot modules, the stdio backend and the message-level answer it shares with legacy SSE) are ordinary Python modules that are *also* compiled: the ``.pxd`` beside each declares its hot classes as
   extension types with C-typed attributes and C-callable methods, so the request path
-  skips dictionary lookups and Python calls between them.  The ``.py`` file stays the
+  skips dictionary lookups and Python calls between them (an empty ``.pxd``: the module's
+  classes stay Python classes, only its code is compiled).  The ``.py`` file stays the
   one source; ``MCPFAST_NO_EXTENSIONS=1`` at run time imports it as plain Python.
   The build records a hash of each source (``_build_stamp.py``, the core's ``.pyx``,
   ``.pxd`` and ``.pxi`` files included) so that a compiled module older than an edited
