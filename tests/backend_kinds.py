@@ -33,8 +33,8 @@ KINDS = ("stdio", "stdio-shared", "sse")
 
 # The header names of every request the gateway makes to a legacy backend (besides the
 # backend's configured ``headers``): nothing of a client's ever joins them.
-LEGACY_POST_FIELDS = ["content-length", "content-type", "host"]
-LEGACY_GET_FIELDS = ["accept", "host"]
+LEGACY_POST_FIELDS = [b"content-length", b"content-type", b"host"]
+LEGACY_GET_FIELDS = [b"accept", b"host"]
 
 
 def _strict_object(text) -> dict:
@@ -143,7 +143,7 @@ class LegacyRecorder(RawBackend):
         self.closed_streams = 0
         self.serial = 0
         self.lock = threading.Lock()
-        self.endpoint = b"/messages?session_id=%d"
+        self.endpoint = b"/messages?session_id={n}"  # {n}: the stream's number
         super().__init__("legacy_rec")
 
     def open_streams(self) -> int:
@@ -159,7 +159,7 @@ class LegacyRecorder(RawBackend):
                 self.streams[n] = conn
             try:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
-                             b"event: endpoint\ndata: " + self.endpoint.replace(b"%d", b"%d" % n) + b"\n\n")  # fmt: skip
+                             b"event: endpoint\ndata: " + self.endpoint.replace(b"{n}", b"%d" % n) + b"\n\n")  # fmt: skip
                 while conn.recv(65536):
                     pass  # held until the gateway closes it
             finally:
@@ -170,7 +170,7 @@ class LegacyRecorder(RawBackend):
         conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
         target = head.split(b" ", 2)[1]
         n = int(target.rpartition(b"=")[2]) if b"session_id=" in target else 0
-        msg = orjson.loads(body)
+        msg = json.loads(body)  # not orjson: ids may be integers of any size
         if "id" not in msg or "method" not in msg:
             return
         threading.Thread(target=self._answer, args=(n, msg), daemon=True).start()
@@ -186,7 +186,7 @@ class LegacyRecorder(RawBackend):
                 pass
 
     def _message(self, n: int, msg) -> None:
-        self._send(n, b"event: message\ndata: %s\n\n" % (msg if isinstance(msg, bytes) else orjson.dumps(msg)))
+        self._send(n, b"event: message\ndata: %s\n\n" % (msg if isinstance(msg, bytes) else json.dumps(msg).encode()))
 
     def _answer(self, n: int, msg: dict) -> None:
         m = msg["method"]

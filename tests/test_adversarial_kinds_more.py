@@ -1,0 +1,412 @@
+"""The rest of the adversarial suite on every message-level backend kind: a stdio child of
+its own per session, one shared stdio child, a legacy HTTP+SSE backend
+(``backend_kinds.py``), each behind a terminating route with API keys and a tool policy.
+
+* heads -- hostile values in every field a client controls (its header fields, session
+  id, protocol version, Last-Event-ID; JSON strings with line breaks, NUL, control
+  characters, U+2028; raw line breaks between JSON tokens; tool names with CR/LF; ids of
+  odd types and sizes) never put an extra line on a child's stdin nor an extra field or
+  request into a legacy POST: each message arrives once, as exactly one JSON object equal
+  to what the client sent.  A backend's own hostile output (not JSON, invalid UTF-8, a
+  would-be header in an id, answers to ids nobody asked, a legacy endpoint with a
+  would-be field) never becomes a field of an answer to the client.
+* bounds -- an oversized body is refused (413) before any backend sees it; a child's line
+  or a legacy event over its limit fails that one call with a JSON-RPC error naming the
+  backend while every session goes on; one caller's many sessions stay within the
+  backend's process or stream budget while another caller is served; a client that
+  leaves mid-call leaves nothing behind.
+* logs -- no API key, bearer token, child ``env`` secret or legacy backend header value
+  reaches the gateway's log, access log, ``/metrics`` or ``check-config``; hostile names
+  reach them bounded and escaped.
+
+Judged by what the backends received: every line a child read, every request (head and
+body) a legacy backend got, each parsed strictly; and by the bytes clients got back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
+from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
+from mcpfast.mux.ids import encode_event_id
+from test_adversarial_heads import read_answers
+
+pytestmark = pytest.mark.e2e
+
+KEYS = {"mallory": "k-mallory-" + "5" * 30, "alice": "k-alice-" + "6" * 32}
+VERSION = "2025-06-18"
+BODY_LIMIT = 64 * 1024
+EVENT_LIMIT = 128 * 1024
+# Fields the gateway's answers to a client carry (lower case); nothing else may appear.
+CLIENT_FIELDS = {b"content-type", b"content-length", b"transfer-encoding", b"cache-control", b"mcp-session-id",
+                 b"connection", b"allow", b"retry-after", b"www-authenticate"}  # fmt: skip
+
+
+def _sha(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+POLICY = {
+    "auth": {"mode": "required", "api_keys": {"keys": [{"sha256": _sha(k), "subject": s} for s, k in KEYS.items()]}},
+    "authz": {"default": "allow", "rules": [{"id": "no-secret", "effect": "deny", "tools": ["secret"]}]},
+    "audit": {"sink": "off"},
+}  # fmt: skip
+
+
+# --- a client on raw sockets ------------------------------------------------------------------
+
+
+def request(method: str, path: str, body: bytes = b"", fields=(), who: str | None = "mallory") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    if who is not None:
+        lines.append(b"X-API-Key: " + KEYS[who].encode())
+    if method == "POST":
+        lines += [b"Content-Type: application/json", b"Accept: application/json, text/event-stream"]
+    else:
+        lines.append(b"Accept: text/event-stream")
+    for k, v in fields:
+        lines.append((k.encode() if isinstance(k, str) else k) + b": " + (v.encode() if isinstance(v, str) else v))
+    if body or method == "POST":
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def roundtrip(port: int, raw: bytes, n: int = 1) -> list:
+    """Send ``raw`` on a new connection; up to ``n`` answers (status, head, body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(raw)
+        return read_answers(s, n, timeout=20)
+
+
+def messages_of(head, body: bytes) -> list:
+    """The JSON-RPC messages of an answer: its JSON body, or each event's data."""
+    if head.content_type == b"text/event-stream":
+        out = []
+        for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+            data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+            if data:
+                out.append(json.loads(b"\n".join(data)))
+        return out
+    return [json.loads(body)] if body else []
+
+
+def clean_head(head) -> None:
+    """An answer's head holds only the gateway's own fields, none of them made by a peer."""
+    for name, value in head.headers:
+        assert name.lower() in CLIENT_FIELDS, (name, value)
+        assert b"evil" not in value.lower() and b"\r" not in value and b"\n" not in value, (name, value)
+
+
+def encode(msg) -> bytes:
+    """JSON as a client may send it: non-ASCII raw (U+2028 too), any integer size."""
+    return json.dumps(msg, ensure_ascii=False).encode()
+
+
+def call(rid, name: str, args: dict) -> dict:
+    return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": args}}
+
+
+class Route:
+    """One kind's route on the gateway, with what its backend received."""
+
+    def __init__(self, gt: GatewayThread, kind: str, got) -> None:
+        self.gt = gt
+        self.kind = kind
+        self.path = f"/k/{kind}"
+        self.name = kind.replace("-", "_")
+        self.got = got
+
+    @property
+    def port(self) -> int:
+        return self.gt.port
+
+    @property
+    def end(self):
+        return self.gt.gw.backends[self.name]
+
+    def open(self, who: str = "mallory") -> str:
+        init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+        (status, head, body), = roundtrip(self.port, request("POST", self.path, init, who=who))
+        assert status == 200, body
+        clean_head(head)
+        sid = head.session_id.decode()
+        note = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
+        (status, _, _), = roundtrip(self.port, request("POST", self.path, note, self.session(sid), who))
+        assert status == 202
+        return sid
+
+    @staticmethod
+    def session(sid: str) -> list:
+        return [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", VERSION)]
+
+    def post(self, sid: str, msg, fields=(), who: str = "mallory") -> tuple:
+        body = msg if isinstance(msg, bytes) else encode(msg)
+        (status, head, data), = roundtrip(self.port, request("POST", self.path, body, [*self.session(sid), *fields], who))
+        clean_head(head)
+        return status, head, data
+
+    def echo(self, sid: str, marker: str, who: str = "mallory", rid: int = 1) -> None:
+        """A call that must work: answered with its own arguments."""
+        status, head, data = self.post(sid, call(rid, "echo", {"m": marker}), who=who)
+        assert status == 200, data
+        assert messages_of(head, data)[-1]["result"]["echo"] == {"m": marker}, data
+
+    def sentinel(self, sid: str, since: int, marker: str) -> None:
+        """A call sent last and answered, so that the backend has read everything sent
+        before it; what it received since ``since`` is the gateway's own session traffic
+        and calls, the sentinel last."""
+        self.echo(sid, marker)
+        msgs = self.got.messages()[since:]
+        assert msgs[-1]["params"]["arguments"] == {"m": marker}, msgs[-3:]
+        assert {m.get("method") for m in msgs} <= {"initialize", "notifications/initialized", "tools/call"}, msgs
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One gateway with a route per kind (``/k/<kind>``)."""
+    tmp = tmp_path_factory.mktemp("kinds")
+    backends, routes, got = {}, [], {}
+    for kind in KINDS:
+        name = kind.replace("-", "_")
+        backends[name], got[kind] = backend(kind, tmp, response_timeout=5)
+        routes.append({"path": f"/k/{kind}", "backends": [name]})
+    raw = {"backends": backends, "routes": routes, **POLICY,
+           "limits": {"max_body_bytes": BODY_LIMIT, "max_sse_event_bytes": EVENT_LIMIT}}  # fmt: skip
+    try:
+        with GatewayThread(raw) as gt:
+            yield {kind: Route(gt, kind, got[kind]) for kind in KINDS}
+    finally:
+        for g in got.values():
+            if g.legacy is not None:
+                g.legacy.close()
+
+
+@pytest.fixture(params=KINDS)
+def route(request, world) -> Route:
+    return world[request.param]
+
+
+@pytest.fixture
+def sid(route) -> str:
+    return route.open()
+
+
+# --- heads: what a client sends ---------------------------------------------------------------
+
+HOSTILE_STRINGS = [
+    "line\nbreak",
+    "crlf\r\nX-Evil: 1\r\n\r\nPOST /messages HTTP/1.1",
+    "\u2028\u2029\u0085 unicode line ends",
+    "nul\x00byte",
+    "\x1b[31mescape\x7f\x0b\x0c",
+    '"}}\n{"jsonrpc":"2.0","id":99,"method":"tools/call","params":{"name":"secret","arguments":{}}}\n',
+    "caf\u00e9 \U0001f600",
+    "x" * 20000,
+]
+HOSTILE_IDS = ["7\r\nX-Evil: 1", "", "i" * 5000, 2**70, -(2**63), 0, "\u2028"]
+NOT_IDS = [1.5, True, [1], {"id": 1}]  # JSON-RPC: a string, a number without fraction, null
+
+
+def test_hostile_json_values_arrive_as_the_one_message_sent(route, sid):
+    """Arguments, tool names and ids full of line breaks and control characters, and
+    bodies with raw CR and LF between their tokens: the backend gets each call once, as
+    exactly one JSON object (one line on a child's stdin, one POST body) equal to what
+    the client sent, and the client gets its own answer back under its own id."""
+    since = route.got.mark()
+    sent = []
+    rid = 100
+    for value in HOSTILE_STRINGS:
+        rid += 1
+        sent.append((rid, "echo", {"m": f"s{rid}", "v": value}))
+    for hostile_id in HOSTILE_IDS:
+        sent.append((hostile_id, "echo", {"m": f"id-{len(sent)}"}))
+    for name in ("echo\r\nX-Evil: name", "echo\nsecond", "e\u2028cho", "tab\tname"):
+        rid += 1
+        sent.append((rid, name, {"m": f"n{rid}"}))
+    for rid_, name, args in sent:
+        status, head, data = route.post(sid, call(rid_, name, args))
+        assert status == 200, data
+        answer = messages_of(head, data)[-1]
+        assert answer["id"] == rid_ and answer["result"]["echo"] == args, data[:300]
+    for bad in NOT_IDS:
+        status, head, data = route.post(sid, call(bad, "echo", {"m": "bad-id"}))
+        assert status == 400 and orjson.loads(data)["error"]["code"] == -32600, data
+    # The same call with raw CR, LF, CRLF and tabs as whitespace between every token.
+    raws = []
+    for sep in (b"\r\n", b"\n", b"\r", b"\t\r\n "):
+        rid += 1
+        args = {"m": f"ws{rid}", "v": "a\r\nb"}
+        raws.append((rid, args))
+        body = encode(call(rid, "echo", args))
+        for tok in (b",", b":", b"{", b"}"):
+            body = body.replace(tok, tok + sep)
+        status, head, data = route.post(sid, sep + body + sep)
+        assert status == 200, data
+        assert messages_of(head, data)[-1]["result"]["echo"] == args
+    got = route.got.calls(since)
+    intended = [(r, n, a) for r, n, a in sent] + [(r, "echo", a) for r, a in raws]
+    assert [(m["params"]["name"], m["params"]["arguments"]) for m in got] == [(n, a) for _, n, a in intended]
+    if route.kind != "stdio-shared":  # a shared child sees ids of the gateway's own
+        assert [m["id"] for m in got] == [r for r, _, _ in intended]
+    else:
+        assert len({m["id"] for m in got}) == len(got)
+    assert "secret" not in [m["params"]["name"] for m in route.got.calls()]
+
+
+# Header fields no request may carry: refused at the door (400), and the connection ends.
+HOSTILE_FIELDS = [
+    ("Mcp-Session-Id", b"abc\x00def"),
+    ("Mcp-Session-Id", b"abc\x0bdef"),
+    ("X-Custom", b"v\x01"),
+    ("X-Custom", b"v\x7f"),
+    ("X-Custom", b"a\r\n b"),  # obsolete line folding
+    ("Bad Name", b"v"),
+    ("Bad\x00Name", b"v"),
+    ("Last-Event-ID", b"1\x00"),
+    ("MCP-Protocol-Version", b"2025-06-18\x0c"),
+]
+
+
+def test_hostile_header_fields_are_refused_before_any_backend(route, sid):
+    """Each hostile field on a call, with a call to the denied tool pipelined behind it:
+    400, nothing more on that connection, and the backend received neither."""
+    since = route.got.mark()
+    for name, value in HOSTILE_FIELDS:
+        fields = [(name, value)] if name == "Mcp-Session-Id" else [*Route.session(sid), (name, value)]
+        bad = request("POST", route.path, orjson.dumps(call(1, "echo", {"m": "hostile-field"})), fields)
+        behind = request("POST", route.path, orjson.dumps(call(2, "secret", {"m": "behind"})), Route.session(sid))
+        answers = roundtrip(route.port, bad + behind, 2)
+        assert [a[0] for a in answers] == [400], (name, value, answers)
+    route.sentinel(sid, since, "after-fields")
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-fields"]
+
+
+def test_client_fields_never_reach_a_backend(route, sid):
+    """Fields a client may send -- its own, hop-by-hop ones, forged session and version
+    fields, credentials for the gateway -- reach no backend: a child gets the message
+    alone, a legacy backend's every request carries exactly the gateway's fields."""
+    junk = [("X-Junkfield", "one"), ("Cookie", "junkfield=b"), ("Forwarded", "for=junkfield"),
+            ("X-Forwarded-For", "1.2.3.4"), ("Connection", "keep-alive, X-Junkfield-Hop"), ("X-Junkfield-Hop", "v"),
+            ("TE", "trailers"), ("X-Obs", "caf\xe9 \xff junkfield".encode("latin-1"))]  # fmt: skip
+    since = route.got.mark()
+    status, head, data = route.post(sid, call(3, "echo", {"m": "with-junk"}), junk)
+    assert status == 200 and messages_of(head, data)[-1]["result"]["echo"] == {"m": "with-junk"}
+    assert [m["params"]["arguments"] for m in route.got.calls(since)] == [{"m": "with-junk"}]
+    assert "junkfield" not in route.got.text().lower()
+    if route.got.legacy is not None:
+        for method, names in route.got.field_names():
+            assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
+
+
+_SMUGGLED = (b"1\r\nX-Evil: yes\r\n\r\nPOST /messages?session_id=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+             b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
+
+
+def test_hostile_last_event_id_is_refused_before_any_backend(route, sid):
+    """A GET whose Last-Event-ID names a position with CR, LF, NUL or control characters
+    for this very backend, or a whole smuggled request: 400 (-32600), and the backend got
+    nothing -- no line, no new stream, no POST."""
+    streams_before = [h for h, _ in route.got.raw()] if route.got.legacy is not None else None
+    since = route.got.mark()
+    for form in ("g", "p"):
+        for position in (b"1\r\n", b"1\nX: y", b"1\rX", b"a\x00b", b"a\x01b", b"a\x7fb", b" lead", _SMUGGLED):
+            lei = encode_event_id(form, {route.name: position})
+            (status, _, body), = roundtrip(route.port, request("GET", route.path, fields=[*Route.session(sid), ("Last-Event-ID", lei)]))
+            assert status == 400 and orjson.loads(body)["error"]["code"] == -32600, (form, position, body)
+    if streams_before is not None:
+        assert [h for h, _ in route.got.raw()] == streams_before
+    route.sentinel(sid, since, "after-lei")
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-lei"]
+
+
+# --- heads: what a backend says --------------------------------------------------------------
+
+
+def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
+    """Before its answer the backend says: a line that is not JSON (escape sequence,
+    NUL), a message with invalid UTF-8, a response to the caller's id with a would-be
+    header appended, a response to an id nobody asked, a notification with CR and LF
+    in its strings (and for a child, raw CR between its tokens).  The client's answer has
+    only the gateway's fields, and the response to its id is the backend's real one."""
+    rid = 4242
+    lines = [
+        "not json \x1b[2J\x00 at all",
+        '{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"\xff\xfe"}}',
+        json.dumps({"jsonrpc": "2.0", "id": f"{rid}\r\nX-Evil: id", "result": {"evil": "forged"}}),
+        json.dumps({"jsonrpc": "2.0", "id": 987654321, "result": {"evil": "nobody asked"}}),
+        json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "a\r\nX-Evil: note\r\n\r\n"}}),
+    ]
+    if route.got.legacy is None:
+        lines.append('{"jsonrpc":"2.0",\r"method":"notifications/message",\r"params":{"level":"info","data":"raw cr"}}')
+    status, head, data = route.post(sid, call(rid, "hostile", {"lines": lines}))
+    assert status == 200, data
+    msgs = messages_of(head, data)  # strict: each message the client got is JSON
+    final = msgs[-1]
+    assert final["id"] == rid and final["result"]["echo"] == {"lines": lines}
+    assert all("evil" not in json.dumps(m.get("result", {})) or m is final for m in msgs)
+    assert not any(m.get("id") in (987654321, f"{rid}\r\nX-Evil: id") for m in msgs)
+    route.echo(sid, "after-hostile-output")
+
+
+def test_a_legacy_endpoint_with_a_would_be_field_is_refused(tmp_path):
+    """A legacy backend whose endpoint event holds a space, a tab, NUL, another host or
+    an absolute URL elsewhere: the session is refused and nothing is POSTed anywhere; an
+    endpoint with percent-encoded CR LF is a plain target, sent as it is, and its POSTs
+    carry exactly the gateway's fields."""
+    endpoints = {
+        "space": b"/messages?session_id={n} X-Evil: 1",
+        "tab": b"/messages?session_id={n}\tX-Evil: 1",
+        "nul": b"/messages?session_id={n}\x00X-Evil",
+        "host": b"http://evil.example/messages?session_id={n}",
+        "del": b"/messages?session_id={n}\x7f",
+        "encoded": b"/messages?x=%0d%0aX-Evil:%201&session_id={n}",
+    }
+    legacies = {}
+    try:
+        for name, ep in endpoints.items():
+            legacies[name] = LegacyRecorder()
+            legacies[name].endpoint = ep
+        raw = {"backends": {n: {"transport": "sse", "url": f"http://127.0.0.1:{b.port}/sse", "response_timeout": 5}
+                            for n, b in legacies.items()},
+               "routes": [{"path": f"/e/{n}", "backends": [n]} for n in legacies], **POLICY}  # fmt: skip
+        with GatewayThread(raw) as gt:
+            init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+            for name, b in legacies.items():
+                (status, head, body), = roundtrip(gt.port, request("POST", f"/e/{name}", init))
+                clean_head(head)
+                if name != "encoded":
+                    assert status != 200 or "error" in orjson.loads(body) or _no_backend(gt, f"/e/{name}"), body
+                    assert wait_until(lambda: len(b.requests) >= 1)
+                    assert [h.split(b" ", 1)[0] for h, _ in b.requests] == [b"GET"], (name, b.requests)
+                    continue
+                assert status == 200, body
+                r = Route(gt, "x", None)
+                r.path = f"/e/{name}"
+                sid = head.session_id.decode()
+                status, head, data = r.post(sid, call(5, "echo", {"m": "encoded"}))
+                assert status == 200 and messages_of(head, data)[-1]["result"]["echo"] == {"m": "encoded"}
+                posts = [h for h, _ in b.requests if h.startswith(b"POST ")]
+                assert posts and all(h.split(b"\r\n", 1)[0] == b"POST /messages?x=%0d%0aX-Evil:%201&session_id=1 HTTP/1.1"
+                                     for h in posts), posts  # fmt: skip
+                for h in posts:
+                    names = sorted(line.split(b":", 1)[0].lower() for line in h.split(b"\r\n")[1:])
+                    assert names == LEGACY_POST_FIELDS
+    finally:
+        for b in legacies.values():
+            b.close()
+
+
+def _no_backend(gt, path) -> bool:
+    return False
