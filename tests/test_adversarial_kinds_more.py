@@ -160,7 +160,7 @@ class Route:
         """A call that must work: answered with its own arguments."""
         status, head, data = self.post(sid, call(rid, "echo", {"m": marker}), who=who)
         assert status == 200, data
-        assert messages_of(head, data)[-1]["result"]["echo"] == {"m": marker}, data
+        assert messages_of(head, data)[-1].get("result", {}).get("echo") == {"m": marker}, data
 
     def sentinel(self, sid: str, since: int, marker: str) -> None:
         """A call sent last and answered, so that the backend has read everything sent
@@ -410,3 +410,135 @@ def test_a_legacy_endpoint_with_a_would_be_field_is_refused(tmp_path):
 
 def _no_backend(gt, path) -> bool:
     return False
+
+
+# --- bounds -------------------------------------------------------------------------------------
+
+
+def test_an_oversized_body_is_refused_and_reaches_no_backend(route, sid):
+    """A body one byte over ``max_body_bytes`` (by Content-Length or chunked), with a call
+    pipelined behind it: 413, the connection ends, and the backend received neither;
+    a body of exactly the limit is served (the bound is where it is said to be)."""
+    since = route.got.mark()
+    frame = encode(call(21, "echo", {"m": "at-limit", "pad": ""}))
+    at_limit = {"m": "at-limit", "pad": "p" * (BODY_LIMIT - len(frame))}
+    body = encode(call(21, "echo", at_limit))
+    assert len(body) == BODY_LIMIT
+    status, head, data = route.post(sid, body)
+    assert status == 200 and messages_of(head, data)[-1]["result"]["echo"] == at_limit
+    over = encode(call(22, "echo", {"m": "overlmt!", "pad": "p" * (BODY_LIMIT - len(frame) + 1)}))
+    assert len(over) == BODY_LIMIT + 1
+    behind = request("POST", route.path, encode(call(23, "echo", {"m": "behind-over"})), Route.session(sid))
+    answers = roundtrip(route.port, request("POST", route.path, over, Route.session(sid)) + behind, 2)
+    assert [a[0] for a in answers] == [413]
+    head = request("POST", route.path, b"", [*Route.session(sid), ("Transfer-Encoding", "chunked")]).replace(b"Content-Length: 0\r\n", b"")
+    chunked = head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(over), over)
+    answers = roundtrip(route.port, chunked + behind, 2)
+    assert [a[0] for a in answers] == [413]
+    route.sentinel(sid, since, "after-oversized")
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["at-limit", "after-oversized"]
+
+
+def test_an_over_long_message_from_the_backend_fails_that_call_naming_the_backend(route):
+    """A child's line over ``max_line_bytes`` (a legacy event over the event limit): the
+    call gets a JSON-RPC error naming the backend, and every session -- this one and
+    another one -- keeps being served (a new child, a new legacy stream)."""
+    a, b = route.open(), route.open()
+    route.echo(a, "a-before")
+    route.echo(b, "b-before")
+    status, head, data = route.post(a, call(31, "long", {"size": 2 * EVENT_LIMIT}))
+    assert status == 200, data
+    msgs = messages_of(head, data)
+    assert msgs[-1]["id"] == 31 and route.name in msgs[-1]["error"]["message"], msgs[-1]
+    assert not any(len(json.dumps(m)) > EVENT_LIMIT for m in msgs)
+    route.echo(a, "a-after")
+    route.echo(b, "b-after")
+
+
+def _stream_head(s: socket.socket) -> bytes:
+    buf = b""
+    s.settimeout(20)
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    return buf
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_callers_many_sessions_and_streams_stay_bounded(kind, tmp_path):
+    """A backend with room for three children (three legacy streams): one caller opening
+    eight sessions never makes it hold more, its oldest sessions still work when it comes
+    back to them, and its GET streams are held to ``max_streams_per_session`` and
+    ``max_streams_per_principal``; another caller is served throughout."""
+    budget = {"max_processes": 3} if kind.startswith("stdio") else {"max_streams": 3}
+    cfg, got = backend(kind, tmp_path, response_timeout=5, **budget)
+    name = kind.replace("-", "_")
+    raw = {"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY,
+           "limits": {"max_streams_per_session": 1, "max_streams_per_principal": 2}}  # fmt: skip
+    held: list[socket.socket] = []
+    try:
+        with GatewayThread(raw) as gt:
+            route = Route(gt, kind, got)
+            end = route.end
+
+            def live() -> int:
+                if got.legacy is not None:
+                    return gt.call(lambda: end.pool._streams)
+                return gt.call(lambda: len(end.children))
+
+            sessions = []
+            for i in range(8):
+                sessions.append(route.open())
+                route.echo(sessions[-1], f"mallory-{i}")
+                assert live() <= 3
+            alice = route.open("alice")
+            route.echo(alice, "alice-1", who="alice")
+            route.echo(sessions[0], "mallory-0-again")  # its backend session was closed to make room
+            assert live() <= 3
+            if got.legacy is not None:
+                assert got.legacy.open_streams() <= 3
+
+            def listen(sid: str, who: str = "mallory") -> bytes:
+                s = socket.create_connection(("127.0.0.1", gt.port), timeout=20)
+                held.append(s)
+                s.sendall(request("GET", route.path, fields=Route.session(sid), who=who))
+                return _stream_head(s).split(b" ", 2)[1]
+
+            assert listen(sessions[-1]) == b"200"
+            assert listen(sessions[-1]) == b"429"  # one stream per session
+            assert listen(sessions[-2]) == b"200"
+            assert listen(sessions[-3]) == b"429"  # two per caller
+            assert listen(alice, "alice") == b"200"
+            route.echo(alice, "alice-2", who="alice")
+            assert live() <= 3
+            calls = [m["params"]["arguments"]["m"] for m in got.calls()]
+            assert calls == [f"mallory-{i}" for i in range(8)] + ["alice-1", "mallory-0-again", "alice-2"]
+    finally:
+        for s in held:
+            s.close()
+        if got.legacy is not None:
+            got.legacy.close()
+
+
+def test_a_client_that_leaves_mid_call_leaves_nothing_behind(route, sid):
+    """A client sends a slow call and goes away before the answer: the call is dropped
+    from the backend's table once its answer comes, the session serves the next call
+    with its own answer, and the gateway holds no connection for the one that left."""
+    since = route.got.mark()
+    s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
+    s.sendall(request("POST", route.path, encode(call(41, "sleep", {"seconds": 0.5, "m": "left"})), Route.session(sid)))
+    assert wait_until(lambda: any(m["params"]["arguments"].get("m") == "left" for m in route.got.calls(since)))
+    s.close()
+    route.echo(sid, "after-leaving", rid=42)
+    gw, end = route.gt.gw, route.end
+
+    def in_flight() -> int:
+        if route.got.legacy is not None:
+            return sum(len(x.inflight) + len(x.chatty) for x in end.sessions.values())
+        return sum(len(c.inflight) for c in end.children)
+
+    assert wait_until(lambda: route.gt.call(in_flight) == 0)
+    assert wait_until(lambda: route.gt.call(lambda: len(gw.connections)) == 0)
+    route.echo(sid, "after-settling", rid=41)  # its id is free again
