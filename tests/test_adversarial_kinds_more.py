@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -542,3 +544,178 @@ def test_a_client_that_leaves_mid_call_leaves_nothing_behind(route, sid):
     assert wait_until(lambda: route.gt.call(in_flight) == 0)
     assert wait_until(lambda: route.gt.call(lambda: len(gw.connections)) == 0)
     route.echo(sid, "after-settling", rid=41)  # its id is free again
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+SECRETS = {
+    "mallory's key": KEYS["mallory"], "alice's key": KEYS["alice"], "invalid key": "k-INVALIDKEY" + "4" * 24,
+    "invalid bearer": "BADBEARER" + "3" * 24, "query token": "QUERYTOKEN" + "2" * 20,
+    "made-up session": "MADEUPSESSION" + "1" * 20,
+    "child env secret": "CHILDENVSECRET" + "9" * 18, "shared child env secret": "SHAREDENVSECRET" + "8" * 17,
+    "legacy header": "LEGACYHEADERSECRET" + "7" * 14, "legacy bearer_token": "LEGACYBEARER" + "6" * 20,
+}  # fmt: skip
+# A name whose control characters would forge a log line, or garble a terminal, if logged raw.
+FORGING = "\x1b[2J\r\nFORGED-RECORD level=error\x00\x07\u2028"
+# The same as a line a backend prints (its code points are the bytes): not JSON, so logged.
+FORGING_LINE = "not json \x1b[2J\rFORGED-RECORD level=error\x00\x07\xff"
+TEXT_RECORD = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) mcpfast[\w.]*: "
+
+
+def _config_file(tmp_path, port: int, admin: int, legacy: LegacyRecorder, fmt: str):
+    access = tmp_path / "access.log"
+    cfg = tmp_path / "gw.toml"
+    rec = tmp_path / "stdin.jsonl"
+    child = ", ".join(json.dumps(a) for a in ["-I", "-S", os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py"), "--record", str(rec)])
+    keys = "\n".join(f'[[auth.api_keys.keys]]\nsha256 = "{_sha(k)}"\nsubject = "{s}"' for s, k in KEYS.items())
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+[log]
+access_log = "{access}"
+level = "debug"
+format = "{fmt}"
+[auth]
+mode = "required"
+[auth.api_keys]
+header = "X-API-Key"
+{keys}
+[authz]
+default = "allow"
+[[authz.rules]]
+id = "no-secret"
+effect = "deny"
+tools = ["secret"]
+[audit]
+sink = "off"
+[backends.child]
+transport = "stdio"
+command = {json.dumps(sys.executable)}
+args = [{child}]
+env = {{ CHILD_SECRET = "{SECRETS['child env secret']}" }}
+[backends.shared]
+transport = "stdio"
+mode = "shared"
+command = {json.dumps(sys.executable)}
+args = [{child}]
+env = {{ SHARED_SECRET = "{SECRETS['shared child env secret']}" }}
+[backends.old]
+transport = "sse"
+url = "http://127.0.0.1:{legacy.port}/sse"
+bearer_token = "{SECRETS['legacy bearer_token']}"
+[backends.old.headers]
+X-Backend-Secret = "{SECRETS['legacy header']}"
+[[routes]]
+path = "/k/stdio"
+backends = ["child"]
+[[routes]]
+path = "/k/stdio-shared"
+backends = ["shared"]
+[[routes]]
+path = "/k/sse"
+backends = ["old"]
+""")
+    return cfg, access
+
+
+def _drive(port: int, path: str) -> dict:
+    """Every kind of request a client can make on one route, secrets planted all over;
+    returns what the positive controls need."""
+    r = Route(None, path.rpartition("/")[2], None)
+    r.gt = type("G", (), {"port": port})()
+    sid = r.open()
+    r.echo(sid, "plain")
+    status, head, data = r.post(sid, call(2, "env", {}))  # the child's own environment, to this client only
+    env_answer = messages_of(head, data)[-1]
+    for cred in ([("X-API-Key", SECRETS["invalid key"])], [("Authorization", f"Bearer {SECRETS['invalid bearer']}")]):
+        raw = request("POST", path, encode(call(3, "echo", {"m": "x"})), [*Route.session(sid), *cred], who=None)
+        assert roundtrip(port, raw)[0][0] == 401
+    for q in (f"?access_token={SECRETS['query token']}", f"?api_key={SECRETS['query token']}", f"?{SECRETS['query token']}"):
+        roundtrip(port, request("POST", path + q, encode(call(4, "echo", {"m": "q"})), Route.session(sid)))
+    made_up = [("Mcp-Session-Id", SECRETS["made-up session"]), ("MCP-Protocol-Version", VERSION)]
+    assert roundtrip(port, request("POST", path, encode(call(5, "echo", {"m": "x"})), made_up))[0][0] == 404
+    assert roundtrip(port, request("GET", path, fields=made_up))[0][0] == 404
+    assert r.post(sid, call(6, "secret", {}))[0] == 403
+    # Hostile names: over-long (refused before anything records them), with control
+    # characters, and many distinct valid ones.
+    assert r.post(sid, call(7, "n" * 5000, {}))[0] == 400
+    assert r.post(sid, {"jsonrpc": "2.0", "id": 8, "method": "x" * 5000})[0] == 400
+    assert r.post(sid, call(9, FORGING, {}))[0] == 200
+    assert r.post(sid, {"jsonrpc": "2.0", "id": 10, "method": FORGING})[0] == 200  # -32601, named in the body only
+    assert r.post(sid, call(11, "hostile", {"lines": [FORGING_LINE]}))[0] == 200
+    for i in range(60):
+        assert r.post(sid, call(100 + i, f"tool.{i:03d}_" + "v" * 100, {}))[0] == 200
+    lei = encode_event_id("g", {r.name: FORGING.encode()})
+    assert roundtrip(port, request("GET", path, fields=[*Route.session(sid), ("Last-Event-ID", lei)]))[0][0] == 400
+    assert roundtrip(port, request("DELETE", path, fields=Route.session(sid)))[0][0] == 200
+    return {"session": sid, "env": env_answer}
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
+    """A real ``mcpfast serve`` with a stdio child holding an ``env`` secret, a shared one,
+    and a legacy backend with a configured header and bearer token, driven with every
+    secret a client can plant and with hostile names: no secret appears in its log, its
+    access log, ``/metrics`` or ``check-config``; hostile names appear bounded, escaped,
+    and never as a record of their own."""
+    legacy = LegacyRecorder()
+    port, admin = free_port(), free_port()
+    cfg, access = _config_file(tmp_path, port, admin, legacy, fmt)
+    proc = subprocess.Popen([sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    seen = {}
+    try:
+        wait_port(port)
+        wait_port(admin)
+        for kind in KINDS:
+            seen[kind] = _drive(port, f"/k/{kind}")
+        (status, _, metrics), = roundtrip(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status == 200 and b"mcpfast_requests_total" in metrics
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        legacy.close()
+    assert proc.returncode == 0, err[-3000:]
+    from click.testing import CliRunner
+
+    from mcpfast.cli import main
+
+    checked = CliRunner().invoke(main, ["check-config", str(cfg)])
+    assert checked.exit_code == 0, checked.output
+    # The secrets did get where they belong: each child its environment, the legacy
+    # backend its fields, on every request.
+    assert seen["stdio"]["env"]["result"]["env"]["CHILD_SECRET"] == SECRETS["child env secret"]
+    assert seen["stdio-shared"]["env"]["result"]["env"]["SHARED_SECRET"] == SECRETS["shared child env secret"]
+    heads = [h for h, _ in legacy.requests]
+    assert heads and all(SECRETS["legacy header"].encode() in h and SECRETS["legacy bearer_token"].encode() in h for h in heads)
+    outputs = {"log": err, "stdout": out, "access log": access.read_bytes(), "/metrics": metrics,
+               "check-config": checked.output.encode()}  # fmt: skip
+    secrets = {**SECRETS, **{f"{k} session": v["session"] for k, v in seen.items()}}
+    for where, data in outputs.items():
+        # A key's configured digest is the operator's to see in check-config, not in logs.
+        more = {} if where == "check-config" else {"key sha256": _sha(KEYS["mallory"])}
+        for what, secret in {**secrets, **more}.items():
+            assert secret.encode() not in data, f"{what} found in {where}"
+    # Hostile names: never raw, never a record of their own, bounded.
+    assert len(access.read_bytes().splitlines()) > 3 * 70
+    assert err.count(b"dropped a line that is not a JSON-RPC message") == 2  # each child's, escaped
+    assert err.count(b"FORGED-RECORD") == 2
+    for where, data in outputs.items():
+        assert b"\x1b" not in data and b"\x00" not in data and b"\x07" not in data, where
+        assert b"\nFORGED-RECORD" not in data.replace(b"\r", b"\n"), where
+        assert max((len(line) for line in data.splitlines()), default=0) < 4096, where
+    for line in err.decode().splitlines():
+        if fmt == "json":
+            assert isinstance(json.loads(line), dict), line
+        else:
+            assert re.match(TEXT_RECORD, line) or line.startswith(("Traceback", " ", "During", "The above")), line
+    tools = [json.loads(line)["tool"] for line in access.read_bytes().splitlines()]
+    assert all(t is None or re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", t) for t in tools), set(tools)
+    assert tools.count("other") >= 3 and tools.count("tool.059_" + "v" * 100) == 3  # recorded, as labels
+    shown = json.loads(checked.output[checked.output.index("{"):])["backends"]
+    assert shown["child"]["env"] == {"CHILD_SECRET": "<redacted>"}
