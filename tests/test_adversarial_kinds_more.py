@@ -719,3 +719,92 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
     assert tools.count("other") >= 3 and tools.count("tool.059_" + "v" * 100) == 3  # recorded, as labels
     shown = json.loads(checked.output[checked.output.index("{"):])["backends"]
     assert shown["child"]["env"] == {"CHILD_SECRET": "<redacted>"}
+
+
+def test_a_hostile_initialize_reaches_the_backend_as_one_clean_initialize(route):
+    """An initialize with a would-be header in its protocol version, line breaks in its
+    capability names and client info: the backend's own initialize is one message with a
+    version the gateway speaks, the client info as sent, and no capability it invented."""
+    since = route.got.mark()
+    info = {"name": "t\r\nX-Evil: 2\n", "version": "1\x00\u2028"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18\r\nX-Evil: 1", "capabilities": {"x\r\nX-Evil: 3": {}, "sampling": {}},
+        "clientInfo": info}}  # fmt: skip
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
+    assert status == 200, body
+    clean_head(head)
+    version = orjson.loads(body)["result"]["protocolVersion"]
+    sid = head.session_id.decode()
+    route.sentinel(sid, since, "after-hostile-initialize")
+    inits = [m for m in route.got.messages()[since:] if m.get("method") == "initialize"]
+    if route.kind == "stdio-shared":
+        assert len(inits) <= 1  # the shared child was initialized once, maybe by an earlier client
+    else:
+        (sent,) = inits
+        assert sent["params"]["protocolVersion"] == version and "\r" not in version
+        assert sent["params"]["clientInfo"] == info
+        assert list(sent["params"]["capabilities"]) == ["sampling"]
+
+
+def test_a_legacy_client_reaches_each_kind_with_nothing_injected(route):
+    """A 2024-11-05 client of the route (the gateway's legacy front) with hop-by-hop,
+    session and framing fields of its own, a hostile body with raw CR LF between tokens,
+    and a forged ``session_id``: the backend gets exactly the intended call, once."""
+    from test_adversarial_transports import HOSTILE_FIELDS as HOP_FIELDS, RawLegacy
+
+    key = b"X-API-Key: %s\r\n" % KEYS["mallory"].encode()
+    leg = RawLegacy(route.port, f"{route.path}/sse", key)
+    try:
+        since = route.got.mark()
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2024-11-05\r\nX-Evil: 1", "capabilities": {}, "clientInfo": {"name": "l\r\n"}}}  # fmt: skip
+        assert leg.post(key + HOP_FIELDS, encode(init)).startswith(b"HTTP/1.1 202")
+        assert "result" in leg.messages(1)[0]
+        assert leg.post(key, b'{"jsonrpc":"2.0","method":"notifications/initialized"}').startswith(b"HTTP/1.1 202")
+        args = {"m": "legacy-client", "v": "a\r\nX-Evil: 4\r\n\r\n\u2028\x00"}
+        body = (b'\r\n{"jsonrpc"\r:\n"2.0",\r\n"id":2,\r"method":"tools/call",\n"params"\r\n:{"name":"echo",'
+                b'"arguments":\r\n%s\r\n}}\r\n' % encode(args))  # fmt: skip
+        assert leg.post(key + HOP_FIELDS, body).startswith(b"HTTP/1.1 202")
+        (answer,) = leg.messages(1)
+        assert answer["id"] == 2 and answer["result"]["echo"] == args
+        forged = leg.endpoint + b"%0d%0aX-Evil:%201"
+        for target in (forged, leg.endpoint.split(b"?")[0] + b"?session_id=%0d%0aPOST%20/"):
+            with socket.create_connection(("127.0.0.1", route.port), timeout=10) as s:
+                bad = encode(call(3, "echo", {"m": "forged-session"}))
+                s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (target, key, len(bad), bad))  # fmt: skip
+                (status, _, _), = read_answers(s, 1)
+                assert status in (400, 404), status
+        assert leg.post(key, encode(call(4, "echo", {"m": "legacy-sentinel"}))).startswith(b"HTTP/1.1 202")
+        assert leg.messages(1)[0]["result"]["echo"] == {"m": "legacy-sentinel"}
+        calls = route.got.calls(since)
+        assert [m["params"]["arguments"] for m in calls] == [args, {"m": "legacy-sentinel"}]
+        if route.got.legacy is not None:
+            for method, names in route.got.field_names():
+                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
+    finally:
+        leg.close()
+
+
+def test_a_batch_reaches_the_backend_as_one_message_per_element(route):
+    """A 2025-03-26 batch of calls with hostile values, a denied call among them: each
+    allowed element reaches the backend on its own, as the one message sent; the denied
+    one never does; the client gets one answer per request, under its ids."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
+    assert status == 200 and orjson.loads(body)["result"]["protocolVersion"] == "2025-03-26", body
+    session = [("Mcp-Session-Id", head.session_id.decode())]
+    since = route.got.mark()
+    one = {"m": "batch-1", "v": "\r\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\"}\n"}
+    two = {"m": "batch-2", "v": "\u2028\x00\x1b"}
+    batch = [call("b\r\n1", "echo", one), call(52, "secret", {"m": "batch-denied"}), call(53, "echo", two)]
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(batch), session))
+    clean_head(head)
+    assert status == 200, body
+    got = messages_of(head, body)  # an array, or an event stream of the answers
+    answers = {a["id"]: a for a in (got[0] if len(got) == 1 and isinstance(got[0], list) else got)}
+    assert len(answers) == 3
+    assert answers["b\r\n1"]["result"]["echo"] == one and answers[53]["result"]["echo"] == two
+    assert "error" in answers[52]
+    assert [m["params"]["arguments"] for m in route.got.calls(since)] in ([one, two], [two, one])
