@@ -129,6 +129,10 @@ def backend(kind: str, tmp_path, **extra) -> tuple[dict, Received]:
     return {"transport": "sse", "url": f"http://127.0.0.1:{legacy.port}/sse", **extra}, Received(kind, legacy=legacy)
 
 
+# Fields a legacy backend puts on its answers that must never reach a client.
+BACKEND_FIELDS = b"Set-Cookie: backend=evil\r\nX-Evil-Backend: yes\r\nMcp-Session-Id: evil-session\r\n"
+
+
 class LegacyRecorder(RawBackend):
     """A 2024-11-05 backend that records every request and keeps one event stream per
     session: ``GET`` opens a stream whose ``endpoint`` event names ``/messages?session_id=N``;
@@ -136,7 +140,8 @@ class LegacyRecorder(RawBackend):
     stream N.  Tools, as the stdio fixture's: ``echo`` answers ``{"echo": arguments}``,
     ``sleep`` waits ``arguments.seconds`` first, ``long`` first sends a message event of
     ``arguments.size`` bytes, ``hostile`` first sends each of ``arguments.lines`` (text
-    whose code points are the bytes) as an event's data, unchecked.  ``open_streams()``: the streams the gateway holds open now."""
+    whose code points are the bytes) as an event's data, unchecked.  Its answers carry
+    ``BACKEND_FIELDS``, which no client may ever see.  ``open_streams()``: the streams the gateway holds open now."""
 
     def __init__(self) -> None:
         self.streams: dict[int, socket.socket] = {}
@@ -158,7 +163,7 @@ class LegacyRecorder(RawBackend):
                 n = self.serial
                 self.streams[n] = conn
             try:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n" + BACKEND_FIELDS + b"\r\n"
                              b"event: endpoint\ndata: " + self.endpoint.replace(b"{n}", b"%d" % n) + b"\n\n")  # fmt: skip
                 while conn.recv(65536):
                     pass  # held until the gateway closes it
@@ -167,7 +172,7 @@ class LegacyRecorder(RawBackend):
                     self.streams.pop(n, None)
                     self.closed_streams += 1
             raise OSError("stream closed")
-        conn.sendall(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+        conn.sendall(b"HTTP/1.1 202 Accepted\r\n" + BACKEND_FIELDS + b"Content-Length: 0\r\n\r\n")
         target = head.split(b" ", 2)[1]
         n = int(target.rpartition(b"=")[2]) if b"session_id=" in target else 0
         msg = json.loads(body)  # not orjson: ids may be integers of any size

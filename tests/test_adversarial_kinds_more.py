@@ -41,6 +41,7 @@ import pytest
 from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
 from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
 from mcpfast.mux.ids import encode_event_id
+from mcpfast.wire.core import SSEParser
 from test_adversarial_heads import read_answers
 
 pytestmark = pytest.mark.e2e
@@ -91,14 +92,12 @@ def roundtrip(port: int, raw: bytes, n: int = 1) -> list:
 
 
 def messages_of(head, body: bytes) -> list:
-    """The JSON-RPC messages of an answer: its JSON body, or each event's data."""
+    """The JSON-RPC messages of an answer: its JSON body, or the data of each event as
+    an SSE client reads them (CR, LF and CRLF all end a line)."""
     if head.content_type == b"text/event-stream":
-        out = []
-        for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-            data = [line[5:].lstrip(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-            if data:
-                out.append(json.loads(b"\n".join(data)))
-        return out
+        p = SSEParser()
+        events = p.feed(body) + p.feed(b"\n\n")
+        return [json.loads(ev.data) for ev in events if ev.data]
     return [json.loads(body)] if body else []
 
 
@@ -358,6 +357,9 @@ def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
     assert final["id"] == rid and final["result"]["echo"] == {"lines": lines}
     assert all("evil" not in json.dumps(m.get("result", {})) or m is final for m in msgs)
     assert not any(m.get("id") in (987654321, f"{rid}\r\nX-Evil: id") for m in msgs)
+    # The well-formed notifications reach the client intact, hostile strings and all.
+    notes = [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"]
+    assert notes == ["a\r\nX-Evil: note\r\n\r\n"] + (["raw cr"] if route.got.legacy is None else []), notes
     route.echo(sid, "after-hostile-output")
 
 
@@ -808,3 +810,17 @@ def test_a_batch_reaches_the_backend_as_one_message_per_element(route):
     assert answers["b\r\n1"]["result"]["echo"] == one and answers[53]["result"]["echo"] == two
     assert "error" in answers[52]
     assert [m["params"]["arguments"] for m in route.got.calls(since)] in ([one, two], [two, one])
+
+
+def test_a_session_of_another_route_reaches_nothing(world, route, sid):
+    """A session id of this route presented on the routes of the other kinds (each over
+    its own backend): 404, and none of those backends got the call."""
+    marks = {k: r.got.mark() for k, r in world.items()}
+    for other in world.values():
+        if other is route:
+            continue
+        status, _, body = other.post(sid, call(61, "echo", {"m": "crossed-route"}))
+        assert status == 404 and orjson.loads(body)["error"]["code"] == -32001, body
+    route.echo(sid, "own-route")
+    for k, r in world.items():
+        assert [m["params"]["arguments"]["m"] for m in r.got.calls(marks[k])] == (["own-route"] if r is route else [])
