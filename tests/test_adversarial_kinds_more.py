@@ -41,6 +41,7 @@ import pytest
 from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
 from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
 from mcpfast.mux.ids import encode_event_id
+from mcpfast.transport.base import instance_id
 from mcpfast.wire.core import SSEParser
 from test_adversarial_heads import read_answers
 
@@ -215,7 +216,7 @@ HOSTILE_STRINGS = [
     "caf\u00e9 \U0001f600",
     "x" * 20000,
 ]
-HOSTILE_IDS = ["7\r\nX-Evil: 1", "", "i" * 5000, 2**70, -(2**63), 0, "\u2028"]
+HOSTILE_IDS = ["7\r\nX-Evil: 1", "", "i" * 5000, 2**70, -(2**63), 0, "\u2028", None]
 NOT_IDS = [1.5, True, [1], {"id": 1}]  # JSON-RPC: a string, a number without fraction, null
 
 
@@ -824,3 +825,20 @@ def test_a_session_of_another_route_reaches_nothing(world, route, sid):
     route.echo(sid, "own-route")
     for k, r in world.items():
         assert [m["params"]["arguments"]["m"] for m in r.got.calls(marks[k])] == (["own-route"] if r is route else [])
+
+
+def test_forged_session_ids_reach_nothing(route, sid):
+    """Session ids a client may forge -- the backend's own forms (``shared.<hex>``,
+    ``<instance>.<n>``), a long one, one with spaces or obs-text, this session's token
+    cut or altered: 404 on POST, GET and DELETE, and the backend got nothing; the real
+    session is untouched."""
+    forged = ["shared.0123456789abcdef", "shared", f"{instance_id()}.1", f"{instance_id()}.2", "x" * 8000,
+              "a b", "caf\xe9".encode("latin-1"), sid[:-1], sid[:-2] + ("A" if sid[-2] != "A" else "B") + sid[-1], sid + "A"]  # fmt: skip
+    since = route.got.mark()
+    for value in forged:
+        fields = [("Mcp-Session-Id", value), ("MCP-Protocol-Version", VERSION)]
+        for method, body in (("POST", encode(call(71, "echo", {"m": "forged"}))), ("GET", b""), ("DELETE", b"")):
+            (status, _, data), = roundtrip(route.port, request(method, route.path, body, fields))
+            assert status in (400, 404), (value, method, status, data)
+    route.sentinel(sid, since, "after-forged")
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-forged"]
