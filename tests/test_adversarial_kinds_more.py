@@ -338,7 +338,8 @@ def test_hostile_last_event_id_is_refused_before_any_backend(route, sid):
 def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
     """Before its answer the backend says: a line that is not JSON (escape sequence,
     NUL), a message with invalid UTF-8, a response to the caller's id with a would-be
-    header appended, a response to an id nobody asked, a notification with CR and LF
+    header appended, the caller's id as a string, as a fraction, and followed by
+    another id, a response to an id nobody asked, a notification with CR and LF
     in its strings (and for a child, raw CR between its tokens).  The client's answer has
     only the gateway's fields, and the response to its id is the backend's real one."""
     rid = 4242
@@ -347,6 +348,9 @@ def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
         '{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"\xff\xfe"}}',
         json.dumps({"jsonrpc": "2.0", "id": f"{rid}\r\nX-Evil: id", "result": {"evil": "forged"}}),
         json.dumps({"jsonrpc": "2.0", "id": 987654321, "result": {"evil": "nobody asked"}}),
+        json.dumps({"jsonrpc": "2.0", "id": str(rid), "result": {"evil": "the id as a string"}}),
+        '{"jsonrpc":"2.0","id":%d.0,"result":{"evil":"the id as a fraction"}}' % rid,
+        '{"jsonrpc":"2.0","id":%d,"id":%d,"result":{"evil":"the id twice"}}' % (rid, rid + 1),
         json.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "a\r\nX-Evil: note\r\n\r\n"}}),
     ]
     if route.got.legacy is None:
@@ -357,7 +361,8 @@ def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
     final = msgs[-1]
     assert final["id"] == rid and final["result"]["echo"] == {"lines": lines}
     assert all("evil" not in json.dumps(m.get("result", {})) or m is final for m in msgs)
-    assert not any(m.get("id") in (987654321, f"{rid}\r\nX-Evil: id") for m in msgs)
+    assert not any(m.get("id") in (987654321, f"{rid}\r\nX-Evil: id", str(rid)) for m in msgs)
+    assert [m for m in msgs if m.get("id") == rid] == [final]
     # The well-formed notifications reach the client intact, hostile strings and all.
     notes = [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"]
     assert notes == ["a\r\nX-Evil: note\r\n\r\n"] + (["raw cr"] if route.got.legacy is None else []), notes
@@ -842,3 +847,23 @@ def test_forged_session_ids_reach_nothing(route, sid):
             assert status in (400, 404), (value, method, status, data)
     route.sentinel(sid, since, "after-forged")
     assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-forged"]
+
+
+def test_a_backends_hostile_request_id_goes_back_to_it_as_one_message(route, sid):
+    """The backend asks the client something (``ping``) under an id with a would-be
+    header and line breaks in it: the client sees an id of the gateway's making, and its
+    reply reaches the backend as one message carrying the backend's own id, exactly."""
+    hostile_id = "s\r\nX-Evil: 1\n{}"
+    ask = json.dumps({"jsonrpc": "2.0", "id": hostile_id, "method": "ping"})
+    status, head, data = route.post(sid, call(81, "hostile", {"lines": [ask]}))
+    assert status == 200, data
+    msgs = messages_of(head, data)
+    (asked,) = [m for m in msgs if m.get("method") == "ping"]
+    assert asked["id"] != hostile_id
+    since = route.got.mark()
+    status, _, _ = route.post(sid, {"jsonrpc": "2.0", "id": asked["id"], "result": {}})
+    assert status == 202
+    route.echo(sid, "after-reply")  # read after the reply: the reply has been read
+    assert route.got.messages()[since:] == [{"jsonrpc": "2.0", "id": hostile_id, "result": {}},
+                                            *route.got.calls(since)]  # fmt: skip
+    assert [m["params"]["arguments"] for m in route.got.calls(since)] == [{"m": "after-reply"}]
