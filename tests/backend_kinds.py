@@ -149,6 +149,7 @@ class LegacyRecorder(RawBackend):
         self.serial = 0
         self.lock = threading.Lock()
         self.endpoint = b"/messages?session_id={n}"  # {n}: the stream's number
+        self.init_version: str | None = None  # what initialize answers (None: the version asked)
         super().__init__("legacy_rec")
 
     def open_streams(self) -> int:
@@ -197,7 +198,7 @@ class LegacyRecorder(RawBackend):
         m = msg["method"]
         params = msg.get("params") or {}
         if m == "initialize":
-            result = {"protocolVersion": params.get("protocolVersion", "2025-06-18"), "capabilities": {"tools": {}},
+            result = {"protocolVersion": self.init_version or params.get("protocolVersion", "2025-06-18"), "capabilities": {"tools": {}},
                       "serverInfo": {"name": "legacy", "version": "1"}}  # fmt: skip
         elif m == "tools/call":
             name, args = params.get("name"), params.get("arguments") or {}

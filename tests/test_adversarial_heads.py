@@ -469,8 +469,13 @@ def test_backend_values_checked_at_initialize(session, version):
                     assert _field(h, b"x-injected") is None
                     for _, v in h.headers:
                         assert b"\x00" not in v
-            # the hostile backend only ever saw initialize requests
-            assert all(orjson.loads(body).get("method") == "initialize" for h, body in evil.strict_parse())
+            # the hostile backend only ever saw initialize requests, and a DELETE ending the
+            # session it opened when that session id is one a head can carry
+            got = evil.strict_parse()
+            assert all(h.method == b"DELETE" or orjson.loads(body).get("method") == "initialize" for h, body in got)
+            deletes = [h for h, _ in got if h.method == b"DELETE"]
+            assert all(h.session_id == b"sess-alpha" and h.protocol_version is None for h in deletes)
+            assert bool(deletes) == (session is None)
     finally:
         for b in (evil, good, gamma):
             b.close()

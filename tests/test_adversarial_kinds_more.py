@@ -867,3 +867,48 @@ def test_a_backends_hostile_request_id_goes_back_to_it_as_one_message(route, sid
     assert route.got.messages()[since:] == [{"jsonrpc": "2.0", "id": hostile_id, "result": {}},
                                             *route.got.calls(since)]  # fmt: skip
     assert [m["params"]["arguments"] for m in route.got.calls(since)] == [{"m": "after-reply"}]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_backends_hostile_protocol_version_is_refused_and_its_session_ended(kind, tmp_path):
+    """A backend whose initialize answer names a protocol version with a would-be header
+    in it: the client is told the backend is unavailable (its answer has only the
+    gateway's fields), the half-open backend session does not stay behind (no child of
+    its own left running, no legacy stream held), and nothing else is sent to it."""
+    hostile = "2025-06-18\r\nX-Evil: 1"
+    cfg, got = backend(kind, tmp_path, response_timeout=5)
+    if kind.startswith("stdio"):
+        cfg["args"] = [*cfg["args"], "--init-version", hostile]
+    else:
+        got.legacy.init_version = hostile
+    name = kind.replace("-", "_")
+    try:
+        with GatewayThread({"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY}) as gt:
+            route = Route(gt, kind, got)
+            init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+            for _ in range(3):
+                (status, head, body), = roundtrip(gt.port, request("POST", route.path, init))
+                clean_head(head)
+                if status == 200 and "result" in orjson.loads(body):
+                    sid = head.session_id.decode()
+                    status, _, body = route.post(sid, call(1, "echo", {"m": "through-a-refused-backend"}))
+                    assert status != 200 or "error" in orjson.loads(body), body
+            end = route.end
+
+            def held() -> int:
+                if got.legacy is not None:
+                    return gt.call(lambda: len(end.sessions))
+                return gt.call(lambda: len([c for c in end.children if not c.stopping]))
+
+            stays = 1 if kind == "stdio-shared" else 0  # the shared child serves everyone: it stays
+            assert wait_until(lambda: held() == stays), held()
+        # Each refused before its notifications/initialized; the shared child started once.
+        shared = ["initialize", "notifications/initialized"]
+        assert [m.get("method") for m in got.messages()] == (shared if kind == "stdio-shared" else ["initialize"] * 3)
+        if got.legacy is not None:
+            for method, names in got.field_names():
+                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
+    finally:
+        if got.legacy is not None:
+            got.legacy.close()
