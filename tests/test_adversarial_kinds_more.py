@@ -541,6 +541,11 @@ def test_a_client_that_leaves_mid_call_leaves_nothing_behind(route, sid):
     s.sendall(request("POST", route.path, encode(call(41, "sleep", {"seconds": 0.5, "m": "left"})), Route.session(sid)))
     assert wait_until(lambda: any(m["params"]["arguments"].get("m") == "left" for m in route.got.calls(since)))
     s.close()
+    # Its id again at once: refused while the left call may still be answered, or
+    # answered with its own answer -- never the left call's.
+    args = {"m": "reuse-after-leaving", "seconds": 0.1}
+    status, head, data = route.post(sid, call(41, "echo" if route.kind.startswith("stdio") else "sleep", args))
+    assert messages_of(head, data)[-1].get("result") in (None, {"echo": args}), data
     route.echo(sid, "after-leaving", rid=42)
     gw, end = route.gt.gw, route.end
 
@@ -912,3 +917,120 @@ def test_a_backends_hostile_protocol_version_is_refused_and_its_session_ended(ki
     finally:
         if got.legacy is not None:
             got.legacy.close()
+
+
+# --- configuration: what reaches an exec call or a head is checked at load --------------------
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [
+        ({"transport": "stdio", "command": "py\x00thon"}, "backends.b.command"),
+        ({"transport": "stdio", "command": "py\nthon"}, "backends.b.command"),
+        ({"transport": "stdio", "args": ["a\x00b"]}, "backends.b.args[0]"),
+        ({"transport": "stdio", "env": {"A=B": "v"}}, "backends.b.env.A=B"),
+        ({"transport": "stdio", "env": {"A\nB": "v"}}, "backends.b.env.A\nB"),
+        ({"transport": "stdio", "env": {"A": "v\x00"}}, "backends.b.env.A"),
+        ({"transport": "stdio", "cwd": "/tmp\n/x"}, "backends.b.cwd"),
+        ({"transport": "sse", "headers": {"X-A": "v\r\nX-B: w"}}, "backends.b.headers.X-A"),
+        ({"transport": "sse", "headers": {"X A": "v"}}, "backends.b.headers.X A"),
+        ({"transport": "sse", "url": "http://127.0.0.1:1/sse\r\nX-B: w"}, "backends.b.url"),
+        ({"transport": "sse", "url": "http://127.0.0.1:1/s se"}, "backends.b.url"),
+        ({"transport": "sse", "bearer_token": "a b"}, "backends.b.bearer_token"),
+    ],
+)
+def test_config_refuses_what_cannot_go_into_an_exec_or_a_head(kw, key):
+    from mcpfast.config import ConfigError, build_config
+
+    table = {"command": sys.executable} if kw["transport"] == "stdio" else {"url": "http://127.0.0.1:1/sse"}
+    with pytest.raises(ConfigError) as ei:
+        build_config({"backends": {"b": {**table, **kw}}})
+    assert ei.value.key == key
+
+
+# --- more bounds ---------------------------------------------------------------------------------
+
+
+def test_pipelined_calls_are_answered_in_order_each_reaching_the_backend_once(route, sid):
+    """Five calls written at once on one connection: five answers in order, each its
+    own, and each call reached the backend exactly once."""
+    since = route.got.mark()
+    raw = b"".join(request("POST", route.path, encode(call(90 + i, "echo", {"m": f"pipe-{i}"})), Route.session(sid))
+                   for i in range(5))  # fmt: skip
+    answers = roundtrip(route.port, raw, 5)
+    assert [(a[0], messages_of(a[1], a[2])[-1]["id"]) for a in answers] == [(200, 90 + i) for i in range(5)]
+    assert [messages_of(a[1], a[2])[-1]["result"]["echo"]["m"] for a in answers] == [f"pipe-{i}" for i in range(5)]
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == [f"pipe-{i}" for i in range(5)]
+
+
+def test_a_half_closed_get_stream_gives_everything_back(route, sid):
+    """A client half-closes its GET stream: the backend side lets go of it (no listener
+    left on the child or the legacy session), the caller's stream quota is given back,
+    and the session keeps serving."""
+    gw, end = route.gt.gw, route.end
+
+    def listeners() -> int:
+        if route.got.legacy is not None:
+            return sum(s.listener is not None and not s.listener.done for s in end.sessions.values())
+        if route.kind == "stdio-shared":
+            return len(end.listeners)
+        return sum(len(c.listeners) for c in end.children)
+
+    before = route.gt.call(listeners)
+    s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
+    try:
+        s.sendall(request("GET", route.path, fields=Route.session(sid)))
+        assert _stream_head(s).startswith(b"HTTP/1.1 200 ")
+        assert wait_until(lambda: route.gt.call(listeners) == before + 1)
+        s.shutdown(socket.SHUT_WR)
+        assert wait_until(lambda: route.gt.call(listeners) == before, 5)
+        assert wait_until(lambda: route.gt.call(lambda: dict(gw.quota.streams)) == {}, 5)
+    finally:
+        s.close()
+    route.echo(sid, "after-half-close")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_call_past_its_deadline_fails_and_the_request_behind_it_is_served(kind, tmp_path):
+    """A call the backend answers only after ``response_timeout``, with a request
+    pipelined behind it on the same connection: the first gets an error naming the
+    backend, the second its answer.  A call reusing the late call's id before the late
+    answer came is refused or gets its own answer, never the late one; once the backend
+    is free the session serves calls again."""
+    cfg, got = backend(kind, tmp_path, response_timeout=1)
+    name = kind.replace("-", "_")
+    try:
+        with GatewayThread({"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY}) as gt:
+            route = Route(gt, kind, got)
+            sid = route.open()
+            raw = (request("POST", route.path, encode(call(1, "sleep", {"seconds": 1.5})), Route.session(sid))
+                   + request("POST", route.path, encode({"jsonrpc": "2.0", "id": 2, "method": "ping"}), Route.session(sid)))  # fmt: skip
+            first, second = roundtrip(gt.port, raw, 2)
+            late = messages_of(first[1], first[2])[-1]
+            assert first[0] in (200, 504) and late["id"] == 1 and name in late["error"]["message"], late
+            assert second[0] == 200 and messages_of(second[1], second[2]) == [{"jsonrpc": "2.0", "id": 2, "result": {}}]
+            # A child reads one line at a time: its echo is answered after the late call.
+            args = {"m": "reuse", "seconds": 0.5}
+            status, head, data = route.post(sid, call(1, "echo" if kind.startswith("stdio") else "sleep", args))
+            reuse = messages_of(head, data)[-1]
+            assert reuse["id"] == 1 and reuse.get("result") in (None, {"echo": args}), reuse
+
+            def served() -> bool:
+                status, head, data = route.post(sid, call(1, "echo", {"m": "after-deadline"}))  # the late call's id
+                return status == 200 and messages_of(head, data)[-1].get("result") == {"echo": {"m": "after-deadline"}}
+
+            assert wait_until(served)
+    finally:
+        if got.legacy is not None:
+            got.legacy.close()
+
+
+def test_the_ids_of_given_up_requests_are_kept_within_a_bound():
+    """A backend that never answers what timed out: the ids kept for it stay within
+    ``MAX_LATE_IDS``, the oldest forgotten first."""
+    from mcpfast.transport.messages import MAX_LATE_IDS, keep_late
+
+    table: dict = {}
+    for i in range(MAX_LATE_IDS + 10):
+        keep_late(table, i)
+    assert list(table) == list(range(10, MAX_LATE_IDS + 10))

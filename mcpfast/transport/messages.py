@@ -19,6 +19,13 @@ and ``MessageCall`` turns them into that shape, the same way for every such tran
 
 A transport subclasses it for what is its own: how it is paused, what ``_first`` stops
 waiting for (a timer), and what ``_release`` leaves (its in-flight tables).
+
+A request given up while its backend may still answer it (timed out, or its client left)
+keeps its id taken in a table of its own (``keep_late``): a later request reusing the id
+is refused until the late answer comes and is dropped, so that answer can never be
+handed to the newer request.  The table is bounded (``MAX_LATE_IDS``, oldest forgotten
+first), and it does not count against the requests in flight: a backend that never
+answers what it was sent does not wedge the session.
 """
 
 from __future__ import annotations
@@ -29,12 +36,20 @@ from .base import Message, answer_head
 from .http_mcp import Call, CallHandler
 from .pool import UpstreamError
 
-__all__ = ["MessageCall"]
+__all__ = ["MAX_LATE_IDS", "MessageCall", "keep_late"]
 
 log = logging.getLogger("mcpfast.transport")
 
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
+MAX_LATE_IDS = 1024  # ids of given-up requests kept per session (or child), at most
+
+
+def keep_late(table: dict, key) -> None:
+    """Note ``key``, the id of a request given up before its answer, in ``table``."""
+    table[key] = None
+    if len(table) > MAX_LATE_IDS:
+        del table[next(iter(table))]  # the oldest: its answer most likely never comes
 
 
 class MessageCall(Call):
