@@ -37,6 +37,8 @@ import time
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
 from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
@@ -1034,3 +1036,34 @@ def test_the_ids_of_given_up_requests_are_kept_within_a_bound():
     for i in range(MAX_LATE_IDS + 10):
         keep_late(table, i)
     assert list(table) == list(range(10, MAX_LATE_IDS + 10))
+
+
+# --- property: whatever a client sends, the backend gets exactly the message it meant ------------
+
+# Tools the fixtures give a meaning of their own (they sleep, print, ask): not called here.
+_SPECIAL = {"secret", "env", "long", "hostile", "notify", "ask", "changed", "sleep", "stats"}
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_ids = st.one_of(st.integers(-(2**63), 2**63 - 1), st.integers(2**64, 2**80), _text)
+_separators = st.tuples(st.sampled_from([",", ", ", ",\r\n", ",\n\t", "\r,\r", "\n,"]),
+                        st.sampled_from([":", ": ", "\r\n:\r\n", "\t:\n", "\r:"]))  # fmt: skip
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_property_the_backend_gets_exactly_the_message_sent(route, sid, data):
+    name = data.draw(st.one_of(st.just("echo"), _text.filter(lambda n: n and n not in _SPECIAL)), label="name")
+    args = data.draw(st.dictionaries(_text, st.one_of(_text, st.integers(-(2**53), 2**53), st.booleans(), st.none()),
+                                     max_size=4), label="args")  # fmt: skip
+    rid = data.draw(_ids, label="id")
+    separators = data.draw(_separators, label="separators")
+    lead, trail = data.draw(st.sampled_from(["", " ", "\r\n", "\n\t"])), data.draw(st.sampled_from(["", "\n", "\r\n \r"]))
+    body = (lead + json.dumps(call(rid, name, args), ensure_ascii=False, separators=separators) + trail).encode()
+    since = route.got.mark()
+    status, head, answer = route.post(sid, body)
+    assert status == 200, answer
+    msg = messages_of(head, answer)[-1]
+    assert msg["id"] == rid and msg["result"] == {"echo": args}, (msg, args)
+    (got,) = route.got.calls(since)
+    assert got["params"] == {"name": name, "arguments": args}
+    if route.kind != "stdio-shared":
+        assert got["id"] == rid
