@@ -24,8 +24,6 @@ import time
 import orjson
 
 from gwutil import ROOT
-from http_events import HeadList
-from mcpfast.wire.core import RequestParser
 from rawbackend import RawBackend
 
 RAW = os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py")
@@ -101,16 +99,9 @@ class Received:
     def heads(self) -> list:
         """Legacy: every request as the gateway's strict parser reads it -- exactly one
         head each, its body exactly Content-Length long, no chunked framing."""
-        out = []
-        for head, body in self.raw():
-            c = HeadList()
-            RequestParser(c).feed(head + b"\r\n\r\n" + body)
-            assert len(c.heads) == 1, head
-            h = c.heads[0]
-            assert h.transfer_encoding is None and not h.chunked
-            assert h.content_length in (-1, len(body)), (head, body)
-            out.append(h)
-        return out
+        from test_adversarial_transports import _received
+
+        return [h for h, _ in _received(self.legacy)]
 
     def field_names(self) -> list[tuple[bytes, list[bytes]]]:
         """Legacy: (method, sorted lower-case header names) of every request."""

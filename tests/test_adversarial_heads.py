@@ -230,8 +230,12 @@ def read_answers(s: socket.socket, n: int, timeout: float = 10.0) -> list:
     return got.done
 
 
-def request(method: str, path: str, body: bytes = b"", headers: list | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"X-API-Key: " + API_KEY.encode()]
+def request(method: str, path: str, body: bytes = b"", headers: list | None = None, key: str | None = API_KEY) -> bytes:
+    """A raw request with ``headers`` (name, value) after the usual ones; ``key``: the
+    API key it carries, None for none."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    if key is not None:
+        lines.append(b"X-API-Key: " + key.encode())
     if method == "POST":
         lines += [b"Content-Type: application/json", b"Accept: application/json, text/event-stream"]
     for k, v in headers or ():

@@ -42,10 +42,11 @@ from hypothesis import strategies as st
 
 from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
 from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
+from rawbackend import read_response
 from mcpfast.mux.ids import encode_event_id
 from mcpfast.transport.base import instance_id
 from mcpfast.wire.core import SSEParser
-from test_adversarial_heads import read_answers
+from test_adversarial_heads import _HOSTILE_FIELDS as HOSTILE_FIELDS, read_answers, request as heads_request
 
 pytestmark = pytest.mark.e2e
 
@@ -73,18 +74,9 @@ POLICY = {
 
 
 def request(method: str, path: str, body: bytes = b"", fields=(), who: str | None = "mallory") -> bytes:
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
-    if who is not None:
-        lines.append(b"X-API-Key: " + KEYS[who].encode())
-    if method == "POST":
-        lines += [b"Content-Type: application/json", b"Accept: application/json, text/event-stream"]
-    else:
-        lines.append(b"Accept: text/event-stream")
-    for k, v in fields:
-        lines.append((k.encode() if isinstance(k, str) else k) + b": " + (v.encode() if isinstance(v, str) else v))
-    if body or method == "POST":
-        lines.append(b"Content-Length: %d" % len(body))
-    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+    """A raw request of ``who`` (None: without credentials) with ``fields`` added."""
+    accept = [] if method == "POST" else [("Accept", "text/event-stream")]
+    return heads_request(method, path, body, [*accept, *fields], None if who is None else KEYS[who])
 
 
 def roundtrip(port: int, raw: bytes, n: int = 1) -> list:
@@ -268,23 +260,12 @@ def test_hostile_json_values_arrive_as_the_one_message_sent(route, sid):
     assert "secret" not in [m["params"]["name"] for m in route.got.calls()]
 
 
-# Header fields no request may carry: refused at the door (400), and the connection ends.
-HOSTILE_FIELDS = [
-    ("Mcp-Session-Id", b"abc\x00def"),
-    ("Mcp-Session-Id", b"abc\x0bdef"),
-    ("X-Custom", b"v\x01"),
-    ("X-Custom", b"v\x7f"),
-    ("X-Custom", b"a\r\n b"),  # obsolete line folding
-    ("Bad Name", b"v"),
-    ("Bad\x00Name", b"v"),
-    ("Last-Event-ID", b"1\x00"),
-    ("MCP-Protocol-Version", b"2025-06-18\x0c"),
-]
 
 
 def test_hostile_header_fields_are_refused_before_any_backend(route, sid):
-    """Each hostile field on a call, with a call to the denied tool pipelined behind it:
-    400, nothing more on that connection, and the backend received neither."""
+    """Each field no request may carry (control characters, CR, obsolete folding, bad
+    names) on a call, with a call to the denied tool pipelined behind it: 400, nothing
+    more on that connection, and the backend received neither."""
     since = route.got.mark()
     for name, value in HOSTILE_FIELDS:
         fields = [(name, value)] if name == "Mcp-Session-Id" else [*Route.session(sid), (name, value)]
@@ -467,17 +448,6 @@ def test_an_over_long_message_from_the_backend_fails_that_call_naming_the_backen
     route.echo(b, "b-after")
 
 
-def _stream_head(s: socket.socket) -> bytes:
-    buf = b""
-    s.settimeout(20)
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    return buf
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_one_callers_many_sessions_and_streams_stay_bounded(kind, tmp_path):
     """A backend with room for three children (three legacy streams): one caller opening
@@ -516,7 +486,7 @@ def test_one_callers_many_sessions_and_streams_stay_bounded(kind, tmp_path):
                 s = socket.create_connection(("127.0.0.1", gt.port), timeout=20)
                 held.append(s)
                 s.sendall(request("GET", route.path, fields=Route.session(sid), who=who))
-                return _stream_head(s).split(b" ", 2)[1]
+                return read_response(s).split(b" ", 2)[1]
 
             assert listen(sessions[-1]) == b"200"
             assert listen(sessions[-1]) == b"429"  # one stream per session
@@ -577,61 +547,42 @@ FORGING_LINE = "not json \x1b[2J\rFORGED-RECORD level=error\x00\x07\xff"
 TEXT_RECORD = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) mcpfast[\w.]*: "
 
 
-def _config_file(tmp_path, port: int, admin: int, legacy: LegacyRecorder, fmt: str):
+def _toml(raw: dict) -> str:
+    """``raw`` as TOML: a table per top-level key (an array of tables for a list), every
+    value inline (a JSON string is a TOML basic string)."""
+
+    def value(v) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return ("true" if v else "false") if isinstance(v, bool) else json.dumps(v)
+
+    out = []
+    for section, body in raw.items():
+        for table in body if isinstance(body, list) else [body]:
+            out.append(f"[[{section}]]" if isinstance(body, list) else f"[{section}]")
+            out += [f"{json.dumps(k)} = {value(v)}" for k, v in table.items()]
+    return "\n".join(out) + "\n"
+
+
+def _config_file(tmp_path, port: int, admin: int, fmt: str):
+    """A configuration file with a route per kind, each backend holding secrets of the
+    kind it can have; the file, the access log and what each backend received."""
     access = tmp_path / "access.log"
+    secrets = {"stdio": {"env": {"CHILD_SECRET": SECRETS["child env secret"]}},
+               "stdio-shared": {"env": {"SHARED_SECRET": SECRETS["shared child env secret"]}},
+               "sse": {"bearer_token": SECRETS["legacy bearer_token"], "headers": {"X-Backend-Secret": SECRETS["legacy header"]}}}  # fmt: skip
+    backends, got = {}, {}
+    for kind in KINDS:
+        backends[kind.replace("-", "_")], got[kind] = backend(kind, tmp_path, **secrets[kind])
+    auth = {**POLICY["auth"], "api_keys": {**POLICY["auth"]["api_keys"], "header": "X-API-Key"}}
+    raw = {"server": {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin}"},
+           "log": {"access_log": str(access), "level": "debug", "format": fmt}, **POLICY, "auth": auth,
+           "backends": backends, "routes": [{"path": f"/k/{k}", "backends": [k.replace("-", "_")]} for k in KINDS]}  # fmt: skip
     cfg = tmp_path / "gw.toml"
-    rec = tmp_path / "stdin.jsonl"
-    child = ", ".join(json.dumps(a) for a in ["-I", "-S", os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py"), "--record", str(rec)])
-    keys = "\n".join(f'[[auth.api_keys.keys]]\nsha256 = "{_sha(k)}"\nsubject = "{s}"' for s, k in KEYS.items())
-    cfg.write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-admin_listen = "127.0.0.1:{admin}"
-[log]
-access_log = "{access}"
-level = "debug"
-format = "{fmt}"
-[auth]
-mode = "required"
-[auth.api_keys]
-header = "X-API-Key"
-{keys}
-[authz]
-default = "allow"
-[[authz.rules]]
-id = "no-secret"
-effect = "deny"
-tools = ["secret"]
-[audit]
-sink = "off"
-[backends.child]
-transport = "stdio"
-command = {json.dumps(sys.executable)}
-args = [{child}]
-env = {{ CHILD_SECRET = "{SECRETS['child env secret']}" }}
-[backends.shared]
-transport = "stdio"
-mode = "shared"
-command = {json.dumps(sys.executable)}
-args = [{child}]
-env = {{ SHARED_SECRET = "{SECRETS['shared child env secret']}" }}
-[backends.old]
-transport = "sse"
-url = "http://127.0.0.1:{legacy.port}/sse"
-bearer_token = "{SECRETS['legacy bearer_token']}"
-[backends.old.headers]
-X-Backend-Secret = "{SECRETS['legacy header']}"
-[[routes]]
-path = "/k/stdio"
-backends = ["child"]
-[[routes]]
-path = "/k/stdio-shared"
-backends = ["shared"]
-[[routes]]
-path = "/k/sse"
-backends = ["old"]
-""")
-    return cfg, access
+    cfg.write_text(_toml(raw))
+    return cfg, access, got
 
 
 def _drive(port: int, path: str) -> dict:
@@ -674,9 +625,9 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
     secret a client can plant and with hostile names: no secret appears in its log, its
     access log, ``/metrics`` or ``check-config``; hostile names appear bounded, escaped,
     and never as a record of their own."""
-    legacy = LegacyRecorder()
     port, admin = free_port(), free_port()
-    cfg, access = _config_file(tmp_path, port, admin, legacy, fmt)
+    cfg, access, got = _config_file(tmp_path, port, admin, fmt)
+    legacy = got["sse"].legacy
     proc = subprocess.Popen([sys.executable, "-m", "mcpfast", "serve", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     seen = {}
@@ -733,7 +684,7 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
     assert all(t is None or re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", t) for t in tools), set(tools)
     assert tools.count("other") >= 3 and tools.count("tool.059_" + "v" * 100) == 3  # recorded, as labels
     shown = json.loads(checked.output[checked.output.index("{"):])["backends"]
-    assert shown["child"]["env"] == {"CHILD_SECRET": "<redacted>"}
+    assert shown["stdio"]["env"] == {"CHILD_SECRET": "<redacted>"}
 
 
 def test_a_hostile_initialize_reaches_the_backend_as_one_clean_initialize(route):
@@ -982,7 +933,7 @@ def test_a_half_closed_get_stream_gives_everything_back(route, sid):
     s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
     try:
         s.sendall(request("GET", route.path, fields=Route.session(sid)))
-        assert _stream_head(s).startswith(b"HTTP/1.1 200 ")
+        assert read_response(s).startswith(b"HTTP/1.1 200 ")
         assert wait_until(lambda: route.gt.call(listeners) == before + 1)
         s.shutdown(socket.SHUT_WR)
         assert wait_until(lambda: route.gt.call(listeners) == before, 5)
