@@ -5,19 +5,23 @@ its own per session, one shared stdio child, a legacy HTTP+SSE backend
 * heads -- hostile values in every field a client controls (its header fields, session
   id, protocol version, Last-Event-ID; JSON strings with line breaks, NUL, control
   characters, U+2028; raw line breaks between JSON tokens; tool names with CR/LF; ids of
-  odd types and sizes) never put an extra line on a child's stdin nor an extra field or
-  request into a legacy POST: each message arrives once, as exactly one JSON object equal
-  to what the client sent.  A backend's own hostile output (not JSON, invalid UTF-8, a
-  would-be header in an id, answers to ids nobody asked, a legacy endpoint with a
-  would-be field) never becomes a field of an answer to the client.
+  odd types and sizes; an initialize, a batch, a reply to the backend's own request; the
+  same through the gateway's legacy SSE front) never put an extra line on a child's
+  stdin nor an extra field or request into a legacy POST: each message arrives once, as
+  exactly one JSON object equal to what the client sent (also as a property test).  A
+  backend's own hostile output (not JSON, invalid UTF-8, a would-be header in an id or a
+  protocol version, answers to ids nobody asked, a legacy endpoint with a would-be
+  field, fields on a legacy backend's answers) never becomes a field of an answer to
+  the client, nor mixes answers up.
 * bounds -- an oversized body is refused (413) before any backend sees it; a child's line
   or a legacy event over its limit fails that one call with a JSON-RPC error naming the
-  backend while every session goes on; one caller's many sessions stay within the
-  backend's process or stream budget while another caller is served; a client that
-  leaves mid-call leaves nothing behind.
+  backend while every session goes on; one caller's many sessions and streams stay
+  within the backend's budget and the stream quotas while another caller is served; a
+  client that leaves mid-call, a half-closed stream, a call past its deadline leave
+  nothing behind -- and a late answer never reaches a request that reused its id.
 * logs -- no API key, bearer token, child ``env`` secret or legacy backend header value
   reaches the gateway's log, access log, ``/metrics`` or ``check-config``; hostile names
-  reach them bounded and escaped.
+  reach them bounded and escaped, never as a record of their own.
 
 Judged by what the backends received: every line a child read, every request (head and
 body) a legacy backend got, each parsed strictly; and by the bytes clients got back.
@@ -27,13 +31,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 
 import orjson
 import pytest
