@@ -1017,3 +1017,22 @@ def test_property_the_backend_gets_exactly_the_message_sent(route, sid, data):
     assert got["params"] == {"name": name, "arguments": args}
     if route.kind != "stdio-shared":
         assert got["id"] == rid
+
+
+def test_an_answer_crossing_a_cancellation_never_reaches_a_request_reusing_its_id(route, sid):
+    """A client cancels a slow call and at once reuses its id: the backend (which answers
+    the cancelled call anyway, as a cancellation may arrive too late) never has that
+    answer handed to the new request -- it is refused, or answered with its own."""
+    s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
+    try:
+        since = route.got.mark()
+        s.sendall(request("POST", route.path, encode(call(5, "sleep", {"seconds": 1, "m": "cancelled"})), Route.session(sid)))
+        assert wait_until(lambda: [m["params"]["arguments"].get("m") for m in route.got.calls(since)] == ["cancelled"])
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5, "reason": "no"}}
+        assert route.post(sid, cancel)[0] == 202
+        args = {"m": "reuse-after-cancel", "seconds": 0.5}
+        status, head, data = route.post(sid, call(5, "echo" if route.kind.startswith("stdio") else "sleep", args))
+        assert messages_of(head, data)[-1].get("result") in (None, {"echo": args}), data
+    finally:
+        s.close()
+    route.echo(sid, "after-cancel", rid=6)
