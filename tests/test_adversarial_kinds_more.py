@@ -682,6 +682,7 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
     tools = [json.loads(line)["tool"] for line in access.read_bytes().splitlines()]
     assert all(t is None or re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", t) for t in tools), set(tools)
     assert tools.count("other") >= 3 and tools.count("tool.059_" + "v" * 100) == 3  # recorded, as labels
+    assert b'tool="tool.059_' + b"v" * 100 + b'"' in metrics and b"FORGED" not in metrics
     shown = json.loads(checked.output[checked.output.index("{"):])["backends"]
     assert shown["stdio"]["env"] == {"CHILD_SECRET": "<redacted>"}
 
