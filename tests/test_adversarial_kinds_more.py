@@ -29,6 +29,7 @@ body) a legacy backend got, each parsed strictly; and by the bytes clients got b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -36,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+from typing import Iterator
 
 import orjson
 import pytest
@@ -171,24 +173,33 @@ class Route:
         assert {m.get("method") for m in msgs} <= {"initialize", "notifications/initialized", "tools/call"}, msgs
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """One gateway with a route per kind (``/k/<kind>``)."""
-    tmp = tmp_path_factory.mktemp("kinds")
+@contextlib.contextmanager
+def gateway(kinds, tmp_path, backend_kw: dict | None = None, prepare=None, **raw) -> Iterator[dict[str, Route]]:
+    """A gateway with a route ``/k/<kind>`` for each of ``kinds`` over a backend of that
+    kind (``backend_kw``: more keys of each backend table; ``prepare(kind, table, got)``
+    may change one before the gateway starts; ``raw``: more of the configuration)."""
     backends, routes, got = {}, [], {}
-    for kind in KINDS:
-        name = kind.replace("-", "_")
-        backends[name], got[kind] = backend(kind, tmp, response_timeout=5)
-        routes.append({"path": f"/k/{kind}", "backends": [name]})
-    raw = {"backends": backends, "routes": routes, **POLICY,
-           "limits": {"max_body_bytes": BODY_LIMIT, "max_sse_event_bytes": EVENT_LIMIT}}  # fmt: skip
     try:
-        with GatewayThread(raw) as gt:
-            yield {kind: Route(gt, kind, got[kind]) for kind in KINDS}
+        for kind in kinds:
+            name = kind.replace("-", "_")
+            backends[name], got[kind] = backend(kind, tmp_path, **(backend_kw or {}))
+            if prepare is not None:
+                prepare(kind, backends[name], got[kind])
+            routes.append({"path": f"/k/{kind}", "backends": [name]})
+        with GatewayThread({"backends": backends, "routes": routes, **POLICY, **raw}) as gt:
+            yield {kind: Route(gt, kind, got[kind]) for kind in kinds}
     finally:
         for g in got.values():
             if g.legacy is not None:
                 g.legacy.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """One gateway with a route per kind."""
+    limits = {"max_body_bytes": BODY_LIMIT, "max_sse_event_bytes": EVENT_LIMIT}
+    with gateway(KINDS, tmp_path_factory.mktemp("kinds"), {"response_timeout": 5}, limits=limits) as routes:
+        yield routes
 
 
 @pytest.fixture(params=KINDS)
@@ -455,14 +466,12 @@ def test_one_callers_many_sessions_and_streams_stay_bounded(kind, tmp_path):
     back to them, and its GET streams are held to ``max_streams_per_session`` and
     ``max_streams_per_principal``; another caller is served throughout."""
     budget = {"max_processes": 3} if kind.startswith("stdio") else {"max_streams": 3}
-    cfg, got = backend(kind, tmp_path, response_timeout=5, **budget)
-    name = kind.replace("-", "_")
-    raw = {"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY,
-           "limits": {"max_streams_per_session": 1, "max_streams_per_principal": 2}}  # fmt: skip
+    limits = {"max_streams_per_session": 1, "max_streams_per_principal": 2}
     held: list[socket.socket] = []
-    try:
-        with GatewayThread(raw) as gt:
-            route = Route(gt, kind, got)
+    with gateway([kind], tmp_path, {"response_timeout": 5, **budget}, limits=limits) as routes:
+        route = routes[kind]
+        gt, got = route.gt, route.got
+        try:
             end = route.end
 
             def live() -> int:
@@ -497,11 +506,9 @@ def test_one_callers_many_sessions_and_streams_stay_bounded(kind, tmp_path):
             assert live() <= 3
             calls = [m["params"]["arguments"]["m"] for m in got.calls()]
             assert calls == [f"mallory-{i}" for i in range(8)] + ["alice-1", "mallory-0-again", "alice-2"]
-    finally:
-        for s in held:
-            s.close()
-        if got.legacy is not None:
-            got.legacy.close()
+        finally:
+            for s in held:
+                s.close()
 
 
 def test_a_client_that_leaves_mid_call_leaves_nothing_behind(route, sid):
@@ -830,46 +837,41 @@ def test_a_backends_hostile_request_id_goes_back_to_it_as_one_message(route, sid
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_backends_hostile_protocol_version_is_refused_and_its_session_ended(kind, tmp_path):
     """A backend whose initialize answer names a protocol version with a would-be header
-    in it: the client is told the backend is unavailable (its answer has only the
-    gateway's fields), the half-open backend session does not stay behind (no child of
+    in it: the client is told the backend is unavailable (502, the value not shown, only
+    the gateway's fields), the half-open backend session does not stay behind (no child of
     its own left running, no legacy stream held), and nothing else is sent to it."""
     hostile = "2025-06-18\r\nX-Evil: 1"
-    cfg, got = backend(kind, tmp_path, response_timeout=5)
-    if kind.startswith("stdio"):
-        cfg["args"] = [*cfg["args"], "--init-version", hostile]
-    else:
-        got.legacy.init_version = hostile
-    name = kind.replace("-", "_")
-    try:
-        with GatewayThread({"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY}) as gt:
-            route = Route(gt, kind, got)
-            init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-                "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
-            for _ in range(3):
-                (status, head, body), = roundtrip(gt.port, request("POST", route.path, init))
-                clean_head(head)
-                if status == 200 and "result" in orjson.loads(body):
-                    sid = head.session_id.decode()
-                    status, _, body = route.post(sid, call(1, "echo", {"m": "through-a-refused-backend"}))
-                    assert status != 200 or "error" in orjson.loads(body), body
-            end = route.end
 
-            def held() -> int:
-                if got.legacy is not None:
-                    return gt.call(lambda: len(end.sessions))
-                return gt.call(lambda: len([c for c in end.children if not c.stopping]))
+    def prepare(kind: str, table: dict, got) -> None:
+        if got.legacy is not None:
+            got.legacy.init_version = hostile
+        else:
+            table["args"] = [*table["args"], "--init-version", hostile]
 
-            stays = 1 if kind == "stdio-shared" else 0  # the shared child serves everyone: it stays
-            assert wait_until(lambda: held() == stays), held()
+    with gateway([kind], tmp_path, {"response_timeout": 5}, prepare) as routes:
+        route = routes[kind]
+        gt, got, end = route.gt, route.got, route.end
+        init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+        for _ in range(3):
+            (status, head, body), = roundtrip(gt.port, request("POST", route.path, init))
+            clean_head(head)
+            err = orjson.loads(body)["error"]
+            assert status == 502 and "unusable protocolVersion" in err["message"] and "X-Evil" not in err["message"], body
+
+        def held() -> int:
+            if got.legacy is not None:
+                return gt.call(lambda: len(end.sessions))
+            return gt.call(lambda: len([c for c in end.children if not c.stopping]))
+
+        stays = 1 if kind == "stdio-shared" else 0  # the shared child serves everyone: it stays
+        assert wait_until(lambda: held() == stays), held()
         # Each refused before its notifications/initialized; the shared child started once.
-        shared = ["initialize", "notifications/initialized"]
-        assert [m.get("method") for m in got.messages()] == (shared if kind == "stdio-shared" else ["initialize"] * 3)
+        want = ["initialize", "notifications/initialized"] if kind == "stdio-shared" else ["initialize"] * 3
+        assert wait_until(lambda: [m.get("method") for m in got.messages()] == want), got.messages()
         if got.legacy is not None:
             for method, names in got.field_names():
                 assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
-    finally:
-        if got.legacy is not None:
-            got.legacy.close()
 
 
 # --- configuration: what reaches an exec call or a head is checked at load --------------------
@@ -950,32 +952,27 @@ def test_a_call_past_its_deadline_fails_and_the_request_behind_it_is_served(kind
     backend, the second its answer.  A call reusing the late call's id before the late
     answer came is refused or gets its own answer, never the late one; once the backend
     is free the session serves calls again."""
-    cfg, got = backend(kind, tmp_path, response_timeout=1)
-    name = kind.replace("-", "_")
-    try:
-        with GatewayThread({"backends": {name: cfg}, "routes": [{"path": f"/k/{kind}", "backends": [name]}], **POLICY}) as gt:
-            route = Route(gt, kind, got)
-            sid = route.open()
-            raw = (request("POST", route.path, encode(call(1, "sleep", {"seconds": 1.5})), Route.session(sid))
-                   + request("POST", route.path, encode({"jsonrpc": "2.0", "id": 2, "method": "ping"}), Route.session(sid)))  # fmt: skip
-            first, second = roundtrip(gt.port, raw, 2)
-            late = messages_of(first[1], first[2])[-1]
-            assert first[0] in (200, 504) and late["id"] == 1 and name in late["error"]["message"], late
-            assert second[0] == 200 and messages_of(second[1], second[2]) == [{"jsonrpc": "2.0", "id": 2, "result": {}}]
-            # A child reads one line at a time: its echo is answered after the late call.
-            args = {"m": "reuse", "seconds": 0.5}
-            status, head, data = route.post(sid, call(1, "echo" if kind.startswith("stdio") else "sleep", args))
-            reuse = messages_of(head, data)[-1]
-            assert reuse["id"] == 1 and reuse.get("result") in (None, {"echo": args}), reuse
+    with gateway([kind], tmp_path, {"response_timeout": 1}) as routes:
+        route = routes[kind]
+        gt, name = route.gt, route.name
+        sid = route.open()
+        raw = (request("POST", route.path, encode(call(1, "sleep", {"seconds": 1.5})), Route.session(sid))
+               + request("POST", route.path, encode({"jsonrpc": "2.0", "id": 2, "method": "ping"}), Route.session(sid)))  # fmt: skip
+        first, second = roundtrip(gt.port, raw, 2)
+        late = messages_of(first[1], first[2])[-1]
+        assert first[0] in (200, 504) and late["id"] == 1 and name in late["error"]["message"], late
+        assert second[0] == 200 and messages_of(second[1], second[2]) == [{"jsonrpc": "2.0", "id": 2, "result": {}}]
+        # A child reads one line at a time: its echo is answered after the late call.
+        args = {"m": "reuse", "seconds": 0.5}
+        status, head, data = route.post(sid, call(1, "echo" if kind.startswith("stdio") else "sleep", args))
+        reuse = messages_of(head, data)[-1]
+        assert reuse["id"] == 1 and reuse.get("result") in (None, {"echo": args}), reuse
 
-            def served() -> bool:
-                status, head, data = route.post(sid, call(1, "echo", {"m": "after-deadline"}))  # the late call's id
-                return status == 200 and messages_of(head, data)[-1].get("result") == {"echo": {"m": "after-deadline"}}
+        def served() -> bool:
+            status, head, data = route.post(sid, call(1, "echo", {"m": "after-deadline"}))  # the late call's id
+            return status == 200 and messages_of(head, data)[-1].get("result") == {"echo": {"m": "after-deadline"}}
 
-            assert wait_until(served)
-    finally:
-        if got.legacy is not None:
-            got.legacy.close()
+        assert wait_until(served)
 
 
 def test_the_ids_of_given_up_requests_are_kept_within_a_bound():
