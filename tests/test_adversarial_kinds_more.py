@@ -33,7 +33,6 @@ import contextlib
 import hashlib
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backend_kinds import KINDS, LEGACY_GET_FIELDS, LEGACY_POST_FIELDS, LegacyRecorder, backend
-from gwutil import ROOT, GatewayThread, free_port, wait_port, wait_until
+from gwutil import ROOT, GatewayThread, free_port, stop_process, wait_port, wait_until
 from rawbackend import read_response
 from mcpfast.mux.ids import encode_event_id
 from mcpfast.transport.base import instance_id
@@ -645,12 +644,7 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
         (status, _, metrics), = roundtrip(admin, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert status == 200 and b"mcpfast_requests_total" in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        out, err = stop_process(proc)
         legacy.close()
     assert proc.returncode == 0, err[-3000:]
     from click.testing import CliRunner
