@@ -31,13 +31,13 @@ def _http(gw: Gateway, b: BackendConfig, bm, timeout: float, max_body: int):
 def _stdio(gw: Gateway, b: BackendConfig, bm, timeout: float, max_body: int):
     from .transport.stdio import StdioBackend
 
-    return StdioBackend(b, response_timeout=timeout, max_line=b.max_line_bytes or max_body)
+    return StdioBackend(b, response_timeout=timeout, max_line=b.max_line_bytes or max_body, count_error=gw.metrics.error)
 
 
 def _sse(gw: Gateway, b: BackendConfig, bm, timeout: float, max_body: int):
     from .transport.sse_legacy import SseBackend
 
-    return SseBackend(b, gw.pool_for(b, bm), response_timeout=timeout, max_event=max_body)
+    return SseBackend(b, gw.pool_for(b, bm), response_timeout=timeout, max_event=max_body, count_error=gw.metrics.error)
 
 
 TRANSPORTS = {"http": _http, "stdio": _stdio, "sse": _sse}

@@ -37,7 +37,7 @@ from .observe import log_path
 from .pipeline.cors import build_cors_config
 from .policy.config import build_policy_config
 from .validate import (
-    ConfigError, HeaderName, NonEmpty, Positive, Seconds, SecondsOrZero, Section, Text, as_plain, decode,
+    ConfigError, HeaderName, NonEmpty, NonNegative, Positive, Seconds, SecondsOrZero, Section, Text, as_plain, decode,
     origin_patterns,
 )  # fmt: skip
 from .wire import heads
@@ -361,7 +361,7 @@ class _BackendSection(Section):
 _BACKEND = BackendConfig(name="", url="", host="", port=0, path="")  # the defaults where a table gives none
 
 
-class SseBackendSection(_BackendSection, kw_only=True):
+class _UrlBackendSection(_BackendSection, kw_only=True):
     url: str
     pool_size: Positive = _BACKEND.pool_size
     pool_idle_timeout: Seconds = _BACKEND.pool_idle_timeout
@@ -375,8 +375,14 @@ class SseBackendSection(_BackendSection, kw_only=True):
     client_key: _Path | None = None
 
 
-class HttpBackendSection(SseBackendSection):
+class HttpBackendSection(_UrlBackendSection):
     forward_credentials: bool = _BACKEND.forward_credentials
+
+
+class SseBackendSection(_UrlBackendSection):
+    # A message-level transport: the gateway numbers the answers' events itself.
+    resume_buffer: NonNegative = _BACKEND.resume_buffer
+    poll_after: SecondsOrZero = _BACKEND.poll_after
 
 
 class StdioBackendSection(_BackendSection, kw_only=True):
@@ -392,6 +398,8 @@ class StdioBackendSection(_BackendSection, kw_only=True):
     spawn_rate: Seconds = _BACKEND.spawn_rate
     shutdown_grace: Seconds = _BACKEND.shutdown_grace
     max_line_bytes: Positive | None = None  # None: limits.max_sse_event_bytes
+    resume_buffer: NonNegative = _BACKEND.resume_buffer
+    poll_after: SecondsOrZero = _BACKEND.poll_after
 
 
 _BACKEND_SCHEMAS = {"http": HttpBackendSection, "sse": SseBackendSection, "stdio": StdioBackendSection}
@@ -433,7 +441,7 @@ def _backend(name: str, b: dict) -> BackendConfig:
     return BackendConfig(name=name, host=host, port=port, path=path, tls=tls, **d)
 
 
-def _headers(sec: SseBackendSection, key: str) -> tuple[tuple[str, str], ...]:
+def _headers(sec: _UrlBackendSection, key: str) -> tuple[tuple[str, str], ...]:
     """The fields added to every request to a backend: ``headers`` and ``bearer_token``."""
     for hk, hv in sec.headers.items():
         try:

@@ -141,6 +141,11 @@ class BackendConfig:
     spawn_rate: float = 10.0  # new children per second, at most (bursts up to max_processes)
     shutdown_grace: float = 2.0  # after closing stdin, and again after SIGTERM, before SIGKILL
     max_line_bytes: int | None = None  # one message line from a child; None: limits.max_sse_event_bytes
+    # stdio and sse: answers kept for clients that resume them (bytes over all sessions;
+    # 0: answers are not resumable), and how long an answer's stream stays open before
+    # the client is asked to resume it later (0: until the answer is complete).
+    resume_buffer: int = 8 << 20
+    poll_after: float = 0.0
 
     @property
     def host_header(self) -> bytes:

@@ -9,19 +9,17 @@ client session) and ``shared`` (route ``/shared``, one child for every session).
 module-scoped gateway, one suite run per target (the helpers and the scenario list are
 those of ``tests/conformance.py`` and ``tests/test_conformance.py``).
 
-What cannot hold over stdio is listed in ``STDIO_GAPS`` with the reason, check by check;
-the list is exact both ways (a listed check that starts passing fails the test, so the list
-is kept true), and for each the gateway's own answer is checked against the spec by hand
-(``test_gap_answers_are_the_specs``). They are the SSE-stream checks of SEP-1699: a stdio
-child's messages carry no event ids, and the stdio backend answers a request whose response
-is the child's first message as one ``application/json`` body (it cannot know that nothing
-will come before the response, so it waits for the first line). The spec lets a server
-answer a POST with JSON, and a server that sends no event ids promises no resumption, so
-the suite downgrades those checks to INFO ("SSE streams optional" / "priming event tests
-not applicable") instead of passing them.
+The SSE-stream checks of SEP-1699 (priming event, ``retry:``, closing the stream mid-call
+and resuming with ``Last-Event-ID``, several answer streams at once) hold too: a stdio
+child's messages carry no event ids, so the gateway numbers and records them itself for a
+2025-11-25 client, and the backends here are configured with ``poll_after`` so that a
+call still running after 50 ms has its stream closed and is resumed, which is what the
+suite's ``test_reconnection`` tool asks of a server. ``STDIO_GAPS`` lists what is lost
+with the reason, check by check, and is exact both ways (a listed check that starts
+passing fails the test); it is empty.
 
-Everything else -- the DNS-rebinding checks included, which the gateway answers itself at
-its own HTTP front -- passes through the gateway over stdio as it does directly.
+Everything -- the DNS-rebinding checks included, which the gateway answers itself at its
+own HTTP front -- passes through the gateway over stdio as it does directly.
 
 No suite (no npm, no network): skipped with the installer's reason, or failed when
 ``MCPFAST_REQUIRE_CONFORMANCE=1``. ``MCPFAST_CONFORMANCE_REPORT=path.json`` writes the three
@@ -47,29 +45,8 @@ pytest.importorskip("mcpfast.transport.stdio", reason="stdio backend not merged 
 
 MODES = {"per_session": "/mcp", "shared": "/shared"}
 
-_NO_IDS = (
-    "the stdio backend sends the answer to a POST whose response is the child's first message as "
-    "application/json, and its SSE answers carry no event ids (a child's messages have none, and "
-    "the gateway keeps no replay buffer for them)"
-)
-# "scenario/check-id" -> why it cannot pass over stdio (it passes directly).
-STDIO_GAPS = {
-    "server-sse-polling/server-sse-priming-event": (
-        f"{_NO_IDS}; the suite's test_reconnection call gets its whole result as JSON, so it "
-        "records 'priming event tests not applicable' (INFO) and no verdict"
-    ),
-    "server-sse-polling/server-sse-retry-field": (
-        "as server-sse-priming-event: no SSE stream, so no retry field to read"
-    ),
-    "server-sse-polling/server-sse-disconnect-resume": (
-        "as server-sse-priming-event: the stream is not closed mid-call (a stdio child cannot close "
-        "the client's HTTP stream) and there is no event id to resume from"
-    ),
-    "server-sse-multiple-streams/server-sse-streams-functional": (
-        f"{_NO_IDS}; the three concurrent tools/list answers are all JSON, which the suite "
-        "reports as INFO ('SSE streams optional'); server-accepts-multiple-post-streams still passes"
-    ),
-}
+# "scenario/check-id" -> why it cannot pass over stdio (it passes directly).  None now.
+STDIO_GAPS: dict[str, str] = {}
 
 
 def _stdio_backend(mode: str) -> dict:
@@ -81,6 +58,7 @@ def _stdio_backend(mode: str) -> dict:
         "mode": mode,
         "max_processes": 32,
         "spawn_rate": 50.0,
+        "poll_after": 0.05,
     }
 
 
@@ -187,42 +165,45 @@ def _session(h: httpx.Client, url: str) -> dict:
     return hdrs
 
 
-def _answer(r: httpx.Response, want_id: int) -> dict:
-    """The JSON-RPC response in a POST's answer: the JSON body, or the last SSE event of an
-    event stream -- whose events must then carry no ids (no resumption promised that a
-    later GET could not keep)."""
-    assert r.status_code == 200, r.text
-    ctype = r.headers["content-type"]
-    if ctype.startswith("application/json"):
-        msg = r.json()
-    else:
-        assert ctype.startswith("text/event-stream"), ctype
-        events = [e for e in r.text.split("\n\n") if e.strip()]
-        assert not any(line.startswith("id:") for e in events for line in e.splitlines()), r.text
-        msg = json.loads(events[-1].split("data: ", 1)[1])
-    assert msg["jsonrpc"] == "2.0" and msg["id"] == want_id and "result" in msg, msg
-    return msg["result"]
+def _events(text: str) -> list[tuple[str | None, str | None, str]]:
+    """(id, retry, data) of each event of an event stream body."""
+    out = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        fields = dict(line.split(": ", 1) if ": " in line else (line.rstrip(":"), "") for line in block.splitlines())
+        out.append((fields.get("id"), fields.get("retry"), fields.get("data", "")))
+    return out
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gap_answers_are_the_specs(gateway, mode):
-    """The requests behind the listed gaps, sent as the suite sends them (its stale
-    ``MCP-Protocol-Version: 2025-03-26`` included): each gets its complete, correct
-    answer in a form the spec allows."""
+def test_reconnection_as_the_suite_does_it(gateway, mode):
+    """``test_reconnection`` sent as the suite sends it (its stale ``MCP-Protocol-Version:
+    2025-03-26`` included): a priming event with an id and ``retry:``, the stream closed
+    before the result (``poll_after``), and the result on a ``GET`` with the last id; and
+    three concurrent ``tools/list`` each answered as an event stream."""
     url = gateway.url(MODES[mode])
     with httpx.Client(timeout=30) as h:
         hdrs = {**_session(h, url), "MCP-Protocol-Version": "2025-03-26"}
-        params = {"name": "test_reconnection", "arguments": {}}
-        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
-        result = _answer(h.post(url, json=call, headers=hdrs), 1)
-        assert result["content"][0]["text"].startswith("Reconnection test completed successfully.")
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "test_reconnection", "arguments": {}}}
+        r = h.post(url, json=call, headers=hdrs)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+        events = _events(r.text)
+        assert events[0][0] and events[0][1] == "1000" and events[0][2] == ""
+        assert not any('"result"' in data for _, _, data in events), "the stream should end before the result"
+        r = h.get(url, headers={**hdrs, "Last-Event-ID": events[-1][0]})
+        assert r.status_code == 200, r.text
+        msg = json.loads(_events(r.text)[-1][2])
+        assert msg["id"] == 1 and msg["result"]["content"][0]["text"].startswith("Reconnection test completed successfully.")
 
         def tools_list(i: int) -> dict:
             body = {"jsonrpc": "2.0", "id": 1000 + i, "method": "tools/list", "params": {}}
-            return _answer(h.post(url, json=body, headers=hdrs), 1000 + i)
+            r = h.post(url, json=body, headers=hdrs)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
+            return json.loads(_events(r.text)[-1][2])
 
         with ThreadPoolExecutor(3) as pool:
             lists = list(pool.map(tools_list, range(3)))
-        for got in lists:
-            assert "test_reconnection" in {t["name"] for t in got["tools"]}
+        for i, got in enumerate(lists):
+            assert got["id"] == 1000 + i and "test_reconnection" in {t["name"] for t in got["result"]["tools"]}
         h.delete(url, headers=hdrs)

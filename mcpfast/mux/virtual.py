@@ -50,7 +50,7 @@ from typing import Any
 
 import orjson
 
-from ..wire.core import KIND_NOTIFICATION, KIND_REQUEST
+from ..wire.core import KIND_NOTIFICATION, KIND_REQUEST, encode_sse_event
 from ..wire.heads import HeadError, is_field_value, is_visible
 from ..wire.rpcerrors import INTERNAL_ERROR as _INTERNAL
 from ..wire.rpcerrors import INVALID_PARAMS, INVALID_REQUEST, SERVER_ERROR, jsonrpc_error_body, status_reason
@@ -116,6 +116,10 @@ _STALE_LISTS = {
     "completion/complete": ("prompts/list", "resources/templates/list"),
 }
 _MAX_RESESSIONS = 4096
+# A message-level backend's answers are resumable for clients of this version on.
+_RESUMABLE_FROM = "2025-11-25"
+_EVENT_STREAM = b"text/event-stream"
+_MESSAGE = b"message"
 # GET stream legs (_Merge): reconnection delay without and with the backend's ``retry:``
 # (seconds), and reconnections in a row without a message before a leg is given up.
 _LEG_RETRY_DEFAULT = 0.5
@@ -635,8 +639,11 @@ class VirtualRoute:
         if not ex.t_sent:  # from here the time is the backend's (a retry keeps the first send)
             ex.t_sent = now
         if link is None:  # a message-level backend (stdio, legacy SSE)
+            # Its messages carry no event ids: the backend numbers them, and keeps them
+            # for a resumption, for a client that can resume (2025-11-25 on, and willing
+            # to take an event stream).
             try:
-                call = self.ends[action.backend].send(bs, body, relay, ex.conn.write_paused, now)
+                call = self.ends[action.backend].send(bs, body, relay, ex.conn.write_paused, now, _streams(ex, state))
             except SessionLost:
                 if _alive(ex):
                     ex.respond_error(404, _SESSION_NOT_FOUND, "Session not found")
@@ -652,9 +659,13 @@ class VirtualRoute:
 
     def _backend_failed(self, ex, env, b: str, err) -> None:
         self.down[b] = time.monotonic()
+        self.gw.metrics.error(getattr(err, "kind", "upstream_error"))
         if not _alive(ex):
             return
-        msg = f"backend {b} unavailable: {err}"
+        text = str(err)
+        own = f"backend {b}: "
+        # A message-level backend's errors begin with its name already: said once.
+        msg = f"backend {b} unavailable: {text[len(own):] if text.startswith(own) else text}"
         if self.fail_open and env.kind == KIND_REQUEST:
             ex.respond(200, jsonrpc_error_body(_INTERNAL, msg, env.id))
         else:
@@ -710,7 +721,7 @@ class VirtualRoute:
     async def _list(self, ex, env, state: SessionState, token: str) -> None:
         body = await self.list_answer(ex, env, state, token, ex.lfilter is not None)
         if _alive(ex):
-            ex.respond(200, body)
+            _respond_as_client_prefers(ex, state, body)
 
     async def list_answer(self, ex, env, state: SessionState, token: str, filtered: bool) -> bytes:
         """The answer to one list request: a merged page, or a JSON-RPC error.  Raises
@@ -757,7 +768,7 @@ class VirtualRoute:
             if page is None:
                 return False
             pages.append(page)
-        ex.respond(200, self._list_body(ex, env, pages, ex.lfilter is not None))
+        _respond_as_client_prefers(ex, state, self._list_body(ex, env, pages, ex.lfilter is not None))
         return True
 
     def _list_body(self, ex, env, pages: list[BackendPage], filtered: bool) -> bytes:
@@ -930,6 +941,25 @@ class VirtualRoute:
             ex.respond_error(405, INVALID_REQUEST, "no backend offers a server-to-client stream", headers=_ALLOW)
             return
         _Merge(self, ex, state, token, targets, MergedStreamIds(kind, resume)).start()
+
+
+def _streams(ex, state: SessionState) -> bool:
+    """Does this client take its answers as event streams it can resume: a client of
+    2025-11-25 or later that accepts ``text/event-stream``?  A message-level backend's
+    answers to it are resumable (numbered and recorded by the backend), and the lists
+    the gateway answers itself are one-event streams, as a Streamable HTTP server that
+    streams its answers gives them."""
+    accept = ex.head.accept
+    return accept is not None and (state.protocol_version or "") >= _RESUMABLE_FROM and _EVENT_STREAM in accept.lower()
+
+
+def _respond_as_client_prefers(ex, state: SessionState, body: bytes) -> None:
+    """A whole answer of the gateway's own to a request: an event stream of one message
+    for a client that takes streams (``_streams``), else JSON."""
+    if _streams(ex, state):
+        ex.respond(200, encode_sse_event(body, event=_MESSAGE), content_type=_EVENT_STREAM)
+    else:
+        ex.respond(200, body)
 
 
 class _Relay(CallHandler):

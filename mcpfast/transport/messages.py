@@ -18,7 +18,22 @@ and ``MessageCall`` turns them into that shape, the same way for every such tran
   came from).
 
 A transport subclasses it for what is its own: how it is paused, what ``_first`` stops
-waiting for (a timer), and what ``_release`` leaves (its in-flight tables).
+waiting for (a timer), what ``_release`` leaves (its in-flight tables) and what
+``_orphan`` keeps when the client goes but the answer is still recorded.
+
+Resumable answers.  A message-level backend's messages carry no event ids, so the gateway
+numbers them itself when the client can resume (``send(..., resumable=True)``: a client
+of 2025-11-25 or later that accepts an event stream).  Such an answer is an event stream
+from the start: a priming event (an id, ``retry:``, empty data) goes out at once, then
+every message with an id, recorded in the backend's ``Replay``.  The call no longer
+ends with its client: a client that loses its connection -- or is sent away by
+``poll_after``, which closes a long answer's stream so that no connection is held while a
+tool works -- comes back with ``GET`` and ``Last-Event-ID``; ``listen`` with that
+position replays what the client missed from the record and then follows it to the
+response.  A backend failure after the priming event ends the record with a JSON-RPC
+error for the request, so a client always gets an answer to resume.  Records are bounded
+in bytes per backend (oldest first out) and kept ``_KEEP`` seconds after their response;
+an id names its session, so one client session can never read another's record.
 
 A request given up while its backend may still answer it (timed out, or its client left)
 keeps its id taken in a table of its own (``keep_late``): a later request reusing the id
@@ -30,13 +45,19 @@ answers what it was sent does not wedge the session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import OrderedDict
 
-from .base import Message, answer_head
+import orjson
+
+from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
+from .base import Message, answer_head, instance_id
 from .http_mcp import Call, CallHandler
 from .pool import UpstreamError
 
-__all__ = ["MAX_LATE_IDS", "MessageCall", "keep_late"]
+__all__ = ["AnswerRecord", "MAX_LATE_IDS", "MessageCall", "Replay", "RETRY_MS", "keep_late"]
 
 log = logging.getLogger("mcpfast.transport")
 
@@ -51,18 +72,151 @@ def keep_late(table: dict, key) -> None:
     if len(table) > MAX_LATE_IDS:
         del table[next(iter(table))]  # the oldest: its answer most likely never comes
 
+#: The ``retry:`` of a priming event: how long a client waits before it resumes (ms).
+RETRY_MS = 1000
+_KEEP = 30.0  # seconds an answer stays resumable after its response
+_EVENT_COST = 64  # bytes counted per recorded message besides its data
+_RECORD_COST = 256  # and per record
+
+
+class AnswerRecord:
+    """The messages of one resumable answer so far, numbered from 1 (the priming event
+    is 0).  ``reader``: the resumed stream following it now, if any."""
+
+    __slots__ = ("key", "sid", "rid", "events", "first", "size", "finished", "ended_at", "reader", "replay", "kept")
+
+    def __init__(self, replay: "Replay", key: bytes, sid, rid: bytes | None) -> None:
+        self.replay = replay
+        self.key = key  # b"<instance>.<n>": the ids are key + b"." + index
+        self.sid = sid  # the backend session it belongs to
+        self.rid = rid  # the request's id as the client wrote it (JSON)
+        self.events: list[Message] = []
+        self.first = 1  # the index of events[0] (older ones were dropped for room)
+        self.size = _RECORD_COST
+        self.finished = False
+        self.ended_at = 0.0
+        self.reader: MessageCall | None = None
+        self.kept = True  # still in the replay's table (and its byte count)
+
+    def event_id(self, index: int) -> bytes:
+        return b"%s.%d" % (self.key, index)
+
+    def priming(self) -> Message:
+        m = Message(b"")
+        m.id = self.event_id(0)
+        m.retry = RETRY_MS
+        return m
+
+    def append(self, data: bytes, final: bool) -> Message | None:
+        """Record one message (``final``: the response); None once finished."""
+        if self.finished:
+            return None
+        m = Message(data)
+        m.id = self.event_id(self.first + len(self.events))
+        self.events.append(m)
+        if final:
+            self.finished = True
+            self.ended_at = time.monotonic()
+        if self.kept:
+            self.replay.grew(self, len(data) + _EVENT_COST)
+        r = self.reader
+        if r is not None:
+            if r.done:
+                self.reader = None
+            else:
+                r.follow(m, final)
+        return m
+
+    def error_body(self, err: UpstreamError) -> bytes:
+        rid = orjson.loads(self.rid) if self.rid is not None else None
+        return jsonrpc_error_body(INTERNAL_ERROR, str(err), rid)
+
+
+class Replay:
+    """The resumable answers of one backend, over all its sessions: at most ``budget``
+    bytes, the oldest dropped first; a finished one is dropped ``_KEEP`` s after its
+    response."""
+
+    __slots__ = ("budget", "records", "size", "count", "count_error")
+
+    def __init__(self, budget: int, count_error=None) -> None:
+        self.budget = budget
+        # Counts a failure that ends a recorded answer (the route never sees it as one).
+        self.count_error = count_error
+        self.records: OrderedDict[bytes, AnswerRecord] = OrderedDict()
+        self.size = 0
+        self.count = 0
+
+    def open(self, sid, rid: bytes | None) -> AnswerRecord:
+        self._expire()
+        self.count += 1
+        rec = AnswerRecord(self, b"%s.%d" % (instance_id().encode(), self.count), sid, rid)
+        self.records[rec.key] = rec
+        self.size += rec.size
+        self._shrink()
+        return rec
+
+    def grew(self, rec: AnswerRecord, n: int) -> None:
+        """``rec`` took ``n`` more bytes."""
+        self.size += n
+        rec.size += n
+        # One answer may not take more than a quarter: its oldest messages go first.
+        while rec.size > self.budget // 4 and len(rec.events) > 1:
+            old = rec.events.pop(0)
+            rec.first += 1
+            cost = len(old.data) + _EVENT_COST
+            rec.size -= cost
+            self.size -= cost
+        self._shrink()
+
+    def _shrink(self) -> None:
+        while self.size > self.budget and self.records:
+            self._drop(next(iter(self.records.values())))
+
+    def _drop(self, rec: AnswerRecord) -> None:
+        del self.records[rec.key]
+        rec.kept = False
+        self.size -= rec.size
+
+    def _expire(self) -> None:
+        limit = time.monotonic() - _KEEP
+        while self.records:
+            rec = next(iter(self.records.values()))
+            if not rec.finished or rec.ended_at > limit:
+                return
+            self._drop(rec)
+
+    def find(self, sid, position) -> tuple[AnswerRecord, int] | None:
+        """The record and index a client's ``Last-Event-ID`` names in session ``sid``,
+        or None (not one of ours, another session's, or gone)."""
+        key, _, index = bytes(position).rpartition(b".")
+        rec = self.records.get(key)
+        if rec is None or rec.sid != sid or not index.isdigit() or len(index) > 12:
+            return None
+        k = int(index)
+        if k < rec.first - 1 or k >= rec.first + len(rec.events):
+            return None  # dropped for room, or not sent yet
+        return rec, k
+
+    def forget(self, sid) -> None:
+        """Session ``sid`` ended: its records go."""
+        for rec in [r for r in self.records.values() if r.sid == sid]:
+            self._drop(rec)
+
 
 class MessageCall(Call):
     """One answer of a message-level backend, delivered to ``handler`` as an HTTP
     answer is (the compiled handlers take a ``Call``)."""
 
-    __slots__ = ("backend_name",)
+    __slots__ = ("backend_name", "record", "poll")
 
     def __init__(self, handler: CallHandler, backend_name: str) -> None:
         # The base initializer prepares an HTTP exchange: nothing of it applies here.
         # Every attribute a handler or the base class reads is set.
         self.handler = handler
         self.backend_name = backend_name
+        self.record: AnswerRecord | None = None  # a resumable answer's (or the one a resumed stream follows)
+        self.poll: asyncio.TimerHandle | None = None  # poll_after
         self.link = None
         self.data = None
         self.conn = None
@@ -91,6 +245,10 @@ class MessageCall(Call):
     def _release(self) -> None:
         """Nothing more will be delivered: timers off, tables left."""
 
+    def _orphan(self) -> None:
+        """The client is gone but the answer is still recorded: what only served the
+        client (a pause held for it) goes; the tables and the deadline stay."""
+
     def start(self, now: float = 0.0) -> "MessageCall":
         return self  # the work began when the backend made the call
 
@@ -115,17 +273,118 @@ class MessageCall(Call):
 
     def deliver(self, data: bytes, final: bool) -> None:
         """One message of the answer (``final``: its response)."""
-        if self.done:
+        rec = self.record
+        if rec is not None and not self.listen:
+            msg = rec.append(data, final)
+            if msg is None:
+                return
+            if rec.first == 1 and len(rec.events) == 1:
+                self._first()  # the backend's first message (the priming one was ours)
+            if self.done:
+                if final:
+                    self._release()  # an orphan's answer is complete
+                return
+        elif self.done:
             return
+        else:
+            msg = None
         if self.head is None:
             self._first()
-            if final and not self.listen:
+            if final and not self.listen and rec is None:
                 self.answer(200, data)  # the response came first: a JSON answer
                 return
             if not self.begin_stream():
                 return
-        if self._guard(self.handler.on_event, Message(data)) and final:
+        if self._guard(self.handler.on_event, msg if msg is not None else Message(data)) and final:
             self.end()
+
+    # --- resumable answers ------------------------------------------------------------------
+    def resumable(self, replay: Replay, sid, rid: bytes | None, poll_after: float) -> None:
+        """Make this routed request's answer resumable (see the module docstring): the
+        priming event goes out from the loop, right after ``send`` returns."""
+        self.record = replay.open(sid, rid)
+        asyncio.get_running_loop().call_soon(self._prime, poll_after)
+
+    def _prime(self, poll_after: float) -> None:
+        if self.done or self.head is not None:
+            return  # answered already (a refusal), or the client left
+        if not self.begin_stream():
+            return
+        if self._guard(self.handler.on_event, self.record.priming()):
+            self.queued = True
+            self._arm_poll(poll_after)
+            self.flush()
+
+    def _arm_poll(self, poll_after: float) -> None:
+        if poll_after > 0 and not self.done:
+            self.poll = asyncio.get_running_loop().call_later(poll_after, self._poll_now)
+
+    def _poll_now(self) -> None:
+        """``poll_after`` passed: the client's stream ends here, the answer goes on being
+        recorded, and the client resumes it with ``Last-Event-ID``."""
+        self.poll = None
+        if self.done:
+            return
+        self.done = True
+        self._orphan()
+        self._guard(self.handler.on_end, None)
+
+    def taking(self) -> bool:
+        """Does the answer still take messages: for its client, or recorded for a
+        client that will resume it?"""
+        if not self.done:
+            return True
+        rec = self.record
+        return rec is not None and not self.listen and not rec.finished
+
+    def orphaned(self) -> bool:
+        """The client left (``detach``): True when the answer is still recorded for it to
+        resume, so the call keeps its place; False when it is simply dropped."""
+        self._stop_poll()
+        rec = self.record
+        if rec is None or self.listen or rec.finished or not rec.kept:
+            return False
+        self._orphan()
+        return True
+
+    def _stop_poll(self) -> None:
+        p = self.poll
+        if p is not None:
+            self.poll = None
+            p.cancel()
+
+    def replay_from(self, rec: AnswerRecord, index: int) -> None:
+        """A resumed stream (a ``listen`` call): what the client missed after ``index``,
+        then the record as it grows, to its response (not cut by ``poll_after``: the
+        client came back for the rest, and a stream it would have to resume again
+        with nothing new would only cost it a round trip)."""
+        if self.done:
+            return
+        if not self.begin_stream():
+            return
+        for m in rec.events[index + 1 - rec.first :]:
+            if not self._guard(self.handler.on_event, m):
+                return
+        self.queued = True
+        if rec.finished:
+            self.end()
+        else:
+            old = rec.reader
+            if old is not None and old is not self:
+                old.end()  # a newer resumption takes over
+                old.flush()
+            rec.reader = self
+            self.record = rec
+        self.flush()
+
+    def follow(self, m: Message, final: bool) -> None:
+        """One message of the record this resumed stream follows."""
+        if self._guard(self.handler.on_event, m):
+            if final:
+                self.end()
+            else:
+                self.queued = True
+        self.flush()
 
     def begin_stream(self) -> bool:
         """Start an event stream answer (or a listen stream); False when the handler
@@ -156,13 +415,43 @@ class MessageCall(Call):
 
     def _finish(self, body) -> None:
         self.done = True
+        self._stop_poll()
+        self._close_record()
         self._release()
         self._guard(self.handler.on_end, body)
 
+    def _close_record(self) -> None:
+        """No more messages: a resumed stream stops following its record; a record
+        that got no response (a refusal, a cancellation) is complete as it is."""
+        rec = self.record
+        if rec is None:
+            return
+        if self.listen:
+            if rec.reader is self:
+                rec.reader = None
+        elif not rec.finished:
+            rec.finished = True
+            rec.ended_at = time.monotonic()
+            r = rec.reader
+            if r is not None:
+                rec.reader = None
+                r.end()
+                r.flush()
+
     def fail(self, err: UpstreamError) -> None:
+        rec = self.record
+        if rec is not None and not self.listen and not rec.finished and (self.head is not None or self.done):
+            # The client has the priming event (or left after it): the answer ends with
+            # an error for its request, recorded like any other message.
+            if rec.replay.count_error is not None:
+                rec.replay.count_error(err.kind)
+            self.deliver(rec.error_body(err), True)
+            return
         if self.done:
             return
         self.done = True
+        self._stop_poll()
+        self._close_record()
         self._release()
         try:
             self.handler.on_error(self, err)

@@ -59,7 +59,7 @@ from urllib.parse import urljoin, urlsplit
 from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
 from ..wire.heads import HeadError, is_visible, origin_target, request_head
 from .http_mcp import BackendLink, Call, CallHandler, Reply, _Collect, collected
-from .messages import MessageCall, keep_late
+from .messages import MessageCall, Replay, keep_late
 from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
 from .pool import UpstreamError, UpstreamPool
 from .base import SessionLost, instance_id
@@ -152,11 +152,13 @@ class SseCall(MessageCall):
 
     def detach(self) -> None:
         """The client left: nothing more is delivered; later messages for this call are
-        dropped."""
-        if not self.done:
-            self.late = self.role == _ROUTED
+        dropped, or recorded when its answer is resumable."""
+        if self.done:
+            return
         self.done = True
-        self._forget()
+        if not self.orphaned():
+            self.late = self.role == _ROUTED
+            self._forget()
 
     # --- MessageCall hooks ------------------------------------------------------------
     def _first(self) -> None:
@@ -164,6 +166,11 @@ class SseCall(MessageCall):
 
     def _release(self) -> None:
         self._forget()
+
+    def _orphan(self) -> None:
+        s = self.sess
+        if s is not None and self in s.paused:
+            s.resume(self)
 
     # --- its own -------------------------------------------------------------------------
     def _arm(self, now: float = 0.0) -> None:
@@ -194,7 +201,7 @@ class SseCall(MessageCall):
     def _timed_out(self) -> None:  # the link's sweep or our own timer
         self.timer = None
         self.watched = False
-        if self.done:
+        if self.done and self.record is None:
             return
         what = "answer" if self.whole else "first message"
         self.late = self.role == _ROUTED
@@ -459,6 +466,7 @@ class SseBackend:
         response_timeout: float,
         max_event: int,
         max_inflight: int = 1024,
+        count_error=None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -474,6 +482,7 @@ class SseBackend:
         self.retry_at = 0.0
         self.last_failure = ""
         self.closed = False
+        self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
 
     # --- sessions ---------------------------------------------------------------------
     def _sessions(self) -> dict[str, _Session]:
@@ -621,11 +630,12 @@ class SseBackend:
             renv = scan_jsonrpc(message)
         return 200, message, renv
 
-    def send(self, bs, body: bytes, handler: CallHandler, paused: bool = False, now: float = 0.0) -> SseCall:
+    def send(self, bs, body: bytes, handler: CallHandler, paused: bool = False, now: float = 0.0, resumable: bool = False) -> SseCall:
         """A client's routed message in backend session ``bs``; its answer goes to
         ``handler`` (see the module docstring).  ``paused``: the client is not reading
         yet (the stream is not read until it resumes); ``now``: the monotonic time if
-        the caller just read it.  Raises ``SessionLost``."""
+        the caller just read it; ``resumable``: a request's answer is a resumable event
+        stream (``transport/messages.py``).  Raises ``SessionLost``."""
         s = self._lookup(bs.session_id)
         loop = self.pool._loop or asyncio.get_running_loop()
         try:
@@ -658,6 +668,8 @@ class SseBackend:
                 return call
             s.add(call, key, env.progress_token, True)
             call._arm(now)
+            if resumable and self.replay is not None:
+                call.resumable(self.replay, bs.session_id, body[env.id_span[0] : env.id_span[1]], self.cfg.poll_after)
         else:
             call.sess = s
             if env.kind == KIND_NOTIFICATION and env.method == _CANCELLED and env.request_id is not None:
@@ -670,13 +682,21 @@ class SseBackend:
         return call
 
     def listen(self, bs, handler: CallHandler, position: bytes | None = None, paused: bool = False) -> SseCall:
-        """The server→client stream of session ``bs`` (``position`` is ignored: legacy
-        streams cannot be resumed; ``paused``: as for ``send``).  A newer ``listen`` of
-        the session ends an older one."""
+        """The server→client stream of session ``bs``, or with ``position`` (an event id
+        of a resumable answer of this session) the rest of that answer.  Any other
+        position is answered 400: a legacy stream cannot be resumed.  ``paused``: as
+        for ``send``.  A newer ``listen`` of the session ends an older one."""
         s = self._lookup(bs.session_id)
         call = SseCall(self, handler, _LISTEN)
         call.paused = paused
         loop = self.pool._loop or asyncio.get_running_loop()
+        if position is not None:
+            found = self.replay.find(bs.session_id, position) if self.replay is not None else None
+            if found is None:
+                loop.call_soon(_later_answer, call, 400, None)
+            else:
+                loop.call_soon(call.replay_from, found[0], found[1])
+            return call
         if s is None:
             loop.call_soon(_later_answer, call, 404, None)
             return call
@@ -694,6 +714,8 @@ class SseBackend:
     async def end(self, session_id: str | None, version: str | None = None) -> None:
         """End a session: close its stream.  An id of another process or one already gone
         is a no-op."""
+        if self.replay is not None and session_id is not None:
+            self.replay.forget(session_id)
         try:
             s = self._lookup(session_id)
         except SessionLost:

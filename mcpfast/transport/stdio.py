@@ -75,7 +75,7 @@ from ..wire.errors import INVALID_REQUEST
 from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
 from .base import SessionLost, instance_id
 from .http_mcp import CallHandler, Reply, _Collect, collected
-from .messages import MessageCall, keep_late
+from .messages import MessageCall, Replay, keep_late
 from .pool import UpstreamError
 
 __all__ = ["SHARED", "StdioBackend", "StdioCall", "instance_id", "one_line"]
@@ -190,6 +190,8 @@ class StdioCall(MessageCall):
         if self.done:
             return
         self.done = True
+        if self.orphaned():
+            return  # a resumable answer goes on being recorded
         self._settle()
         if self.listen:
             self.backend._unlisten(self)
@@ -209,6 +211,10 @@ class StdioCall(MessageCall):
         self._unregister()
         if self.child is not None:
             self.child.last_used = time.monotonic()
+
+    def _orphan(self) -> None:
+        if self.holds_pause:
+            self.resume_reading()
 
     def flush(self) -> None:
         MessageCall.flush(self)
@@ -237,7 +243,7 @@ class StdioCall(MessageCall):
 
     def _timed_out(self) -> None:
         self.timer = None
-        if self.done:
+        if self.done and self.record is None:
             return
         t = self.backend.response_timeout
         # A shared child's wire ids are the gateway's, never reused: nothing to keep.
@@ -337,7 +343,7 @@ class _Child(asyncio.SubprocessProtocol):
     def working(self) -> bool:
         """A call of its is in flight."""
         for call in self.inflight.values():
-            if not call.done:
+            if call.taking():
                 return True
         return False
 
@@ -346,7 +352,7 @@ class _Child(asyncio.SubprocessProtocol):
         return bool(self.listeners) or self.working()
 
     def live_calls(self) -> list[StdioCall]:
-        return [c for c in self.inflight.values() if not c.done]
+        return [c for c in self.inflight.values() if c.taking()]
 
     def pause(self) -> None:
         self.pauses += 1
@@ -441,7 +447,7 @@ class StdioBackend:
 
     kind = "stdio"
 
-    def __init__(self, cfg, *, response_timeout: float, max_line: int) -> None:
+    def __init__(self, cfg, *, response_timeout: float, max_line: int, count_error=None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.response_timeout = response_timeout
@@ -456,6 +462,7 @@ class StdioBackend:
         self.starting: asyncio.Task | None = None  # shared: the start under way
         self.init_body: bytes | None = None  # shared: the first initialize seen
         self.listeners: list[StdioCall] = []  # shared: every session's listen stream
+        self.replay = Replay(cfg.resume_buffer, count_error) if cfg.resume_buffer else None
         self.serial = 0
         self.bucket = float(cfg.max_processes)
         self.bucket_at = time.monotonic()
@@ -530,10 +537,12 @@ class StdioBackend:
         reply.session_id = sid
         return reply
 
-    def send(self, bs, body, handler: CallHandler, paused: bool = False, now: float = 0.0) -> StdioCall:
+    def send(self, bs, body, handler: CallHandler, paused: bool = False, now: float = 0.0, resumable: bool = False) -> StdioCall:
         """Send a client's message in backend session ``bs``; the answer goes to
         ``handler`` (``paused``: the client is not reading yet; ``now`` is not needed
-        here).  Raises ``SessionLost`` for a session of another gateway process."""
+        here; ``resumable``: a request's answer is a resumable event stream, see
+        ``transport/messages.py``).  Raises ``SessionLost`` for a session of another
+        gateway process."""
         self._check_fork()
         call = StdioCall(self, handler, bs)
         if type(body) is not bytes:
@@ -552,7 +561,7 @@ class StdioBackend:
                 return call
             child = self.shared_child
             if child is None or not child.ready or child.gone or child.stopping:
-                self._task(self._send_later(call, body, env, bs))
+                self._task(self._send_later(call, body, env, bs, resumable))
                 return call
         else:
             child = self._lookup(bs.session_id)
@@ -560,16 +569,33 @@ class StdioBackend:
                 self._later(call.answer, 404)
                 return call
         self._route(call, child, body, env, False)
+        if resumable:
+            self._resumable(call, body, env)
         if paused:
             call.pause_reading()
         return call
 
+    def _resumable(self, call: StdioCall, body: bytes, env) -> None:
+        """A request just written: its answer becomes resumable."""
+        if self.replay is not None and call.key is not None and not call.done:
+            s, e = env.id_span
+            call.resumable(self.replay, call.sid, body[s:e], self.cfg.poll_after)
+
     def listen(self, bs, handler: CallHandler, position=None, paused: bool = False) -> StdioCall:
-        """The session's stream of messages not tied to a request.  ``position`` is
-        unused: a child's messages carry no event ids, a lost one is not replayed."""
+        """The session's stream of messages not tied to a request, or with ``position``
+        (an event id of a resumable answer of this session) the rest of that answer.
+        Any other position is answered 400: the messages of a listen stream carry no
+        ids, so nothing else can be resumed."""
         self._check_fork()
         call = StdioCall(self, handler, bs)
         call.listen = True
+        if position is not None:
+            found = self.replay.find(bs.session_id, position) if self.replay is not None else None
+            if found is None:
+                self._later(call.answer, 400)  # gone (kept _KEEP s), or never this session's
+            else:
+                self._later(call.replay_from, found[0], found[1])
+            return call
         if self.shared:
             if not _is_shared(bs.session_id):
                 self._later(call.answer, 404)
@@ -590,6 +616,8 @@ class StdioBackend:
     async def end(self, session_id: str | None, version: str | None = None) -> None:
         """End a session: its child is stopped (a shared child stays for the others)."""
         self._check_fork()
+        if self.replay is not None and session_id is not None:
+            self.replay.forget(session_id)
         if self.shared or session_id is None:
             return
         try:
@@ -704,7 +732,7 @@ class StdioBackend:
         child.ready = True
         return child
 
-    async def _send_later(self, call: StdioCall, body: bytes, env, bs) -> None:
+    async def _send_later(self, call: StdioCall, body: bytes, env, bs, resumable: bool) -> None:
         try:
             child = await self._shared_ready(None, getattr(bs, "protocol_version", None))
         except UpstreamError as err:
@@ -716,6 +744,8 @@ class StdioBackend:
             return
         if not call.done:
             self._route(call, child, body, env, False)
+            if resumable:
+                self._resumable(call, body, env)
 
     def _open_stream(self, call: StdioCall) -> None:
         if call.done:
@@ -892,7 +922,7 @@ class StdioBackend:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return None, line
         call = child.tokens.get(_json_key(token))
-        if call is None or call.done:
+        if call is None or not call.taking():
             return None, line
         if call.orig_token is not None:
             msg["params"]["progressToken"] = orjson.loads(call.orig_token)
