@@ -115,6 +115,9 @@ def call(rid, name: str, args: dict) -> dict:
     return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": args}}
 
 
+_VERSIONS: dict[str, str] = {}  # session id -> the protocol version it speaks
+
+
 class Route:
     """One kind's route on the gateway, with what its backend received."""
 
@@ -134,13 +137,16 @@ class Route:
     def end(self):
         return self.gt.gw.backends[self.name]
 
-    def open(self, who: str = "mallory") -> str:
+    def open(self, who: str = "mallory", version: str = VERSION) -> str:
+        """A new session of ``who`` speaking ``version`` (2025-11-25: resumable answers)."""
         init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+            "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
         (status, head, body), = roundtrip(self.port, request("POST", self.path, init, who=who))
         assert status == 200, body
         clean_head(head)
+        assert orjson.loads(body)["result"]["protocolVersion"] == version
         sid = head.session_id.decode()
+        _VERSIONS[sid] = version
         note = b'{"jsonrpc":"2.0","method":"notifications/initialized"}'
         (status, _, _), = roundtrip(self.port, request("POST", self.path, note, self.session(sid), who))
         assert status == 202
@@ -148,7 +154,7 @@ class Route:
 
     @staticmethod
     def session(sid: str) -> list:
-        return [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", VERSION)]
+        return [("Mcp-Session-Id", sid), ("MCP-Protocol-Version", _VERSIONS.get(sid, VERSION))]
 
     def post(self, sid: str, msg, fields=(), who: str = "mallory") -> tuple:
         body = msg if isinstance(msg, bytes) else encode(msg)
@@ -227,11 +233,14 @@ HOSTILE_IDS = ["7\r\nX-Evil: 1", "", "i" * 5000, 2**70, -(2**63), 0, "\u2028", N
 NOT_IDS = [1.5, True, [1], {"id": 1}]  # JSON-RPC: a string, a number without fraction, null
 
 
-def test_hostile_json_values_arrive_as_the_one_message_sent(route, sid):
+@pytest.mark.parametrize("version", [VERSION, "2025-11-25"], ids=["json", "resumable"])
+def test_hostile_json_values_arrive_as_the_one_message_sent(route, version):
     """Arguments, tool names and ids full of line breaks and control characters, and
     bodies with raw CR and LF between their tokens: the backend gets each call once, as
     exactly one JSON object (one line on a child's stdin, one POST body) equal to what
-    the client sent, and the client gets its own answer back under its own id."""
+    the client sent, and the client gets its own answer back under its own id (as JSON,
+    or as a resumable event stream)."""
+    sid = route.open(version=version)
     since = route.got.mark()
     sent = []
     rid = 100
@@ -331,13 +340,16 @@ def test_hostile_last_event_id_is_refused_before_any_backend(route, sid):
 # --- heads: what a backend says --------------------------------------------------------------
 
 
-def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
+@pytest.mark.parametrize("version", [VERSION, "2025-11-25"], ids=["json", "resumable"])
+def test_a_backends_hostile_output_never_becomes_a_client_field(route, version):
     """Before its answer the backend says: a line that is not JSON (escape sequence,
     NUL), a message with invalid UTF-8, a response to the caller's id with a would-be
     header appended, the caller's id as a string, as a fraction, and followed by
     another id, a response to an id nobody asked, a notification with CR and LF
     in its strings (and for a child, raw CR between its tokens).  The client's answer has
-    only the gateway's fields, and the response to its id is the backend's real one."""
+    only the gateway's fields, and the response to its id is the backend's real one --
+    also as a resumable (2025-11-25) answer, every event of it numbered."""
+    sid = route.open(version=version)
     rid = 4242
     lines = [
         "not json \x1b[2J\x00 at all",
@@ -362,6 +374,16 @@ def test_a_backends_hostile_output_never_becomes_a_client_field(route, sid):
     # The well-formed notifications reach the client intact, hostile strings and all.
     notes = [m["params"]["data"] for m in msgs if m.get("method") == "notifications/message"]
     assert notes == ["a\r\nX-Evil: note\r\n\r\n"] + (["raw cr"] if route.got.legacy is None else []), notes
+    if version != VERSION:
+        # Resumable: a priming event, then every message numbered; resuming from the
+        # priming event replays the same messages from the record, as cleanly.
+        p = SSEParser()
+        events = [ev for ev in p.feed(data) + p.feed(b"\n\n") if ev.id is not None or ev.data]
+        assert events[0].id and not events[0].data and all(ev.id for ev in events)
+        (status, head, again), = roundtrip(route.port, request("GET", route.path, fields=[*Route.session(sid),
+                                                                                       ("Last-Event-ID", events[0].id)]))  # fmt: skip
+        clean_head(head)
+        assert status == 200 and messages_of(head, again) == msgs
     route.echo(sid, "after-hostile-output")
 
 
