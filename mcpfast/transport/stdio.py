@@ -193,6 +193,9 @@ class StdioCall(MessageCall):
         if self.orphaned():
             return  # a resumable answer goes on being recorded
         self._settle()
+        # Its id stays taken (per_session) until the child's answer comes and is dropped.
+        self.late = not self.backend.shared
+        self._unregister()
         if self.listen:
             self.backend._unlisten(self)
 
