@@ -337,6 +337,126 @@ def test_hostile_last_event_id_is_refused_before_any_backend(route, sid):
     assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-lei"]
 
 
+def test_a_hostile_initialize_reaches_the_backend_as_one_clean_initialize(route):
+    """An initialize with a would-be header in its protocol version, line breaks in its
+    capability names and client info: the backend's own initialize is one message with a
+    version the gateway speaks, the client info as sent, and no capability it invented."""
+    since = route.got.mark()
+    info = {"name": "t\r\nX-Evil: 2\n", "version": "1\x00\u2028"}
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18\r\nX-Evil: 1", "capabilities": {"x\r\nX-Evil: 3": {}, "sampling": {}},
+        "clientInfo": info}}  # fmt: skip
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
+    assert status == 200, body
+    clean_head(head)
+    version = orjson.loads(body)["result"]["protocolVersion"]
+    sid = head.session_id.decode()
+    route.sentinel(sid, since, "after-hostile-initialize")
+    inits = [m for m in route.got.messages()[since:] if m.get("method") == "initialize"]
+    if route.kind == "stdio-shared":
+        assert len(inits) <= 1  # the shared child was initialized once, maybe by an earlier client
+    else:
+        (sent,) = inits
+        assert sent["params"]["protocolVersion"] == version and "\r" not in version
+        assert sent["params"]["clientInfo"] == info
+        assert list(sent["params"]["capabilities"]) == ["sampling"]
+
+
+def test_a_legacy_client_reaches_each_kind_with_nothing_injected(route):
+    """A 2024-11-05 client of the route (the gateway's legacy front) with hop-by-hop,
+    session and framing fields of its own, a hostile body with raw CR LF between tokens,
+    and a forged ``session_id``: the backend gets exactly the intended call, once."""
+    from test_adversarial_transports import HOSTILE_FIELDS as HOP_FIELDS, RawLegacy
+
+    key = b"X-API-Key: %s\r\n" % KEYS["mallory"].encode()
+    leg = RawLegacy(route.port, f"{route.path}/sse", key)
+    try:
+        since = route.got.mark()
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"protocolVersion": "2024-11-05\r\nX-Evil: 1", "capabilities": {}, "clientInfo": {"name": "l\r\n"}}}  # fmt: skip
+        assert leg.post(key + HOP_FIELDS, encode(init)).startswith(b"HTTP/1.1 202")
+        assert "result" in leg.messages(1)[0]
+        assert leg.post(key, b'{"jsonrpc":"2.0","method":"notifications/initialized"}').startswith(b"HTTP/1.1 202")
+        args = {"m": "legacy-client", "v": "a\r\nX-Evil: 4\r\n\r\n\u2028\x00"}
+        body = (b'\r\n{"jsonrpc"\r:\n"2.0",\r\n"id":2,\r"method":"tools/call",\n"params"\r\n:{"name":"echo",'
+                b'"arguments":\r\n%s\r\n}}\r\n' % encode(args))  # fmt: skip
+        assert leg.post(key + HOP_FIELDS, body).startswith(b"HTTP/1.1 202")
+        (answer,) = leg.messages(1)
+        assert answer["id"] == 2 and answer["result"]["echo"] == args
+        forged = leg.endpoint + b"%0d%0aX-Evil:%201"
+        for target in (forged, leg.endpoint.split(b"?")[0] + b"?session_id=%0d%0aPOST%20/"):
+            with socket.create_connection(("127.0.0.1", route.port), timeout=10) as s:
+                bad = encode(call(3, "echo", {"m": "forged-session"}))
+                s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (target, key, len(bad), bad))  # fmt: skip
+                (status, _, _), = read_answers(s, 1)
+                assert status in (400, 404), status
+        assert leg.post(key, encode(call(4, "echo", {"m": "legacy-sentinel"}))).startswith(b"HTTP/1.1 202")
+        assert leg.messages(1)[0]["result"]["echo"] == {"m": "legacy-sentinel"}
+        calls = route.got.calls(since)
+        assert [m["params"]["arguments"] for m in calls] == [args, {"m": "legacy-sentinel"}]
+        if route.got.legacy is not None:
+            for method, names in route.got.field_names():
+                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
+    finally:
+        leg.close()
+
+
+def test_a_batch_reaches_the_backend_as_one_message_per_element(route):
+    """A 2025-03-26 batch of calls with hostile values, a denied call among them: each
+    allowed element reaches the backend on its own, as the one message sent; the denied
+    one never does; the client gets one answer per request, under its ids."""
+    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
+    assert status == 200 and orjson.loads(body)["result"]["protocolVersion"] == "2025-03-26", body
+    session = [("Mcp-Session-Id", head.session_id.decode())]
+    since = route.got.mark()
+    one = {"m": "batch-1", "v": "\r\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\"}\n"}
+    two = {"m": "batch-2", "v": "\u2028\x00\x1b"}
+    batch = [call("b\r\n1", "echo", one), call(52, "secret", {"m": "batch-denied"}), call(53, "echo", two)]
+    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(batch), session))
+    clean_head(head)
+    assert status == 200, body
+    got = messages_of(head, body)  # an array, or an event stream of the answers
+    answers = {a["id"]: a for a in (got[0] if len(got) == 1 and isinstance(got[0], list) else got)}
+    assert len(answers) == 3
+    assert answers["b\r\n1"]["result"]["echo"] == one and answers[53]["result"]["echo"] == two
+    assert "error" in answers[52]
+    assert [m["params"]["arguments"] for m in route.got.calls(since)] in ([one, two], [two, one])
+
+
+def test_a_session_of_another_route_reaches_nothing(world, route, sid):
+    """A session id of this route presented on the routes of the other kinds (each over
+    its own backend): 404, and none of those backends got the call."""
+    marks = {k: r.got.mark() for k, r in world.items()}
+    for other in world.values():
+        if other is route:
+            continue
+        status, _, body = other.post(sid, call(61, "echo", {"m": "crossed-route"}))
+        assert status == 404 and orjson.loads(body)["error"]["code"] == -32001, body
+    route.echo(sid, "own-route")
+    for k, r in world.items():
+        assert [m["params"]["arguments"]["m"] for m in r.got.calls(marks[k])] == (["own-route"] if r is route else [])
+
+
+def test_forged_session_ids_reach_nothing(route, sid):
+    """Session ids a client may forge -- the backend's own forms (``shared.<hex>``,
+    ``<instance>.<n>``), a long one, one with spaces or obs-text, this session's token
+    cut or altered: 404 on POST, GET and DELETE, and the backend got nothing; the real
+    session is untouched."""
+    forged = ["shared.0123456789abcdef", "shared", f"{instance_id()}.1", f"{instance_id()}.2", "x" * 8000,
+              "a b", "caf\xe9".encode("latin-1"), sid[:-1], sid[:-2] + ("A" if sid[-2] != "A" else "B") + sid[-1], sid + "A"]  # fmt: skip
+    since = route.got.mark()
+    for value in forged:
+        fields = [("Mcp-Session-Id", value), ("MCP-Protocol-Version", VERSION)]
+        for method, body in (("POST", encode(call(71, "echo", {"m": "forged"}))), ("GET", b""), ("DELETE", b"")):
+            (status, _, data), = roundtrip(route.port, request(method, route.path, body, fields))
+            assert status in (400, 404), (value, method, status, data)
+    route.sentinel(sid, since, "after-forged")
+    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-forged"]
+
+
 # --- heads: what a backend says --------------------------------------------------------------
 
 
@@ -435,6 +555,66 @@ def test_a_legacy_endpoint_with_a_would_be_field_is_refused(tmp_path):
     finally:
         for b in legacies.values():
             b.close()
+
+
+def test_a_backends_hostile_request_id_goes_back_to_it_as_one_message(route, sid):
+    """The backend asks the client something (``ping``) under an id with a would-be
+    header and line breaks in it: the client sees an id of the gateway's making, and its
+    reply reaches the backend as one message carrying the backend's own id, exactly."""
+    hostile_id = "s\r\nX-Evil: 1\n{}"
+    ask = json.dumps({"jsonrpc": "2.0", "id": hostile_id, "method": "ping"})
+    status, head, data = route.post(sid, call(81, "hostile", {"lines": [ask]}))
+    assert status == 200, data
+    msgs = messages_of(head, data)
+    (asked,) = [m for m in msgs if m.get("method") == "ping"]
+    assert asked["id"] != hostile_id
+    since = route.got.mark()
+    status, _, _ = route.post(sid, {"jsonrpc": "2.0", "id": asked["id"], "result": {}})
+    assert status == 202
+    route.echo(sid, "after-reply")  # read after the reply: the reply has been read
+    assert route.got.messages()[since:] == [{"jsonrpc": "2.0", "id": hostile_id, "result": {}},
+                                            *route.got.calls(since)]  # fmt: skip
+    assert [m["params"]["arguments"] for m in route.got.calls(since)] == [{"m": "after-reply"}]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_backends_hostile_protocol_version_is_refused_and_its_session_ended(kind, tmp_path):
+    """A backend whose initialize answer names a protocol version with a would-be header
+    in it: the client is told the backend is unavailable (502, the value not shown, only
+    the gateway's fields), the half-open backend session does not stay behind (no child of
+    its own left running, no legacy stream held), and nothing else is sent to it."""
+    hostile = "2025-06-18\r\nX-Evil: 1"
+
+    def prepare(kind: str, table: dict, got) -> None:
+        if got.legacy is not None:
+            got.legacy.init_version = hostile
+        else:
+            table["args"] = [*table["args"], "--init-version", hostile]
+
+    with gateway([kind], tmp_path, {"response_timeout": 5}, prepare) as routes:
+        route = routes[kind]
+        gt, got, end = route.gt, route.got, route.end
+        init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
+        for _ in range(3):
+            (status, head, body), = roundtrip(gt.port, request("POST", route.path, init))
+            clean_head(head)
+            err = orjson.loads(body)["error"]
+            assert status == 502 and "unusable protocolVersion" in err["message"] and "X-Evil" not in err["message"], body
+
+        def held() -> int:
+            if got.legacy is not None:
+                return gt.call(lambda: len(end.sessions))
+            return gt.call(lambda: len([c for c in end.children if not c.stopping]))
+
+        stays = 1 if kind == "stdio-shared" else 0  # the shared child serves everyone: it stays
+        assert wait_until(lambda: held() == stays), held()
+        # Each refused before its notifications/initialized; the shared child started once.
+        want = ["initialize", "notifications/initialized"] if kind == "stdio-shared" else ["initialize"] * 3
+        assert wait_until(lambda: [m.get("method") for m in got.messages()] == want), got.messages()
+        if got.legacy is not None:
+            for method, names in got.field_names():
+                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
 
 
 # --- bounds -------------------------------------------------------------------------------------
@@ -710,186 +890,6 @@ def test_no_secret_and_no_raw_hostile_name_reaches_any_output(tmp_path, fmt):
     assert shown["stdio"]["env"] == {"CHILD_SECRET": "<redacted>"}
 
 
-def test_a_hostile_initialize_reaches_the_backend_as_one_clean_initialize(route):
-    """An initialize with a would-be header in its protocol version, line breaks in its
-    capability names and client info: the backend's own initialize is one message with a
-    version the gateway speaks, the client info as sent, and no capability it invented."""
-    since = route.got.mark()
-    info = {"name": "t\r\nX-Evil: 2\n", "version": "1\x00\u2028"}
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-06-18\r\nX-Evil: 1", "capabilities": {"x\r\nX-Evil: 3": {}, "sampling": {}},
-        "clientInfo": info}}  # fmt: skip
-    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
-    assert status == 200, body
-    clean_head(head)
-    version = orjson.loads(body)["result"]["protocolVersion"]
-    sid = head.session_id.decode()
-    route.sentinel(sid, since, "after-hostile-initialize")
-    inits = [m for m in route.got.messages()[since:] if m.get("method") == "initialize"]
-    if route.kind == "stdio-shared":
-        assert len(inits) <= 1  # the shared child was initialized once, maybe by an earlier client
-    else:
-        (sent,) = inits
-        assert sent["params"]["protocolVersion"] == version and "\r" not in version
-        assert sent["params"]["clientInfo"] == info
-        assert list(sent["params"]["capabilities"]) == ["sampling"]
-
-
-def test_a_legacy_client_reaches_each_kind_with_nothing_injected(route):
-    """A 2024-11-05 client of the route (the gateway's legacy front) with hop-by-hop,
-    session and framing fields of its own, a hostile body with raw CR LF between tokens,
-    and a forged ``session_id``: the backend gets exactly the intended call, once."""
-    from test_adversarial_transports import HOSTILE_FIELDS as HOP_FIELDS, RawLegacy
-
-    key = b"X-API-Key: %s\r\n" % KEYS["mallory"].encode()
-    leg = RawLegacy(route.port, f"{route.path}/sse", key)
-    try:
-        since = route.got.mark()
-        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                "params": {"protocolVersion": "2024-11-05\r\nX-Evil: 1", "capabilities": {}, "clientInfo": {"name": "l\r\n"}}}  # fmt: skip
-        assert leg.post(key + HOP_FIELDS, encode(init)).startswith(b"HTTP/1.1 202")
-        assert "result" in leg.messages(1)[0]
-        assert leg.post(key, b'{"jsonrpc":"2.0","method":"notifications/initialized"}').startswith(b"HTTP/1.1 202")
-        args = {"m": "legacy-client", "v": "a\r\nX-Evil: 4\r\n\r\n\u2028\x00"}
-        body = (b'\r\n{"jsonrpc"\r:\n"2.0",\r\n"id":2,\r"method":"tools/call",\n"params"\r\n:{"name":"echo",'
-                b'"arguments":\r\n%s\r\n}}\r\n' % encode(args))  # fmt: skip
-        assert leg.post(key + HOP_FIELDS, body).startswith(b"HTTP/1.1 202")
-        (answer,) = leg.messages(1)
-        assert answer["id"] == 2 and answer["result"]["echo"] == args
-        forged = leg.endpoint + b"%0d%0aX-Evil:%201"
-        for target in (forged, leg.endpoint.split(b"?")[0] + b"?session_id=%0d%0aPOST%20/"):
-            with socket.create_connection(("127.0.0.1", route.port), timeout=10) as s:
-                bad = encode(call(3, "echo", {"m": "forged-session"}))
-                s.sendall(b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%sContent-Type: application/json\r\n"
-                          b"Content-Length: %d\r\n\r\n%s" % (target, key, len(bad), bad))  # fmt: skip
-                (status, _, _), = read_answers(s, 1)
-                assert status in (400, 404), status
-        assert leg.post(key, encode(call(4, "echo", {"m": "legacy-sentinel"}))).startswith(b"HTTP/1.1 202")
-        assert leg.messages(1)[0]["result"]["echo"] == {"m": "legacy-sentinel"}
-        calls = route.got.calls(since)
-        assert [m["params"]["arguments"] for m in calls] == [args, {"m": "legacy-sentinel"}]
-        if route.got.legacy is not None:
-            for method, names in route.got.field_names():
-                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
-    finally:
-        leg.close()
-
-
-def test_a_batch_reaches_the_backend_as_one_message_per_element(route):
-    """A 2025-03-26 batch of calls with hostile values, a denied call among them: each
-    allowed element reaches the backend on its own, as the one message sent; the denied
-    one never does; the client gets one answer per request, under its ids."""
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": "2025-03-26", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
-    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(init)))
-    assert status == 200 and orjson.loads(body)["result"]["protocolVersion"] == "2025-03-26", body
-    session = [("Mcp-Session-Id", head.session_id.decode())]
-    since = route.got.mark()
-    one = {"m": "batch-1", "v": "\r\n{\"jsonrpc\":\"2.0\",\"id\":9,\"method\":\"tools/call\"}\n"}
-    two = {"m": "batch-2", "v": "\u2028\x00\x1b"}
-    batch = [call("b\r\n1", "echo", one), call(52, "secret", {"m": "batch-denied"}), call(53, "echo", two)]
-    (status, head, body), = roundtrip(route.port, request("POST", route.path, encode(batch), session))
-    clean_head(head)
-    assert status == 200, body
-    got = messages_of(head, body)  # an array, or an event stream of the answers
-    answers = {a["id"]: a for a in (got[0] if len(got) == 1 and isinstance(got[0], list) else got)}
-    assert len(answers) == 3
-    assert answers["b\r\n1"]["result"]["echo"] == one and answers[53]["result"]["echo"] == two
-    assert "error" in answers[52]
-    assert [m["params"]["arguments"] for m in route.got.calls(since)] in ([one, two], [two, one])
-
-
-def test_a_session_of_another_route_reaches_nothing(world, route, sid):
-    """A session id of this route presented on the routes of the other kinds (each over
-    its own backend): 404, and none of those backends got the call."""
-    marks = {k: r.got.mark() for k, r in world.items()}
-    for other in world.values():
-        if other is route:
-            continue
-        status, _, body = other.post(sid, call(61, "echo", {"m": "crossed-route"}))
-        assert status == 404 and orjson.loads(body)["error"]["code"] == -32001, body
-    route.echo(sid, "own-route")
-    for k, r in world.items():
-        assert [m["params"]["arguments"]["m"] for m in r.got.calls(marks[k])] == (["own-route"] if r is route else [])
-
-
-def test_forged_session_ids_reach_nothing(route, sid):
-    """Session ids a client may forge -- the backend's own forms (``shared.<hex>``,
-    ``<instance>.<n>``), a long one, one with spaces or obs-text, this session's token
-    cut or altered: 404 on POST, GET and DELETE, and the backend got nothing; the real
-    session is untouched."""
-    forged = ["shared.0123456789abcdef", "shared", f"{instance_id()}.1", f"{instance_id()}.2", "x" * 8000,
-              "a b", "caf\xe9".encode("latin-1"), sid[:-1], sid[:-2] + ("A" if sid[-2] != "A" else "B") + sid[-1], sid + "A"]  # fmt: skip
-    since = route.got.mark()
-    for value in forged:
-        fields = [("Mcp-Session-Id", value), ("MCP-Protocol-Version", VERSION)]
-        for method, body in (("POST", encode(call(71, "echo", {"m": "forged"}))), ("GET", b""), ("DELETE", b"")):
-            (status, _, data), = roundtrip(route.port, request(method, route.path, body, fields))
-            assert status in (400, 404), (value, method, status, data)
-    route.sentinel(sid, since, "after-forged")
-    assert [m["params"]["arguments"]["m"] for m in route.got.calls(since)] == ["after-forged"]
-
-
-def test_a_backends_hostile_request_id_goes_back_to_it_as_one_message(route, sid):
-    """The backend asks the client something (``ping``) under an id with a would-be
-    header and line breaks in it: the client sees an id of the gateway's making, and its
-    reply reaches the backend as one message carrying the backend's own id, exactly."""
-    hostile_id = "s\r\nX-Evil: 1\n{}"
-    ask = json.dumps({"jsonrpc": "2.0", "id": hostile_id, "method": "ping"})
-    status, head, data = route.post(sid, call(81, "hostile", {"lines": [ask]}))
-    assert status == 200, data
-    msgs = messages_of(head, data)
-    (asked,) = [m for m in msgs if m.get("method") == "ping"]
-    assert asked["id"] != hostile_id
-    since = route.got.mark()
-    status, _, _ = route.post(sid, {"jsonrpc": "2.0", "id": asked["id"], "result": {}})
-    assert status == 202
-    route.echo(sid, "after-reply")  # read after the reply: the reply has been read
-    assert route.got.messages()[since:] == [{"jsonrpc": "2.0", "id": hostile_id, "result": {}},
-                                            *route.got.calls(since)]  # fmt: skip
-    assert [m["params"]["arguments"] for m in route.got.calls(since)] == [{"m": "after-reply"}]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_backends_hostile_protocol_version_is_refused_and_its_session_ended(kind, tmp_path):
-    """A backend whose initialize answer names a protocol version with a would-be header
-    in it: the client is told the backend is unavailable (502, the value not shown, only
-    the gateway's fields), the half-open backend session does not stay behind (no child of
-    its own left running, no legacy stream held), and nothing else is sent to it."""
-    hostile = "2025-06-18\r\nX-Evil: 1"
-
-    def prepare(kind: str, table: dict, got) -> None:
-        if got.legacy is not None:
-            got.legacy.init_version = hostile
-        else:
-            table["args"] = [*table["args"], "--init-version", hostile]
-
-    with gateway([kind], tmp_path, {"response_timeout": 5}, prepare) as routes:
-        route = routes[kind]
-        gt, got, end = route.gt, route.got, route.end
-        init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})  # fmt: skip
-        for _ in range(3):
-            (status, head, body), = roundtrip(gt.port, request("POST", route.path, init))
-            clean_head(head)
-            err = orjson.loads(body)["error"]
-            assert status == 502 and "unusable protocolVersion" in err["message"] and "X-Evil" not in err["message"], body
-
-        def held() -> int:
-            if got.legacy is not None:
-                return gt.call(lambda: len(end.sessions))
-            return gt.call(lambda: len([c for c in end.children if not c.stopping]))
-
-        stays = 1 if kind == "stdio-shared" else 0  # the shared child serves everyone: it stays
-        assert wait_until(lambda: held() == stays), held()
-        # Each refused before its notifications/initialized; the shared child started once.
-        want = ["initialize", "notifications/initialized"] if kind == "stdio-shared" else ["initialize"] * 3
-        assert wait_until(lambda: [m.get("method") for m in got.messages()] == want), got.messages()
-        if got.legacy is not None:
-            for method, names in got.field_names():
-                assert names == (LEGACY_POST_FIELDS if method == b"POST" else LEGACY_GET_FIELDS), (method, names)
-
-
 # --- configuration: what reaches an exec call or a head is checked at load --------------------
 
 
@@ -991,6 +991,25 @@ def test_a_call_past_its_deadline_fails_and_the_request_behind_it_is_served(kind
         assert wait_until(served)
 
 
+def test_an_answer_crossing_a_cancellation_never_reaches_a_request_reusing_its_id(route, sid):
+    """A client cancels a slow call and at once reuses its id: the backend (which answers
+    the cancelled call anyway, as a cancellation may arrive too late) never has that
+    answer handed to the new request -- it is refused, or answered with its own."""
+    s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
+    try:
+        since = route.got.mark()
+        s.sendall(request("POST", route.path, encode(call(5, "sleep", {"seconds": 1, "m": "cancelled"})), Route.session(sid)))
+        assert wait_until(lambda: [m["params"]["arguments"].get("m") for m in route.got.calls(since)] == ["cancelled"])
+        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5, "reason": "no"}}
+        assert route.post(sid, cancel)[0] == 202
+        args = {"m": "reuse-after-cancel", "seconds": 0.5}
+        status, head, data = route.post(sid, call(5, "echo" if route.kind.startswith("stdio") else "sleep", args))
+        assert messages_of(head, data)[-1].get("result") in (None, {"echo": args}), data
+    finally:
+        s.close()
+    route.echo(sid, "after-cancel", rid=6)
+
+
 def test_the_ids_of_given_up_requests_are_kept_within_a_bound():
     """A backend that never answers what timed out: the ids kept for it stay within
     ``MAX_LATE_IDS``, the oldest forgotten first."""
@@ -1031,22 +1050,3 @@ def test_property_the_backend_gets_exactly_the_message_sent(route, sid, data):
     assert got["params"] == {"name": name, "arguments": args}
     if route.kind != "stdio-shared":
         assert got["id"] == rid
-
-
-def test_an_answer_crossing_a_cancellation_never_reaches_a_request_reusing_its_id(route, sid):
-    """A client cancels a slow call and at once reuses its id: the backend (which answers
-    the cancelled call anyway, as a cancellation may arrive too late) never has that
-    answer handed to the new request -- it is refused, or answered with its own."""
-    s = socket.create_connection(("127.0.0.1", route.port), timeout=20)
-    try:
-        since = route.got.mark()
-        s.sendall(request("POST", route.path, encode(call(5, "sleep", {"seconds": 1, "m": "cancelled"})), Route.session(sid)))
-        assert wait_until(lambda: [m["params"]["arguments"].get("m") for m in route.got.calls(since)] == ["cancelled"])
-        cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 5, "reason": "no"}}
-        assert route.post(sid, cancel)[0] == 202
-        args = {"m": "reuse-after-cancel", "seconds": 0.5}
-        status, head, data = route.post(sid, call(5, "echo" if route.kind.startswith("stdio") else "sleep", args))
-        assert messages_of(head, data)[-1].get("result") in (None, {"echo": args}), data
-    finally:
-        s.close()
-    route.echo(sid, "after-cancel", rid=6)
