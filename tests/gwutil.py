@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -128,6 +129,17 @@ def backend_process(script: str, *args: str, timeout: float = 30.0):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> tuple:
+    """Stop ``proc`` as an operator would (SIGTERM; SIGKILL if it is still there after
+    ``timeout`` seconds) and return what it wrote (stdout, stderr)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.communicate()
 
 
 def wait_until(pred, timeout: float = 10.0) -> bool:

@@ -230,8 +230,12 @@ def read_answers(s: socket.socket, n: int, timeout: float = 10.0) -> list:
     return got.done
 
 
-def request(method: str, path: str, body: bytes = b"", headers: list | None = None) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1", b"X-API-Key: " + API_KEY.encode()]
+def request(method: str, path: str, body: bytes = b"", headers: list | None = None, key: str | None = API_KEY) -> bytes:
+    """A raw request with ``headers`` (name, value) after the usual ones; ``key``: the
+    API key it carries, None for none."""
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"Host: 127.0.0.1"]
+    if key is not None:
+        lines.append(b"X-API-Key: " + key.encode())
     if method == "POST":
         lines += [b"Content-Type: application/json", b"Accept: application/json, text/event-stream"]
     for k, v in headers or ():
@@ -469,8 +473,13 @@ def test_backend_values_checked_at_initialize(session, version):
                     assert _field(h, b"x-injected") is None
                     for _, v in h.headers:
                         assert b"\x00" not in v
-            # the hostile backend only ever saw initialize requests
-            assert all(orjson.loads(body).get("method") == "initialize" for h, body in evil.strict_parse())
+            # the hostile backend only ever saw initialize requests, and a DELETE ending the
+            # session it opened when that session id is one a head can carry
+            got = evil.strict_parse()
+            assert all(h.method == b"DELETE" or orjson.loads(body).get("method") == "initialize" for h, body in got)
+            deletes = [h for h, _ in got if h.method == b"DELETE"]
+            assert all(h.session_id == b"sess-alpha" and h.protocol_version is None for h in deletes)
+            assert bool(deletes) == (session is None)
     finally:
         for b in (evil, good, gamma):
             b.close()

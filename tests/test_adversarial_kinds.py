@@ -5,24 +5,20 @@ For each kind, behind a real gateway with API keys and per-tool rules: a session
 to the caller that opened it (another caller's requests in it get 404 and reach nothing),
 and a tool policy denies never reaches the backend, while the owner's session keeps
 working.  Judged by what the backend itself received: every line a child read
-(``stdio_raw.py --record``), every POST a legacy backend got."""
+(``stdio_raw.py --record``), every POST a legacy backend got (``backend_kinds.py``)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
 
 import httpx
-import orjson
 import pytest
 
-from gwutil import INIT, MCP_HEADERS as BASE, ROOT, GatewayThread
-from test_adversarial_transports import RecordingLegacy
+from backend_kinds import KINDS, backend
+from gwutil import INIT, MCP_HEADERS as BASE, GatewayThread
 
 pytestmark = pytest.mark.e2e
 
-RAW = os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py")
 KEYS = {"alice": "mk_alice_kinds_0123456789abcdef0123", "bob": "mk_bob_kinds_0123456789abcdef012345"}
 POLICY = {
     "auth": {"api_keys": {"keys": [{"sha256": hashlib.sha256(k.encode()).hexdigest(), "subject": s} for s, k in KEYS.items()]}},
@@ -45,32 +41,16 @@ def _tool(rid: int, name: str, marker: str) -> dict:
     return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": {"name": name, "arguments": {"m": marker}}}
 
 
-@pytest.fixture(params=["stdio", "stdio-shared", "sse"])
+@pytest.fixture(params=KINDS)
 def setup(request, tmp_path):
     """(gateway, a function giving every message the backend received as text)."""
-    legacy = None
-    if request.param.startswith("stdio"):
-        record = tmp_path / "received.jsonl"
-        backend = {"transport": "stdio", "command": sys.executable, "args": ["-I", "-S", RAW, "--record", str(record)],
-                   "mode": "shared" if request.param == "stdio-shared" else "per_session"}  # fmt: skip
-
-        def received() -> str:
-            if not record.exists():
-                return ""
-            return "\n".join(orjson.loads(line) for line in record.read_text().splitlines() if line)
-    else:
-        legacy = RecordingLegacy()
-        backend = {"transport": "sse", "url": f"http://127.0.0.1:{legacy.port}/sse"}
-
-        def received() -> str:
-            return "\n".join(body.decode("utf-8", "replace") for head, body in legacy.requests if head.startswith(b"POST"))
-
+    cfg, got = backend(request.param, tmp_path)
     try:
-        with GatewayThread({"backends": {"b": backend}, **POLICY}) as gt:
-            yield gt, received
+        with GatewayThread({"backends": {"b": cfg}, **POLICY}) as gt:
+            yield gt, got.text
     finally:
-        if legacy is not None:
-            legacy.close()
+        if got.legacy is not None:
+            got.legacy.close()
 
 
 def _open(h: httpx.Client, url: str, who: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import orjson
 import pytest
 from prometheus_client import generate_latest
 
-from gwutil import ROOT, GatewayThread, free_port, wait_port as _wait_port
+from gwutil import ROOT, GatewayThread, free_port, stop_process, wait_port as _wait_port
 from mcpfast.mux.token import new_key_text
 from mcpfast.observe import METHOD_LABELS
 from rawbackend import RawBackend, post, read_response, status_of
@@ -361,12 +360,7 @@ backends = ["alpha", "beta"]
             metrics = _exchange(s, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert b"mcpfast_requests_total" in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
+        out, err = stop_process(proc, 20)
         for b in (passthrough, alpha, beta):
             b.close()
     assert proc.returncode == 0, err[-2000:]

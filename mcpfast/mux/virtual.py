@@ -486,21 +486,28 @@ class VirtualRoute:
         why = reply.error_text()
         if why is not None:
             raise UpstreamError("upstream_protocol", f"backend {b} refused initialize ({why})")
-        result = load_json(reply.result_bytes())
-        if not isinstance(result, dict):
-            raise BadBackendAnswer(f"backend {b}: initialize result is not an object")
-        self._saw_initialize(b, result)
-        bver = result.get("protocolVersion")
-        bver = bver if isinstance(bver, str) else version
         sid = reply.session_id
-        # Both go into every later request head to this backend: refuse what could not.
-        if not is_visible(bver.encode("utf-8", "replace")):
-            raise BadBackendAnswer(f"backend {b}: initialize result has an unusable protocolVersion")
-        if sid is not None and not is_visible(sid.encode("utf-8", "replace")):
-            raise BadBackendAnswer(f"backend {b}: Mcp-Session-Id is not visible ASCII")
-        done = await end.ask(sid, bver, _INITIALIZED)
-        if not done.ok:
-            raise UpstreamError("upstream_protocol", f"backend {b} refused notifications/initialized (HTTP {done.status})")
+        try:
+            result = load_json(reply.result_bytes())
+            if not isinstance(result, dict):
+                raise BadBackendAnswer(f"backend {b}: initialize result is not an object")
+            self._saw_initialize(b, result)
+            bver = result.get("protocolVersion")
+            bver = bver if isinstance(bver, str) else version
+            # Both go into every later request head to this backend: refuse what could not.
+            if not is_visible(bver.encode("utf-8", "replace")):
+                raise BadBackendAnswer(f"backend {b}: initialize result has an unusable protocolVersion")
+            if sid is not None and not is_visible(sid.encode("utf-8", "replace")):
+                raise BadBackendAnswer(f"backend {b}: Mcp-Session-Id is not visible ASCII")
+            done = await end.ask(sid, bver, _INITIALIZED)
+            if not done.ok:
+                raise UpstreamError("upstream_protocol", f"backend {b} refused notifications/initialized (HTTP {done.status})")
+        except BaseException:
+            if sid is not None and is_visible(sid.encode("utf-8", "replace")):
+                # Opened, then refused here: nobody will use it, so it is ended now rather
+                # than hold a child process or a stream until reaped or evicted.
+                asyncio.get_running_loop().create_task(self._end_backend(BackendSession(b, sid, None)))
+            raise
         return BackendSession(b, sid, bver), result
 
     async def _end_backend(self, bs: BackendSession) -> None:

@@ -34,6 +34,13 @@ response.  A backend failure after the priming event ends the record with a JSON
 error for the request, so a client always gets an answer to resume.  Records are bounded
 in bytes per backend (oldest first out) and kept ``_KEEP`` seconds after their response;
 an id names its session, so one client session can never read another's record.
+
+A request given up while its backend may still answer it (timed out, or its client left)
+keeps its id taken in a table of its own (``keep_late``): a later request reusing the id
+is refused until the late answer comes and is dropped, so that answer can never be
+handed to the newer request.  The table is bounded (``MAX_LATE_IDS``, oldest forgotten
+first), and it does not count against the requests in flight: a backend that never
+answers what it was sent does not wedge the session.
 """
 
 from __future__ import annotations
@@ -51,12 +58,20 @@ from .base import Message, answer_head, instance_id
 from .http_mcp import Call, CallHandler
 from .pool import UpstreamError
 
-__all__ = ["AnswerRecord", "MessageCall", "Replay", "RETRY_MS"]
+__all__ = ["AnswerRecord", "MAX_LATE_IDS", "MessageCall", "Replay", "RETRY_MS", "keep_late"]
 
 log = logging.getLogger("mcpfast.transport")
 
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
+MAX_LATE_IDS = 1024  # ids of given-up requests kept per session (or child), at most
+
+
+def keep_late(table: dict, key) -> None:
+    """Note ``key``, the id of a request given up before its answer, in ``table``."""
+    table[key] = None
+    if len(table) > MAX_LATE_IDS:
+        del table[next(iter(table))]  # the oldest: its answer most likely never comes
 
 #: The ``retry:`` of a priming event: how long a client waits before it resumes (ms).
 RETRY_MS = 1000

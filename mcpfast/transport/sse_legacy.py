@@ -27,7 +27,8 @@ call afterwards (``on_flush``).  Deliveries never happen inside ``send``/``liste
 answer known at once (a refusal, a 404) is delivered from the loop right after.
 
 Client ids pass through (the backend session is the client's own); a request whose id is
-already in flight in the session is refused (-32600).  The gateway's own requests
+already in flight in the session, or was given up but not yet answered (``messages.py``),
+is refused (-32600).  The gateway's own requests
 (``ask``) get a private id no call in flight has, and the response gets the original id
 back.
 
@@ -58,7 +59,7 @@ from urllib.parse import urljoin, urlsplit
 from ..wire.core import KIND_ERROR, KIND_NOTIFICATION, KIND_REQUEST, KIND_RESPONSE, ProtocolError, scan_jsonrpc, splice
 from ..wire.heads import HeadError, is_visible, origin_target, request_head
 from .http_mcp import BackendLink, Call, CallHandler, Reply, _Collect, collected
-from .messages import MessageCall, Replay
+from .messages import MessageCall, Replay, keep_late
 from ..wire.rpcerrors import INVALID_REQUEST, jsonrpc_error_body
 from .pool import UpstreamError, UpstreamPool
 from .base import SessionLost, instance_id
@@ -120,7 +121,7 @@ class SseCall(MessageCall):
     response's, or the session's ``listen`` stream, delivered by ``MessageCall`` as an
     HTTP answer is; the work began in ``send``/``listen``."""
 
-    __slots__ = ("sess", "role", "key", "token", "chatty", "backend")
+    __slots__ = ("sess", "role", "key", "token", "chatty", "backend", "late")
 
     def __init__(self, backend: "SseBackend", handler: CallHandler, role: int, whole: bool = False) -> None:
         super().__init__(handler, backend.name)
@@ -134,6 +135,7 @@ class SseCall(MessageCall):
         self.key: tuple | None = None  # its request id in the session's ``inflight``
         self.token: tuple | None = None  # its progress token in the session's ``tokens``
         self.chatty = False  # takes messages not tied to a response (see module doc)
+        self.late = False  # given up while the backend may still answer (messages.keep_late)
 
     # --- used by the route (Exchange.upstream) ------------------------------------
     def pause_reading(self) -> None:
@@ -157,6 +159,7 @@ class SseCall(MessageCall):
             return
         self.done = True
         if not self.orphaned():
+            self.late = self.role == _ROUTED
             self._forget()
 
     # --- MessageCall hooks ------------------------------------------------------------
@@ -203,6 +206,7 @@ class SseCall(MessageCall):
         if self.done and self.record is None:
             return
         what = "answer" if self.whole else "first message"
+        self.late = self.role == _ROUTED
         self.fail(UpstreamError("upstream_timeout", f"backend {self.link.name} sent no {what} within {self.timeout:g}s", 504))
         self.flush()
 
@@ -246,7 +250,7 @@ class _Session(CallHandler):
 
     __slots__ = (
         "backend", "sid", "stream", "ready", "post_pre", "inflight", "tokens", "chatty", "listener", "touched",
-        "paused", "gone", "next_id",
+        "paused", "gone", "next_id", "late",
     )  # fmt: skip
 
     def __init__(self, backend: "SseBackend", sid: str) -> None:
@@ -256,6 +260,7 @@ class _Session(CallHandler):
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()  # the endpoint arrived
         self.post_pre: bytes | None = None  # POST head up to Content-Length
         self.inflight: dict[tuple, SseCall] = {}  # request id -> its answer
+        self.late: dict[tuple, None] = {}  # ids of requests given up before their answer
         self.tokens: dict[tuple, SseCall] = {}  # progress token -> its answer
         self.chatty: dict[SseCall, None] = {}  # calls taking unattributed messages, oldest first
         self.listener: SseCall | None = None
@@ -331,9 +336,14 @@ class _Session(CallHandler):
             return
         kind = env.kind
         if kind == KIND_RESPONSE or kind == KIND_ERROR:
-            call = self.inflight.get(_id_key(env.id))
+            key = _id_key(env.id)
+            call = self.inflight.get(key)
             if call is None:
-                log.debug("backend %s answered id %r, which nobody waits for: dropped", self.backend.name, env.id)
+                if key in self.late:  # a late answer: its id is free from now on
+                    del self.late[key]
+                    log.debug("backend %s answered id %r after it was given up: dropped", self.backend.name, env.id)
+                else:
+                    log.debug("backend %s answered id %r, which nobody waits for: dropped", self.backend.name, env.id)
                 return
             self._to(call, data, True)
             return
@@ -379,6 +389,8 @@ class _Session(CallHandler):
     def forget(self, call: SseCall) -> None:
         if call.key is not None and self.inflight.get(call.key) is call:
             del self.inflight[call.key]
+            if call.late:
+                keep_late(self.late, call.key)
         if call.token is not None and self.tokens.get(call.token) is call:
             del self.tokens[call.token]
         if call.chatty:
@@ -393,7 +405,7 @@ class _Session(CallHandler):
         while True:
             self.next_id += 1
             rid = f"mcpfast-sse-{self.next_id}"
-            if (True, rid) not in self.inflight:
+            if (True, rid) not in self.inflight and (True, rid) not in self.late:
                 return rid
 
     def pause(self, call: SseCall) -> None:
@@ -646,7 +658,7 @@ class SseBackend:
             return call
         if request:
             key = _id_key(env.id)
-            if key in s.inflight:
+            if key in s.inflight or key in s.late:
                 err = jsonrpc_error_body(INVALID_REQUEST, "Invalid Request: this id is already in use by a request in flight", env.id)
                 loop.call_soon(_later_answer, call, 200, err)
                 return call

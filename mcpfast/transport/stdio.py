@@ -19,16 +19,18 @@ reaches only a request of the same session, and an answer to a request of the ch
 only comes from the session it was handed to.
 
 Flow.  ``send``/``ask`` scan the message (``core.scan_jsonrpc``), note a request in the
-child's in-flight table under the id the child will answer with, and write the message
-as one line.  Lines written to a child that has other requests in flight are sent at the
-end of the loop iteration in one write: with many sessions on one child, a wake-up of
-the child then carries every request that arrived together, not one each (a line to an
-idle child goes at once: nothing could join it).  A message is always one line on the
-wire: a raw CR or LF in a valid JSON text can only be whitespace between tokens (a
-string may not hold one unescaped, RFC 8259 §7), so each is replaced by a space --
-otherwise a client could hide a second message on its own line in a body the gateway
-checked as one.  A request's wait for its first message is bounded by one sweep per
-backend over a deadline table (``_watch``), not by a timer per request.  The child's stdout is
+child's in-flight table under the id the child will answer with (per_session: a client's
+id already in flight there, or timed out and not yet answered, is refused -- see
+``messages.py``), and write the message as one line.  Lines written to a child that has
+other requests in flight are sent at the end of the loop iteration in one write: with
+many sessions on one child, a wake-up of the child then carries every request that
+arrived together, not one each (a line to an idle child goes at once: nothing could
+join it).  A message is always one line on the wire: a raw CR or LF in a valid JSON
+text can only be whitespace between tokens (a string may not hold one unescaped, RFC
+8259 §7), so each is replaced by a space -- otherwise a client could hide a second
+message on its own line in a body the gateway checked as one.  A request's wait for its
+first message is bounded by one sweep per backend over a deadline table (``_watch``),
+not by a timer per request.  The child's stdout is
 cut into lines by ``core.NDJSONFramer``; each line is scanned, and a response finds its
 call by id, a ``notifications/progress`` by token, and any other message goes to the
 session's one call in flight, else its listen stream, else (per_session) its newest call
@@ -79,7 +81,7 @@ from ..wire.errors import INVALID_REQUEST
 from ..wire.rpcerrors import INTERNAL_ERROR, jsonrpc_error_body
 from .base import SessionLost, instance_id
 from .http_mcp import CallHandler, Reply, _Collect, collected, sweep_every, take_overdue
-from .messages import MessageCall, Replay
+from .messages import MessageCall, Replay, keep_late
 from .pool import UpstreamError
 
 __all__ = ["SHARED", "StdioBackend", "StdioCall", "instance_id", "one_line"]
@@ -167,7 +169,7 @@ class StdioCall(MessageCall):
 
     __slots__ = (
         "backend", "child", "bs", "key", "orig_id", "orig_token", "token_key", "client_key", "touched",
-        "holds_pause", "sid",
+        "holds_pause", "sid", "late",
     )  # fmt: skip
 
     def __init__(self, backend: StdioBackend, handler: CallHandler, bs=None, sid: str | None = None) -> None:
@@ -183,6 +185,7 @@ class StdioCall(MessageCall):
         self.client_key = None  # the caller's id as a key (cancellation in shared mode)
         self.touched = False  # got a delivery in the read being processed (flushed after it)
         self.holds_pause = False  # its child's stdout is paused on its behalf
+        self.late = False  # given up while the child may still answer (messages.keep_late)
 
     # --- the client side ----------------------------------------------------------------
     def pause_reading(self) -> None:
@@ -211,6 +214,9 @@ class StdioCall(MessageCall):
         if self.orphaned():
             return  # a resumable answer goes on being recorded
         self._settle()
+        # Its id stays taken (per_session) until the child's answer comes and is dropped.
+        self.late = not self.backend.shared
+        self._unregister()
         if self.listen:
             self.backend._unlisten(self)
 
@@ -256,6 +262,8 @@ class StdioCall(MessageCall):
             return
         if self.key is not None and child.inflight.get(self.key) is self:
             del child.inflight[self.key]
+            if self.late:
+                keep_late(child.late, self.key)
         if self.token_key is not None and child.tokens.get(self.token_key) is self:
             del child.tokens[self.token_key]
 
@@ -265,6 +273,8 @@ class StdioCall(MessageCall):
         if self.done and self.record is None:
             return
         t = self.backend.response_timeout
+        # A shared child's wire ids are the gateway's, never reused: nothing to keep.
+        self.late = not self.backend.shared
         self.fail(UpstreamError("upstream_timeout", f"backend {self.backend.name} did not answer within {t:g}s", 504))
 
 
@@ -282,6 +292,7 @@ class _Child(asyncio.SubprocessProtocol):
         self.rc: int | None = None
         self.framer = NDJSONFramer(backend.max_line)
         self.inflight: dict[Any, StdioCall] = {}  # wire id -> call
+        self.late: dict[Any, None] = {}  # ids of calls given up before their answer
         self.tokens: dict[Any, StdioCall] = {}  # wire progress token -> call
         self.listeners: list[StdioCall] = []
         self.started = self.last_used = time.monotonic()
@@ -866,14 +877,14 @@ class StdioBackend:
                 call.orig_id = body[s:e]
                 edits.append((s, e, b"%d" % wire))
                 key = wire
-            elif key in child.inflight:
+            elif key in child.inflight or key in child.late:
                 if not own:
                     msg = f"request id {env.id if env.id is not None else key!r} is already in flight in this session"
                     self._later(call.answer, 200, jsonrpc_error_body(INVALID_REQUEST, msg, env.id))
                     return
                 while True:  # a gateway id never collides with a client's: pick another
                     key = f"mcpfast-{child.new_wire()}"
-                    if key not in child.inflight:
+                    if key not in child.inflight and key not in child.late:
                         break
                 s, e = env.id_span
                 call.orig_id = body[s:e]
@@ -977,7 +988,11 @@ class StdioBackend:
             key = _key(env.id, env.id_span, line)
             call = child.inflight.pop(key, None) if key is not None else None
             if call is None:
-                log.debug("backend %s[%d]: response to no request in flight dropped", self.name, child.pid)
+                if key in child.late:  # a late answer: its id is free from now on
+                    del child.late[key]
+                    log.debug("backend %s[%d]: late response to a request given up dropped", self.name, child.pid)
+                else:
+                    log.debug("backend %s[%d]: response to no request in flight dropped", self.name, child.pid)
                 return
             if call.token_key is not None and child.tokens.get(call.token_key) is call:
                 del child.tokens[call.token_key]
