@@ -97,3 +97,44 @@ def test_a_denied_tool_never_reaches_the_backend(setup):
     got = received()
     assert "bob-may-echo" in got
     assert "bob-wants-secret" not in got and '"secret"' not in got
+
+
+def _twice(rid: int, first: str, second: str, marker: str) -> bytes:
+    """A tools/call naming its tool twice: parsers disagree on which name counts."""
+    return (
+        b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":{"m":"%s"},"name":"%s"}}'
+        % (rid, first.encode(), marker.encode(), second.encode())
+    )
+
+
+def _duplicates_refused(h: httpx.Client, url: str, headers: dict) -> None:
+    for i, (first, second) in enumerate((("secret", "echo"), ("echo", "secret"))):
+        r = h.post(url, content=_twice(10 + i, first, second, f"twice-{i}"), headers=headers)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == -32700 and "duplicate member name" in r.json()["error"]["message"]
+    r = h.post(url, json=_tool(12, "echo", "bob-once"), headers=headers)
+    assert r.status_code == 200 and '"id":12' in r.text.replace(" ", "")
+
+
+def test_a_tool_named_twice_is_refused_before_any_backend(setup):
+    """Policy judges one name; a backend whose parser keeps the first of two would run the
+    other.  A message naming a member the gateway acts on twice reaches no backend."""
+    gt, received = setup
+    url = gt.url()
+    with httpx.Client(timeout=20) as h:
+        _duplicates_refused(h, url, _as("bob", _open(h, url, "bob")))
+    got = received()
+    assert "bob-once" in got and "twice-" not in got
+
+
+def test_a_tool_named_twice_is_refused_on_a_passthrough_route():
+    from rawbackend import RawBackend
+
+    backend = RawBackend("mux")  # sessions, as a Streamable HTTP server has them
+    try:
+        with GatewayThread({"backends": {"b": {"url": backend.url}}, **POLICY}) as gt, httpx.Client(timeout=20) as h:
+            _duplicates_refused(h, gt.url(), _as("bob", _open(h, gt.url(), "bob")))
+    finally:
+        backend.close()
+    bodies = b"\n".join(body for _, body in backend.requests)
+    assert b"bob-once" in bodies and b"twice-" not in bodies

@@ -188,18 +188,52 @@ def _check_fast_values(body: bytes, env, fast) -> None:
             assert orjson.loads(body[span[0] : span[1]]) == theirs, (field, span)
 
 
+class _Pairs(list):
+    """A JSON object as all its (name, value) pairs, repeats kept."""
+
+
+# The members the scanner acts on, by object: a repeated one is refused.
+_ACTED_ON = {
+    "top": {"jsonrpc", "method", "id", "params", "result", "error"},
+    "params": {"name", "uri", "cursor", "requestId", "_meta"},
+    "_meta": {"progressToken", PROTOCOL_VERSION_KEY},
+    "error": {"code"},
+}
+_INNER = {("top", "params"): "params", ("top", "error"): "error", ("params", "_meta"): "_meta"}
+
+
+def _repeats_acted_on(obj, level: str) -> bool:
+    names = [k for k, _ in obj if k in _ACTED_ON[level]]
+    if len(names) != len(set(names)):
+        return True
+    return any(
+        isinstance(v, _Pairs) and _repeats_acted_on(v, _INNER[(level, k)]) for k, v in obj if (level, k) in _INNER
+    )
+
+
+def has_repeated_member(body: bytes) -> bool:
+    """Does a message of ``body`` name a member the scanner acts on twice in one object?"""
+    doc = json.loads(body, object_pairs_hook=_Pairs)
+    msgs = doc if isinstance(doc, list) and not isinstance(doc, _Pairs) else [doc]
+    return any(isinstance(m, _Pairs) and _repeats_acted_on(m, "top") for m in msgs)
+
+
 def oracle_check(body: bytes, got) -> str:
     """Hold the (already twin-checked) outcome ``got`` against orjson; return a verdict
-    name for statistics: "parse", "depth", "invalid" or "ok"."""
+    name for statistics: "parse", "depth", "duplicate", "invalid" or "ok"."""
     try:
         fast = orjson.loads(body)
     except orjson.JSONDecodeError:
         assert got[:3] == ("error", 400, PARSE_ERROR), (body, got)
         return "parse"
     if isinstance(got, tuple) and got[0] == "error" and got[2] == PARSE_ERROR:
+        if "duplicate member name" in got[3]:
+            assert has_repeated_member(body), (body, got)
+            return "duplicate"
         assert _depth(fast) > MAX_DEPTH and "nesting" in got[3], (body, got)
         return "depth"
     assert _depth(fast) <= MAX_DEPTH, body
+    assert not has_repeated_member(body), (body, got)
     exact = json.loads(body)
     if isinstance(exact, list):
         valid = bool(exact) and all(_message_ok(m) for m in exact)
@@ -496,7 +530,7 @@ def test_generated_bodies(py_core, c_core):
     """Seeded volume: generated bodies and their mutants through both twins and orjson."""
     r = random.Random(0x4A52)
     gen = BodyGen(r)
-    counts = {"parse": 0, "depth": 0, "invalid": 0, "ok": 0}
+    counts = {"parse": 0, "depth": 0, "duplicate": 0, "invalid": 0, "ok": 0}
     inputs = 0
     for _ in range(SEEDED_BODIES):
         body = gen.body()
@@ -507,7 +541,7 @@ def test_generated_bodies(py_core, c_core):
     assert inputs >= 100_000
     # The generator must keep exercising every verdict, not drift into one of them.
     assert counts["ok"] > inputs // 5 and counts["invalid"] > inputs // 50
-    assert counts["parse"] > inputs // 5 and counts["depth"] > 0
+    assert counts["parse"] > inputs // 5 and counts["depth"] > 0 and counts["duplicate"] > 0
 
 
 def test_generated_prefixes(py_core, c_core):
@@ -541,7 +575,7 @@ def test_token_soup(py_core, c_core):
     """JSON-ish token sequences: they reach every state of both walkers with every
     next token, and a fair share of them are valid JSON or valid messages."""
     r = random.Random(99)
-    counts = {"parse": 0, "depth": 0, "invalid": 0, "ok": 0}
+    counts = {"parse": 0, "depth": 0, "duplicate": 0, "invalid": 0, "ok": 0}
     head = (b'{"jsonrpc":"2.0",', b"[", b"{", b"")
     for _ in range(40_000):
         body = r.choice(head) + b"".join(r.choices(SOUP, k=r.randrange(0, 16)))

@@ -696,6 +696,7 @@ cdef Py_ssize_t _jr_object(JrScan* s, Py_ssize_t i, int depth, int level, JrFoun
     cdef Py_ssize_t n = s.n
     cdef Py_ssize_t kstart, vstart
     cdef int key, inner
+    cdef unsigned int seen = 0  # bit per JrKey met in this object
     cdef JrVal* slot
     if depth > JR_MAX_DEPTH:
         return _jr_fail(s, i, "nesting deeper than 512")
@@ -714,20 +715,21 @@ cdef Py_ssize_t _jr_object(JrScan* s, Py_ssize_t i, int depth, int level, JrFoun
         if i >= n or p[i] != c':':
             return _jr_fail(s, i, "expected ':'")
         i = _jr_ws(p, i + 1, n)
-        # A repeated key replaces all an earlier one gave (last one wins, as in orjson), so
-        # what an earlier params / _meta / error contributed is forgotten first.
         inner = -1
         if level == LV_TOP and key == K_PARAMS:
-            f.name.tag = f.uri.tag = f.cursor.tag = f.request_id.tag = JT_ABSENT
-            f.progress_token.tag = f.protocol_version.tag = JT_ABSENT
             inner = LV_PARAMS
         elif level == LV_TOP and key == K_ERROR:
-            f.error_code.tag = JT_ABSENT
             inner = LV_ERROR
         elif level == LV_PARAMS and key == K_META:
-            f.progress_token.tag = f.protocol_version.tag = JT_ABSENT
             inner = LV_META
         slot = _jr_slot(f, level, key)
+        if slot != NULL or inner >= 0:
+            # A member the gateway acts on, named twice: parsers disagree on which one
+            # counts (orjson and JavaScript take the last, others the first), so the
+            # message the gateway judged might not be the one a backend runs.  Refused.
+            if seen & (1u << key):
+                return _jr_fail(s, kstart, "duplicate member name")
+            seen |= 1u << key
         if inner >= 0 and i < n and p[i] == c'{':
             vstart = i
             i = _jr_object(s, i, depth + 1, inner, f)

@@ -297,6 +297,7 @@ class _Walker:
         i = self.ws(i + 1)
         if self.byte(i) == 0x7D:
             return i + 1
+        seen: set[str] = set()
         while True:
             if self.byte(i) != 0x22:
                 raise _parse_error(i, "expected a string key")
@@ -307,6 +308,11 @@ class _Walker:
             if self.byte(i) != 0x3A:
                 raise _parse_error(i, "expected ':'")
             i = self.ws(i + 1)
+            if field is not None:
+                # A member acted on, named twice: parsers disagree on which counts.
+                if field in seen:
+                    raise _parse_error(kstart, "duplicate member name")
+                seen.add(field)
             i = self.member(i, depth, field, found)
             i = self.ws(i)
             c = self.byte(i)
@@ -318,21 +324,14 @@ class _Walker:
                 raise _parse_error(i, "expected ',' or '}'")
 
     def member(self, i: int, depth: int, field: str | None, found: _Found) -> int:
-        """Record (or descend into) the value at ``i`` of member ``field``.
-
-        A repeated key replaces everything the earlier one gave (last one wins, as in
-        orjson), so the fields found under an earlier ``params``/``_meta``/``error`` are
-        cleared before the new value is walked."""
+        """Record (or descend into) the value at ``i`` of member ``field`` (named once
+        in its object: ``obj`` refuses a repeated one)."""
         inner = None
         if field == "params":
-            for f in _PARAMS_FIELDS:
-                setattr(found, f, None)
             inner = _PARAMS_KEYS
         elif field == "_meta":
-            found.progress_token = found.protocol_version = None
             inner = _META_KEYS
         elif field == "error":
-            found.error_code = None
             inner = _ERROR_KEYS
         if inner is not None and self.byte(i) == 0x7B:
             end, tag, escaped = self.obj(i, depth + 1, inner, found), T_OBJECT, False
