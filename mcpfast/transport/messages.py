@@ -365,6 +365,9 @@ class MessageCall(Call):
         self.poll = None
         if self.done:
             return
+        rec = self.record
+        if rec is not None and not rec.kept:
+            return  # dropped for room: a client sent away could only be refused, so it stays
         self.done = True
         self._orphan()
         self._guard(self.handler.on_end, None)
@@ -386,6 +389,16 @@ class MessageCall(Call):
             return False
         self._orphan()
         return True
+
+    def cancelled(self) -> None:
+        """The client cancelled this request: a server sends no response to a cancelled
+        request, so the answer ends here -- its client's stream, or its record (and the
+        resumed stream following it) when the client had left it to be resumed."""
+        if not self.done:
+            self.end()
+        elif self.taking():
+            self._close_record()
+            self._release()
 
     def _stop_poll(self) -> None:
         p = self.poll
