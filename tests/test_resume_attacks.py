@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from gwutil import ROOT, GatewayThread, backend_process, wait_until
+from mcpfast.transport.messages import _KEEP, Replay
 
 pytestmark = pytest.mark.e2e
 
@@ -216,3 +217,27 @@ def test_poll_after_does_not_send_away_a_client_whose_answer_can_no_longer_be_re
             evs = _events(r.text)
             got += _messages(evs)
         assert any(m.get("id") == "victim-1" and "result" in m for m in got), got
+
+
+# --- expiry -------------------------------------------------------------------------------------
+
+
+def test_an_expired_answer_cannot_be_resumed_even_behind_one_still_running():
+    """An answer is kept _KEEP seconds after its response, and no longer: not when no
+    answer was opened since, nor when an older one still runs (an orphan whose backend
+    never answers) and holds up the sweep of expired ones."""
+    resp = b'{"jsonrpc":"2.0","id":2,"result":{}}'
+    r = Replay(1 << 20)
+    running = r.open("s", b"1")
+    running.append(b'{"jsonrpc":"2.0","method":"notifications/message","params":{}}', False)
+    done = r.open("s", b"2")
+    done.append(resp, True)
+    done.ended_at -= _KEEP + 1
+    assert r.find("s", done.event_id(0)) is None
+    again = r.open("s", b"3")
+    again.append(resp, True)
+    again.ended_at -= _KEEP + 1
+    r.open("s", b"4")  # a sweep, which stops at ``running``
+    assert r.find("s", again.event_id(1)) is None
+    assert r.find("s", running.event_id(1)) == (running, 1)
+    assert r.size == sum(x.size for x in r.records.values())

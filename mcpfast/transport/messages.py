@@ -230,6 +230,10 @@ class Replay:
         rec = self.records.get(key)
         if rec is None or rec.sid != sid or not index.isdigit() or len(index) > 12:
             return None
+        if rec.finished and rec.ended_at <= time.monotonic() - _KEEP:
+            # Expired (the sweep in ``open`` stops at the oldest answer still running).
+            self._drop(rec)
+            return None
         k = int(index)
         if k < rec.first - 1 or k >= rec.next:
             return None  # dropped for room, or not sent yet
