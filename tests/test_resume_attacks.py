@@ -241,3 +241,79 @@ def test_an_expired_answer_cannot_be_resumed_even_behind_one_still_running():
     assert r.find("s", again.event_id(1)) is None
     assert r.find("s", running.event_id(1)) == (running, 1)
     assert r.size == sum(x.size for x in r.records.values())
+
+
+# --- what holds: isolation ------------------------------------------------------------------------
+
+
+def _raw_get(port: int, path: str, fields: list[tuple[bytes, bytes]]) -> bytes:
+    """A GET with exactly these header fields (bytes, repeated or odd as given); the whole
+    answer (the connection is closed after it)."""
+    head = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" % path.encode()
+    head += b"".join(k + b": " + v + b"\r\n" for k, v in fields) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head)
+        out = b""
+        while chunk := s.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize("kind", ["stdio", "sse"])
+def test_no_crafted_last_event_id_reveals_another_sessions_answer_or_reaches_a_backend(kind, legacy_url, tmp_path):
+    """Bob, in his own session, tries every Last-Event-ID he can make of Alice's (whose
+    answer holds a secret) and of another route's: each is refused with 4xx, reveals
+    nothing, takes nothing from Alice, and no backend hears of it."""
+    seen = tmp_path / "seen.jsonl"
+    if kind == "sse":
+        a = {"transport": "sse", "url": legacy_url}
+        secret_call = _tool(1, "echo", text="alice-secret-123")
+    else:
+        a = _raw("per_session", "--record", str(seen))
+        secret_call = _tool(1, "echo", secret="alice-secret-123")
+    cfg = {
+        "backends": {"a": a, "b": _raw("per_session")},
+        "routes": [{"path": "/a", "backends": ["a"]}, {"path": "/b", "backends": ["b"]}],
+    }
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+        ua, ub = gt.url("/a"), gt.url("/b")
+        alice, bob, carol = _open(h, ua), _open(h, ua), _open(h, ub)
+        r = h.post(ua, json=secret_call, headers=alice)
+        pa = _events(r.text)[0]["id"]  # the priming event's: the whole answer after it
+        assert pa.startswith("p!a~")
+        r = h.post(ub, json=_tool(1, "echo", secret="carol-secret-456"), headers=carol)
+        pb = _events(r.text)[0]["id"]
+        rawa, rawb = pa.split("~", 1)[1], pb.split("~", 1)[1]
+        key, _, idx = rawa.rpartition(".")
+        lines_before = seen.read_text().count("\n") if kind == "stdio" else 0
+        hostile = [
+            pa, "p!b~" + rawa, "p!a~" + rawb, pb, "g!a~" + rawa, "g!a~" + rawa + "!b~" + rawb,
+            "p!a~" + key + ".1", "p!a~" + key + "." + "9" * 13, "p!a~" + key + ".-1", "p!a~" + key + ".0x1",
+            "p!a~" + key + ".01", "p!a~" + key, "p!a~" + key + "..1", "p!a~." + idx, "p!a~" + rawa + ".0",
+            "p!a*" + __import__("base64").urlsafe_b64encode(rawa.encode() + b" ").decode().rstrip("="),
+            "p!a~" + rawa + "!a~" + rawa, "p!!a~" + rawa, "p!A~" + rawa, "p!a~" + "1" * 20000,
+        ]
+        for lei in hostile:
+            for url in (ua, ub):
+                r = h.get(url, headers={**bob, "Last-Event-ID": lei})
+                assert 400 <= r.status_code < 500, (lei, url, r.status_code)
+                assert "secret" not in r.text, (lei, url, r.text)
+        # Bytes no client library sends: non-ASCII, control characters, the field twice.
+        sid = bob["Mcp-Session-Id"].encode()
+        base = [(b"Accept", b"text/event-stream"), (b"Mcp-Session-Id", sid), (b"MCP-Protocol-Version", NEW.encode())]
+        for fields in (
+            [(b"Last-Event-ID", pa.encode() + b"\xc3\xa9")],
+            [(b"Last-Event-ID", ("p!a~" + key + ".\u0661").encode())],
+            [(b"Last-Event-ID", pa.encode() + b"\x01")],
+            [(b"Last-Event-ID", b"p!b~x.1.1"), (b"Last-Event-ID", pa.encode())],
+            [(b"Last-Event-ID", pa.encode()), (b"Last-Event-ID", pa.encode())],
+        ):
+            out = _raw_get(gt.port, "/a", base + fields)
+            assert out.startswith(b"HTTP/1.1 4"), out[:200]
+            assert b"secret" not in out
+        # Alice's answer is whole and hers: she resumes it and gets the secret.
+        r = h.get(ua, headers={**alice, "Last-Event-ID": pa})
+        assert r.status_code == 200 and _messages(_events(r.text))[-1]["id"] == 1
+        assert "alice-secret-123" in r.text
+        if kind == "stdio":
+            assert seen.read_text().count("\n") == lines_before, "a resumption reached the backend"
