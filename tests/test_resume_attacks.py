@@ -317,3 +317,81 @@ def test_no_crafted_last_event_id_reveals_another_sessions_answer_or_reaches_a_b
         assert "alice-secret-123" in r.text
         if kind == "stdio":
             assert seen.read_text().count("\n") == lines_before, "a resumption reached the backend"
+
+
+# --- what holds: bounds ---------------------------------------------------------------------------
+
+
+def test_many_resumptions_of_one_answer_hold_one_reader_and_none_hangs():
+    """Twenty streams resume the same answer at once: each newer one takes over (the
+    older ends at once), so the gateway follows the record with one stream, every
+    stream ends, and the last gets the rest to the response in order."""
+    cfg = {"backends": {"b": _raw("per_session", poll_after=0.2)}}
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+        url = gt.url("/mcp")
+        hdrs = _open(h, url)
+        r = h.post(url, json=_tool("many", "steps", n=30, gap=0.05), headers=hdrs)
+        pos = _events(r.text)[0]["id"]
+        readers = [_Reader("GET", url, {**hdrs, "Last-Event-ID": pos}, timeout=15) for _ in range(20)]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join(15)
+        assert not any(t.is_alive() for t in readers), "a resumed stream never ended"
+        assert all(t.error is None and t.status == 200 for t in readers), [(t.status, t.error) for t in readers]
+        whole = [t for t in readers if any(m.get("id") == "many" for m in _messages(_events(t.text)))]
+        assert whole, "no stream got the response"
+        for t in whole:
+            got = _messages(_events(t.text))
+            assert [m["params"]["data"] for m in got[:-1]] == [f"step {i}" for i in range(30)]
+        replay = gt.gw.backends["b"].replay
+        assert gt.call(lambda: [x.reader for x in replay.records.values()]) == [None]
+
+
+def _connection_buffers(gt) -> list[int]:
+    def sizes():
+        return [c.transport.get_write_buffer_size() for c in list(gt.gw.connections) if c.transport is not None]
+    return gt.call(sizes)
+
+
+@pytest.mark.parametrize("mode", ["per_session", "shared"])
+def test_a_resumed_stream_that_is_never_read_holds_no_more_than_its_record(mode, caplog):
+    """A child streams without end; its client went away (poll_after) and resumed with a
+    stream it never reads.  What the gateway holds for it stays bounded -- the record
+    within its share, the connection's unsent bytes at the socket's pause mark -- while
+    the child goes on, and stopping the gateway then neither hangs nor logs a
+    traceback."""
+    cfg = {"backends": {"b": _raw(mode, poll_after=0.2, resume_buffer=1 << 20)}}
+    gt = GatewayThread(cfg).start()
+    try:
+        with httpx.Client(timeout=20) as h:
+            url = gt.url("/mcp")
+            hdrs = _open(h, url)
+            r = h.post(url, json=_tool("flood", "long", size=1), headers=hdrs)  # warm-up
+            big = _tool("endless", "steps", n=10**7, gap=0)
+            r = h.post(url, json=big, headers=hdrs)
+            pos = _events(r.text)[0]["id"]
+            # The resuming client: a small receive window, and it never reads.
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", gt.port))
+            fields = "".join(f"{k}: {v}\r\n" for k, v in {**hdrs, "Last-Event-ID": pos}.items() if k != "Content-Type")
+            s.sendall(f"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{fields}\r\n".encode())
+            replay = gt.gw.backends["b"].replay
+            grown = lambda: gt.call(lambda: [x.next for x in replay.records.values()][-1])  # noqa: E731
+            start = grown()
+            assert wait_until(lambda: grown() > start + 20000, 20), "the child did not stream"
+            time.sleep(1.0)
+            # The stream stopped following (its client takes nothing), far behind the child.
+            rec = gt.call(lambda: list(replay.records.values())[-1])
+            assert gt.call(lambda: rec.reader is not None and rec.reader.paused and rec.next - rec.reader.pos > 10000)
+            assert gt.call(lambda: replay.size) <= replay.share + 4096
+            assert max(_connection_buffers(gt)) < 1 << 20, _connection_buffers(gt)
+            assert grown() > start + 20000
+    finally:
+        t0 = time.monotonic()
+        gt.stop()
+        s.close()
+    assert time.monotonic() - t0 < 12
+    bad = [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    assert not bad, [r.getMessage() for r in bad]
