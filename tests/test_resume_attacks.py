@@ -363,6 +363,7 @@ def test_a_resumed_stream_that_is_never_read_holds_no_more_than_its_record(mode,
     traceback."""
     cfg = {"backends": {"b": _raw(mode, poll_after=0.2, resume_buffer=1 << 20)}}
     gt = GatewayThread(cfg).start()
+    s = socket.socket()
     try:
         with httpx.Client(timeout=20) as h:
             url = gt.url("/mcp")
@@ -371,7 +372,6 @@ def test_a_resumed_stream_that_is_never_read_holds_no_more_than_its_record(mode,
             r = h.post(url, json=big, headers=hdrs)
             pos = _last_id(_events(r.text))
             # The resuming client: a small receive window, and it never reads.
-            s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", gt.port))
             fields = "".join(f"{k}: {v}\r\n" for k, v in {**hdrs, "Last-Event-ID": pos}.items() if k != "Content-Type")
@@ -394,3 +394,87 @@ def test_a_resumed_stream_that_is_never_read_holds_no_more_than_its_record(mode,
     assert time.monotonic() - t0 < 12
     bad = [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
     assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.mark.parametrize("mode", ["per_session", "shared"])
+def test_a_deleted_session_leaves_no_record_and_its_resumed_stream_ends(mode):
+    cfg = {"backends": {"b": _raw(mode, poll_after=0.2)}}
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+        url = gt.url("/mcp")
+        keep, gone = _open(h, url), _open(h, url)
+        h.post(url, json=_tool(1, "echo", x=1), headers=keep)
+        replay = gt.gw.backends["b"].replay
+        kept = gt.call(lambda: replay.size)
+        r = h.post(url, json=_tool(2, "steps", n=200, gap=0.02), headers=gone)
+        reader = _Reader("GET", url, {**gone, "Last-Event-ID": _last_id(_events(r.text))}, timeout=15)
+        reader.start()
+        assert reader.first.wait(10) and reader.status == 200
+        assert h.delete(url, headers=gone).status_code == 200
+        reader.join(12)
+        assert not reader.is_alive(), "the resumed stream of a deleted session never ended"
+        # Only the other session's answer is left.
+        assert wait_until(lambda: gt.call(lambda: replay.size) == kept, 10), gt.call(lambda: replay.size)
+        assert gt.call(lambda: list(replay.sessions)) == [gt.call(lambda: next(iter(replay.records.values())).sid)]
+
+
+# --- what holds: correctness ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
+def test_a_resumption_while_the_first_stream_is_open_gets_the_same_answer(kind, legacy_url):
+    """The client resumes from the priming event while the first stream still flows:
+    both streams get every message, in order, and the response; a notification of the
+    same client is still answered 202, and a request of an old client, or of one that
+    does not take event streams, is answered with JSON as ever."""
+    if kind == "sse":
+        b = {"transport": "sse", "url": legacy_url}
+        call = {"jsonrpc": "2.0", "id": "two", "method": "tools/call",
+                "params": {"name": "steps", "arguments": {"n": 8}, "_meta": {"progressToken": "two"}}}  # fmt: skip
+        plain = _tool(3, "whoami")
+    else:
+        b = _raw("shared" if kind == "stdio-shared" else "per_session")
+        call = _tool("two", "steps", n=8, gap=0.1)
+        plain = _tool(3, "echo", x=1)
+    with GatewayThread({"backends": {"b": b}}) as gt, httpx.Client(timeout=20) as h:
+        url = gt.url("/mcp")
+        hdrs = _open(h, url)
+        first = _Reader("POST", url, hdrs, call)
+        first.start()
+        assert wait_until(lambda: "\n\n" in first.text, 10), first.text
+        pos = _events(first.text)[0]["id"]
+        second = _Reader("GET", url, {**hdrs, "Last-Event-ID": pos})
+        second.start()
+        note = {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}
+        assert h.post(url, json=note, headers=hdrs).status_code == 202
+        first.join(15)
+        second.join(15)
+        a, b_ = _events(first.text), _events(second.text)
+        assert [e["id"] for e in a[1:]] == [e["id"] for e in b_], (a, b_)
+        assert _messages(a) == _messages(b_) and _messages(a)[-1]["id"] == "two"
+        for headers in ({**hdrs, "MCP-Protocol-Version": NEW, "Accept": "application/json"}, _open(h, url, OLD)):
+            r = h.post(url, json=plain, headers=headers)
+            assert r.status_code == 200 and r.headers["content-type"] == "application/json", (headers, r.text)
+            assert r.json()["id"] == 3
+
+
+def test_a_legacy_server_lost_while_an_answer_is_left_to_be_resumed_ends_it_with_an_error():
+    with backend_process("tests/fixtures/sse_server.py", "--name", "doomed") as (proc, url0):
+        cfg = {"backends": {"b": {"transport": "sse", "url": url0, "poll_after": 0.2}}}
+        with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+            url = gt.url("/mcp")
+            hdrs = _open(h, url)
+            errors = gt.gw.metrics.errors.labels("upstream_unavailable")
+            before = errors._value.get()
+            r = h.post(url, json=_tool("s-1", "slow", seconds=30), headers=hdrs)
+            reader = _Reader("GET", url, {**hdrs, "Last-Event-ID": _last_id(_events(r.text))}, timeout=15)
+            reader.start()
+            assert reader.first.wait(10) and reader.status == 200
+            proc.kill()
+            proc.wait(5)
+            reader.join(12)
+            assert not reader.is_alive() and reader.error is None, reader.error
+            got = _messages(_events(reader.text))
+            assert got and got[-1]["id"] == "s-1" and got[-1]["error"]["code"] == -32603, got
+            assert "backend b" in got[-1]["error"]["message"]
+            # Counted once, though no route saw it as a failure.
+            assert errors._value.get() == before + 1
