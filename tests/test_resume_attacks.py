@@ -478,3 +478,30 @@ def test_a_legacy_server_lost_while_an_answer_is_left_to_be_resumed_ends_it_with
             assert "backend b" in got[-1]["error"]["message"]
             # Counted once, though no route saw it as a failure.
             assert errors._value.get() == before + 1
+
+
+def test_the_resume_buffer_bounds_what_the_records_really_take():
+    """``resume_buffer`` is in bytes: many short answers (the usual case) must not hold
+    several times that, counted as Python really allocates them (each record its
+    objects, each message its object and its bytes)."""
+    import gc
+    import tracemalloc
+
+    budget = 1 << 20
+    gc.collect()
+    tracemalloc.start()
+    try:
+        r = Replay(budget)
+        for i in range(20000):
+            rec = r.open(f"s{i % 64}", b'"req-%d"' % i)
+            note = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":%d,"progress":1}}' % i
+            rec.append(note, False)
+            resp = b'{"jsonrpc":"2.0","id":"req-%d","result":{"content":[{"type":"text","text":"ok"}]}}' % i
+            rec.append(resp, True)
+            del rec, note, resp
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.size <= budget
+    assert held <= 1.25 * budget, f"{held} bytes held for a buffer of {budget} ({len(r.records)} answers)"

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -76,8 +76,11 @@ def keep_late(table: dict, key) -> None:
 #: The ``retry:`` of a priming event: how long a client waits before it resumes (ms).
 RETRY_MS = 1000
 _KEEP = 30.0  # seconds an answer stays resumable after its response
-_EVENT_COST = 64  # bytes counted per recorded message besides its data
-_RECORD_COST = 256  # and per record
+# Bytes counted besides a message's data, as CPython allocates them: per recorded
+# message (its object, its id, its bytes' header) and per record (its object, key,
+# list and table entries).
+_EVENT_COST = 160
+_RECORD_COST = 640
 
 
 class AnswerRecord:
@@ -92,7 +95,9 @@ class AnswerRecord:
         self.key = key  # b"<instance>.<n>": the ids are key + b"." + index
         self.sid = sid  # the backend session it belongs to
         self.rid = rid  # the request's id as the client wrote it (JSON)
-        self.events: deque[Message] = deque()  # the newest ones, up to index next - 1
+        # The newest ones, up to index next - 1.  A list, not a deque: an empty deque
+        # alone takes more memory than a short answer, and most answers are short.
+        self.events: list[Message] = []
         self.next = 1  # the index of the next message
         self.size = _RECORD_COST
         self.finished = False
@@ -140,7 +145,7 @@ class AnswerRecord:
         first = self.first
         if index < first - 1:
             return None
-        return list(self.events)[index + 1 - first :]
+        return self.events[index + 1 - first :]
 
     def error_body(self, err: UpstreamError) -> bytes:
         rid = orjson.loads(self.rid) if self.rid is not None else None
@@ -186,12 +191,19 @@ class Replay:
         rec.size += n
         self.size += n
         held[0] += n
-        while rec.size > self.share and len(rec.events) > 1:
-            old = rec.events.popleft()
-            cost = len(old.data) + _EVENT_COST
-            rec.size -= cost
-            self.size -= cost
-            held[0] -= cost
+        events = rec.events
+        if rec.size > self.share and len(events) > 1:
+            # The oldest messages go, down to three quarters of the share at once (so a
+            # long answer does not move its whole list for every message it adds).
+            goal = self.share - self.share // 4
+            k = freed = 0
+            while rec.size - freed > goal and k < len(events) - 1:
+                freed += len(events[k].data) + _EVENT_COST
+                k += 1
+            del events[:k]
+            rec.size -= freed
+            self.size -= freed
+            held[0] -= freed
         self._shrink(rec, held)
 
     def _shrink(self, rec: AnswerRecord, held: list) -> None:
