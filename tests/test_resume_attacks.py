@@ -505,3 +505,55 @@ def test_the_resume_buffer_bounds_what_the_records_really_take():
         tracemalloc.stop()
     assert r.size <= budget
     assert held <= 1.25 * budget, f"{held} bytes held for a buffer of {budget} ({len(r.records)} answers)"
+
+
+def _silent_call(kind: str, rid) -> dict:
+    """A call whose backend says nothing for 30 s."""
+    return _tool(rid, "slow", seconds=30) if kind == "sse" else _tool(rid, "sleep", seconds=30)
+
+
+def _silent_backend(kind: str, legacy_url: str, **kw) -> dict:
+    if kind == "sse":
+        return {"transport": "sse", "url": legacy_url, **kw}
+    return _raw("shared" if kind == "stdio-shared" else "per_session", **kw)
+
+
+@pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
+def test_an_answer_left_to_be_resumed_still_ends_at_the_response_timeout(kind, legacy_url):
+    cfg = {"backends": {"b": _silent_backend(kind, legacy_url, poll_after=0.2, response_timeout=1.5)}}
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+        url = gt.url("/mcp")
+        hdrs = _open(h, url)
+        r = h.post(url, json=_silent_call(kind, "t-1"), headers=hdrs)
+        assert not _messages(_events(r.text)), r.text  # sent away after the priming event
+        r = h.get(url, headers={**hdrs, "Last-Event-ID": _last_id(_events(r.text))}, timeout=10)
+        got = _messages(_events(r.text))
+        assert got and got[-1]["id"] == "t-1" and got[-1]["error"]["code"] == -32603, got
+        assert gt.gw.metrics.errors.labels("upstream_timeout")._value.get() == 1
+
+
+@pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
+def test_stopping_the_gateway_with_answers_left_to_be_resumed_and_streams_following_them(kind, legacy_url, caplog):
+    cfg = {"backends": {"b": _silent_backend(kind, legacy_url, poll_after=0.2)}}
+    gt = GatewayThread(cfg).start()
+    readers = []
+    try:
+        with httpx.Client(timeout=20) as h:
+            url = gt.url("/mcp")
+            for i in range(3):
+                hdrs = _open(h, url)
+                r = h.post(url, json=_silent_call(kind, f"x-{i}"), headers=hdrs)
+                if i:  # two of them followed by a resumed stream, one left alone
+                    t = _Reader("GET", url, {**hdrs, "Last-Event-ID": _last_id(_events(r.text))}, timeout=20)
+                    t.start()
+                    assert t.first.wait(10) and t.status == 200
+                    readers.append(t)
+    finally:
+        t0 = time.monotonic()
+        gt.stop()
+    assert time.monotonic() - t0 < 12
+    for t in readers:
+        t.join(5)
+        assert not t.is_alive()
+    bad = [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
+    assert not bad, [r.getMessage() for r in bad]
