@@ -155,19 +155,30 @@ def test_a_cancelled_answer_left_to_be_resumed_ends_and_its_reader_does_not_hang
         assert r.status_code in (200, 400), r.text
 
 
-def test_a_cancelled_orphan_does_not_keep_its_child_from_being_reaped(tmp_path):
-    """A per-session child is not stopped when idle while a call of its is recorded for
-    a client that will resume it; a call its client cancelled is no such call."""
+@pytest.mark.parametrize("version", [NEW, OLD])
+def test_a_cancelled_call_whose_client_left_does_not_keep_its_child_from_being_reaped(version):
+    """A per-session child is not stopped when idle while a call of its is in flight --
+    recorded for a client that will resume it, or not -- but a call its client cancelled
+    gets no response, so it is in flight no more."""
     cfg = {"backends": {"b": _sdk("per_session", poll_after=0.3, idle_timeout=1.0)}}
     with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
         url = gt.url("/mcp")
-        hdrs = _open(h, url)
+        hdrs = _open(h, url, version)
         backend = gt.gw.backends["b"]
         pids = gt.call(lambda: [c.pid for c in backend.children])
         assert len(pids) == 1
-        r = h.post(url, json=_tool("c-2", "ask_model", question="?"), headers=hdrs)
-        assert _messages(_events(r.text))[0]["method"] == "sampling/createMessage"
-        # Orphaned (poll_after) and still in flight: the child is busy, never reaped.
+        # The client leaves once it has the tool's question (sent away by poll_after; an
+        # old client closes its connection, which the gateway learns only when it writes).
+        body = orjson.dumps(_tool("c-2", "ask_model", question="?"))
+        fields = "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+        with socket.create_connection(("127.0.0.1", gt.port), timeout=10) as s:
+            s.sendall(f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n{fields}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            got = b""
+            while b"sampling/createMessage" not in got:
+                chunk = s.recv(65536)
+                assert chunk, got
+                got += chunk
+        # Still in flight: the child is busy, never reaped.
         time.sleep(1.6)
         assert gt.call(lambda: [c.pid for c in backend.children]) == pids
         assert h.post(url, json=_cancel("c-2"), headers=hdrs).status_code == 202

@@ -409,12 +409,14 @@ class MessageCall(Call):
     def cancelled(self) -> None:
         """The client cancelled this request: a server sends no response to a cancelled
         request, so the answer ends here -- its client's stream, or its record (and the
-        resumed stream following it) when the client had left it to be resumed."""
+        resumed stream following it) when the client had left it to be resumed; one
+        whose client left leaves the transport's tables, as no response will free it."""
         if not self.done:
             self.end()
-        elif self.taking():
+            return
+        if self.taking():
             self._close_record()
-            self._release()
+        self._release()
 
     def _stop_poll(self) -> None:
         p = self.poll
