@@ -19,13 +19,12 @@ import pytest
 
 from gwutil import ROOT, GatewayThread, backend_process, wait_until
 from mcpfast.transport.messages import _KEEP, Replay
+from test_resume_messages import NEW, OLD, _events, _messages, _open
 
 pytestmark = pytest.mark.e2e
 
 RAW = os.path.join(ROOT, "tests", "fixtures", "stdio_raw.py")
 SDK = os.path.join(ROOT, "tests", "fixtures", "sdk_server.py")
-NEW, OLD = "2025-11-25", "2025-06-18"
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
 
 def _raw(mode: str = "per_session", *extra: str, **kw) -> dict:
@@ -41,37 +40,6 @@ def _sdk(mode: str = "per_session", **kw) -> dict:
 def legacy_url():
     with backend_process("tests/fixtures/sse_server.py", "--name", "legacy") as (_, url):
         yield url
-
-
-def _open(h: httpx.Client, url: str, version: str = NEW) -> dict:
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
-            "params": {"protocolVersion": version, "capabilities": {"sampling": {}}, "clientInfo": {"name": "t", "version": "1"}}}  # fmt: skip
-    r = h.post(url, json=init, headers=ACCEPT)
-    assert r.status_code == 200, r.text
-    hdrs = {**ACCEPT, "Mcp-Session-Id": r.headers["mcp-session-id"], "MCP-Protocol-Version": version}
-    assert h.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=hdrs).status_code == 202
-    return hdrs
-
-
-def _events(text: str) -> list[dict]:
-    out = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        if not block.strip():
-            continue
-        ev: dict = {"id": None, "retry": None, "data": None}
-        for line in block.split("\n"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                ev["data"] = value if ev["data"] is None else ev["data"] + "\n" + value
-            elif name in ("id", "retry"):
-                ev[name] = value
-        out.append(ev)
-    return out
-
-
-def _messages(events: list[dict]) -> list[dict]:
-    return [orjson.loads(e["data"]) for e in events if e["data"]]
 
 
 def _last_id(events: list[dict]) -> str:
@@ -116,10 +84,12 @@ class _Reader(threading.Thread):
 # --- cancellations ----------------------------------------------------------------------------
 
 
-def _ask_backend(kind: str, legacy_url: str, **kw) -> dict:
+def _backend(kind: str, legacy_url: str, stdio=None, **kw) -> dict:
+    """A backend of ``kind`` (stdio, stdio-shared, sse): for stdio, ``stdio`` (``_raw``
+    or ``_sdk``) makes it."""
     if kind == "sse":
         return {"transport": "sse", "url": legacy_url, **kw}
-    return _sdk("shared" if kind == "stdio-shared" else "per_session", **kw)
+    return stdio("shared" if kind == "stdio-shared" else "per_session", **kw)
 
 
 @pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
@@ -128,7 +98,7 @@ def test_a_cancelled_answer_left_to_be_resumed_ends_and_its_reader_does_not_hang
     the request: the server sends no response to a cancelled request, so the record must
     end there -- a resumed stream that follows it ends instead of waiting forever, and a
     later resumption is answered at once."""
-    cfg = {"backends": {"b": _ask_backend(kind, legacy_url, poll_after=0.3)}}
+    cfg = {"backends": {"b": _backend(kind, legacy_url, _sdk, poll_after=0.3)}}
     with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
         url = gt.url("/mcp")
         hdrs = _open(h, url)
@@ -523,15 +493,9 @@ def _silent_call(kind: str, rid) -> dict:
     return _tool(rid, "slow", seconds=30) if kind == "sse" else _tool(rid, "sleep", seconds=30)
 
 
-def _silent_backend(kind: str, legacy_url: str, **kw) -> dict:
-    if kind == "sse":
-        return {"transport": "sse", "url": legacy_url, **kw}
-    return _raw("shared" if kind == "stdio-shared" else "per_session", **kw)
-
-
 @pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
 def test_an_answer_left_to_be_resumed_still_ends_at_the_response_timeout(kind, legacy_url):
-    cfg = {"backends": {"b": _silent_backend(kind, legacy_url, poll_after=0.2, response_timeout=1.5)}}
+    cfg = {"backends": {"b": _backend(kind, legacy_url, _raw, poll_after=0.2, response_timeout=1.5)}}
     with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
         url = gt.url("/mcp")
         hdrs = _open(h, url)
@@ -545,7 +509,7 @@ def test_an_answer_left_to_be_resumed_still_ends_at_the_response_timeout(kind, l
 
 @pytest.mark.parametrize("kind", ["stdio", "stdio-shared", "sse"])
 def test_stopping_the_gateway_with_answers_left_to_be_resumed_and_streams_following_them(kind, legacy_url, caplog):
-    cfg = {"backends": {"b": _silent_backend(kind, legacy_url, poll_after=0.2)}}
+    cfg = {"backends": {"b": _backend(kind, legacy_url, _raw, poll_after=0.2)}}
     gt = GatewayThread(cfg).start()
     readers = []
     try:
