@@ -791,6 +791,7 @@ def _later_fail(call: SseCall, err: UpstreamError) -> None:
 
 
 def _later_cancel(call: SseCall) -> None:
+    call.late = True  # its id stays taken: the backend may have answered already
     call.cancelled()
     call.flush()
 

@@ -594,6 +594,8 @@ class StdioBackend:
                 if why is not None:
                     raise UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 502)
             if gone is not None and gone.bs is not None:
+                # Its id stays taken (per_session): the child may have answered already.
+                gone.late = not self.shared
                 gone.cancelled()
                 gone.flush()
             return Reply(202, sid, None, None, None)
