@@ -532,3 +532,42 @@ def test_stopping_the_gateway_with_answers_left_to_be_resumed_and_streams_follow
         assert not t.is_alive()
     bad = [r for r in caplog.records if r.exc_info or r.levelname == "ERROR"]
     assert not bad, [r.getMessage() for r in bad]
+
+
+def test_a_late_answer_to_a_cancelled_request_never_reaches_one_that_reused_its_id():
+    """A child that answers a request its client cancelled (the cancellation crossed the
+    answer, or the child ignores it): the id stays taken until that answer comes and is
+    dropped, so a request reusing it meanwhile is refused, not answered with the old
+    answer."""
+    cfg = {"backends": {"b": _raw("per_session", poll_after=0.2)}}
+    with GatewayThread(cfg) as gt, httpx.Client(timeout=20) as h:
+        url = gt.url("/mcp")
+        hdrs = _open(h, url)
+        r = h.post(url, json=_tool("r", "sleep", seconds=1.0), headers=hdrs)
+        assert not _messages(_events(r.text))  # sent away, recorded
+        assert h.post(url, json=_cancel("r"), headers=hdrs).status_code == 202
+        r = h.post(url, json=_tool("r", "echo", fresh=True), headers=hdrs)
+        got = _messages(_events(r.text)) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+        assert got and got[-1]["id"] == "r" and got[-1].get("error", {}).get("code") == -32600, ("id reused", got)
+
+        def fresh_answer() -> bool:
+            r = h.post(url, json=_tool("r", "echo", fresh=True), headers=hdrs)
+            if r.headers["content-type"] == "application/json":  # refused at once
+                evs, msgs = [], [r.json()]
+            else:
+                evs = _events(r.text)
+                msgs = _messages(evs)
+            for _ in range(5):  # resumed to its response, as a client would
+                if msgs and "id" in msgs[-1]:
+                    break
+                r = h.get(url, headers={**hdrs, "Last-Event-ID": _last_id(evs)})
+                evs = _events(r.text)
+                msgs += _messages(evs)
+            last = msgs[-1]
+            if "error" in last:
+                assert last["error"]["code"] == -32600, last  # still taken: the old answer has not come
+                return False
+            assert last["result"] == {"echo": {"fresh": True}}, last  # never {"slept": true}
+            return True
+
+        assert wait_until(fresh_answer, 10)
