@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -76,8 +76,11 @@ def keep_late(table: dict, key) -> None:
 #: The ``retry:`` of a priming event: how long a client waits before it resumes (ms).
 RETRY_MS = 1000
 _KEEP = 30.0  # seconds an answer stays resumable after its response
-_EVENT_COST = 64  # bytes counted per recorded message besides its data
-_RECORD_COST = 256  # and per record
+# Bytes counted besides a message's data, as CPython allocates them: per recorded
+# message (its object, its id, its bytes' header) and per record (its object, key,
+# list and table entries).
+_EVENT_COST = 160
+_RECORD_COST = 640
 
 
 class AnswerRecord:
@@ -92,7 +95,9 @@ class AnswerRecord:
         self.key = key  # b"<instance>.<n>": the ids are key + b"." + index
         self.sid = sid  # the backend session it belongs to
         self.rid = rid  # the request's id as the client wrote it (JSON)
-        self.events: deque[Message] = deque()  # the newest ones, up to index next - 1
+        # The newest ones, up to index next - 1.  A list, not a deque: an empty deque
+        # alone takes more memory than a short answer, and most answers are short.
+        self.events: list[Message] = []
         self.next = 1  # the index of the next message
         self.size = _RECORD_COST
         self.finished = False
@@ -140,7 +145,7 @@ class AnswerRecord:
         first = self.first
         if index < first - 1:
             return None
-        return list(self.events)[index + 1 - first :]
+        return self.events[index + 1 - first :]
 
     def error_body(self, err: UpstreamError) -> bytes:
         rid = orjson.loads(self.rid) if self.rid is not None else None
@@ -186,12 +191,19 @@ class Replay:
         rec.size += n
         self.size += n
         held[0] += n
-        while rec.size > self.share and len(rec.events) > 1:
-            old = rec.events.popleft()
-            cost = len(old.data) + _EVENT_COST
-            rec.size -= cost
-            self.size -= cost
-            held[0] -= cost
+        events = rec.events
+        if rec.size > self.share and len(events) > 1:
+            # The oldest messages go, down to three quarters of the share at once (so a
+            # long answer does not move its whole list for every message it adds).
+            goal = self.share - self.share // 4
+            k = freed = 0
+            while rec.size - freed > goal and k < len(events) - 1:
+                freed += len(events[k].data) + _EVENT_COST
+                k += 1
+            del events[:k]
+            rec.size -= freed
+            self.size -= freed
+            held[0] -= freed
         self._shrink(rec, held)
 
     def _shrink(self, rec: AnswerRecord, held: list) -> None:
@@ -229,6 +241,10 @@ class Replay:
         key, _, index = bytes(position).rpartition(b".")
         rec = self.records.get(key)
         if rec is None or rec.sid != sid or not index.isdigit() or len(index) > 12:
+            return None
+        if rec.finished and rec.ended_at <= time.monotonic() - _KEEP:
+            # Expired (the sweep in ``open`` stops at the oldest answer still running).
+            self._drop(rec)
             return None
         k = int(index)
         if k < rec.first - 1 or k >= rec.next:
@@ -365,6 +381,9 @@ class MessageCall(Call):
         self.poll = None
         if self.done:
             return
+        rec = self.record
+        if rec is not None and not rec.kept:
+            return  # dropped for room: a client sent away could only be refused, so it stays
         self.done = True
         self._orphan()
         self._guard(self.handler.on_end, None)
@@ -386,6 +405,18 @@ class MessageCall(Call):
             return False
         self._orphan()
         return True
+
+    def cancelled(self) -> None:
+        """The client cancelled this request: a server sends no response to a cancelled
+        request, so the answer ends here -- its client's stream, or its record (and the
+        resumed stream following it) when the client had left it to be resumed; one
+        whose client left leaves the transport's tables, as no response will free it."""
+        if not self.done:
+            self.end()
+            return
+        if self.taking():
+            self._close_record()
+        self._release()
 
     def _stop_poll(self) -> None:
         p = self.poll

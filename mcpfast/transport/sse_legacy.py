@@ -400,6 +400,15 @@ class _Session(CallHandler):
         if call in self.paused:
             self.resume(call)
 
+    def cancelled_call(self, env) -> SseCall | None:
+        """The client's request in flight that a ``notifications/cancelled`` names: the
+        client gave up on it, and the backend sends no response to a cancelled request,
+        so its answer (or its record, left to be resumed) ends when it is posted."""
+        if env.kind != KIND_NOTIFICATION or env.method != _CANCELLED or env.request_id is None:
+            return None
+        gone = self.inflight.get(_id_key(env.request_id))
+        return gone if gone is not None and gone.role == _ROUTED else None
+
     def private_id(self) -> str:
         """An id for a request of the gateway's own that no call in flight has."""
         while True:
@@ -612,6 +621,9 @@ class SseBackend:
             call.sess = s
             s.post(data, call)
             await collected(call, fut, None)
+            gone = s.cancelled_call(env)
+            if gone is not None:
+                _later_cancel(gone)
             return 202, None, None
         if len(s.inflight) >= self.max_inflight:
             raise UpstreamError("upstream_busy", f"backend {self.name}: {self.max_inflight} requests in flight in one session", 503)
@@ -674,12 +686,9 @@ class SseBackend:
                 call.resumable(self.replay, bs.session_id, body[env.id_span[0] : env.id_span[1]], self.cfg.poll_after)
         else:
             call.sess = s
-            if env.kind == KIND_NOTIFICATION and env.method == _CANCELLED and env.request_id is not None:
-                # The client gave up on that request: its answer ends here (the backend
-                # sends no response to a cancelled request).
-                gone = s.inflight.get(_id_key(env.request_id))
-                if gone is not None and gone.role == _ROUTED:
-                    loop.call_soon(_later_end, gone)
+            gone = s.cancelled_call(env)
+            if gone is not None:
+                loop.call_soon(_later_cancel, gone)
         s.post(body, call)
         return call
 
@@ -781,8 +790,9 @@ def _later_fail(call: SseCall, err: UpstreamError) -> None:
     call.flush()
 
 
-def _later_end(call: SseCall) -> None:
-    call.end()
+def _later_cancel(call: SseCall) -> None:
+    call.late = True  # its id stays taken: the backend may have answered already
+    call.cancelled()
     call.flush()
 
 

@@ -584,12 +584,20 @@ class StdioBackend:
                 return Reply(404, session_id, None, None, None)
             sid = session_id
         if env.kind != KIND_REQUEST:
+            # A client's cancelled request gets no response from the child: its answer
+            # (or its record, left to be resumed) ends here.
+            gone = self._cancelled_call(child, body, env, sid) if env.method == "notifications/cancelled" else None
             if self.shared:
                 body = self._shared_message(child, body, env, sid)
             if body is not None:
                 why = child.write(body)
                 if why is not None:
                     raise UpstreamError("upstream_unavailable", f"backend {self.name}: {why}", 502)
+            if gone is not None and gone.bs is not None:
+                # Its id stays taken (per_session): the child may have answered already.
+                gone.late = not self.shared
+                gone.cancelled()
+                gone.flush()
             return Reply(202, sid, None, None, None)
         reply = await self._request(child, body, env, on_message, calls, sid)
         reply.session_id = sid
@@ -924,6 +932,19 @@ class StdioBackend:
             return
         self._later(call.answer, 202)
 
+    def _cancelled_call(self, child: _Child, body: bytes, env, sid: str | None) -> StdioCall | None:
+        """The call in flight of session ``sid`` that a ``notifications/cancelled`` names
+        (by the id its client gave it); None if there is none."""
+        if env.request_id_span is None or sid is None:
+            return None
+        ckey = _key(env.request_id, env.request_id_span, body)
+        if self.shared:
+            for c in child.inflight.values():
+                if c.client_key == ckey and c.sid == sid:
+                    return c
+            return None
+        return child.inflight.get(ckey)
+
     def _shared_message(self, child: _Child, body: bytes, env, sid: str | None) -> bytes | None:
         """A notification or response of session ``sid`` for the shared child: what to
         write (ids mapped to the wire), or None when it must not reach the child."""
@@ -931,11 +952,10 @@ class StdioBackend:
         if method == "notifications/initialized":
             return None  # the child had its one
         if method == "notifications/cancelled" and env.request_id_span is not None:
-            ckey = _key(env.request_id, env.request_id_span, body)
-            for c in child.inflight.values():
-                if c.client_key == ckey and c.sid == sid and sid is not None:
-                    s, e = env.request_id_span
-                    return splice(body, s, e, b"%d" % c.key)
+            c = self._cancelled_call(child, body, env, sid)
+            if c is not None:
+                s, e = env.request_id_span
+                return splice(body, s, e, b"%d" % c.key)
             log.debug("backend %s: cancellation of no request of this session dropped", self.name)
             return None
         if env.kind == KIND_RESPONSE or env.kind == KIND_ERROR:
