@@ -317,7 +317,10 @@ def test_passthrough_to_sdk_server_over_tls_reuses_connections(sdk_tls, pki):
 
         before, after = anyio.run(run)
         assert before >= 1
-        assert after == before  # eleven more calls, no new handshake: kept-alive TLS connections
+        # Eleven more calls reuse kept-alive TLS connections.  One more connection may open
+        # when a call arrives before the backend has ended its previous answer's stream
+        # (the client has the response, the connection is not free yet): seen under load.
+        assert after - before <= 1, (before, after)
         assert _errors(gt, "upstream_tls") == 0
     finally:
         gt.stop()
