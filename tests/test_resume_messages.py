@@ -117,12 +117,15 @@ def _expected_count(kind: str, n: int) -> int:
     return (2 * n if kind == "sse" else n) + 1
 
 
+STEPS = 16  # 0.3 s and more of messages (legacy: 20 ms apart; stdio: 60 ms): well past poll_after
+
+
 def test_poll_after_closes_the_stream_and_the_client_resumes_the_rest(gw):
     kind, gt = gw
     url = gt.url("/poll")
     with httpx.Client(timeout=20) as h:
         hdrs = _open(h, url)
-        r = h.post(url, json=_steps_call(kind, 7, 6), headers=hdrs)
+        r = h.post(url, json=_steps_call(kind, 7, STEPS), headers=hdrs)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream"), r.text
         first = _events(r.text)
         # The priming event comes first: an id, a retry, empty data.
@@ -144,9 +147,9 @@ def test_poll_after_closes_the_stream_and_the_client_resumes_the_rest(gw):
                 break
     assert len(seen_ids) == len(set(seen_ids)), f"an event came twice: {seen_ids}"
     assert got[-1] == {"jsonrpc": "2.0", "id": 7, "result": got[-1]["result"]} and "result" in got[-1]
-    assert len(got) == _expected_count(kind, 6), got
+    assert len(got) == _expected_count(kind, STEPS), got
     if kind != "sse":
-        assert [m["params"]["data"] for m in got[:-1]] == [f"step {i}" for i in range(6)]
+        assert [m["params"]["data"] for m in got[:-1]] == [f"step {i}" for i in range(STEPS)]
 
 
 def _raw_post(port: int, path: str, hdrs: dict, body: dict) -> socket.socket:
