@@ -390,11 +390,12 @@ class MessageCall(Call):
 
     def taking(self) -> bool:
         """Does the answer still take messages: for its client, or recorded for a
-        client that will resume it?"""
+        client that will resume it (a record dropped for room, or of a session that
+        ended, takes them only while a resumed stream follows it)?"""
         if not self.done:
             return True
         rec = self.record
-        return rec is not None and not self.listen and not rec.finished
+        return rec is not None and not self.listen and not rec.finished and (rec.kept or rec.reader is not None)
 
     def orphaned(self) -> bool:
         """The client left (``detach``): True when the answer is still recorded for it to

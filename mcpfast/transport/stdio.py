@@ -370,9 +370,14 @@ class _Child(asyncio.SubprocessProtocol):
         self.backend._child_gone(self)
 
     def working(self) -> bool:
-        """A call of its is in flight."""
+        """A call of its is in flight (one whose client left counts while its answer
+        is recorded, even where nobody can read the record any more: its tool is
+        still at work, and stopping the child would cut it off)."""
         for call in self.inflight.values():
-            if call.taking():
+            if not call.done:
+                return True
+            rec = call.record
+            if rec is not None and not call.listen and not rec.finished:
                 return True
         return False
 
