@@ -28,9 +28,10 @@ The methods:
     ``initialize`` with ``session_id`` None opens a session: ``Reply.session_id`` names it.
     Status 404: the backend does not know the session.  Raises ``UpstreamError`` when the
     backend cannot be reached or fails, ``SessionLost`` as said above.
-``send(bs, body, handler) -> call``
+``send(bs, body, handler, paused=False, now=0.0, resumable=False) -> call``
     A client's routed message (``bs``: its ``BackendSession``; ``body``: the message with
-    names already spliced back).  The answer is delivered to ``handler`` (a
+    names already spliced back; ``resumable``: the client can resume an event stream, so a
+    message-level backend numbers and records the answer, ``transport/messages.py``).  The answer is delivered to ``handler`` (a
     ``transport.http_mcp.CallHandler``) as for an HTTP call: ``on_head(call, head)`` once with a
     ``ResponseHead`` (``answer_head`` makes one: status 200 and ``text/event-stream`` for
     a streamed answer, ``application/json`` with its length for a single message, 202 for
@@ -45,7 +46,9 @@ The methods:
     backend: it is given messages and makes the answer's shape.
 ``listen(bs, handler, position) -> call``
     The server→client stream of a session (messages not tied to a client request), to
-    the same handler interface; ``position`` is the backend's last event id, if any.
+    the same handler interface; ``position`` is the backend's last event id, if any (for
+    a message-level backend: an id of one of its recorded answers, whose rest it replays
+    and follows, or 400).
 ``await end(session_id, version)``
     End a session (Streamable HTTP DELETE; a per-session child is stopped).
 ``await probe() -> str | None``
