@@ -425,6 +425,21 @@ class MessageCall(Call):
             self.poll = None
             p.cancel()
 
+    def resume(self, replay: Replay | None, sid, position) -> None:
+        """This ``listen`` call asks for the rest of the answer ``position`` names in
+        session ``sid``: replayed from the loop, or 400 when there is none to resume (gone
+        after ``_KEEP`` s or for room, never this session's, or no ``replay`` at all)."""
+        found = replay.find(sid, position) if replay is not None else None
+        loop = asyncio.get_running_loop()
+        if found is None:
+            loop.call_soon(self._refuse_resumption)
+        else:
+            loop.call_soon(self.replay_from, found[0], found[1])
+
+    def _refuse_resumption(self) -> None:
+        self.answer(400)
+        self.flush()
+
     def replay_from(self, rec: AnswerRecord, index: int) -> None:
         """A resumed stream (a ``listen`` call): what the client missed after ``index``,
         then the record as it grows, to its response (not cut by ``poll_after``: the

@@ -702,11 +702,7 @@ class SseBackend:
         call.paused = paused
         loop = self.pool._loop or asyncio.get_running_loop()
         if position is not None:
-            found = self.replay.find(bs.session_id, position) if self.replay is not None else None
-            if found is None:
-                loop.call_soon(_later_answer, call, 400, None)
-            else:
-                loop.call_soon(call.replay_from, found[0], found[1])
+            call.resume(self.replay, bs.session_id, position)
             return call
         if s is None:
             loop.call_soon(_later_answer, call, 404, None)

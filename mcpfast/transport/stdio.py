@@ -661,11 +661,7 @@ class StdioBackend:
         call = StdioCall(self, handler, bs)
         call.listen = True
         if position is not None:
-            found = self.replay.find(bs.session_id, position) if self.replay is not None else None
-            if found is None:
-                self._later(call.answer, 400)  # gone (kept _KEEP s), or never this session's
-            else:
-                self._later(call.replay_from, found[0], found[1])
+            call.resume(self.replay, bs.session_id, position)
             return call
         if self.shared:
             if not _is_shared(bs.session_id):
